@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Start, stop and health-check the local services livemigrate runs against:
+#   - moto's server (DynamoDB, DynamoDB Streams, SSM) on 127.0.0.1:$LIVEMIGRATE_MOTO_PORT
+#   - a real Elasticsearch node (integ-test-zip from Maven Central) on 127.0.0.1:$LIVEMIGRATE_ES_PORT
+# Usage: infra/services.sh up|down|status [moto|es]
+# Idempotent: `up` leaves a healthy running service alone. Logs: $LIVEMIGRATE_SERVICES_DIR/logs/.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+MOTO_PORT=${LIVEMIGRATE_MOTO_PORT:-4599}
+ES_PORT=${LIVEMIGRATE_ES_PORT:-9299}
+ES_VERSION=${LIVEMIGRATE_ES_VERSION:-8.19.21}
+ES_HEAP=${LIVEMIGRATE_ES_HEAP:-512m}
+ES_USER=${LIVEMIGRATE_ES_USER:-livemigrate-es}
+VENV=${VENV:-$here/.venv}
+STATE=${LIVEMIGRATE_SERVICES_DIR:-$here/.services}
+LOGS=$STATE/logs
+RUN=$STATE/run
+# Elasticsearch refuses to run as root, so as root its files live where its own user can reach
+# them (a checkout under /root is not traversable by other users).
+if [ "$(id -u)" = 0 ]; then
+  CACHE=${LIVEMIGRATE_CACHE_DIR:-/var/cache/livemigrate}
+else
+  CACHE=${LIVEMIGRATE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/livemigrate}
+fi
+ES_HOME=$CACHE/elasticsearch-$ES_VERSION
+ES_STATE=$CACHE/es-node-$ES_PORT
+ES_URL="https://repo.maven.apache.org/maven2/org/elasticsearch/distribution/integ-test-zip/elasticsearch/$ES_VERSION/elasticsearch-$ES_VERSION.zip"
+
+mkdir -p "$LOGS" "$RUN"
+say() { echo "services: $*" >&2; }
+
+wait_for() { # name url seconds
+  local name=$1 url=$2 limit=$3 i
+  for ((i = 0; i < limit * 2; i++)); do
+    if curl -fsS -m 2 "$url" >/dev/null 2>&1; then say "$name is up at $url"; return 0; fi
+    sleep 0.5
+  done
+  say "ERROR: $name did not answer at $url within ${limit}s; see its log in $LOGS"
+  tail -n 30 "$LOGS/$name.log" >&2 || true
+  return 1
+}
+
+pid_alive() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
+
+moto_up() {
+  if curl -fsS -m 2 "http://127.0.0.1:$MOTO_PORT/moto-api/" >/dev/null 2>&1; then
+    say "moto is already up on port $MOTO_PORT"; return 0
+  fi
+  [ -x "$VENV/bin/moto_server" ] || { say "ERROR: moto_server missing in $VENV; run 'make install'"; return 1; }
+  nohup "$VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" >"$LOGS/moto.log" 2>&1 &
+  echo $! >"$RUN/moto.pid"
+  wait_for moto "http://127.0.0.1:$MOTO_PORT/moto-api/" 30
+}
+
+es_fetch() {
+  [ -x "$ES_HOME/bin/elasticsearch" ] && return 0
+  mkdir -p "$CACHE"
+  local zip=$CACHE/elasticsearch-$ES_VERSION.zip
+  if [ ! -s "$zip" ]; then
+    say "downloading Elasticsearch $ES_VERSION (integ-test-zip) from Maven Central"
+    curl -fsS --retry 3 -m 600 -o "$zip.part" "$ES_URL" || { say "ERROR: could not download $ES_URL"; return 1; }
+    local want got
+    want=$(curl -fsS --retry 3 -m 60 "$ES_URL.sha1" | cut -c1-40)
+    got=$(sha1sum "$zip.part" | cut -c1-40)
+    [ "$want" = "$got" ] || { say "ERROR: checksum mismatch for $ES_URL"; rm -f "$zip.part"; return 1; }
+    mv "$zip.part" "$zip"
+  fi
+  rm -rf "$ES_HOME.tmp" && mkdir -p "$ES_HOME.tmp"
+  (cd "$ES_HOME.tmp" && python3 -m zipfile -e "$zip" .)
+  mv "$ES_HOME.tmp/elasticsearch-$ES_VERSION" "$ES_HOME" && rm -rf "$ES_HOME.tmp"
+  chmod +x "$ES_HOME"/bin/*
+}
+
+es_java_home() {
+  # 8.x runs on Java 17; 9.x needs 21+ (a Temurin 25 JDK is installed beside the default one).
+  if [ -n "${ES_JAVA_HOME:-}" ]; then echo "$ES_JAVA_HOME"; return; fi
+  case "$ES_VERSION" in
+    8.*) for d in /usr/lib/jvm/java-17-openjdk-amd64 /usr/lib/jvm/java-17-openjdk-arm64 /usr/lib/jvm/temurin-17-jdk-amd64; do
+           [ -x "$d/bin/java" ] && { echo "$d"; return; }; done ;;
+    *) for d in /usr/lib/jvm/temurin-25-jdk-amd64 /usr/lib/jvm/temurin-21-jdk-amd64; do
+         [ -x "$d/bin/java" ] && { echo "$d"; return; }; done ;;
+  esac
+  dirname "$(dirname "$(readlink -f "$(command -v java)")")"
+}
+
+es_up() {
+  if curl -fsS -m 2 "http://127.0.0.1:$ES_PORT/_cluster/health" >/dev/null 2>&1; then
+    say "elasticsearch is already up on port $ES_PORT"; return 0
+  fi
+  command -v java >/dev/null || [ -n "${ES_JAVA_HOME:-}" ] || { say "ERROR: elasticsearch needs Java 17+ (none found)"; return 1; }
+  es_fetch
+  mkdir -p "$ES_STATE/data" "$ES_STATE/logs" "$ES_STATE/tmp"
+  local run=()
+  if [ "$(id -u)" = 0 ]; then
+    id "$ES_USER" >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin "$ES_USER"
+    chown -R "$ES_USER" "$ES_HOME" "$ES_STATE"
+    run=(runuser -u "$ES_USER" --)
+  fi
+  local java_home
+  java_home=$(es_java_home)
+  nohup env ES_JAVA_HOME="$java_home" ES_TMPDIR="$ES_STATE/tmp" \
+    ES_JAVA_OPTS="-Xms$ES_HEAP -Xmx$ES_HEAP" \
+    "${run[@]}" "$ES_HOME/bin/elasticsearch" \
+    -E discovery.type=single-node -E xpack.security.enabled=false \
+    -E network.host=127.0.0.1 -E http.port="$ES_PORT" -E transport.port=0 \
+    -E path.data="$ES_STATE/data" -E path.logs="$ES_STATE/logs" \
+    -E cluster.name=livemigrate-local -E cluster.routing.allocation.disk.threshold_enabled=false \
+    -E action.destructive_requires_name=false \
+    >"$LOGS/es.log" 2>&1 &
+  echo $! >"$RUN/es.pid"
+  wait_for es "http://127.0.0.1:$ES_PORT/_cluster/health?wait_for_status=yellow&timeout=1s" 180
+}
+
+stop() { # name
+  local name=$1
+  if pid_alive "$name"; then
+    local pid; pid=$(cat "$RUN/$name.pid")
+    pkill -TERM -P "$pid" 2>/dev/null || true
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    kill -KILL "$pid" 2>/dev/null || true
+    say "$name stopped"
+  else
+    say "$name is not running (from this checkout)"
+  fi
+  rm -f "$RUN/$name.pid"
+}
+
+status() {
+  local rc=0
+  if curl -fsS -m 2 "http://127.0.0.1:$MOTO_PORT/moto-api/" >/dev/null 2>&1; then echo "moto: up (http://127.0.0.1:$MOTO_PORT)"; else echo "moto: down"; rc=1; fi
+  if curl -fsS -m 2 "http://127.0.0.1:$ES_PORT/_cluster/health" >/dev/null 2>&1; then echo "elasticsearch: up (http://127.0.0.1:$ES_PORT)"; else echo "elasticsearch: down"; rc=1; fi
+  return $rc
+}
+
+cmd=${1:-status}
+which=${2:-all}
+case "$cmd" in
+  up)
+    if [ "$which" = all ] || [ "$which" = moto ]; then moto_up; fi
+    if [ "$which" = all ] || [ "$which" = es ]; then es_up; fi ;;
+  down)
+    if [ "$which" = all ] || [ "$which" = es ]; then stop es; fi
+    if [ "$which" = all ] || [ "$which" = moto ]; then stop moto; fi ;;
+  status) status ;;
+  *) echo "usage: $0 up|down|status [moto|es|all]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,61 @@
+"""AWS clients, built once at the edge (CLI, Lambda handler, tests) and injected everywhere else.
+
+The same code reaches moto's server, LocalStack or AWS: only the endpoint differs. boto3 reads
+``AWS_ENDPOINT_URL`` / ``AWS_REGION`` / credentials itself; ``Settings.endpoint_url`` overrides,
+and ``use_localstack`` builds the clients through localstack-client.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import boto3
+from botocore.config import Config
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_dynamodbstreams import DynamoDBStreamsClient
+    from mypy_boto3_ssm import SSMClient
+
+    from livemigrate.config import Settings
+
+
+@dataclass(frozen=True)
+class AwsClients:
+    """The three clients livemigrate uses; thread-safe, shared by all worker threads."""
+
+    dynamodb: DynamoDBClient
+    streams: DynamoDBStreamsClient
+    ssm: SSMClient
+
+
+def client_config(max_pool: int = 50) -> Config:
+    # Throttling is handled by our own rate limiter and backoff; botocore's standard mode
+    # still retries transient network errors a few times.
+    return Config(
+        retries={"max_attempts": 5, "mode": "standard"},
+        max_pool_connections=max_pool,
+        connect_timeout=5,
+        read_timeout=30,
+    )
+
+
+def make_clients(settings: Settings | None = None, max_pool: int = 50) -> AwsClients:
+    """Build the clients for the configured endpoint (moto, LocalStack or AWS)."""
+    kwargs: dict[str, Any] = {"config": client_config(max_pool)}
+    if settings is not None and settings.region:
+        kwargs["region_name"] = settings.region
+    if settings is not None and settings.use_localstack:
+        import localstack_client.session
+
+        session: Any = localstack_client.session.Session()
+    else:
+        session = boto3.session.Session()
+        if settings is not None and settings.endpoint_url:
+            kwargs["endpoint_url"] = settings.endpoint_url
+    return AwsClients(
+        dynamodb=session.client("dynamodb", **kwargs),
+        streams=session.client("dynamodbstreams", **kwargs),
+        ssm=session.client("ssm", **kwargs),
+    )

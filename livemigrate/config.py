@@ -1,0 +1,109 @@
+"""Configuration: one pydantic-settings model read from ``livemigrate.toml`` and ``LIVEMIGRATE_*``.
+
+Precedence (highest first): explicit overrides, environment variables, the TOML file
+(``LIVEMIGRATE_CONFIG`` or ``./livemigrate.toml``), defaults. The AWS endpoint, region and
+credentials follow boto3's own standard variables (``AWS_ENDPOINT_URL``, ``AWS_REGION`` ...);
+``endpoint_url`` and ``region`` here only override them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from livemigrate.errors import ConfigError
+
+_NAME = r"^[A-Za-z0-9_.-]{3,255}$"
+
+# What to tell the user per field when it is wrong; the field's env variable is added.
+_FIXES: dict[str, str] = {
+    "migration_id": "use 1-64 letters, digits, '-', '_' or '.', e.g. 'orders-v2'",
+    "source_table": "name the existing DynamoDB table to migrate from",
+    "destination_table": "name the DynamoDB table to migrate into",
+    "transform": "give 'package.module:function', e.g. 'livemigrate.examples.hot_outbox:transform'",
+    "control_table": "a DynamoDB table name (3-255 of letters, digits, '-', '_', '.')",
+    "search_url": "an http(s) URL of an Elasticsearch node, e.g. http://127.0.0.1:9299",
+    "search_alias": "an index alias name in lowercase, e.g. 'orders'",
+}
+
+
+def config_path() -> Path:
+    """The TOML file read for settings (it need not exist)."""
+    return Path(os.environ.get("LIVEMIGRATE_CONFIG", "livemigrate.toml"))
+
+
+class Settings(BaseSettings):
+    """Everything a migration needs to run; see README "Configuration reference"."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="LIVEMIGRATE_", extra="forbid", validate_default=True
+    )
+
+    migration_id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    source_table: str = Field(pattern=_NAME)
+    destination_table: str = Field(pattern=_NAME)
+    transform: str = Field(
+        default="livemigrate.examples.hot_outbox:transform",
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+    )
+    control_table: str = Field(default="livemigrate-control", pattern=_NAME)
+    search_url: str | None = Field(default=None, pattern=r"^https?://")
+    search_alias: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    endpoint_url: str | None = Field(default=None, pattern=r"^https?://")
+    region: str | None = None
+    use_localstack: bool = False
+    read_rate: float = Field(default=0.0, ge=0, description="source items/s, 0 = no cap")
+    write_rate: float = Field(default=0.0, ge=0, description="destination items/s, 0 = no cap")
+    workers: int = Field(default=4, ge=1, le=256)
+    budget_seconds: float = Field(default=840.0, gt=0)
+    total_segments: int | None = Field(default=None, ge=1, le=1_000_000)
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+
+    @field_validator("source_table", "destination_table")
+    @classmethod
+    def _tables_named(cls, value: str) -> str:
+        return value.strip()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=config_path())
+        return (init_settings, env_settings, toml)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings, turning validation errors into one message naming each field and its fix."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(*_describe(exc)) from exc
+
+
+def _describe(exc: ValidationError) -> tuple[str, str]:
+    problems: list[str] = []
+    fixes: list[str] = []
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        env = f"LIVEMIGRATE_{field.upper()}"
+        what = "is missing" if err["type"] == "missing" else f"is invalid ({err['msg']})"
+        if err["type"] == "extra_forbidden":
+            what = "is not a known setting"
+        problems.append(f"{field} ({env}) {what}")
+        hint = _FIXES.get(field, "see the configuration reference in README.md")
+        fixes.append(f"{env} / '{field}' in {config_path()}: {hint}")
+    return "invalid configuration: " + "; ".join(problems), "; ".join(fixes)

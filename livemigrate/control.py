@@ -1,0 +1,358 @@
+"""The control table: all state of every migration, so any process anywhere can stop or take over.
+
+One DynamoDB table (default ``livemigrate-control``), key ``pk`` (S) + ``sk`` (S). Items:
+
+==========================  ==========================  =======================================
+pk                          sk                          what
+==========================  ==========================  =======================================
+``MIG#<id>``                ``META``                    migration spec: source, destination,
+                                                        transform, created_at, phase
+``MIG#<id>``                ``PLAN``                    backfill plan: total_segments, created
+``MIG#<id>``                ``SEG#<nnnnnn>``            segment: state, lease, checkpoint (last
+                                                        evaluated key), items read/written
+``MIG#<id>``                ``SPLIT#<seg>#<n>``         hot-key sub-range of a segment, same
+                                                        lease/checkpoint fields
+``MIG#<id>``                ``SHARD#<stream>#<id>``     stream lease: owner, counter, expiry,
+                                                        checkpoint sequence number, parent ids
+``MIG#<id>``                ``CONSUMER#<stream>``       consumer start position and time
+``MIG#<id>``                ``DLQ#<ts>#<uuid>``         dead letter: source, reason, raw input
+``MIG#<id>``                ``FLAG``                    cutover flag: active table, epoch
+``MIG#<id>``                ``RATES``                   read/write caps, changeable while running
+``MIG#<id>``                ``METRICS``                 counters (items read, written, ...)
+``DEST#<table>``            ``OWNER``                   which migration writes this destination
+==========================  ==========================  =======================================
+
+Claims and leases are single conditional writes ("absent OR expired OR mine").
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import ClientError
+
+from livemigrate.errors import ConflictError, LeaseLost
+from livemigrate.items import decimalize, to_plain
+from livemigrate.items import to_typed as _to_typed
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+CONDITION_FAILED = "ConditionalCheckFailedException"
+
+
+def condition_failed(exc: ClientError) -> bool:
+    return exc.response.get("Error", {}).get("Code") == CONDITION_FAILED
+
+
+class ControlStore:
+    """Typed access to one migration's items in the control table.
+
+    Parameters
+    ----------
+    client:
+        A DynamoDB client (injected; moto, LocalStack or AWS).
+    table_name:
+        The control table.
+    migration_id:
+        Every item this store touches lives under ``MIG#<migration_id>``.
+    """
+
+    def __init__(self, client: DynamoDBClient, table_name: str, migration_id: str) -> None:
+        self.client = client
+        self.table = table_name
+        self.migration_id = migration_id
+        self.pk = f"MIG#{migration_id}"
+
+    # -- table ----------------------------------------------------------------------------
+    def ensure_table(self) -> None:
+        """Create the control table if it is missing, and wait until it is usable."""
+        try:
+            self.client.describe_table(TableName=self.table)
+            return
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ResourceNotFoundException":
+                raise
+        try:
+            self.client.create_table(
+                TableName=self.table,
+                KeySchema=[
+                    {"AttributeName": "pk", "KeyType": "HASH"},
+                    {"AttributeName": "sk", "KeyType": "RANGE"},
+                ],
+                AttributeDefinitions=[
+                    {"AttributeName": "pk", "AttributeType": "S"},
+                    {"AttributeName": "sk", "AttributeType": "S"},
+                ],
+                BillingMode="PAY_PER_REQUEST",
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "ResourceInUseException":
+                raise
+        self.client.get_waiter("table_exists").wait(
+            TableName=self.table, WaiterConfig={"Delay": 1, "MaxAttempts": 120}
+        )
+
+    def exists(self) -> bool:
+        try:
+            self.client.describe_table(TableName=self.table)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ResourceNotFoundException":
+                return False
+            raise
+        return True
+
+    # -- plain item access ----------------------------------------------------------------
+    def _key(self, sk: str, pk: str | None = None) -> dict[str, Any]:
+        return {"pk": {"S": pk or self.pk}, "sk": {"S": sk}}
+
+    def get(self, sk: str, pk: str | None = None) -> dict[str, Any] | None:
+        """One item, read consistently, as a plain dict (without pk/sk), or None."""
+        resp = self.client.get_item(
+            TableName=self.table, Key=self._key(sk, pk), ConsistentRead=True
+        )
+        item = resp.get("Item")
+        return None if item is None else _strip(to_plain(item))
+
+    def put(self, sk: str, attrs: Mapping[str, Any], *, only_if_absent: bool = False) -> bool:
+        """Write an item; with ``only_if_absent``, False when it already exists."""
+        item = to_typed({**attrs, "pk": self.pk, "sk": sk})
+        kwargs: dict[str, Any] = {}
+        if only_if_absent:
+            kwargs["ConditionExpression"] = "attribute_not_exists(pk)"
+        try:
+            self.client.put_item(TableName=self.table, Item=item, **kwargs)
+        except ClientError as exc:
+            if condition_failed(exc):
+                return False
+            raise
+        return True
+
+    def update(
+        self,
+        sk: str,
+        set_values: Mapping[str, Any] | None = None,
+        *,
+        add: Mapping[str, int | float] | None = None,
+        remove: tuple[str, ...] = (),
+        condition: str | None = None,
+        condition_values: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any] | None:
+        """SET/ADD/REMOVE attributes; returns the new item, or None if ``condition`` failed.
+
+        In ``condition``, write attribute names as ``#name`` and values as ``:name``.
+        """
+        names, values, expression = _update_expression(set_values or {}, add or {}, remove)
+        kwargs: dict[str, Any] = {}
+        if condition:
+            kwargs["ConditionExpression"] = condition
+            for token in _tokens(condition, "#"):
+                names.setdefault(f"#{token}", token)
+            values.update({f":{k}": v for k, v in (condition_values or {}).items()})
+        if names:
+            kwargs["ExpressionAttributeNames"] = names
+        if values:
+            kwargs["ExpressionAttributeValues"] = to_typed(values)
+        try:
+            resp = self.client.update_item(
+                TableName=self.table,
+                Key=self._key(sk),
+                UpdateExpression=expression,
+                ReturnValues="ALL_NEW",
+                **kwargs,
+            )
+        except ClientError as exc:
+            if condition_failed(exc):
+                return None
+            raise
+        return _strip(to_plain(resp.get("Attributes", {})))
+
+    def delete(self, sk: str) -> None:
+        self.client.delete_item(TableName=self.table, Key=self._key(sk))
+
+    def query(self, prefix: str, pk: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(sk, item) for every item whose sk starts with ``prefix``, paged, consistent."""
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :p)",
+            "ExpressionAttributeValues": {":pk": {"S": pk or self.pk}, ":p": {"S": prefix}},
+            "ConsistentRead": True,
+        }
+        while True:
+            resp = self.client.query(**kwargs)
+            for raw in resp.get("Items", []):
+                plain = to_plain(raw)
+                yield str(plain["sk"]), _strip(plain)
+            if "LastEvaluatedKey" not in resp:
+                return
+            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
+    def count(self, prefix: str) -> int:
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :p)",
+            "ExpressionAttributeValues": {":pk": {"S": self.pk}, ":p": {"S": prefix}},
+            "Select": "COUNT",
+            "ConsistentRead": True,
+        }
+        total = 0
+        while True:
+            resp = self.client.query(**kwargs)
+            total += int(resp.get("Count", 0))
+            if "LastEvaluatedKey" not in resp:
+                return total
+            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
+    # -- leases ---------------------------------------------------------------------------
+    def claim(
+        self,
+        sk: str,
+        owner: str,
+        *,
+        ttl_seconds: float,
+        now: float | None = None,
+        extra: Mapping[str, Any] | None = None,
+        require_state: str | None = None,
+    ) -> dict[str, Any] | None:
+        """Take the lease on ``sk`` if it is free, expired or already ours (one conditional write).
+
+        The item must exist (created by a plan or by shard discovery). Returns the claimed item,
+        or None if another live owner holds it (or its state is not ``require_state``).
+        """
+        now = time.time() if now is None else now
+        cond = (
+            "attribute_exists(sk) AND (attribute_not_exists(#lease_owner) OR "
+            "#lease_expires < :now OR #lease_owner = :me)"
+        )
+        values: dict[str, Any] = {"now": now, "me": owner}
+        if require_state is not None:
+            cond += " AND #state = :want"
+            values["want"] = require_state
+        return self.update(
+            sk,
+            {"lease_owner": owner, "lease_expires": now + ttl_seconds, **(extra or {})},
+            add={"lease_counter": 1},
+            condition=cond,
+            condition_values=values,
+        )
+
+    def renew(
+        self,
+        sk: str,
+        owner: str,
+        ttl_seconds: float,
+        now: float | None = None,
+        set_values: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Extend our lease (optionally writing progress with it); LeaseLost if it is not ours."""
+        now = time.time() if now is None else now
+        item = self.update(
+            sk,
+            {"lease_expires": now + ttl_seconds, **(set_values or {})},
+            condition="#lease_owner = :me",
+            condition_values={"me": owner},
+        )
+        if item is None:
+            raise LeaseLost(f"lease {sk} is no longer held by {owner}")
+        return item
+
+    def release(self, sk: str, owner: str, set_values: Mapping[str, Any] | None = None) -> bool:
+        """Give up our lease; False if it was not ours any more."""
+        return (
+            self.update(
+                sk,
+                set_values,
+                remove=("lease_owner", "lease_expires"),
+                condition="#lease_owner = :me",
+                condition_values={"me": owner},
+            )
+            is not None
+        )
+
+    # -- destination ownership ------------------------------------------------------------
+    def register_destination(self, destination_table: str, source_table: str) -> None:
+        """Record that this migration writes ``destination_table``; refuse a second migration.
+
+        Raises
+        ------
+        ConflictError
+            When a different migration id already owns that destination.
+        """
+        pk = f"DEST#{destination_table}"
+        item = to_typed(
+            {"pk": pk, "sk": "OWNER", "migration_id": self.migration_id, "source": source_table}
+        )
+        try:
+            self.client.put_item(
+                TableName=self.table,
+                Item=item,
+                ConditionExpression="attribute_not_exists(pk) OR migration_id = :me",
+                ExpressionAttributeValues={":me": {"S": self.migration_id}},
+            )
+        except ClientError as exc:
+            if not condition_failed(exc):
+                raise
+            owner = self.get("OWNER", pk=pk) or {}
+            raise ConflictError(
+                f"destination table {destination_table!r} already belongs to migration "
+                f"{owner.get('migration_id')!r} (from {owner.get('source')!r}); "
+                f"two migrations writing one table would overwrite each other",
+                "use a different destination table, or finish/clean up the other migration "
+                f"(livemigrate cleanup --migration-id {owner.get('migration_id')})",
+            ) from exc
+
+    def destination_owner(self, destination_table: str) -> str | None:
+        owner = self.get("OWNER", pk=f"DEST#{destination_table}")
+        return None if owner is None else str(owner["migration_id"])
+
+    # -- counters -------------------------------------------------------------------------
+    def add_metrics(self, counts: Mapping[str, int | float]) -> None:
+        """Add to the migration's counters (one write for all of them)."""
+        nonzero = {k: v for k, v in counts.items() if v}
+        if nonzero:
+            self.update("METRICS", add=nonzero)
+
+    def metrics(self) -> dict[str, Any]:
+        return self.get("METRICS") or {}
+
+
+def to_typed(item: Mapping[str, Any]) -> dict[str, Any]:
+    """Control-table items may hold floats (times, rates): stored as numbers."""
+    return _to_typed(decimalize(dict(item)))
+
+
+def _update_expression(
+    set_values: Mapping[str, Any], add: Mapping[str, int | float], remove: tuple[str, ...]
+) -> tuple[dict[str, str], dict[str, Any], str]:
+    """Names, values and text of an UpdateExpression; placeholders avoid reserved words."""
+    names: dict[str, str] = {}
+    values: dict[str, Any] = {}
+    clauses: list[str] = []
+    for tag, verb, pairs in (("s", "SET", set_values), ("a", "ADD", add)):
+        parts = []
+        for i, (name, value) in enumerate(pairs.items()):
+            names[f"#{tag}{i}"] = name
+            values[f":{tag}{i}"] = value
+            parts.append(f"#{tag}{i} = :{tag}{i}" if verb == "SET" else f"#{tag}{i} :{tag}{i}")
+        if parts:
+            clauses.append(f"{verb} " + ", ".join(parts))
+    if remove:
+        names.update({f"#r{i}": name for i, name in enumerate(remove)})
+        clauses.append("REMOVE " + ", ".join(f"#r{i}" for i in range(len(remove))))
+    return names, values, " ".join(clauses)
+
+
+def _strip(item: dict[str, Any]) -> dict[str, Any]:
+    item.pop("pk", None)
+    item.pop("sk", None)
+    return item
+
+
+def _tokens(expression: str, sigil: str) -> list[str]:
+    out = []
+    for part in expression.replace("(", " ").replace(")", " ").replace(",", " ").split():
+        if part.startswith(sigil) and len(part) > 1:
+            out.append(part[1:])
+    return out

@@ -1,0 +1,1 @@
+"""Example migrations shipped with livemigrate (used by the demo and the tests)."""

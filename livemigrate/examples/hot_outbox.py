@@ -1,0 +1,61 @@
+"""The hot-outbox fix: the migration that motivated livemigrate.
+
+Source items live under partition keys such as ``section-outbox|docket``; one such key held far
+more items than any other and made a scan segment time out again and again. The new schema
+shards each outbox by month: ``section-outbox|<section>|YYYY-MM`` (from the item's creation
+date). Every other item passes through with a schema change: ``createdAt`` (epoch seconds) is
+renamed to ``created_at`` (ISO 8601) and ``schema_version`` is set to 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+OUTBOX_PREFIX = "section-outbox|"
+
+
+class SourceItem(BaseModel):
+    """What the application stored before the migration."""
+
+    model_config = ConfigDict(extra="allow", arbitrary_types_allowed=True)
+
+    pk: str = Field(min_length=1)
+    sk: str = Field(min_length=1)
+    createdAt: Decimal  # noqa: N815 - the source schema's own attribute name
+
+
+class DestinationItem(BaseModel):
+    """What the application stores after the migration."""
+
+    model_config = ConfigDict(extra="allow", arbitrary_types_allowed=True)
+
+    pk: str
+    sk: str
+    created_at: str
+    schema_version: int = 2
+
+
+def destination_pk(pk: str, created: datetime) -> str:
+    """Month-sharded partition key for outbox items; other keys are unchanged."""
+    if pk.startswith(OUTBOX_PREFIX) and pk.count("|") == 1:
+        return f"{pk}|{created:%Y-%m}"
+    return pk
+
+
+def transform(item: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """One source item → one destination item (see the module docstring)."""
+    source = SourceItem.model_validate(item)
+    created = datetime.fromtimestamp(float(source.createdAt), tz=UTC)
+    extra = {k: v for k, v in item.items() if k not in ("pk", "sk", "createdAt")}
+    out = DestinationItem(
+        pk=destination_pk(source.pk, created),
+        sk=source.sk,
+        created_at=created.isoformat(),
+        **extra,
+    )
+    yield out.model_dump()

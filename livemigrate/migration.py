@@ -1,0 +1,133 @@
+"""One migration, opened and checked: the shared context both engines run in.
+
+``open_migration`` runs every check that can fail before anything is written (tables, stream,
+transform, ownership of the destination) and then records the migration in the control table.
+The phase helpers here are the one place where the engines agree on shared state.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from livemigrate.aws import AwsClients
+from livemigrate.config import Settings
+from livemigrate.control import ControlStore
+from livemigrate.deadletters import DeadLetters
+from livemigrate.destination import DestinationWriter
+from livemigrate.errors import ConflictError, PreflightError
+from livemigrate.tables import TableInfo, create_like, describe, require_stream
+from livemigrate.transform import Transformer, load_transform
+
+# Control-table items that carry the phase (see control.py for the full schema).
+PLAN = "PLAN"
+META = "META"
+CONSUMER_PREFIX = "CONSUMER#"
+BACKFILL_COMPLETE = "complete"
+
+
+@dataclass(frozen=True)
+class Migration:
+    """Everything a worker needs, built once and shared (clients are thread-safe)."""
+
+    settings: Settings
+    clients: AwsClients
+    store: ControlStore
+    dead_letters: DeadLetters
+    source: TableInfo
+    destination: TableInfo
+    transformer: Transformer
+    writer: DestinationWriter
+
+    @property
+    def id(self) -> str:
+        return self.settings.migration_id
+
+    def backfill_complete(self) -> bool:
+        """True once every segment of the backfill is done (then deletes need no tombstone)."""
+        plan = self.store.get(PLAN)
+        return plan is not None and plan.get("state") == BACKFILL_COMPLETE
+
+    def consumer_started(self) -> dict[str, Any] | None:
+        """The recorded start of the source-stream consumer, if one has started."""
+        for _, item in self.store.query(CONSUMER_PREFIX):
+            return item
+        return None
+
+
+def open_migration(
+    settings: Settings,
+    clients: AwsClients,
+    *,
+    create_destination: bool = False,
+    require_source_stream: bool = True,
+) -> Migration:
+    """Check everything, then record the migration; raises a LivemigrateError on bad input.
+
+    Parameters
+    ----------
+    create_destination:
+        Create a missing destination table with the source's key schema (and a stream for
+        the search sink) instead of refusing.
+    require_source_stream:
+        The consumer needs a NEW_AND_OLD_IMAGES stream on the source; a backfill dry run does
+        not.
+    """
+    if settings.source_table == settings.destination_table:
+        raise PreflightError(
+            f"source and destination are the same table ({settings.source_table!r})",
+            "migrate into a new table: set LIVEMIGRATE_DESTINATION_TABLE to another name",
+        )
+    source = describe(clients.dynamodb, settings.source_table, "source")
+    if require_source_stream:
+        require_stream(source)
+    try:
+        destination = describe(clients.dynamodb, settings.destination_table, "destination")
+    except PreflightError:
+        if not create_destination:
+            raise
+        destination = create_like(clients.dynamodb, source, settings.destination_table)
+    transformer = Transformer(
+        load_transform(settings.transform), destination.key_names, destination.key_types
+    )
+    store = ControlStore(clients.dynamodb, settings.control_table, settings.migration_id)
+    store.ensure_table()
+    _record(store, settings)
+    store.register_destination(settings.destination_table, settings.source_table)
+    return Migration(
+        settings=settings,
+        clients=clients,
+        store=store,
+        dead_letters=DeadLetters(store),
+        source=source,
+        destination=destination,
+        transformer=transformer,
+        writer=DestinationWriter(
+            clients.dynamodb,
+            settings.destination_table,
+            destination.key_names,
+            settings.migration_id,
+        ),
+    )
+
+
+def _record(store: ControlStore, settings: Settings) -> None:
+    spec = {
+        "source_table": settings.source_table,
+        "destination_table": settings.destination_table,
+        "transform": settings.transform,
+    }
+    if store.put(META, {**spec, "created_at": time.time()}, only_if_absent=True):
+        return
+    held = store.get(META) or {}
+    changed = {k: (held.get(k), v) for k, v in spec.items() if held.get(k) != v}
+    if changed:
+        detail = ", ".join(
+            f"{k}: recorded {a!r}, configured {b!r}" for k, (a, b) in changed.items()
+        )
+        raise ConflictError(
+            f"migration {settings.migration_id!r} was recorded with a different spec ({detail})",
+            "use a new LIVEMIGRATE_MIGRATION_ID for a different migration, or restore the "
+            "original settings",
+        )

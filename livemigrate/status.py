@@ -1,0 +1,125 @@
+"""What the control table knows about a migration, for ``livemigrate status``."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+from livemigrate.control import ControlStore
+from livemigrate.deadletters import DeadLetters
+
+
+def collect(store: ControlStore) -> dict[str, Any]:
+    """A JSON-safe summary; ``known: False`` when nothing is recorded yet."""
+    if not store.exists():
+        return {
+            "migration_id": store.migration_id,
+            "known": False,
+            "control_table": store.table,
+            "note": f"control table {store.table!r} does not exist yet: nothing has run",
+        }
+    groups: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for sk, item in store.query(""):
+        groups.setdefault(sk.split("#", 1)[0], []).append((sk, item))
+    if not groups:
+        return {
+            "migration_id": store.migration_id,
+            "known": False,
+            "control_table": store.table,
+            "note": "nothing is recorded for this migration yet",
+        }
+    now = time.time()
+    meta = dict(groups.get("META", [("", {})])[0][1])
+    plan = dict(groups.get("PLAN", [("", {})])[0][1])
+    return {
+        "migration_id": store.migration_id,
+        "known": True,
+        "control_table": store.table,
+        "spec": meta,
+        "backfill": _backfill(plan, groups.get("SEG", []), groups.get("SPLIT", []), now),
+        "stream": _shards(groups.get("SHARD", []), groups.get("CONSUMER", []), now),
+        "dead_letters": DeadLetters(store).count(),
+        "flag": dict(groups.get("FLAG", [("", {})])[0][1]),
+        "metrics": dict(groups.get("METRICS", [("", {})])[0][1]),
+    }
+
+
+def _backfill(
+    plan: dict[str, Any],
+    segments: list[tuple[str, dict[str, Any]]],
+    splits: list[tuple[str, dict[str, Any]]],
+    now: float,
+) -> dict[str, Any]:
+    states = Counter(str(item.get("state", "pending")) for _, item in segments)
+    leased = sum(1 for _, item in segments if float(item.get("lease_expires", 0)) > now)
+    return {
+        "state": plan.get("state", "not planned"),
+        "total_segments": plan.get("total_segments"),
+        "segments_by_state": dict(states),
+        "segments_leased": leased,
+        "hot_key_splits": [
+            {"id": sk, "state": item.get("state"), "hot_key": item.get("hot_key")}
+            for sk, item in splits
+        ],
+        "items_read": sum(int(item.get("items_read", 0)) for _, item in segments + splits),
+        "items_written": sum(int(item.get("items_written", 0)) for _, item in segments + splits),
+    }
+
+
+def _shards(
+    shards: list[tuple[str, dict[str, Any]]],
+    consumers: list[tuple[str, dict[str, Any]]],
+    now: float,
+) -> dict[str, Any]:
+    return {
+        "consumer_started": [item for _, item in consumers],
+        "shards": [
+            {
+                "id": sk,
+                "owner": item.get("lease_owner")
+                if float(item.get("lease_expires", 0)) > now
+                else None,
+                "checkpoint": item.get("checkpoint"),
+                "finished": bool(item.get("finished", False)),
+                "parents": item.get("parents", []),
+            }
+            for sk, item in shards
+        ],
+    }
+
+
+def render(summary: dict[str, Any]) -> str:
+    """Human-readable text of ``collect``'s summary."""
+    lines = [f"migration {summary['migration_id']} (control table {summary['control_table']})"]
+    if not summary["known"]:
+        lines.append(f"  {summary['note']}")
+        return "\n".join(lines)
+    spec = summary["spec"]
+    lines.append(
+        f"  {spec.get('source_table')} -> {spec.get('destination_table')} "
+        f"via {spec.get('transform')}"
+    )
+    bf = summary["backfill"]
+    lines.append(
+        f"  backfill: {bf['state']}; segments {bf['segments_by_state'] or '-'} of "
+        f"{bf['total_segments'] or '?'}; leased {bf['segments_leased']}; "
+        f"read {bf['items_read']}, written {bf['items_written']}"
+    )
+    for split in bf["hot_key_splits"]:
+        lines.append(f"    hot-key split {split['id']}: {split['state']} ({split['hot_key']})")
+    stream = summary["stream"]
+    started = "started" if stream["consumer_started"] else "not started"
+    lines.append(f"  stream consumer: {started}; shards {len(stream['shards'])}")
+    for shard in stream["shards"]:
+        lines.append(
+            f"    {shard['id']}: owner={shard['owner']} checkpoint={shard['checkpoint']} "
+            f"finished={shard['finished']}"
+        )
+    lines.append(f"  dead letters: {summary['dead_letters']}")
+    if summary["flag"]:
+        lines.append(f"  flag: {summary['flag']}")
+    if summary["metrics"]:
+        metrics = ", ".join(f"{k}={v}" for k, v in sorted(summary["metrics"].items()))
+        lines.append(f"  counters: {metrics}")
+    return "\n".join(lines)

@@ -1,0 +1,40 @@
+"""The version rule (ARCHITECTURE.md rules 1-3), as pure functions that hypothesis can test.
+
+Every destination item carries the source stream sequence number that produced it, zero-padded
+to 40 digits so that string comparison orders it (stream sequence numbers are 21-40 digits: too
+long for a DynamoDB number or an Elasticsearch version). The backfill writes ``BACKFILL_SEQ``,
+which is older than any stream record.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+SEQ_WIDTH: Final = 40
+BACKFILL_SEQ: Final = "0" * SEQ_WIDTH
+
+# Reserved attribute names on destination items. Transforms may not produce ``_lm_*`` names.
+SEQ_ATTR: Final = "_lm_seq"
+TOMBSTONE_ATTR: Final = "_lm_tomb"
+MIGRATION_ATTR: Final = "_lm_mid"
+RESERVED_PREFIX: Final = "_lm_"
+
+
+def pad_seq(sequence_number: str) -> str:
+    """A stream sequence number in its ordered string form."""
+    if not sequence_number.isdigit() or len(sequence_number) > SEQ_WIDTH:
+        raise ValueError(f"not a stream sequence number: {sequence_number!r}")
+    return sequence_number.zfill(SEQ_WIDTH)
+
+
+def is_newer(incoming: str, held: str | None) -> bool:
+    """Whether an event at ``incoming`` may overwrite what the destination holds at ``held``.
+
+    Equal is not newer: replaying the same record is a no-op.
+    """
+    return held is None or incoming > held
+
+
+def backfill_may_write(held: str | None) -> bool:
+    """Put-if-absent: the backfill writes only where nothing, not even a tombstone, is held."""
+    return held is None

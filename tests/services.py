@@ -1,0 +1,107 @@
+"""Addresses of the real local services the tests run against, and clients for them.
+
+``make test`` starts moto's server and an Elasticsearch node (infra/services.sh) and exports
+their addresses. A service that does not answer fails the test that needs it, with its name:
+these tests never skip (with or without CI=true).
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from livemigrate.aws import AwsClients, make_clients
+from livemigrate.config import Settings
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+MOTO_URL = os.environ.get(
+    "AWS_ENDPOINT_URL", f"http://127.0.0.1:{os.environ.get('LIVEMIGRATE_MOTO_PORT', '4599')}"
+)
+ES_URL = os.environ.get(
+    "LIVEMIGRATE_SEARCH_URL",
+    f"http://127.0.0.1:{os.environ.get('LIVEMIGRATE_ES_PORT', '9299')}",
+)
+
+# Tests talk to the local moto server only, never to AWS, whatever the shell says.
+TEST_ENV = {
+    "AWS_ENDPOINT_URL": MOTO_URL,
+    "AWS_REGION": "us-east-1",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "LIVEMIGRATE_SEARCH_URL": ES_URL,
+}
+
+
+def require(name: str, url: str) -> None:
+    """Fail loudly (never skip) when a service the test needs is not answering."""
+    try:
+        with urllib.request.urlopen(url, timeout=5):
+            return
+    except (urllib.error.URLError, OSError) as exc:
+        raise RuntimeError(
+            f"{name} is not reachable at {url} ({exc}); start it with `make services` "
+            "(make test does this itself)"
+        ) from exc
+
+
+def aws_clients() -> AwsClients:
+    os.environ.update(TEST_ENV)
+    return make_clients(None)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def create_table(
+    client: DynamoDBClient,
+    name: str,
+    *,
+    keys: tuple[tuple[str, str], ...] = (("pk", "S"), ("sk", "S")),
+    stream: str | None = "NEW_AND_OLD_IMAGES",
+) -> None:
+    kwargs: dict[str, Any] = {}
+    if stream:
+        kwargs["StreamSpecification"] = {"StreamEnabled": True, "StreamViewType": stream}
+    client.create_table(
+        TableName=name,
+        KeySchema=[
+            {"AttributeName": n, "KeyType": "HASH" if i == 0 else "RANGE"}
+            for i, (n, _) in enumerate(keys)
+        ],
+        AttributeDefinitions=[
+            {"AttributeName": n, "AttributeType": t}  # type: ignore[typeddict-item]
+            for n, t in keys
+        ],
+        BillingMode="PAY_PER_REQUEST",
+        **kwargs,
+    )
+
+
+def scan_all(client: DynamoDBClient, table: str) -> Iterator[dict[str, Any]]:
+    kwargs: dict[str, Any] = {"TableName": table, "ConsistentRead": True}
+    while True:
+        page = client.scan(**kwargs)
+        yield from page.get("Items", [])
+        if "LastEvaluatedKey" not in page:
+            return
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def settings_for(source: str, destination: str, **extra: Any) -> Settings:
+    values: dict[str, Any] = {
+        "migration_id": unique("mig"),
+        "source_table": source,
+        "destination_table": destination,
+        "control_table": unique("control"),
+        "search_url": ES_URL,
+        **extra,
+    }
+    return Settings(**values)
