@@ -5,19 +5,33 @@ One DynamoDB table (default ``livemigrate-control``), key ``pk`` (S) + ``sk`` (S
 ==========================  ==========================  =======================================
 pk                          sk                          what
 ==========================  ==========================  =======================================
-``MIG#<id>``                ``META``                    migration spec: source, destination,
-                                                        transform, created_at, phase
-``MIG#<id>``                ``PLAN``                    backfill plan: total_segments, created
-``MIG#<id>``                ``SEG#<nnnnnn>``            segment: state, lease, checkpoint (last
-                                                        evaluated key), items read/written
-``MIG#<id>``                ``SPLIT#<seg>#<n>``         hot-key sub-range of a segment, same
-                                                        lease/checkpoint fields
-``MIG#<id>``                ``SHARD#<stream>#<id>``     stream lease: owner, counter, expiry,
-                                                        checkpoint sequence number, parent ids
-``MIG#<id>``                ``CONSUMER#<stream>``       consumer start position and time
-``MIG#<id>``                ``DLQ#<ts>#<uuid>``         dead letter: source, reason, raw input
-``MIG#<id>``                ``FLAG``                    cutover flag: active table, epoch
-``MIG#<id>``                ``RATES``                   read/write caps, changeable while running
+``MIG#<id>``                ``META``                    migration spec: source_table,
+                                                        destination_table, transform, created_at
+``MIG#<id>``                ``PLAN``                    backfill plan: state (planned | running
+                                                        | complete), total_segments, created_at,
+                                                        completed_at
+``MIG#<id>``                ``SEG#<nnnnnn>``            segment: state (pending | done), lease,
+                                                        checkpoint (JSON LastEvaluatedKey),
+                                                        items_read, items_written, superseded,
+                                                        dead_lettered
+``MIG#<id>``                ``SPLIT#<seg>#<n>``         hot-key sub-range of a segment: hot_key,
+                                                        range bounds, same lease/checkpoint
+``MIG#<id>``                ``RATES``                   read_rate / write_rate caps (items/s),
+                                                        changeable while running
+``MIG#<id>``                ``CONSUMER#<name>``         a stream consumer (name: source | search
+                                                        | reverse): stream_arn, start_position,
+                                                        started_at, heartbeat_at, lag_seconds,
+                                                        records_behind, real_deletes_since
+``MIG#<id>``                ``SHARD#<name>#<shard>``    shard lease: owner, counter, expiry,
+                                                        checkpoint (padded sequence number),
+                                                        parents, finished, stream_arn, lag
+``MIG#<id>``                ``TOMBSTONES``              state (active | purged), purged_at,
+                                                        purged_count
+``MIG#<id>``                ``DLQ#<ts>#<uuid>``         dead letter: origin, reason, key, raw
+                                                        input (zlib), acknowledged
+``MIG#<id>``                ``VERIFY``                  last verification: passed, at, counts
+``MIG#<id>``                ``FLAG``                    cutover flag: active (source |
+                                                        destination), table, epoch, fenced
 ``MIG#<id>``                ``METRICS``                 counters (items read, written, ...)
 ``DEST#<table>``            ``OWNER``                   which migration writes this destination
 ==========================  ==========================  =======================================

@@ -1,0 +1,82 @@
+"""Stream records at the boundary, and the contract between the consumer engine and its sinks.
+
+A DynamoDB Streams record is parsed once into a ``StreamRecord`` (typed images kept as they
+are, the sequence number padded so that it orders as a string). The consumer engine
+(``stream_consumer``) reads shards, keeps leases and checkpoints, and hands records to a
+``RecordSink``: the destination-table applier, or the search sink. Sinks never see leases and
+never checkpoint (CONVENTIONS.md: only the loop checkpoints, after apply).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+from livemigrate.items import TypedItem
+from livemigrate.versioning import pad_seq
+
+EventName = Literal["INSERT", "MODIFY", "REMOVE"]
+
+
+@dataclass(frozen=True)
+class StreamRecord:
+    """One change of one item, in the form every sink works with."""
+
+    event_name: EventName
+    keys: TypedItem
+    new_image: TypedItem | None
+    old_image: TypedItem | None
+    sequence_number: str  # padded: compare as strings
+    approximate_creation: float  # epoch seconds
+    shard_id: str = ""
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def from_boto(cls, record: Mapping[str, Any], shard_id: str = "") -> StreamRecord:
+        """Parse a record as boto3's GetRecords (or a Lambda event) gives it."""
+        name = record["eventName"]
+        if name not in ("INSERT", "MODIFY", "REMOVE"):
+            raise ValueError(f"unknown stream event name {name!r}")
+        body = record["dynamodb"]
+        created = body.get("ApproximateCreationDateTime", 0)
+        when = created.timestamp() if isinstance(created, datetime) else float(created)
+        return cls(
+            event_name=name,
+            keys=dict(body["Keys"]),
+            new_image=dict(body["NewImage"]) if "NewImage" in body else None,
+            old_image=dict(body["OldImage"]) if "OldImage" in body else None,
+            sequence_number=pad_seq(str(body["SequenceNumber"])),
+            approximate_creation=when,
+            shard_id=shard_id,
+            raw=record,
+        )
+
+
+class ApplyFailure(Exception):
+    """A sink could not apply ``records[index]``; every record before it is durably applied.
+
+    Parameters
+    ----------
+    index:
+        Position of the first record not applied.
+    reason:
+        Why, for logs and the dead-letter store.
+    retryable:
+        False when retrying cannot help (the record is invalid): dead-letter it at once.
+    """
+
+    def __init__(self, index: int, reason: str, *, retryable: bool = True) -> None:
+        self.index = index
+        self.reason = reason
+        self.retryable = retryable
+        super().__init__(f"record {index}: {reason}")
+
+
+class RecordSink(Protocol):
+    """Where the consumer engine delivers records of one shard, in stream order."""
+
+    def apply(self, records: Sequence[StreamRecord]) -> None:
+        """Apply every record durably, preserving per-item order, or raise ApplyFailure."""
+        ...
