@@ -188,12 +188,7 @@ class ControlStore:
 
     def query(self, prefix: str, pk: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
         """(sk, item) for every item whose sk starts with ``prefix``, paged, consistent."""
-        kwargs: dict[str, Any] = {
-            "TableName": self.table,
-            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :p)",
-            "ExpressionAttributeValues": {":pk": {"S": pk or self.pk}, ":p": {"S": prefix}},
-            "ConsistentRead": True,
-        }
+        kwargs = self._prefix_query(prefix, pk)
         while True:
             resp = self.client.query(**kwargs)
             for raw in resp.get("Items", []):
@@ -203,14 +198,21 @@ class ControlStore:
                 return
             kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
 
-    def count(self, prefix: str) -> int:
-        kwargs: dict[str, Any] = {
+    def _prefix_query(self, prefix: str, pk: str | None = None) -> dict[str, Any]:
+        values: dict[str, Any] = {":pk": {"S": pk or self.pk}}
+        condition = "pk = :pk"
+        if prefix:  # DynamoDB refuses an empty string in a key condition
+            condition += " AND begins_with(sk, :p)"
+            values[":p"] = {"S": prefix}
+        return {
             "TableName": self.table,
-            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :p)",
-            "ExpressionAttributeValues": {":pk": {"S": self.pk}, ":p": {"S": prefix}},
-            "Select": "COUNT",
+            "KeyConditionExpression": condition,
+            "ExpressionAttributeValues": values,
             "ConsistentRead": True,
         }
+
+    def count(self, prefix: str) -> int:
+        kwargs = {**self._prefix_query(prefix), "Select": "COUNT"}
         total = 0
         while True:
             resp = self.client.query(**kwargs)
