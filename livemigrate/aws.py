@@ -7,11 +7,15 @@ and ``use_localstack`` builds the clients through localstack-client.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
+from botocore.exceptions import NoRegionError
+
+from livemigrate.errors import ConfigError
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -44,8 +48,10 @@ def client_config(max_pool: int = 50) -> Config:
 def make_clients(settings: Settings | None = None, max_pool: int = 50) -> AwsClients:
     """Build the clients for the configured endpoint (moto, LocalStack or AWS)."""
     kwargs: dict[str, Any] = {"config": client_config(max_pool)}
-    if settings is not None and settings.region:
-        kwargs["region_name"] = settings.region
+    # boto3 reads AWS_DEFAULT_REGION but not every version reads AWS_REGION; honour both.
+    region = (settings.region if settings else None) or os.environ.get("AWS_REGION")
+    if region:
+        kwargs["region_name"] = region
     if settings is not None and settings.use_localstack:
         import localstack_client.session
 
@@ -54,8 +60,14 @@ def make_clients(settings: Settings | None = None, max_pool: int = 50) -> AwsCli
         session = boto3.session.Session()
         if settings is not None and settings.endpoint_url:
             kwargs["endpoint_url"] = settings.endpoint_url
-    return AwsClients(
-        dynamodb=session.client("dynamodb", **kwargs),
-        streams=session.client("dynamodbstreams", **kwargs),
-        ssm=session.client("ssm", **kwargs),
-    )
+    try:
+        return AwsClients(
+            dynamodb=session.client("dynamodb", **kwargs),
+            streams=session.client("dynamodbstreams", **kwargs),
+            ssm=session.client("ssm", **kwargs),
+        )
+    except NoRegionError as exc:
+        raise ConfigError(
+            "no AWS region is configured",
+            "set AWS_REGION (or AWS_DEFAULT_REGION, or 'region' in livemigrate.toml)",
+        ) from exc

@@ -101,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return EXIT_NOT_BUILT
+        if not getattr(engine, "NEEDS_SETTINGS", True):
+            return int(engine.run(args, None, make_clients(None, max_pool=100)))
         settings = _settings(args)
         return int(engine.run(args, settings, make_clients(settings, max_pool=100)))
     except LivemigrateError as exc:

@@ -1,0 +1,298 @@
+"""``livemigrate cutover``: check every gate, then flip the active-table flag (rule 10).
+
+1. Every gate is checked (``livemigrate.gates``) and every unmet one is listed with why and
+   what to do. ``--dry-run`` stops here.
+2. ``--fenced``: one conditional write sets ``fenced`` on the flag (writers using
+   ``livemigrate.client`` pause); the command waits ``--client-ttl`` plus a margin (writers
+   that read the flag before the fence have decided by then), then for a consumer heartbeat
+   newer than that with nothing left to apply. If the consumer does not drain in time, the
+   fence is lifted and nothing is flipped.
+3. The flip: ONE conditional write of the flag on its epoch (active = destination, fence off).
+   With ``--fenced``, the write pause (fence to flip) is measured and printed.
+4. If search is configured, the alias is swapped to the new index in ONE ``_aliases`` call.
+5. Without a fence, writers that still had the old flag cached may write to the source for up
+   to ``--client-ttl``: the command waits until the consumer has drained those (the source is
+   quiet) or ``--drain-timeout`` passes.
+
+What it did is recorded in the ``CUTOVER`` control-table item (rollback reads it).
+Exit codes: 0 flipped (or already cut over), 1 gates unmet, 2 errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from livemigrate.aws import AwsClients
+from livemigrate.clock import Clock, SystemClock
+from livemigrate.config import Settings
+from livemigrate.control import ControlStore
+from livemigrate.deadletters import DeadLetters
+from livemigrate.errors import LivemigrateError
+from livemigrate.flag import Flag, FlagStore, open_flag_store
+from livemigrate.gates import CONSUMER_SOURCE, Gate, Policy, check_all, read_snapshot, unmet
+
+if TYPE_CHECKING:
+    from livemigrate.search.backend import ElasticsearchBackend
+
+CUTOVER_ITEM = "CUTOVER"
+
+
+class DrainTimeout(LivemigrateError):
+    """The consumer did not catch up in time (a fenced cutover is then abandoned)."""
+
+
+@dataclass(frozen=True)
+class CutoverOptions:
+    dry_run: bool = False
+    fenced: bool = False
+    policy: Policy = field(default_factory=Policy)
+    client_ttl: float = 1.0  # the applications' flag cache TTL (ActiveTable ttl)
+    margin: float = 0.5  # beyond client_ttl: an in-flight write's own duration
+    # A heartbeat reports what the consumer's LAST poll saw; a poll may precede its heartbeat
+    # by up to the poll interval plus a GetRecords round trip, so ask for a heartbeat at least
+    # this much later than the last possible source write.
+    consumer_margin: float = 2.0
+    fence_seconds: float = 60.0  # writers wait at most this (a crashed cutover frees them)
+    drain_timeout: float = 60.0
+    drain_lag: float = 1.0  # lag_seconds counted as drained
+    poll: float = 0.2
+
+
+@dataclass
+class SearchSwitch:
+    """The alias swap: the backend, the alias and the index the sink keeps current."""
+
+    backend: ElasticsearchBackend
+    alias: str
+    index: str
+
+
+@dataclass
+class CutoverResult:
+    code: int
+    gates: list[Gate]
+    flag: Flag | None = None
+    write_pause: float | None = None
+    drained: bool | None = None
+    search_previous: list[str] = field(default_factory=list)
+
+
+def drained(consumer: dict[str, Any] | None, since: float, drain_lag: float) -> bool:
+    """The consumer reported, after ``since``, that nothing is left to apply."""
+    if not consumer:
+        return False
+    return (
+        float(consumer.get("heartbeat_at", 0)) >= since
+        and int(consumer.get("records_behind", 1)) == 0
+        and float(consumer.get("lag_seconds", float("inf"))) <= drain_lag
+    )
+
+
+class Cutover:
+    """One cutover run (the CLI builds it; tests drive it directly)."""
+
+    def __init__(
+        self,
+        store: ControlStore,
+        flags: FlagStore,
+        options: CutoverOptions,
+        *,
+        search: SearchSwitch | None = None,
+        clock: Clock | None = None,
+        out: Callable[[str], None] = print,
+    ) -> None:
+        self.store = store
+        self.flags = flags
+        self.options = options
+        self.search = search
+        self.clock: Clock = clock or SystemClock()
+        self.out = out
+
+    def gates(self) -> list[Gate]:
+        ready = None if self.search is None else self.search.backend.index_exists(self.search.index)
+        snap = read_snapshot(
+            self.store,
+            now=self.clock.now(),
+            search_index_ready=ready,
+            search_index="" if self.search is None else self.search.index,
+        )
+        return check_all(snap, self.options.policy)
+
+    def run(self) -> CutoverResult:
+        gates = self.gates()
+        self.out("cutover gates:")
+        for gate in gates:
+            self.out(gate.line())
+        failing = unmet(gates)
+        if failing:
+            names = ", ".join(g.name for g in failing)
+            self.out(f"cutover refused: {len(failing)} gate(s) unmet: {names}")
+            return CutoverResult(1, gates)
+        if self.options.dry_run:
+            self.out("dry run: every gate is met; nothing was changed")
+            return CutoverResult(0, gates)
+        flag = self.flags.read()
+        if flag.active == "destination":
+            self.out(f"already cut over: {flag.table} is active (epoch {flag.epoch})")
+            return CutoverResult(0, gates, flag)
+        return self._switch(gates, flag)
+
+    def _switch(self, gates: list[Gate], flag: Flag) -> CutoverResult:
+        if self.options.policy.ack_dead_letters:
+            acked = DeadLetters(self.store).acknowledge_all("cutover --ack-dead-letters")
+            self.out(f"acknowledged {acked} dead letter(s)")
+        fence_at = None
+        if self.options.fenced:
+            flag, fence_at = self._fence_and_drain(flag)
+        flag = self.flags.write(flag.flipped("destination", self.clock.now()), flag.epoch)
+        result = CutoverResult(0, gates, flag)
+        self.out(f"flag flipped: active table is now {flag.table} (epoch {flag.epoch})")
+        if fence_at is not None:
+            result.write_pause = flag.flipped_at - fence_at
+            self.out(f"write pause (fence to flip): {result.write_pause:.3f}s")
+        if self.search is not None:
+            result.search_previous = self.search.backend.swap_alias(
+                self.search.alias, self.search.index
+            )
+            self.out(
+                f"search alias {self.search.alias!r} -> {self.search.index} "
+                f"(was {result.search_previous or 'unset'})"
+            )
+        if fence_at is None:
+            result.drained = self._drain_after_flip(flag)
+        self._record(result)
+        return result
+
+    def _fence_and_drain(self, flag: Flag) -> tuple[Flag, float]:
+        now = self.clock.now()
+        flag = self.flags.write(flag.fence(now, self.options.fence_seconds), flag.epoch)
+        self.out(
+            f"writers fenced at epoch {flag.epoch} (for at most {self.options.fence_seconds}s)"
+        )
+        since = now + self._quiet_after()
+        deadline = min(now + self.options.drain_timeout, flag.fenced_until - 1.0)
+        if self.wait_drained(since, deadline):
+            self.out("consumer drained: the source is quiet")
+            return flag, now
+        self.flags.write(flag.unfence(), flag.epoch)
+        raise DrainTimeout(
+            "the consumer did not drain the source stream before the fence deadline; the fence "
+            "was lifted, writers continue on the source, nothing was flipped",
+            "check `livemigrate status` (is `livemigrate consume` running and caught up?) and "
+            "run the cutover again, or raise --drain-timeout / --fence-seconds",
+        )
+
+    def _drain_after_flip(self, flag: Flag) -> bool:
+        since = flag.flipped_at + self._quiet_after()
+        ok = self.wait_drained(since, self.clock.now() + self.options.drain_timeout)
+        if ok:
+            self.out("consumer drained the writes made before the flip: the source is quiet")
+        else:
+            self.out(
+                f"warning: the consumer had not drained within {self.options.drain_timeout}s; "
+                "keep `livemigrate consume` running until `livemigrate status` shows lag 0"
+            )
+        return ok
+
+    def _quiet_after(self) -> float:
+        """Seconds after a fence or flip until no writer can still be writing the source."""
+        return self.options.client_ttl + self.options.margin + self.options.consumer_margin
+
+    def wait_drained(self, since: float, deadline: float) -> bool:
+        """Poll the consumer's heartbeat until it drained after ``since`` (False at deadline)."""
+        while True:
+            if drained(self.store.get(CONSUMER_SOURCE), since, self.options.drain_lag):
+                return True
+            if self.clock.now() >= deadline:
+                return False
+            self.clock.sleep(self.options.poll)
+
+    def _record(self, result: CutoverResult) -> None:
+        flag = result.flag
+        self.store.put(
+            CUTOVER_ITEM,
+            {
+                "flipped_at": flag.flipped_at if flag else 0,
+                "epoch": flag.epoch if flag else 0,
+                "fenced": self.options.fenced,
+                "write_pause": result.write_pause,
+                "drained": result.drained,
+                "search_alias": self.search.alias if self.search else None,
+                "search_index": self.search.index if self.search else None,
+                "search_previous": result.search_previous,
+            },
+        )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dry-run", action="store_true", help="check the gates only")
+    parser.add_argument("--fenced", action="store_true", help="pause writers while draining")
+    parser.add_argument("--max-lag-seconds", type=float, default=5.0, help="default 5")
+    parser.add_argument(
+        "--max-heartbeat-age", type=float, default=30.0, help="consumer heartbeat age (default 30)"
+    )
+    parser.add_argument(
+        "--ack-dead-letters", action="store_true", help="cut over despite dead letters"
+    )
+    parser.add_argument(
+        "--client-ttl", type=float, default=1.0, help="applications' flag cache TTL (default 1)"
+    )
+    parser.add_argument(
+        "--consumer-margin",
+        type=float,
+        default=2.0,
+        help="extra seconds a drained heartbeat must postdate the last source write (default 2)",
+    )
+    parser.add_argument("--fence-seconds", type=float, default=60.0, help="default 60")
+    parser.add_argument("--drain-timeout", type=float, default=60.0, help="default 60")
+    parser.add_argument("--flag-store", choices=("control", "ssm"), default="control")
+    parser.add_argument("--json", action="store_true", help="also print the result as JSON")
+
+
+def search_switch(settings: Settings, store: ControlStore) -> SearchSwitch | None:
+    """The alias swap of a migration with search configured, else None."""
+    if not (settings.search_url and settings.search_alias):
+        return None
+    from elasticsearch import Elasticsearch
+
+    from livemigrate.search.backend import ElasticsearchBackend
+    from livemigrate.search.targets import ControlTargets
+
+    default = f"{settings.search_alias}-{settings.migration_id}"
+    index = ControlTargets(store, default).current().indices[0]
+    backend = ElasticsearchBackend(Elasticsearch(settings.search_url))
+    return SearchSwitch(backend, settings.search_alias, index)
+
+
+def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> int:
+    store = ControlStore(clients.dynamodb, settings.control_table, settings.migration_id)
+    flags = open_flag_store(
+        args.flag_store, store, clients.ssm, settings.source_table, settings.destination_table
+    )
+    options = CutoverOptions(
+        dry_run=args.dry_run,
+        fenced=args.fenced,
+        policy=Policy(args.max_lag_seconds, args.max_heartbeat_age, args.ack_dead_letters),
+        client_ttl=args.client_ttl,
+        consumer_margin=args.consumer_margin,
+        fence_seconds=args.fence_seconds,
+        drain_timeout=args.drain_timeout,
+    )
+    started = time.monotonic()
+    result = Cutover(store, flags, options, search=search_switch(settings, store)).run()
+    if args.json:
+        summary = {
+            "code": result.code,
+            "unmet": [g.name for g in unmet(result.gates)],
+            "flag": result.flag.to_dict() if result.flag else None,
+            "write_pause": result.write_pause,
+            "drained": result.drained,
+            "seconds": round(time.monotonic() - started, 3),
+        }
+        print(json.dumps(summary, sort_keys=True))
+    return result.code

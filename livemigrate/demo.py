@@ -1,0 +1,264 @@
+"""``livemigrate demo``: a real migration, end to end, on the local services.
+
+It plays both sides: the application (a source table with a hot outbox partition and a live
+write load) and the operator (the same ``livemigrate`` commands a team would run, as separate
+processes): start the consumer and the search sink, run the backfill while the load writes,
+wait for tombstones to be purged, verify, cut over with writers fenced, print a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from livemigrate.aws import AwsClients
+from livemigrate.control import ControlStore
+from livemigrate.demo_data import (
+    HOT_KEY,
+    LiveLoad,
+    create_source_table,
+    demo_items,
+    enable_stream,
+    seed_table,
+)
+from livemigrate.errors import LivemigrateError
+from livemigrate.tables import create_like, describe
+
+NEEDS_SETTINGS = False  # the demo makes its own migration; see cli.main
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--items", type=int, default=4000, help="source items (default 4000)")
+    parser.add_argument("--hot-share", type=float, default=0.5, help="share under the hot key")
+    parser.add_argument("--load-rate", type=float, default=40.0, help="live writes/s (40)")
+    parser.add_argument("--workers", type=int, default=4, help="backfill workers (4)")
+    parser.add_argument("--no-search", action="store_true", help="skip the search index")
+    parser.add_argument("--timeout", type=float, default=600.0, help="give up after (600 s)")
+    parser.add_argument("--json", action="store_true", help="print the full summary as JSON")
+
+
+@dataclass
+class Demo:
+    """One demo run: names, child processes, timings."""
+
+    args: argparse.Namespace
+    clients: AwsClients
+    stamp: str = field(default_factory=lambda: time.strftime("%Y%m%d%H%M%S"))
+    children: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = {
+            **os.environ,
+            "LIVEMIGRATE_MIGRATION_ID": f"demo-{self.stamp}",
+            "LIVEMIGRATE_SOURCE_TABLE": f"demo-app-{self.stamp}",
+            "LIVEMIGRATE_DESTINATION_TABLE": f"demo-app-v2-{self.stamp}",
+            "LIVEMIGRATE_CONTROL_TABLE": "livemigrate-control",
+            "LIVEMIGRATE_TRANSFORM": "livemigrate.examples.hot_outbox:transform",
+            "LIVEMIGRATE_WORKERS": str(self.args.workers),
+        }
+        if self.search:
+            env["LIVEMIGRATE_SEARCH_ALIAS"] = f"demo-app-{self.stamp}"
+        else:
+            env.pop("LIVEMIGRATE_SEARCH_URL", None)
+        return env
+
+    @property
+    def search(self) -> bool:
+        return not self.args.no_search and bool(os.environ.get("LIVEMIGRATE_SEARCH_URL"))
+
+    @property
+    def store(self) -> ControlStore:
+        return ControlStore(self.clients.dynamodb, "livemigrate-control", f"demo-{self.stamp}")
+
+    def say(self, text: str) -> None:
+        print(f"[demo {time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+    def command(self, *argv: str) -> list[str]:
+        return [sys.executable, "-m", "livemigrate.cli", "--log-level", "WARNING", *argv]
+
+    def background(self, *argv: str) -> None:
+        self.children.append(subprocess.Popen(self.command(*argv), env=self.env))
+
+    def foreground(self, *argv: str) -> subprocess.CompletedProcess[str]:
+        started = time.monotonic()
+        result = subprocess.run(
+            self.command(*argv),
+            env=self.env,
+            text=True,
+            stdout=subprocess.PIPE,
+            timeout=self.args.timeout,
+            check=False,
+        )
+        self.timings[argv[0]] = time.monotonic() - started
+        return result
+
+    def stop_children(self) -> None:
+        for child in self.children:
+            child.terminate()
+        for child in self.children:
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+    def wait_for(self, what: str, check: Any, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not check():
+            if time.monotonic() > deadline:
+                raise LivemigrateError(f"demo: timed out waiting for {what}")
+            time.sleep(0.5)
+
+
+def run(args: argparse.Namespace, settings: object, clients: AwsClients) -> int:
+    demo = Demo(args, clients)
+    try:
+        return _run(demo)
+    finally:
+        demo.stop_children()
+
+
+def _run(demo: Demo) -> int:
+    env = demo.env
+    source, destination = env["LIVEMIGRATE_SOURCE_TABLE"], env["LIVEMIGRATE_DESTINATION_TABLE"]
+    started = time.monotonic()
+    demo.say(f"source {source}: {demo.args.items} items, {demo.args.hot_share:.0%} under {HOT_KEY}")
+    # History first, then the stream: like a real table, whose stream holds only recent changes.
+    create_source_table(demo.clients.dynamodb, source, stream=False)
+    seed_table(demo.clients.dynamodb, source, demo_items(demo.args.items, demo.args.hot_share))
+    enable_stream(demo.clients.dynamodb, source)
+    create_like(
+        demo.clients.dynamodb, describe(demo.clients.dynamodb, source, "source"), destination
+    )
+    demo.say("starting the stream consumer (before the backfill, rule 9)")
+    demo.background("consume", "--settle-seconds", "3", "--lease-seconds", "10")
+    demo.wait_for(
+        "the consumer to start",
+        lambda: demo.store.exists() and any(demo.store.query("CONSUMER#source")),
+    )
+    if demo.search:
+        demo.say("starting the search sink")
+        demo.background("search", "sync", "--lease-seconds", "10")
+    keys = [(str(i["pk"]), str(i["sk"])) for i in demo_items(demo.args.items, demo.args.hot_share)]
+    load = LiveLoad(demo.clients.dynamodb, source, keys, rate=demo.args.load_rate).start()
+    demo.say(f"live write load on the source at {demo.args.load_rate:.0f} ops/s; backfill starts")
+    backfill = demo.foreground("backfill", "--workers", str(demo.args.workers))
+    load_stats = load.stop()
+    if backfill.returncode != 0:
+        demo.say(f"backfill failed (exit {backfill.returncode})")
+        return 1
+    demo.say(f"backfill complete in {demo.timings['backfill']:.1f}s; live load stopped")
+    demo.wait_for(
+        "tombstones to be purged",
+        lambda: (demo.store.get("TOMBSTONES") or {}).get("state") == "purged",
+        timeout=180,
+    )
+    verify = demo.foreground("verify", "--json")
+    demo.say(f"verify exit {verify.returncode}")
+    cutover = demo.foreground("cutover", "--fenced", "--json")
+    result = _last_json(cutover.stdout)
+    summary = _summary(demo, load_stats.__dict__, verify, result, time.monotonic() - started)
+    if demo.args.json:
+        print(json.dumps(summary, indent=2, sort_keys=True, default=str))
+    else:
+        print(render_summary(summary))
+    return 0 if verify.returncode == 0 and cutover.returncode == 0 else 1
+
+
+def _last_json(text: str) -> dict[str, Any]:
+    """The JSON object a command printed: the whole output, or its last JSON line."""
+    try:
+        whole: dict[str, Any] = json.loads(text)
+        return whole
+    except json.JSONDecodeError:
+        pass
+    for line in reversed(text.strip().splitlines()):
+        if line.startswith("{"):
+            parsed: dict[str, Any] = json.loads(line)
+            return parsed
+    return {}
+
+
+def _summary(
+    demo: Demo,
+    load: dict[str, Any],
+    verify: subprocess.CompletedProcess[str],
+    cutover: dict[str, Any],
+    seconds: float,
+) -> dict[str, Any]:
+    metrics = demo.store.metrics()
+    consumer = next((item for _, item in demo.store.query("CONSUMER#source")), {})
+    report = _last_json(verify.stdout)
+    return {
+        "migration_id": demo.env["LIVEMIGRATE_MIGRATION_ID"],
+        "source_items_seeded": demo.args.items,
+        "live_writes": load,
+        "backfill_seconds": round(demo.timings.get("backfill", 0.0), 2),
+        "total_seconds": round(seconds, 2),
+        "items_read": metrics.get("items_read"),
+        "items_written": metrics.get("items_written"),
+        "conflicts_reconciled_superseded_by_live_write": metrics.get("superseded_by_live_write"),
+        "consumer_lag_seconds": consumer.get("lag_seconds"),
+        "dead_letters": demo.store.count("DLQ#"),
+        "verification": "passed" if verify.returncode == 0 else "FAILED",
+        "verification_report": report,
+        "cutover": cutover,
+        "write_pause_seconds": cutover.get("write_pause"),
+    }
+
+
+def _number(value: Any) -> float:
+    return float(value) if value is not None else 0.0
+
+
+def render_summary(summary: dict[str, Any]) -> str:
+    """The operator's summary of a demo run, one fact a line."""
+    load = summary["live_writes"]
+    pause = summary["write_pause_seconds"]
+    report = summary["verification_report"]
+    search = report.get("search") or {}
+    return "\n".join(
+        [
+            "",
+            f"livemigrate demo: migration {summary['migration_id']}",
+            f"  items            {summary['source_items_seeded']} seeded; backfill read "
+            f"{_number(summary['items_read']):.0f}, wrote {_number(summary['items_written']):.0f}",
+            f"  live writes      {load['puts']} puts, {load['updates']} updates "
+            f"({load['key_moves']} moved month), {load['deletes']} deletes, "
+            f"{load['errors']} errors",
+            f"  time             backfill {summary['backfill_seconds']:.1f}s, "
+            f"total {summary['total_seconds']:.1f}s",
+            "  conflicts        "
+            f"{_number(summary['conflicts_reconciled_superseded_by_live_write']):.0f} backfill "
+            "writes superseded by live writes (the live write won)",
+            f"  consumer lag     {_number(summary['consumer_lag_seconds']):.2f}s at cutover",
+            f"  dead letters     {summary['dead_letters']}",
+            f"  verification     {summary['verification']}: "
+            f"{report.get('source_items', '?')} source items, missing/extra/different "
+            f"{_counts(report)}; search {'passed' if search.get('passed') else search or 'n/a'}",
+            f"  cutover          exit {summary['cutover'].get('code')}, "
+            f"flag -> {(summary['cutover'].get('flag') or {}).get('table')}",
+            f"  write pause      {pause:.2f}s (fenced)"
+            if pause is not None
+            else "  write pause  -",
+        ]
+    )
+
+
+def _counts(report: dict[str, Any]) -> str:
+    counts = report.get("counts") or {}
+    return "/".join(str(counts.get(k, "?")) for k in ("missing", "extra", "different"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:  # pragma: no cover - convenience
+    from livemigrate.cli import main as cli_main
+
+    return cli_main(["demo", *(argv or [])])

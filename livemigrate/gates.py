@@ -1,0 +1,193 @@
+"""The cutover gates (ARCHITECTURE.md rule 10) as small pure functions over a snapshot.
+
+``read_snapshot`` is the only function here that touches a service: it reads the few
+control-table items the gates look at. Every gate takes that snapshot (and the policy) and says
+whether it is met and, if not, why and what to do. ``check_all`` runs every gate, so an operator
+sees every unmet gate at once, not just the first.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from livemigrate.control import ControlStore
+from livemigrate.deadletters import DeadLetters
+from livemigrate.migration import BACKFILL_COMPLETE, PLAN
+
+CONSUMER_SOURCE = "CONSUMER#source"
+TOMBSTONES = "TOMBSTONES"
+VERIFY = "VERIFY"
+FLAG = "FLAG"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The control-table items the gates read, taken at ``now``."""
+
+    now: float
+    plan: dict[str, Any] | None = None
+    consumer: dict[str, Any] | None = None
+    tombstones: dict[str, Any] | None = None
+    verify: dict[str, Any] | None = None
+    unacknowledged_dead_letters: int = 0
+    # None when search is not configured; else whether the destination index exists.
+    search_index_ready: bool | None = None
+    search_index: str = ""
+    flag: dict[str, Any] | None = field(default=None)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What the operator allows: the lag bound, heartbeat age, and acknowledged dead letters."""
+
+    max_lag_seconds: float = 5.0
+    max_heartbeat_age: float = 30.0
+    ack_dead_letters: bool = False
+
+
+@dataclass(frozen=True)
+class Gate:
+    """One gate's verdict: ``why`` says what is wrong and ``fix`` what to do (empty when met)."""
+
+    name: str
+    met: bool
+    why: str = ""
+    fix: str = ""
+
+    def line(self) -> str:
+        if self.met:
+            return f"  [ok]   {self.name}"
+        return f"  [FAIL] {self.name}: {self.why}\n         fix: {self.fix}"
+
+
+def _num(item: dict[str, Any] | None, name: str, default: float = 0.0) -> float:
+    if not item or item.get(name) is None:
+        return default
+    return float(item[name])
+
+
+def backfill_gate(snap: Snapshot, policy: Policy) -> Gate:
+    name = "backfill complete"
+    state = (snap.plan or {}).get("state")
+    if state == BACKFILL_COMPLETE:
+        return Gate(name, True)
+    why = "no backfill plan is recorded" if state is None else f"backfill state is {state!r}"
+    return Gate(name, False, why, "run `livemigrate backfill` until every segment is done")
+
+
+def lag_gate(snap: Snapshot, policy: Policy) -> Gate:
+    name = "consumer lag under bound"
+    fix = "start or restart `livemigrate consume` and wait until it has caught up"
+    if snap.consumer is None:
+        return Gate(name, False, "the source-stream consumer has never run", fix)
+    age = snap.now - _num(snap.consumer, "heartbeat_at")
+    if age > policy.max_heartbeat_age:
+        why = (
+            f"the consumer's last heartbeat is {age:.0f}s old "
+            f"(limit {policy.max_heartbeat_age:.0f}s): it is not running"
+        )
+        return Gate(name, False, why, fix)
+    lag = _num(snap.consumer, "lag_seconds", default=float("inf"))
+    if lag > policy.max_lag_seconds:
+        why = f"consumer lag is {lag:.1f}s (limit {policy.max_lag_seconds:.1f}s)"
+        return Gate(name, False, why, fix + ", or raise --max-lag-seconds")
+    return Gate(name, True)
+
+
+def dead_letters_gate(snap: Snapshot, policy: Policy) -> Gate:
+    name = "dead letters empty or acknowledged"
+    n = snap.unacknowledged_dead_letters
+    if n == 0 or policy.ack_dead_letters:
+        return Gate(name, True)
+    return Gate(
+        name,
+        False,
+        f"{n} unacknowledged dead letter(s): those items are not in the destination",
+        "inspect them (livemigrate status), fix and replay them, or pass --ack-dead-letters "
+        "to cut over without them",
+    )
+
+
+def tombstones_gate(snap: Snapshot, policy: Policy) -> Gate:
+    name = "tombstones purged"
+    state = (snap.tombstones or {}).get("state")
+    if state == "purged":
+        return Gate(name, True)
+    why = (
+        "the tombstone purge has not run"
+        if state is None
+        else f"tombstones are {state!r}: readers of the destination would see deleted items"
+    )
+    return Gate(name, False, why, "let the consumer purge tombstones after the backfill completes")
+
+
+def verify_gate(snap: Snapshot, policy: Policy) -> Gate:
+    name = "verification passed"
+    fix = "run `livemigrate verify` (with --repair if it reports differences)"
+    if snap.verify is None:
+        return Gate(name, False, "no verification has run", fix)
+    if not snap.verify.get("passed"):
+        counts = ", ".join(
+            f"{k} {int(_num(snap.verify, k))}" for k in ("missing", "extra", "different")
+        )
+        return Gate(name, False, f"the last verification failed ({counts})", fix)
+    completed = _num(snap.plan, "completed_at")
+    if not completed or _num(snap.verify, "at") < completed:
+        why = "the last passing verification ran before the backfill completed"
+        return Gate(name, False, why, fix)
+    return Gate(name, True)
+
+
+def search_gate(snap: Snapshot, policy: Policy) -> Gate:
+    name = "search index ready"
+    if snap.search_index_ready is None or snap.search_index_ready:
+        return Gate(name, True)
+    return Gate(
+        name,
+        False,
+        f"search is configured but index {snap.search_index!r} does not exist",
+        "run the search sink (`livemigrate search`) so the new index is built",
+    )
+
+
+GATES: tuple[Callable[[Snapshot, Policy], Gate], ...] = (
+    backfill_gate,
+    lag_gate,
+    dead_letters_gate,
+    tombstones_gate,
+    verify_gate,
+    search_gate,
+)
+
+
+def check_all(snap: Snapshot, policy: Policy) -> list[Gate]:
+    """Every gate's verdict, in a fixed order (all are evaluated, none short-circuits)."""
+    return [gate(snap, policy) for gate in GATES]
+
+
+def unmet(gates: list[Gate]) -> list[Gate]:
+    return [g for g in gates if not g.met]
+
+
+def read_snapshot(
+    store: ControlStore,
+    *,
+    now: float | None = None,
+    search_index_ready: bool | None = None,
+    search_index: str = "",
+) -> Snapshot:
+    """Read the gate items of one migration (a handful of consistent reads)."""
+    return Snapshot(
+        now=time.time() if now is None else now,
+        plan=store.get(PLAN),
+        consumer=store.get(CONSUMER_SOURCE),
+        tombstones=store.get(TOMBSTONES),
+        verify=store.get(VERIFY),
+        unacknowledged_dead_letters=DeadLetters(store).unacknowledged(),
+        search_index_ready=search_index_ready,
+        search_index=search_index,
+        flag=store.get(FLAG),
+    )

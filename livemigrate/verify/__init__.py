@@ -1,0 +1,189 @@
+"""``livemigrate verify``: prove that transform(source) == destination (== search index).
+
+See ``livemigrate.verify.engine`` for the method (bucket digests, item diffs only in differing
+buckets, consistent rechecks) and ``livemigrate.verify.repair`` for the ``--repair`` rule. The
+result is written to the control table (``VERIFY`` item), where the cutover gate reads it.
+
+Exit codes: 0 parity, 1 differences, 2 errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from typing import Any
+
+from livemigrate.aws import AwsClients
+from livemigrate.clock import Clock, SystemClock
+from livemigrate.config import Settings
+from livemigrate.control import ControlStore
+from livemigrate.migration import Migration, open_migration
+from livemigrate.verify.engine import KINDS, Hooks, Verifier, VerifyOptions, VerifyReport
+from livemigrate.verify.repair import Repairer
+
+VERIFY_ITEM = "VERIFY"
+CONSUMER_SOURCE = "CONSUMER#source"
+HEARTBEAT_STALE = 60.0  # seconds: an older heartbeat means no consumer is running
+
+__all__ = ["Hooks", "VerifyOptions", "VerifyReport", "add_arguments", "run", "verify"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--repair",
+        action="store_true",
+        help="fix missing items and backfill-written differences through the version rule",
+    )
+    parser.add_argument("--buckets", type=int, help="digest buckets (default: from table size)")
+    parser.add_argument("--segments", type=int, help="parallel scan segments (default: workers)")
+    parser.add_argument("--recheck-wait", type=float, default=2.0, help="seconds (default 2)")
+    parser.add_argument("--recheck-rounds", type=int, default=3, help="default 3")
+    parser.add_argument("--examples", type=int, default=5, help="examples per kind (default 5)")
+    parser.add_argument(
+        "--max-items-in-memory",
+        type=int,
+        default=200_000,
+        help="items of differing buckets held at once (default 200000)",
+    )
+    parser.add_argument(
+        "--consumer-wait",
+        type=float,
+        default=30.0,
+        help="longest wait for the consumer to pass a difference before a recheck (default 30)",
+    )
+    parser.add_argument("--no-search", action="store_true", help="skip the search index check")
+
+
+def options_from(args: argparse.Namespace, settings: Settings) -> VerifyOptions:
+    return VerifyOptions(
+        buckets=args.buckets,
+        segments=args.segments or settings.workers,
+        recheck_wait=args.recheck_wait,
+        recheck_rounds=args.recheck_rounds,
+        max_items_in_memory=args.max_items_in_memory,
+        examples=args.examples,
+        consumer_wait=args.consumer_wait,
+    )
+
+
+def verify(
+    migration: Migration,
+    options: VerifyOptions,
+    *,
+    repair: bool = False,
+    search: bool = True,
+    clock: Clock | None = None,
+    hooks: Hooks | None = None,
+) -> VerifyReport:
+    """Run one verification and record it in the control table (``VERIFY``)."""
+    clock = clock or SystemClock()
+    verifier = Verifier(
+        migration.clients.dynamodb,
+        migration.source,
+        migration.destination,
+        migration.transformer,
+        options,
+        clock=clock,
+        hooks=hooks,
+        consumer_position=lambda: consumer_position(migration.store, clock.now()),
+    )
+    report = verifier.run(Repairer(verifier, migration.writer) if repair else None)
+    settings = migration.settings
+    if search and settings.search_url and settings.search_alias:
+        report.search = _verify_search(migration, options, clock)
+        report.passed = report.passed and bool(report.search.get("passed"))
+    record(migration.store, report)
+    return report
+
+
+def consumer_position(store: ControlStore, now: float) -> float | None:
+    """Stream time the source consumer has applied up to; None if it is not running.
+
+    ``lag_seconds`` is the age of the last applied record (0 when caught up), so
+    ``heartbeat_at - lag_seconds`` is the creation time of what it applied last.
+    """
+    item = store.get(CONSUMER_SOURCE)
+    if not item or now - float(item.get("heartbeat_at", 0)) > HEARTBEAT_STALE:
+        return None
+    return float(item["heartbeat_at"]) - float(item.get("lag_seconds", 0))
+
+
+def _verify_search(migration: Migration, options: VerifyOptions, clock: Clock) -> dict[str, Any]:
+    from elasticsearch import Elasticsearch
+
+    from livemigrate.search.backend import ElasticsearchBackend
+    from livemigrate.search.targets import ControlTargets
+    from livemigrate.verify.search import SearchVerifier
+
+    settings = migration.settings
+    default = f"{settings.search_alias}-{settings.migration_id}"
+    index = ControlTargets(migration.store, default).current().indices[0]
+    backend = ElasticsearchBackend(Elasticsearch(str(settings.search_url)))
+    if not backend.index_exists(index):
+        return {"index": index, "passed": False, "error": f"index {index!r} does not exist"}
+    verifier = SearchVerifier(
+        migration.clients.dynamodb,
+        migration.destination,
+        backend,
+        index,
+        options=options,
+        clock=clock,
+    )
+    return verifier.run().as_dict()
+
+
+def record(store: ControlStore, report: VerifyReport) -> None:
+    """Write the ``VERIFY`` item the cutover gate reads."""
+    values: dict[str, Any] = {
+        "passed": report.passed,
+        "at": report.at,
+        "seconds": report.seconds,
+        "source_items": report.source_items,
+        "destination_items": report.destination_items,
+        "transform_errors": report.transform_errors,
+        **report.counts,
+    }
+    if report.search is not None:
+        values["search_passed"] = bool(report.search.get("passed"))
+        values["search_index"] = str(report.search.get("index"))
+    store.put(VERIFY_ITEM, values)
+
+
+def render(report: VerifyReport) -> str:
+    verdict = "PARITY" if report.passed else "DIFFERENCES"
+    lines = [
+        f"verify: {verdict} in {report.seconds:.1f}s",
+        f"  source (transformed) items {report.source_items}, destination items "
+        f"{report.destination_items}, transform errors {report.transform_errors}",
+        f"  buckets {report.buckets}, differing {report.differing_buckets}; first-pass "
+        f"differences {report.first_pass_differences}, resolved by recheck "
+        f"{report.resolved_by_recheck}",
+        "  " + ", ".join(f"{kind} {report.counts[kind]}" for kind in KINDS),
+    ]
+    for kind in KINDS:
+        for example in report.examples[kind]:
+            lines.append(f"    {kind}: {json.dumps(example, sort_keys=True)}")
+    if report.repairs:
+        done = ", ".join(f"{k} {v}" for k, v in sorted(report.repairs.items()))
+        lines.append(f"  repair: {done} (run verify again to confirm parity)")
+    if report.search is not None:
+        s = report.search
+        counts = ", ".join(f"{k} {s.get(k, 0)}" for k in KINDS)
+        state = "ok" if s.get("passed") else f"FAILED {s.get('error', '')}"
+        lines.append(f"  search index {s.get('index')}: {state} ({counts})")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> int:
+    """CLI entry: 0 on parity, 1 on differences."""
+    migration = open_migration(settings, clients, require_source_stream=False)
+    report = verify(
+        migration, options_from(args, settings), repair=args.repair, search=not args.no_search
+    )
+    if args.json:
+        print(json.dumps(asdict(report), indent=2, sort_keys=True, default=str))
+    else:
+        print(render(report))
+    return 0 if report.passed else 1

@@ -1,0 +1,81 @@
+"""``verify --repair``: fix confirmed differences only through the contract's version rules.
+
+The rule, per kind of difference (ARCHITECTURE.md rules 1-3; a repair written from an older
+read must never "un-synchronise" the table):
+
+missing
+    Re-read the source item with a consistent read, transform it, and write it with the
+    backfill's put-if-absent (``_lm_seq`` = BACKFILL_SEQ). A live write or a tombstone that got
+    there first wins; the repair is then counted as superseded.
+different
+    Only a copy the backfill wrote (held ``_lm_seq`` == BACKFILL_SEQ, not a tombstone) is
+    replaced: it is deleted with a delete conditional on exactly that, then re-written as for
+    a missing item. An item a stream event wrote (newer sequence number) is never overwritten:
+    it is reported as ``skipped_stream_written`` (the consumer, not verify, owns it).
+extra
+    Left alone and reported: no source item produces it, and deleting by scan result could race
+    a live insert. The stream consumer deletes what the source deletes.
+
+After a repair write lands, the source item is read again: if it was deleted (or no longer maps
+to this key) in between, the stream consumer may already have applied that delete before our
+write, so the repair deletes its own write again (conditional on BACKFILL_SEQ, so a newer live
+write is left alone). A delete made after that second read reaches the destination through the
+stream, whose sequence number beats BACKFILL_SEQ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from livemigrate.control import condition_failed
+from livemigrate.destination import DestinationWriter, Outcome
+from livemigrate.verify.engine import Difference, Verifier
+from livemigrate.versioning import BACKFILL_SEQ, SEQ_ATTR, TOMBSTONE_ATTR
+
+
+class Repairer:
+    """Callable handed to ``Verifier.run``: repairs one difference, returns the outcome name."""
+
+    def __init__(self, verifier: Verifier, writer: DestinationWriter) -> None:
+        self.verifier = verifier
+        self.writer = writer
+
+    def __call__(self, diff: Difference) -> str:
+        if diff.kind == "extra" or diff.source_key is None:
+            return "extra_left_alone"
+        if diff.kind == "different":
+            if diff.held_seq != BACKFILL_SEQ:
+                return "skipped_stream_written"
+            if not self.delete_backfill_copy(diff.key):
+                return "skipped_changed_meanwhile"
+        return self._write(diff.source_key, diff.kid, diff.key)
+
+    def _write(self, source_key: Mapping[str, Any], kid: str, key: Mapping[str, Any]) -> str:
+        expected = self.verifier.expected_for(source_key, kid)
+        if expected is None:
+            return "gone_from_source"
+        if self.writer.put_if_absent(expected) is Outcome.SUPERSEDED:
+            return "superseded_by_live_write"
+        if self.verifier.expected_for(source_key, kid) is None:
+            self.delete_backfill_copy(key)
+            return "undone_source_deleted"
+        return "repaired"
+
+    def delete_backfill_copy(self, key: Mapping[str, Any]) -> bool:
+        """Delete the item only if the backfill wrote it and nothing newer replaced it."""
+        try:
+            self.writer.client.delete_item(
+                TableName=self.writer.table,
+                Key=dict(key),
+                ConditionExpression="#seq = :backfill AND attribute_not_exists(#tomb)",
+                ExpressionAttributeNames={"#seq": SEQ_ATTR, "#tomb": TOMBSTONE_ATTR},
+                ExpressionAttributeValues={":backfill": {"S": BACKFILL_SEQ}},
+            )
+        except ClientError as exc:
+            if condition_failed(exc):
+                return False
+            raise
+        return True

@@ -1,0 +1,92 @@
+"""The flag and the client library with an in-memory flag store and a fake clock."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from livemigrate.client import ActiveTable, FenceTimeout
+from livemigrate.clock import FakeClock
+from livemigrate.cutover import drained
+from livemigrate.flag import Flag, FlagConflict
+
+
+class MemoryFlags:
+    """A FlagStore in memory; ``script`` maps a read number to a flag to switch to."""
+
+    def __init__(self, flag: Flag) -> None:
+        self.flag = flag
+        self.reads = 0
+        self.script: dict[int, Flag] = {}
+
+    def read(self) -> Flag:
+        self.reads += 1
+        self.flag = self.script.get(self.reads, self.flag)
+        return self.flag
+
+    def write(self, new: Flag, expected_epoch: int) -> Flag:
+        if self.flag.epoch != expected_epoch:
+            raise FlagConflict("stale epoch")
+        self.flag = replace(new, epoch=expected_epoch + 1)
+        return self.flag
+
+
+INITIAL = Flag("source", "orders", source_table="orders", destination_table="orders_v2")
+
+
+def test_active_table_is_cached_for_ttl_then_read_again() -> None:
+    clock = FakeClock()
+    flags = MemoryFlags(INITIAL)
+    active = ActiveTable(flags, ttl=1.0, clock=clock)
+    assert active.active_table() == "orders"
+    flags.flag = INITIAL.flipped("destination", clock.now())
+    clock.advance(0.9)
+    assert active.active_table() == "orders"  # still cached
+    assert flags.reads == 1
+    clock.advance(0.1)
+    assert active.active_table() == "orders_v2"
+    assert flags.reads == 2
+
+
+def test_writer_waits_out_a_fence_and_writes_to_the_new_table() -> None:
+    clock = FakeClock()
+    fenced = INITIAL.fence(clock.now(), 30)
+    flags = MemoryFlags(fenced)
+    flags.script[5] = fenced.flipped("destination", clock.now() + 0.2)
+    active = ActiveTable(flags, ttl=1.0, poll=0.05, clock=clock)
+    written = active.write(lambda table: table)
+    assert written == "orders_v2"
+    assert flags.reads == 5
+    assert clock.now() == pytest.approx(1_000_000.0 + 4 * 0.05)
+
+
+def test_an_expired_fence_no_longer_holds_writers() -> None:
+    clock = FakeClock()
+    flags = MemoryFlags(INITIAL.fence(clock.now() - 60, 30))  # a cutover that crashed
+    with ActiveTable(flags, clock=clock).writing() as table:
+        assert table == "orders"
+
+
+def test_writer_gives_up_after_max_wait() -> None:
+    clock = FakeClock()
+    flags = MemoryFlags(INITIAL.fence(clock.now(), 3600))
+    with pytest.raises(FenceTimeout):
+        ActiveTable(flags, poll=0.5, max_wait=2.0, clock=clock).write(lambda t: t)
+
+
+def test_flag_transitions_keep_tables_and_clear_the_fence() -> None:
+    fenced = INITIAL.fence(100.0, 10)
+    assert fenced.is_fenced(105.0) and not fenced.is_fenced(110.0)
+    flipped = fenced.flipped("destination", 101.0)
+    assert (flipped.table, flipped.fenced, flipped.flipped_at) == ("orders_v2", False, 101.0)
+    assert flipped.flipped("source", 102.0).table == "orders"
+    assert Flag.from_dict(flipped.to_dict()) == flipped
+
+
+def test_drained_needs_a_fresh_heartbeat_with_nothing_behind() -> None:
+    assert drained({"heartbeat_at": 10, "records_behind": 0, "lag_seconds": 0}, 9, 1.0)
+    assert not drained({"heartbeat_at": 8, "records_behind": 0, "lag_seconds": 0}, 9, 1.0)
+    assert not drained({"heartbeat_at": 10, "records_behind": 3, "lag_seconds": 0}, 9, 1.0)
+    assert not drained({"heartbeat_at": 10, "records_behind": 0, "lag_seconds": 4}, 9, 1.0)
+    assert not drained(None, 9, 1.0)

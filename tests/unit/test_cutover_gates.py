@@ -1,0 +1,110 @@
+"""The cutover gates as pure functions: each refuses with its reason; all are listed at once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from livemigrate.gates import (
+    Policy,
+    Snapshot,
+    backfill_gate,
+    check_all,
+    dead_letters_gate,
+    lag_gate,
+    search_gate,
+    tombstones_gate,
+    unmet,
+    verify_gate,
+)
+
+NOW = 10_000.0
+POLICY = Policy(max_lag_seconds=5, max_heartbeat_age=30)
+
+
+def ready(**changes: Any) -> Snapshot:
+    """A snapshot where every gate is met, with ``changes`` applied."""
+    values: dict[str, Any] = {
+        "now": NOW,
+        "plan": {"state": "complete", "completed_at": NOW - 100},
+        "consumer": {"heartbeat_at": NOW - 2, "lag_seconds": 0.5, "records_behind": 0},
+        "tombstones": {"state": "purged", "purged_at": NOW - 50},
+        "verify": {"passed": True, "at": NOW - 20, "missing": 0, "extra": 0, "different": 0},
+        "unacknowledged_dead_letters": 0,
+    }
+    values.update(changes)
+    return Snapshot(**values)
+
+
+def test_every_gate_is_met_on_a_ready_snapshot() -> None:
+    assert unmet(check_all(ready(), POLICY)) == []
+
+
+def test_backfill_gate_names_the_state() -> None:
+    gate = backfill_gate(ready(plan={"state": "running"}), POLICY)
+    assert not gate.met
+    assert "'running'" in gate.why
+    assert "livemigrate backfill" in gate.fix
+    assert "no backfill plan" in backfill_gate(ready(plan=None), POLICY).why
+
+
+def test_lag_gate_refuses_high_lag_stale_heartbeat_and_missing_consumer() -> None:
+    high = lag_gate(ready(consumer={"heartbeat_at": NOW, "lag_seconds": 12}), POLICY)
+    assert not high.met
+    assert "12.0s (limit 5.0s)" in high.why
+    stale = lag_gate(ready(consumer={"heartbeat_at": NOW - 300, "lag_seconds": 0}), POLICY)
+    assert not stale.met
+    assert "not running" in stale.why
+    assert "never run" in lag_gate(ready(consumer=None), POLICY).why
+    # no lag reported at all is not "no lag"
+    assert not lag_gate(ready(consumer={"heartbeat_at": NOW}), POLICY).met
+    assert lag_gate(ready(consumer={"heartbeat_at": NOW, "lag_seconds": 12}), Policy(20)).met
+
+
+def test_dead_letter_gate_refuses_unless_acknowledged() -> None:
+    gate = dead_letters_gate(ready(unacknowledged_dead_letters=3), POLICY)
+    assert not gate.met
+    assert "3 unacknowledged" in gate.why
+    assert "--ack-dead-letters" in gate.fix
+    ack = Policy(ack_dead_letters=True)
+    assert dead_letters_gate(ready(unacknowledged_dead_letters=3), ack).met
+
+
+def test_tombstone_gate_refuses_active_or_unknown() -> None:
+    assert "'active'" in tombstones_gate(ready(tombstones={"state": "active"}), POLICY).why
+    assert "has not run" in tombstones_gate(ready(tombstones=None), POLICY).why
+
+
+def test_verify_gate_refuses_failed_missing_and_stale_verifications() -> None:
+    failed = {"passed": False, "at": NOW, "missing": 2, "extra": 0, "different": 1}
+    gate = verify_gate(ready(verify=failed), POLICY)
+    assert not gate.met
+    assert "missing 2, extra 0, different 1" in gate.why
+    assert "no verification" in verify_gate(ready(verify=None), POLICY).why
+    before = {"passed": True, "at": NOW - 500}
+    assert "before the backfill completed" in verify_gate(ready(verify=before), POLICY).why
+
+
+def test_search_gate_only_applies_when_search_is_configured() -> None:
+    assert search_gate(ready(search_index_ready=None), POLICY).met
+    gate = search_gate(ready(search_index_ready=False, search_index="orders-m1"), POLICY)
+    assert not gate.met
+    assert "orders-m1" in gate.why
+
+
+def test_all_unmet_gates_are_listed_not_just_the_first() -> None:
+    snap = ready(
+        plan={"state": "running"},
+        consumer=None,
+        tombstones=None,
+        verify=None,
+        unacknowledged_dead_letters=1,
+    )
+    names = [g.name for g in unmet(check_all(snap, POLICY))]
+    assert names == [
+        "backfill complete",
+        "consumer lag under bound",
+        "dead letters empty or acknowledged",
+        "tombstones purged",
+        "verification passed",
+    ]
+    assert all("fix:" in g.line() for g in unmet(check_all(snap, POLICY)))
