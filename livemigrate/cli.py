@@ -16,10 +16,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from livemigrate import status
-from livemigrate.aws import make_clients
+from livemigrate.aws import AwsClients, make_clients
 from livemigrate.config import Settings, load_settings
 from livemigrate.control import ControlStore
 from livemigrate.errors import LivemigrateError
+from livemigrate.tables import describe
 
 log = logging.getLogger("livemigrate")
 
@@ -72,12 +73,20 @@ def run_status(args: argparse.Namespace) -> int:
     settings = _settings(args)
     clients = make_clients(settings)
     store = ControlStore(clients.dynamodb, settings.control_table, settings.migration_id)
-    summary = status.collect(store)
+    summary = status.collect(store, _source_items(clients, settings.source_table))
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True, default=str))
     else:
         print(status.render(summary))
     return 0
+
+
+def _source_items(clients: AwsClients, table: str) -> int | None:
+    """DynamoDB's approximate item count of the source, for progress; None if unknown."""
+    try:
+        return describe(clients.dynamodb, table, "source").item_count or None
+    except LivemigrateError:
+        return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -8,10 +8,14 @@ from typing import Any
 
 from livemigrate.control import ControlStore
 from livemigrate.deadletters import DeadLetters
+from livemigrate.gates import Gate, Policy, check_all, read_snapshot, unmet
 
 
-def collect(store: ControlStore) -> dict[str, Any]:
-    """A JSON-safe summary; ``known: False`` when nothing is recorded yet."""
+def collect(store: ControlStore, source_items: int | None = None) -> dict[str, Any]:
+    """A JSON-safe summary; ``known: False`` when nothing is recorded yet.
+
+    ``source_items`` (DynamoDB's approximate ItemCount of the source) gives progress and ETA.
+    """
     if not store.exists():
         return {
             "migration_id": store.migration_id,
@@ -32,17 +36,49 @@ def collect(store: ControlStore) -> dict[str, Any]:
     now = time.time()
     meta = dict(groups.get("META", [("", {})])[0][1])
     plan = dict(groups.get("PLAN", [("", {})])[0][1])
+    backfill = _backfill(plan, groups.get("SEG", []), groups.get("SPLIT", []), now)
+    backfill.update(_progress(plan, backfill["items_read"], source_items, now))
+    gates = check_all(read_snapshot(store, now=now), Policy())
     return {
         "migration_id": store.migration_id,
         "known": True,
         "control_table": store.table,
         "spec": meta,
-        "backfill": _backfill(plan, groups.get("SEG", []), groups.get("SPLIT", []), now),
+        "phase": _phase(plan, groups, gates),
+        "gates": [{"name": g.name, "met": g.met, "why": g.why, "fix": g.fix} for g in gates],
+        "backfill": backfill,
         "stream": _shards(groups.get("SHARD", []), groups.get("CONSUMER", []), now),
         "dead_letters": DeadLetters(store).count(),
         "flag": dict(groups.get("FLAG", [("", {})])[0][1]),
         "metrics": dict(groups.get("METRICS", [("", {})])[0][1]),
     }
+
+
+def _phase(
+    plan: dict[str, Any], groups: dict[str, list[tuple[str, dict[str, Any]]]], gates: list[Gate]
+) -> str:
+    flag = dict(groups.get("FLAG", [("", {})])[0][1])
+    if flag.get("active") == "destination":
+        return "cut over"
+    if not groups.get("CONSUMER"):
+        return "not started (start the consumer first: livemigrate consume)"
+    if plan.get("state") != "complete":
+        return "backfilling" if plan else "consumer running, backfill not started"
+    if unmet(gates):
+        return "backfill complete; cutover gates not yet met"
+    return "ready for cutover"
+
+
+def _progress(
+    plan: dict[str, Any], read: int, source_items: int | None, now: float
+) -> dict[str, Any]:
+    if not source_items or not plan or plan.get("state") == "complete":
+        return {"percent": 100.0 if plan.get("state") == "complete" else None, "eta_seconds": None}
+    percent = min(100.0, 100.0 * read / source_items)
+    elapsed = now - float(plan.get("created_at", now))
+    rate = read / elapsed if elapsed > 0 else 0.0
+    eta = (source_items - read) / rate if rate > 0 and read < source_items else None
+    return {"percent": round(percent, 1), "eta_seconds": None if eta is None else round(eta)}
 
 
 def _backfill(
@@ -100,9 +136,14 @@ def render(summary: dict[str, Any]) -> str:
         f"  {spec.get('source_table')} -> {spec.get('destination_table')} "
         f"via {spec.get('transform')}"
     )
+    lines.append(f"  phase: {summary['phase']}")
     bf = summary["backfill"]
+    progress = "" if bf.get("percent") is None else f" ({bf['percent']}%"
+    if progress:
+        eta = bf.get("eta_seconds")
+        progress += f", ETA {eta}s)" if eta is not None else ")"
     lines.append(
-        f"  backfill: {bf['state']}; segments {bf['segments_by_state'] or '-'} of "
+        f"  backfill: {bf['state']}{progress}; segments {bf['segments_by_state'] or '-'} of "
         f"{bf['total_segments'] or '?'}; leased {bf['segments_leased']}; "
         f"read {bf['items_read']}, written {bf['items_written']}"
     )
@@ -117,6 +158,11 @@ def render(summary: dict[str, Any]) -> str:
             f"finished={shard['finished']}"
         )
     lines.append(f"  dead letters: {summary['dead_letters']}")
+    lines.append("  cutover gates:")
+    for gate in summary["gates"]:
+        lines.append(f"    [{'ok' if gate['met'] else 'no'}] {gate['name']}")
+        if not gate["met"]:
+            lines.append(f"         {gate['why']}")
     if summary["flag"]:
         lines.append(f"  flag: {summary['flag']}")
     if summary["metrics"]:
