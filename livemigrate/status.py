@@ -163,8 +163,12 @@ def render(summary: dict[str, Any]) -> str:
         lines.append(f"    [{'ok' if gate['met'] else 'no'}] {gate['name']}")
         if not gate["met"]:
             lines.append(f"         {gate['why']}")
-    if summary["flag"]:
-        lines.append(f"  flag: {summary['flag']}")
+    flag = summary["flag"]
+    if flag:
+        lines.append(
+            f"  flag: active={flag.get('active')} table={flag.get('table')} "
+            f"epoch={flag.get('epoch')} fenced={flag.get('fenced')}"
+        )
     if summary["metrics"]:
         metrics = ", ".join(f"{k}={v}" for k, v in sorted(summary["metrics"].items()))
         lines.append(f"  counters: {metrics}")
