@@ -33,6 +33,7 @@ _FIXES: dict[str, str] = {
     "control_table": "a DynamoDB table name (3-255 of letters, digits, '-', '_', '.')",
     "search_url": "an http(s) URL of an Elasticsearch node, e.g. http://127.0.0.1:9299",
     "search_alias": "an index alias name in lowercase, e.g. 'orders'",
+    "search_document_hook": "give 'package.module:function' mapping an item to its document",
 }
 
 
@@ -58,6 +59,12 @@ class Settings(BaseSettings):
     control_table: str = Field(default="livemigrate-control", pattern=_NAME)
     search_url: str | None = Field(default=None, pattern=r"^https?://")
     search_alias: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    search_document_hook: str | None = Field(
+        default=None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", description="item -> document"
+    )
+    search_index_config: str | None = Field(
+        default=None, description='JSON file {"settings": {...}, "mappings": {...}}'
+    )
     endpoint_url: str | None = Field(default=None, pattern=r"^https?://")
     region: str | None = None
     use_localstack: bool = False

@@ -29,6 +29,10 @@ pk                          sk                          what
                                                         purged_count
 ``MIG#<id>``                ``DLQ#<ts>#<uuid>``         dead letter: origin, reason, key, raw
                                                         input (zlib), acknowledged
+``MIG#<id>``                ``SEARCH``                  search sink targets: live_index,
+                                                        building, building_state, alias
+``MIG#<id>``                ``CUTOVER``                 last cutover: write_pause, drained,
+                                                        search_previous (read by rollback)
 ``MIG#<id>``                ``VERIFY``                  last verification: passed, at, counts
 ``MIG#<id>``                ``FLAG``                    cutover flag: active (source |
                                                         destination), table, epoch, fenced

@@ -1,0 +1,261 @@
+"""``livemigrate search``: keep the search index equal to the destination table, behind an alias.
+
+Usage::
+
+    livemigrate search sync [--until-caught-up]   # apply D's stream to <alias>-<migration id>
+    livemigrate search resync                     # rebuild from a scan of D, then move the alias
+    livemigrate search swap-alias [--index NAME]  # point the alias at the live index (cutover)
+    livemigrate search cleanup                    # delete this migration's indices not in use
+
+Options shared by all: ``--index-config FILE`` (JSON ``{"settings": {...}, "mappings":
+{...}}`` used when an index is created) and ``--document-hook package.module:function`` (maps a
+plain item to its document, or None to leave it out; default: the item, JSON-safe). Settings
+used: ``search_url``, ``search_alias``, ``migration_id``, ``destination_table``,
+``control_table``.
+
+``sync`` runs the shared consumer engine (leases, shard lineage, checkpoints) on the
+destination's stream under the consumer name ``search``: run several processes to share the
+shards; SIGTERM checkpoints and releases the leases; a killed process's shards are taken over
+after ``--lease-seconds``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import threading
+import uuid
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from livemigrate.aws import AwsClients
+from livemigrate.clock import SystemClock
+from livemigrate.config import Settings
+from livemigrate.control import ControlStore
+from livemigrate.deadletters import DeadLetters
+from livemigrate.errors import ConfigError, ServiceUnreachable
+from livemigrate.search.backend import ElasticsearchBackend
+from livemigrate.search.batcher import BatchPolicy
+from livemigrate.search.documents import load_hook
+from livemigrate.search.indices import IndexConfig, live_index, load_index_config
+from livemigrate.search.resync import Resync, TableSource, cleanup, swap_to_live
+from livemigrate.search.sink import SearchSink, retention_warning
+from livemigrate.search.targets import ControlTargets
+from livemigrate.tables import TableInfo, describe, require_stream
+
+log = logging.getLogger("livemigrate.search")
+
+CONSUMER = "search"
+EXIT_NOT_CAUGHT_UP = 130
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="search_command", required=True, metavar="SUBCOMMAND")
+    sync = sub.add_parser("sync", help="apply the destination's stream to the index (continuous)")
+    sync.add_argument(
+        "--until-caught-up",
+        action="store_true",
+        help="exit 0 once the destination stream has been read to its current end",
+    )
+    sync.add_argument("--lease-seconds", type=float, default=30.0, help="shard lease (s)")
+    sync.add_argument("--worker-id", help="lease owner name (default host-pid-random)")
+    sync.add_argument("--poll-interval", type=float, default=0.5, help="idle poll, seconds")
+    sub.add_parser("resync", help="rebuild a fresh index from a scan of D, then move the alias")
+    swap = sub.add_parser("swap-alias", help="point the alias at the live index (one request)")
+    swap.add_argument("--index", help="the index to point at (default: the sink's live index)")
+    sub.add_parser("cleanup", help="delete this migration's indices the alias does not use")
+    for cmd in sub.choices.values():
+        cmd.add_argument("--index-config", help='JSON file {"settings": {}, "mappings": {}}')
+        cmd.add_argument("--document-hook", help="package.module:function, item -> document")
+        cmd.add_argument("--bulk-docs", type=int, default=500, help="documents per bulk request")
+        cmd.add_argument(
+            "--bulk-bytes", type=int, default=5 * 1024 * 1024, help="bytes per bulk request"
+        )
+
+
+@dataclass(frozen=True)
+class Context:
+    settings: Settings
+    clients: AwsClients
+    alias: str
+    store: ControlStore
+    backend: ElasticsearchBackend
+    targets: ControlTargets
+    config: IndexConfig
+    policy: BatchPolicy
+
+
+def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> int:
+    """The ``search`` command; returns the exit status."""
+    ctx = _context(args, settings, clients)
+    command = args.search_command
+    if command == "sync":
+        return _sync(args, ctx)
+    if command == "resync":
+        return _resync(args, ctx)
+    if command == "swap-alias":
+        index, previous = swap_to_live(ctx.backend, ctx.targets, ctx.alias, args.index)
+        print(f"alias {ctx.alias} -> {index} (was: {', '.join(previous) or 'nothing'})")
+        return 0
+    deleted = cleanup(ctx.backend, ctx.alias, settings.migration_id, ctx.targets.current().indices)
+    print(f"deleted indices: {', '.join(deleted) or 'none'}")
+    return 0
+
+
+def _context(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> Context:
+    if not settings.search_url or not settings.search_alias:
+        missing = [n for n in ("search_url", "search_alias") if not getattr(settings, n)]
+        raise ConfigError(
+            f"livemigrate search needs {' and '.join(missing)}",
+            "set LIVEMIGRATE_SEARCH_URL (e.g. http://127.0.0.1:9299) and LIVEMIGRATE_SEARCH_ALIAS "
+            "(the alias the application reads, e.g. 'orders') or put them in livemigrate.toml",
+        )
+    from elasticsearch import Elasticsearch
+
+    backend = ElasticsearchBackend(Elasticsearch(settings.search_url, request_timeout=60))
+    _ping(backend, settings.search_url)
+    store = ControlStore(clients.dynamodb, settings.control_table, settings.migration_id)
+    store.ensure_table()
+    return Context(
+        settings=settings,
+        clients=clients,
+        alias=settings.search_alias,
+        store=store,
+        backend=backend,
+        targets=ControlTargets(store, live_index(settings.search_alias, settings.migration_id)),
+        config=load_index_config(args.index_config or settings.search_index_config),
+        policy=BatchPolicy(max_count=args.bulk_docs, max_bytes=args.bulk_bytes),
+    )
+
+
+def _ping(backend: ElasticsearchBackend, url: str) -> None:
+    from elasticsearch import ApiError, TransportError
+
+    try:
+        backend.client.cluster.health()
+    except (TransportError, ApiError) as exc:
+        raise ServiceUnreachable(
+            f"Elasticsearch at {url} did not answer: {exc}",
+            "start it (make services) or fix LIVEMIGRATE_SEARCH_URL",
+        ) from exc
+
+
+def _destination(ctx: Context) -> TableInfo:
+    return describe(ctx.clients.dynamodb, ctx.settings.destination_table, "destination")
+
+
+def _sink(args: argparse.Namespace, ctx: Context, on_idle: Any = None) -> SearchSink:
+    return SearchSink(
+        ctx.backend,
+        ctx.targets,
+        DeadLetters(ctx.store),
+        hook=load_hook(args.document_hook or ctx.settings.search_document_hook),
+        policy=ctx.policy,
+        on_idle=on_idle,
+    )
+
+
+def _sync(args: argparse.Namespace, ctx: Context) -> int:
+    try:
+        from stream_consumer.metrics import Metrics
+    except ImportError as exc:  # the engine ships in the same distribution; say so if not
+        print(f"livemigrate search sync: not yet wired (stream_consumer unavailable: {exc})")
+        return 3
+    stream_arn = require_stream(_destination(ctx))
+    ctx.backend.create_index(
+        ctx.targets.current().indices[0], ctx.config.settings, ctx.config.mappings
+    )
+    metrics = Metrics(CONSUMER)
+    sink = _sink(args, ctx, on_idle=lambda: _retention_watch(metrics))
+    stop = threading.Event()
+    _on_signals(stop)
+    try:
+        caught_up = _consume(args, ctx, sink, stream_arn, metrics=metrics, stop=stop)
+    finally:
+        sink.close()
+    print(f"search sync stopped ({'caught up' if caught_up else 'stopped'}): {sink.stats}")
+    if args.until_caught_up and not caught_up:
+        return EXIT_NOT_CAUGHT_UP
+    return 0
+
+
+def _consume(
+    args: argparse.Namespace,
+    ctx: Context,
+    sink: SearchSink,
+    stream_arn: str,
+    *,
+    metrics: Any,
+    stop: threading.Event,
+) -> bool:
+    from stream_consumer.engine import Tuning, run_consumer
+    from stream_consumer.source import BotoShardSource
+
+    return run_consumer(
+        BotoShardSource(ctx.clients.streams, stream_arn),
+        ctx.store,
+        CONSUMER,
+        sink,
+        worker_id=args.worker_id or _worker_id(),
+        lease_seconds=args.lease_seconds,
+        clock=SystemClock(),
+        dead_letters=DeadLetters(ctx.store),
+        origin="search",
+        tuning=Tuning(poll_interval=args.poll_interval),
+        metrics=metrics,
+        until_caught_up=args.until_caught_up,
+        stop_event=stop,
+    )
+
+
+def _retention_watch(metrics: Any) -> None:
+    """The retention guard for the index: trimmed reads or a lag near 24 h -> resync, loudly."""
+    if metrics.value("trimmed_total") > 0:
+        log.error(
+            "SEARCH SINK MET TRIMMED STREAM DATA: changes older than the destination stream's "
+            "24 h retention were never applied, so the index may be missing changes. Run "
+            "`livemigrate search resync` now to rebuild it from a scan of the destination table."
+        )
+    lag = float(metrics.value("lag_seconds"))
+    if lag >= 20 * 3600.0:
+        log.error("%s", retention_warning(lag))
+
+
+def _resync(args: argparse.Namespace, ctx: Context) -> int:
+    dest = _destination(ctx)
+    resync = Resync(
+        ctx.backend,
+        ctx.targets,
+        DeadLetters(ctx.store),
+        alias=ctx.alias,
+        migration_id=ctx.settings.migration_id,
+        hook=load_hook(args.document_hook or ctx.settings.search_document_hook),
+        config=ctx.config,
+        policy=ctx.policy,
+    )
+    report = resync.run(TableSource(ctx.clients.dynamodb, dest.name, dest.key_names))
+    print(
+        f"resync: alias {ctx.alias} -> {report.index}; scanned {report.scanned}, created "
+        f"{report.created}, superseded by live writes {report.superseded}, skipped "
+        f"{report.skipped}, dead-lettered {report.dead_lettered}, tombstones purged "
+        f"{report.tombstones_purged}; previous index kept: {', '.join(report.previous) or '-'} "
+        "(delete with `livemigrate search cleanup`)"
+    )
+    return 0
+
+
+def _worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def _on_signals(stop: threading.Event) -> None:
+    def handle(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: checkpointing and releasing leases", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)

@@ -1,0 +1,184 @@
+"""From a destination item to its search document: the id, the default body, the user hook.
+
+- The document id comes from the item's key attributes only, so every event of one item lands
+  on one document whatever the item holds. It is stable (key names sorted, numbers normalised)
+  and URL-safe: each value is percent-encoded with only ``-._`` left bare, values are joined
+  with ``~``, and an id longer than Elasticsearch's 512-byte limit becomes ``~`` + SHA-256 of
+  the readable form (a readable id never starts with ``~``, so the two cannot collide).
+- The default document is the item itself, JSON-safe: Decimal -> int or float, sets -> sorted
+  lists, binary -> base64 text, without livemigrate's reserved ``_lm_*`` attributes.
+- A user hook ``package.module:function`` maps the plain item to its document, or to None when
+  the item must not be indexed (an existing document is then deleted).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from typing import Any
+from urllib.parse import quote
+
+from boto3.dynamodb.types import Binary
+
+from livemigrate.errors import TransformLoadError
+from livemigrate.items import to_plain
+from livemigrate.versioning import RESERVED_PREFIX, TOMBSTONE_ATTR
+
+MAX_ID_BYTES = 512
+Document = dict[str, Any]
+DocumentHook = Callable[[dict[str, Any]], Mapping[str, Any] | None]
+
+
+def document_id(keys: Mapping[str, Any]) -> str:
+    """The document id of an item, from its typed key attributes (``{"pk": {"S": "a"}}``)."""
+    parts = [_escape(_key_text(keys[n])) for n in sorted(keys)]
+    readable = "~".join(parts)
+    if len(readable.encode()) <= MAX_ID_BYTES:
+        return readable
+    return "~" + hashlib.sha256(readable.encode()).hexdigest()
+
+
+# Every ASCII character but letters, digits and "-._" becomes %XX ("~" too: it only ever
+# separates values); a table lookup is much faster than urllib's quote() on the hot path.
+_ESCAPES = {
+    c: f"%{c:02X}"
+    for c in range(128)
+    if not (chr(c).isascii() and chr(c).isalnum()) and chr(c) not in "-._"
+}
+
+
+def _escape(text: str) -> str:
+    if text.isascii():
+        return text.translate(_ESCAPES)
+    return quote(text, safe="-._").replace("~", "%7E")
+
+
+def _key_text(value: Mapping[str, Any]) -> str:
+    ((kind, inner),) = value.items()
+    if kind == "N":
+        number = Decimal(str(inner)).normalize()
+        return format(number, "f")
+    if kind == "B":
+        return base64.b64encode(bytes(inner)).decode()
+    return str(inner)
+
+
+def json_safe(value: Any) -> Any:
+    """A plain DynamoDB value (as boto3 deserialises it) as a JSON-compatible value."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, set | frozenset):
+        return sorted((json_safe(v) for v in value), key=_sort_key)
+    if isinstance(value, Binary | bytes | bytearray):
+        return base64.b64encode(bytes(value)).decode()  # type: ignore[arg-type]
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    # Number sets sort numerically, string and binary sets by text.
+    return (0, value) if isinstance(value, int | float) else (1, str(value))
+
+
+def typed_json(value: Mapping[str, Any]) -> Any:
+    """A typed DynamoDB value (``{"N": "3"}``) straight to its JSON-safe form.
+
+    Same result as ``json_safe(TypeDeserializer().deserialize(value))``, without building
+    Decimals and sets first: the default document of every stream record goes through here.
+    """
+    ((kind, inner),) = value.items()
+    return _TYPED[kind](inner)
+
+
+def _number(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        number = Decimal(text)
+        return int(number) if number == number.to_integral_value() else float(number)
+
+
+def _b64(raw: Any) -> str:
+    return base64.b64encode(bytes(raw)).decode()
+
+
+_TYPED: dict[str, Callable[[Any], Any]] = {
+    "S": lambda v: v,
+    "BOOL": lambda v: v,
+    "NULL": lambda v: None,
+    "N": _number,
+    "M": lambda v: {k: typed_json(x) for k, x in v.items()},
+    "L": lambda v: [typed_json(x) for x in v],
+    "SS": sorted,
+    "NS": lambda v: sorted(_number(n) for n in v),
+    "B": _b64,
+    "BS": lambda v: sorted(_b64(b) for b in v),
+}
+
+
+def default_document(item: Mapping[str, Any]) -> Document:
+    """The plain item, JSON-safe, without the reserved ``_lm_*`` attributes."""
+    return {k: json_safe(v) for k, v in item.items() if not k.startswith(RESERVED_PREFIX)}
+
+
+def is_tombstone(typed_item: Mapping[str, Any] | None) -> bool:
+    """Whether a destination item (typed) is a tombstone left by a delete (rule 2)."""
+    if not typed_item:
+        return False
+    return bool(typed_item.get(TOMBSTONE_ATTR, {}).get("BOOL", False))
+
+
+def load_hook(spec: str | None) -> DocumentHook:
+    """The document hook named ``package.module:function``; the default document when None."""
+    if not spec:
+        return default_document
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise TransformLoadError(
+            f"search document hook {spec!r} is not 'package.module:function'",
+            "give e.g. --document-hook mypkg.search:to_document",
+        )
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise TransformLoadError(
+            f"search document hook {spec!r} cannot be loaded: {exc}",
+            "check the module is importable (on PYTHONPATH) and defines that function",
+        ) from exc
+    if not callable(fn):
+        raise TransformLoadError(f"search document hook {spec!r} is not callable", "")
+    hook: DocumentHook = fn
+    return hook
+
+
+def build_document(hook: DocumentHook, typed_item: Mapping[str, Any]) -> Document | None:
+    """The document for a typed destination item, JSON-safe; None = not indexed.
+
+    Raises
+    ------
+    ValueError
+        When the hook returns something other than a mapping or None, or a reserved field.
+    """
+    if hook is default_document:  # the common case, without the plain round trip
+        return {
+            k: typed_json(v) for k, v in typed_item.items() if not k.startswith(RESERVED_PREFIX)
+        }
+    try:
+        out = hook(to_plain(typed_item))
+    except Exception as exc:  # user code: any failure is this item's dead letter
+        raise ValueError(f"{type(exc).__name__}: {exc}") from exc
+    if out is None:
+        return None
+    if not isinstance(out, Mapping):
+        raise ValueError(f"document hook returned {type(out).__name__}, not a mapping or None")
+    doc = {str(k): json_safe(v) for k, v in out.items()}
+    reserved = [k for k in doc if k.startswith(RESERVED_PREFIX)]
+    if reserved and hook is not default_document:
+        raise ValueError(f"document hook returned reserved fields {reserved}")
+    return doc

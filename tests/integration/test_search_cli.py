@@ -1,0 +1,146 @@
+"""``livemigrate search`` as a process: SIGKILLed at random points, the index still ends equal."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from elasticsearch import Elasticsearch
+
+from livemigrate.aws import AwsClients
+from livemigrate.search.indices import live_index
+from tests.integration.test_search_sink import (
+    Writes,
+    destination,
+    es,
+    index_state,
+    new_index,
+    table_state,
+)
+from tests.services import ES_URL, TEST_ENV, unique
+
+__all__ = ["es"]  # the fixture, shared with test_search_sink
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def env_for(table: str, alias: str, mid: str, control: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        **TEST_ENV,
+        "LIVEMIGRATE_MIGRATION_ID": mid,
+        "LIVEMIGRATE_SOURCE_TABLE": "unused-source",
+        "LIVEMIGRATE_DESTINATION_TABLE": table,
+        "LIVEMIGRATE_CONTROL_TABLE": control,
+        "LIVEMIGRATE_SEARCH_URL": ES_URL,
+        "LIVEMIGRATE_SEARCH_ALIAS": alias,
+        "PYTHONPATH": str(ROOT),
+    }
+
+
+def cli(*args: str) -> list[str]:
+    level = os.environ.get("LIVEMIGRATE_TEST_LOG_LEVEL", "WARNING")
+    return [sys.executable, "-m", "livemigrate.cli", "--log-level", level, "search", *args]
+
+
+def run_cli(args: list[str], env: dict[str, str], timeout: float = 60) -> Any:
+    return subprocess.run(
+        args, check=False, env=env, cwd=ROOT, capture_output=True, timeout=timeout
+    )
+
+
+def indexed(es: Elasticsearch, index: str) -> int:
+    """Index operations so far (writes and deletes), 0 before the index exists."""
+    if not es.indices.exists(index=index):
+        return 0
+    stats = es.indices.stats(index=index, metric="indexing")["_all"]["primaries"]["indexing"]
+    return int(stats["index_total"]) + int(stats["delete_total"])
+
+
+def test_sync_killed_at_random_points_ends_with_index_equal_to_table(
+    clients: AwsClients, es: Elasticsearch, tmp_path: Path
+) -> None:
+    """GIVEN writers putting and deleting on D WHEN `search sync` is SIGKILLed at random
+    points and restarted (its shard lease is taken over) THEN after `sync --until-caught-up`
+    the index holds exactly D's items."""
+    table, writer = destination(clients)
+    alias, mid = new_index(es, "lmcli"), "K1"
+    env = env_for(table, alias, mid, unique("control"))
+    config = tmp_path / "index.json"
+    config.write_text('{"settings": {"number_of_replicas": 0}}')
+    sync = cli(
+        "sync", "--lease-seconds", "2", "--poll-interval", "0.1", "--index-config", str(config)
+    )
+    writes = Writes(writer, keys=60, seed=5)
+    threads = writes.threads(2, 10_000)
+    rng = random.Random(21)
+    index = live_index(alias, mid)
+    try:
+        for round_no in range(3):
+            before = indexed(es, index)
+            log = tmp_path / f"sync-{round_no}.log"
+            with log.open("wb") as err:
+                proc = subprocess.Popen(sync, env=env, cwd=ROOT, stderr=err)
+                try:
+                    deadline = time.monotonic() + 60
+                    while indexed(es, index) <= before and time.monotonic() < deadline:
+                        time.sleep(0.2)  # until this process is applying records...
+                    time.sleep(rng.uniform(0.0, 1.5))  # ...then kill it at a random point
+                    proc.send_signal(signal.SIGKILL)
+                finally:
+                    proc.kill()
+                    proc.wait(timeout=30)
+            assert proc.returncode == -signal.SIGKILL, log.read_text()[-2000:]
+    finally:
+        writes.stop.set()
+        for t in threads:
+            t.join()
+    assert indexed(es, index) > 0, "the killed processes made progress (the final run resumes)"
+    done = run_cli([*sync, "--until-caught-up"], env, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    expected = table_state(clients, table)
+    assert len(expected) > 10
+    assert index_state(es, index) == expected
+
+
+def test_a_missing_alias_setting_is_a_clear_error(clients: AwsClients) -> None:
+    env = env_for("some-table", "x", "K3", unique("control"))
+    del env["LIVEMIGRATE_SEARCH_ALIAS"]
+    out = run_cli(cli("sync"), env)
+    assert out.returncode == 2
+    assert "needs search_alias" in out.stderr.decode()
+    assert "LIVEMIGRATE_SEARCH_ALIAS" in out.stderr.decode()
+
+
+def test_sync_swap_resync_and_cleanup_through_the_cli(
+    clients: AwsClients, es: Elasticsearch, tmp_path: Path
+) -> None:
+    table, writer = destination(clients)
+    alias, mid = new_index(es, "lmcli"), "K4"
+    env = env_for(table, alias, mid, unique("control"))
+    Writes(writer, keys=30, seed=8).run(60, seed=1)
+    config = tmp_path / "index.json"
+    config.write_text('{"settings": {"number_of_replicas": 0}}')
+    opts = ["--index-config", str(config)]
+    synced = run_cli(cli("sync", "--until-caught-up", "--lease-seconds", "2", *opts), env)
+    assert synced.returncode == 0, synced.stderr.decode()[-3000:]
+    swapped = run_cli(cli("swap-alias"), env)  # the search half of cutover
+    assert swapped.returncode == 0, swapped.stderr.decode()
+    assert f"-> {live_index(alias, mid)} (was: nothing)" in swapped.stdout.decode()
+    assert list(es.indices.get_alias(name=alias).body) == [live_index(alias, mid)]
+    resynced = run_cli(cli("resync", *opts), env)
+    assert resynced.returncode == 0, resynced.stderr.decode()[-3000:]
+    (now,) = es.indices.get_alias(name=alias).body
+    assert now.startswith(live_index(alias, mid) + "-r")
+    assert f"previous index kept: {live_index(alias, mid)}" in resynced.stdout.decode()
+    assert index_state(es, alias) == table_state(clients, table)
+    cleaned = run_cli(cli("cleanup"), env)
+    assert cleaned.returncode == 0, cleaned.stderr.decode()
+    assert not es.indices.exists(index=live_index(alias, mid))
+    assert es.indices.exists(index=now)

@@ -1,0 +1,413 @@
+"""Search sink logic without a network: ids, documents, batching, the version rule, retries.
+
+The in-memory backend below implements Elasticsearch's optimistic concurrency (``_seq_no``
+checks, ``create`` conflicts) so the sink's decisions are tested fast and exhaustively; the
+same behaviour is proven against the real node in tests/integration/test_search_*.py.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from typing import Any
+from urllib.parse import quote, unquote
+
+import pytest
+from boto3.dynamodb.types import Binary
+from hypothesis import given
+from hypothesis import strategies as st
+
+from livemigrate.clock import FakeClock
+from livemigrate.records import ApplyFailure, StreamRecord
+from livemigrate.search.backend import BulkAction, BulkResult, Held, SearchUnavailable
+from livemigrate.search.batcher import BatchPolicy, chunks
+from livemigrate.search.documents import (
+    MAX_ID_BYTES,
+    build_document,
+    default_document,
+    document_id,
+    load_hook,
+)
+from livemigrate.search.sink import RetryPolicy, SearchSink, retention_warning
+from livemigrate.search.targets import FixedTargets, TargetState
+from livemigrate.versioning import pad_seq
+
+INDEX = "idx"
+
+
+class MemoryBackend:
+    """Enough of an index for the sink: OCC writes, real-time gets, scripted failures."""
+
+    def __init__(self) -> None:
+        self.docs: dict[str, dict[str, tuple[dict[str, Any], int]]] = {}
+        self.next_seq_no = 0
+        self.reject: dict[str, list[BulkResult]] = {}  # id -> results to return first
+        self.unavailable = 0  # whole requests to fail
+        self.bulk_calls: list[list[str]] = []
+
+    def index_docs(self, index: str) -> dict[str, dict[str, Any]]:
+        return {k: src for k, (src, _) in self.docs.get(index, {}).items()}
+
+    def held(self, index: str, ids: Sequence[str]) -> dict[str, Held]:
+        out = {}
+        for doc_id in ids:
+            if doc_id in self.docs.get(index, {}):
+                src, seq_no = self.docs[index][doc_id]
+                out[doc_id] = Held(
+                    str(src.get("_lm_seq", "")), bool(src.get("_lm_tomb")), seq_no, 1
+                )
+        return out
+
+    def bulk(self, actions: Sequence[BulkAction]) -> list[BulkResult]:
+        if self.unavailable:
+            self.unavailable -= 1
+            raise SearchUnavailable("429 es_rejected_execution_exception")
+        self.bulk_calls.append([a.id for a in actions])
+        return [self._one(a) for a in actions]
+
+    def _one(self, a: BulkAction) -> BulkResult:
+        queued = self.reject.get(a.id)
+        if queued:
+            return queued.pop(0)
+        docs = self.docs.setdefault(a.index, {})
+        present = docs.get(a.id)
+        if a.op == "create" and present is not None:
+            return BulkResult(409, "version_conflict_engine_exception", "exists")
+        if a.if_seq_no is not None and (present is None or present[1] != a.if_seq_no):
+            return BulkResult(409, "version_conflict_engine_exception", "changed")
+        if a.op == "delete":
+            if present is None:
+                return BulkResult(404)
+            del docs[a.id]
+            return BulkResult(200)
+        self.next_seq_no += 1
+        source = json.loads(a.source) if isinstance(a.source, str) else dict(a.source or {})
+        docs[a.id] = (source, self.next_seq_no)
+        return BulkResult(201)
+
+
+class Letters:
+    def __init__(self) -> None:
+        self.added: list[tuple[str, str, Any, Mapping[str, Any]]] = []
+
+    def add(self, origin: Any, reason: str, raw: Any, key: Mapping[str, Any]) -> str:
+        self.added.append((origin, reason, raw, key))
+        return str(len(self.added))
+
+
+def record(seq: int, pk: str, value: int | None, *, tomb: bool = False) -> StreamRecord:
+    keys = {"pk": {"S": pk}}
+    if value is None and not tomb:
+        return StreamRecord("REMOVE", keys, None, {**keys}, pad_seq(str(seq)), 0.0)
+    image: dict[str, Any] = {**keys, "v": {"N": str(value or 0)}, "_lm_seq": {"S": "x"}}
+    if tomb:
+        image = {**keys, "_lm_tomb": {"BOOL": True}}
+    return StreamRecord("MODIFY", keys, image, None, pad_seq(str(seq)), 0.0)
+
+
+def make_sink(backend: MemoryBackend, **kw: Any) -> tuple[SearchSink, Letters, FakeClock]:
+    letters, clock = Letters(), FakeClock()
+    sink = SearchSink(backend, FixedTargets(INDEX), letters, clock=clock, **kw)
+    return sink, letters, clock
+
+
+# -- ids and documents ------------------------------------------------------------------------
+def test_document_id_is_stable_url_safe_and_independent_of_key_order() -> None:
+    a = document_id({"pk": {"S": "section-outbox|docket/ä ~x"}, "sk": {"N": "1.50"}})
+    b = document_id({"sk": {"N": "1.5"}, "pk": {"S": "section-outbox|docket/ä ~x"}})
+    assert a == b
+    assert a == "section-outbox%7Cdocket%2F%C3%A4%20%7Ex~1.5"
+    assert document_id({"pk": {"B": Binary(b"\x00\xff")}}) == "AP8%3D"
+
+
+def test_document_id_of_a_long_key_is_a_hash_that_cannot_collide_with_a_readable_id() -> None:
+    long_id = document_id({"pk": {"S": "x" * 2000}})
+    assert long_id.startswith("~")
+    assert len(long_id) == 65
+    assert len(long_id.encode()) <= MAX_ID_BYTES
+    assert document_id({"pk": {"S": "~" + "a" * 64}}).startswith("%7E")
+
+
+@given(st.text(min_size=1, max_size=40))
+def test_ids_are_percent_encoded_with_only_unreserved_characters_bare(value: str) -> None:
+    doc_id = document_id({"pk": {"S": value}})
+    assert doc_id == quote(value, safe="-._").replace("~", "%7E")
+    assert unquote(doc_id) == value
+    assert set(doc_id) <= set(string.ascii_letters + string.digits + "-._%")
+
+
+@given(st.lists(st.text(min_size=1, max_size=30), min_size=2, max_size=2, unique=True))
+def test_distinct_keys_give_distinct_ids(values: list[str]) -> None:
+    ids = {document_id({"pk": {"S": v}, "sk": {"S": "s"}}) for v in values}
+    assert len(ids) == 2
+
+
+def test_default_document_is_json_safe_without_reserved_attributes() -> None:
+    item = {
+        "pk": "a",
+        "n": Decimal("3"),
+        "f": Decimal("2.5"),
+        "ns": {Decimal("3"), Decimal("1")},
+        "ss": {"b", "a"},
+        "bin": Binary(b"hi"),
+        "nested": {"l": [Decimal("1"), {"x": Decimal("0.5")}]},
+        "_lm_seq": "0001",
+        "_lm_mid": "m",
+    }
+    assert default_document(item) == {
+        "pk": "a",
+        "n": 3,
+        "f": 2.5,
+        "ns": [1, 3],
+        "ss": ["a", "b"],
+        "bin": "aGk=",
+        "nested": {"l": [1, {"x": 0.5}]},
+    }
+
+
+typed_values = st.recursive(
+    st.one_of(
+        st.text().map(lambda v: {"S": v}),
+        st.decimals(allow_nan=False, allow_infinity=False, places=3).map(lambda d: {"N": str(d)}),
+        st.integers(-(10**20), 10**20).map(lambda n: {"N": str(n)}),
+        st.booleans().map(lambda b: {"BOOL": b}),
+        st.just({"NULL": True}),
+        st.binary(min_size=1, max_size=8).map(lambda b: {"B": b}),
+        st.sets(st.text(), min_size=1, max_size=4).map(lambda v: {"SS": list(v)}),
+        st.sets(st.integers(-99, 99), min_size=1, max_size=4).map(
+            lambda v: {"NS": [str(n) for n in v]}
+        ),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3).map(lambda v: {"L": v}),
+        st.dictionaries(st.text(max_size=5), inner, max_size=3).map(lambda v: {"M": v}),
+    ),
+    max_leaves=8,
+)
+
+
+def via_plain_item(item: dict[str, Any]) -> dict[str, Any]:
+    """A user hook that returns the default document: takes the plain (Decimal, set) path."""
+    return default_document(item)
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=6), typed_values, max_size=6))
+def test_fast_default_document_equals_the_plain_round_trip(item: dict[str, Any]) -> None:
+    """The typed fast path gives exactly what the hook path (plain item, json_safe) gives."""
+    fast = build_document(default_document, item)
+    slow = build_document(via_plain_item, item)
+    assert fast == slow
+
+
+def hook_title_only(item: dict[str, Any]) -> dict[str, Any] | None:
+    return None if item.get("hidden") else {"title": item["title"]}
+
+
+def test_a_user_hook_shapes_the_document_or_excludes_the_item() -> None:
+    hook = load_hook(f"{__name__}:hook_title_only")
+    assert build_document(hook, {"pk": {"S": "a"}, "title": {"S": "t"}}) == {"title": "t"}
+    assert (
+        build_document(hook, {"pk": {"S": "a"}, "title": {"S": "t"}, "hidden": {"BOOL": True}})
+        is None
+    )
+
+
+def test_an_unloadable_hook_is_an_operator_error() -> None:
+    with pytest.raises(Exception, match="cannot be loaded"):
+        load_hook("no_such_module_x:fn")
+
+
+# -- batching -----------------------------------------------------------------------------
+def test_policy_flushes_by_count_bytes_and_age() -> None:
+    policy = BatchPolicy(max_count=3, max_bytes=100, max_age=2.0)
+    assert not policy.should_flush(0, 0, None, 10.0)
+    assert policy.should_flush(3, 10, 10.0, 10.0)
+    assert policy.should_flush(1, 100, 10.0, 10.0)
+    assert not policy.should_flush(1, 10, 10.0, 11.9)
+    assert policy.should_flush(1, 10, 10.0, 12.0)
+
+
+@given(st.lists(st.integers(1, 50), max_size=60), st.integers(1, 7), st.integers(1, 120))
+def test_split_covers_everything_in_order_within_limits(
+    sizes: list[int], max_count: int, max_bytes: int
+) -> None:
+    policy = BatchPolicy(max_count=max_count, max_bytes=max_bytes)
+    ranges = list(policy.split(sizes))
+    flat = [i for start, end in ranges for i in range(start, end)]
+    assert flat == list(range(len(sizes)))
+    for start, end in ranges:
+        assert 1 <= end - start <= max_count
+        assert end - start == 1 or sum(sizes[start:end]) <= max_bytes
+    pairs = list(chunks(zip(range(len(sizes)), sizes, strict=True), policy))
+    assert [[*range(s, e)] for s, e in ranges] == pairs
+
+
+# -- the version rule ---------------------------------------------------------------------
+events = st.lists(
+    st.tuples(st.sampled_from("abc"), st.one_of(st.none(), st.integers(0, 9))), max_size=40
+)
+
+
+@given(events, st.integers(1, 5), st.integers(0, 40))
+def test_replays_from_any_position_end_in_the_last_state_of_every_document(
+    changes: list[tuple[str, int | None]], batch: int, replay_from: int
+) -> None:
+    """GIVEN a stream of puts/deletes WHEN applied in any batch size, then partly replayed
+    (a crash before the checkpoint) THEN each document holds its last event, deletes stay."""
+    records = [record(100 + i, pk, v) for i, (pk, v) in enumerate(changes)]
+    backend = MemoryBackend()
+    sink, _, _ = make_sink(backend, policy=BatchPolicy(max_count=batch))
+    sink.apply(records)
+    sink.apply(records[min(replay_from, len(records)) :])
+    expected: dict[str, int | None] = {}
+    for pk, v in changes:
+        expected[pk] = v
+    held = backend.index_docs(INDEX)
+    assert {k: src["v"] for k, src in held.items()} == {
+        k: v for k, v in expected.items() if v is not None
+    }
+
+
+def test_an_older_event_never_overwrites_a_newer_one() -> None:
+    backend = MemoryBackend()
+    sink, _, _ = make_sink(backend)
+    sink.apply([record(200, "a", 2)])
+    sink.apply([record(150, "a", 1)])
+    assert backend.index_docs(INDEX)["a"]["v"] == 2
+    assert sink.stats.stale == 1
+
+
+def test_tombstone_images_delete_and_are_never_indexed() -> None:
+    backend = MemoryBackend()
+    sink, _, _ = make_sink(backend)
+    sink.apply([record(1, "a", 1), record(2, "b", 1)])
+    sink.apply([record(3, "a", None, tomb=True), record(4, "c", None, tomb=True)])
+    assert set(backend.index_docs(INDEX)) == {"b"}
+
+
+def test_in_tombstone_mode_deletes_leave_markers_and_a_late_scan_create_fails() -> None:
+    backend = MemoryBackend()
+
+    class Building:
+        def current(self) -> TargetState:
+            return TargetState((INDEX,), frozenset({INDEX}))
+
+    sink = SearchSink(backend, Building(), Letters())
+    sink.apply([record(5, "a", None)])
+    assert backend.index_docs(INDEX)["a"] == {"_lm_seq": pad_seq("5"), "_lm_tomb": True}
+    (result,) = backend.bulk([BulkAction("create", INDEX, "a", {"v": 0, "_lm_seq": "0" * 40})])
+    assert result.status == 409
+
+
+def test_rejected_documents_are_retried_alone_with_capped_backoff() -> None:
+    backend = MemoryBackend()
+    backend.reject["b"] = [BulkResult(429, "es_rejected_execution_exception", "busy")] * 3
+    sink, _, clock = make_sink(backend, retry=RetryPolicy(attempts=8, base=1.0, cap=3.0))
+    start = clock.now()
+    sink.apply([record(1, "a", 1), record(2, "b", 2), record(3, "c", 3)])
+    assert set(backend.index_docs(INDEX)) == {"a", "b", "c"}
+    assert backend.bulk_calls[1:] == [["b"], ["b"], ["b"]]
+    assert clock.now() - start == 1.0 + 2.0 + 3.0  # 1, 2, then capped at 3
+
+
+def test_a_mapping_error_is_dead_lettered_and_the_rest_continue() -> None:
+    backend = MemoryBackend()
+    reason = "document_parsing_exception: failed to parse field [v]"
+    backend.reject["b"] = [BulkResult(400, "document_parsing_exception", reason)]
+    sink, letters, _ = make_sink(backend)
+    sink.apply([record(1, "a", 1), record(2, "b", 2), record(3, "c", 3)])
+    assert set(backend.index_docs(INDEX)) == {"a", "c"}
+    ((origin, why, raw, key),) = letters.added
+    assert (origin, key) == ("search", {"pk": "b"})
+    assert reason in why
+    assert raw["document"] == {"pk": "b", "v": 2}
+
+
+def test_a_failure_that_persists_raises_apply_failure_at_the_first_unapplied_batch() -> None:
+    backend = MemoryBackend()
+    sink, _, _ = make_sink(backend, policy=BatchPolicy(max_count=2), retry=RetryPolicy(3))
+    backend.reject["c"] = [BulkResult(503, "unavailable_shards_exception", "down")] * 10
+    with pytest.raises(ApplyFailure) as info:
+        sink.apply([record(1, "a", 1), record(2, "b", 2), record(3, "c", 3), record(4, "d", 4)])
+    assert info.value.index == 2
+    assert info.value.retryable
+    # Everything before the failed record is applied; the rest is replayed by the engine.
+    assert {"a", "b"} <= set(backend.index_docs(INDEX))
+    assert "c" not in backend.index_docs(INDEX)
+
+
+def test_whole_request_rejections_back_off_then_succeed() -> None:
+    backend = MemoryBackend()
+    backend.unavailable = 2
+    sink, _, _ = make_sink(backend)
+    sink.apply([record(1, "a", 1)])
+    assert set(backend.index_docs(INDEX)) == {"a"}
+
+
+def test_lag_near_retention_is_reported_loudly(caplog: pytest.LogCaptureFixture) -> None:
+    backend = MemoryBackend()
+    sink, _, clock = make_sink(backend, lag_warning=3600.0)
+    rec = record(1, "a", 1)
+    old = StreamRecord(
+        rec.event_name, rec.keys, rec.new_image, None, rec.sequence_number, clock.now() - 7200
+    )
+    sink.apply([old])
+    assert sink.stats.lag_seconds == 7200
+    assert "livemigrate search resync" in caplog.text
+    assert "2.0 h BEHIND" in retention_warning(7200)
+
+
+class GaugeMetrics:
+    def __init__(self, trimmed: float, lag: float) -> None:
+        self.values = {"trimmed_total": trimmed, "lag_seconds": lag}
+
+    def value(self, name: str, shard: str | None = None) -> float:
+        return self.values[name]
+
+
+def test_retention_watch_points_to_resync_on_trimmed_data_or_lag(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from livemigrate.search.cli import _retention_watch
+
+    _retention_watch(GaugeMetrics(0, 3600))
+    assert not caplog.records
+    _retention_watch(GaugeMetrics(1, 0))
+    assert "TRIMMED" in caplog.text
+    assert "livemigrate search resync" in caplog.text
+    caplog.clear()
+    _retention_watch(GaugeMetrics(0, 21 * 3600))
+    assert "21.0 h BEHIND" in caplog.text
+
+
+def broken_hook(item: dict[str, Any]) -> dict[str, Any]:
+    raise AttributeError("user bug")
+
+
+def test_a_failing_hook_dead_letters_the_item_and_the_rest_continue() -> None:
+    backend = MemoryBackend()
+    sink, letters, _ = make_sink(backend, hook=load_hook(f"{__name__}:broken_hook"))
+    sink.apply([record(1, "a", 1)])
+    ((origin, reason, _, key),) = letters.added
+    assert (origin, key) == ("search", {"pk": {"S": "a"}})
+    assert "AttributeError: user bug" in reason
+
+
+def test_tombstones_written_after_the_resync_stopped_scanning_are_purged_by_the_sink() -> None:
+    """GIVEN a batch that read 'scanning' WHEN the resync marks 'ready' (and purges) before
+    the batch's tombstones land THEN the sink removes its own tombstones afterwards."""
+    backend = MemoryBackend()
+    plain, scanning = TargetState((INDEX,)), TargetState((INDEX,), frozenset({INDEX}))
+    states = [plain, scanning, plain]
+
+    class Flipping:
+        def current(self) -> TargetState:
+            return states.pop(0) if len(states) > 1 else states[0]
+
+    sink = SearchSink(backend, Flipping(), Letters())
+    sink.apply([record(1, "a", 1), record(2, "b", 1)])
+    sink.apply([record(3, "a", None)])
+    assert set(backend.index_docs(INDEX)) == {"b"}
+    assert sink.stats.tombstoned == 1
