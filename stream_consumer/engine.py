@@ -1,0 +1,598 @@
+"""The consumer loop: shards, leases, ordered delivery to a ``RecordSink``, checkpoints.
+
+The engine is generic: it reads ONE stream for a named consumer ("source" applies S's stream to
+D; "search" applies D's stream to Elasticsearch; a later "reverse" may too) and hands each
+shard's records, in order, to a ``livemigrate.records.RecordSink``. Only the engine checkpoints,
+and only after ``apply`` returned (or raised ``ApplyFailure(index, ...)``, which means records
+before ``index`` are durable). A record that keeps failing goes to the dead-letter store after
+``Tuning.max_attempts`` (at once when ``retryable`` is False) and only then is the checkpoint
+moved past it.
+
+Entry point for other engines
+-----------------------------
+::
+
+    from stream_consumer.engine import Tuning, run_consumer
+    from stream_consumer.source import BotoShardSource
+
+    caught_up = run_consumer(
+        BotoShardSource(clients.streams, stream_arn),  # or any ShardSource
+        store,                    # livemigrate.control.ControlStore of the migration
+        "search",                 # consumer name: SHARD#search#<shard>, CONSUMER#search
+        sink,                     # RecordSink: apply(records) / ApplyFailure
+        worker_id="host-1234",    # unique per process
+        lease_seconds=30.0,
+        clock=SystemClock(),
+        dead_letters=DeadLetters(store),
+        origin="search",          # dead-letter origin
+        tuning=Tuning(batch_size=500, poll_interval=0.5),
+        until_caught_up=False,    # True: return once every shard is read to its current end
+        stop_event=stop,          # threading.Event: set it to stop; leases are released
+    )
+
+It returns True when it stopped because it caught up, False when ``stop_event`` was set. A sink
+may also provide ``on_idle()``; the engine calls it at each heartbeat (the destination applier
+uses it to switch to real deletes on time even when no records arrive).
+
+Caught up means: every shard of the latest DescribeStream is finished (closed and read to its
+end, or trimmed) or is held by this process and its last GetRecords returned no records. A shard
+held by another live process keeps ``until_caught_up`` waiting until that lease is released or
+expires (then this process takes it over).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from livemigrate.clock import Clock
+from livemigrate.control import ControlStore
+from livemigrate.deadletters import DeadLetters, Origin
+from livemigrate.errors import LeaseLost
+from livemigrate.records import ApplyFailure, RecordSink, StreamRecord
+from stream_consumer.leases import BalancePolicy, ShardLeases
+from stream_consumer.lineage import resolve
+from stream_consumer.metrics import Metrics
+from stream_consumer.source import (
+    DataTrimmed,
+    IteratorExpired,
+    ShardGone,
+    ShardInfo,
+    ShardSource,
+    Throttled,
+)
+
+log = logging.getLogger("livemigrate.consumer")
+
+HOUR = 3600.0
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Knobs of the loop (defaults suit DynamoDB Streams)."""
+
+    batch_size: int = 1000  # GetRecords Limit (the service maximum)
+    poll_interval: float = 0.5  # sleep when no held shard returned records
+    discover_interval: float = 10.0  # DescribeStream cadence (new child shards)
+    heartbeat_interval: float = 5.0  # CONSUMER# heartbeat, lag, retention guard
+    max_attempts: int = 5  # apply attempts of one record before it is dead-lettered
+    backoff_base: float = 0.1
+    backoff_cap: float = 5.0
+    shard_threads: int = 4  # held shards read in parallel
+    lag_warn_seconds: float = 12 * HOUR  # retention is 24 h (rule 9)
+    lag_error_seconds: float = 20 * HOUR
+
+    def backoff(self, attempt: int) -> float:
+        """Capped exponential backoff with jitter (attempt counts from 1)."""
+        delay: float = min(self.backoff_cap, self.backoff_base * 2 ** max(0, attempt - 1))
+        return delay * random.uniform(0.5, 1.0)
+
+
+def retention_level(lag_seconds: float, tuning: Tuning) -> str:
+    """ "ok", "warn" or "error" for a lag against the 24 h stream retention (rule 9)."""
+    if lag_seconds >= tuning.lag_error_seconds:
+        return "error"
+    if lag_seconds >= tuning.lag_warn_seconds:
+        return "warn"
+    return "ok"
+
+
+@runtime_checkable
+class IdleAware(Protocol):
+    def on_idle(self) -> None: ...
+
+
+@dataclass
+class _Reader:
+    """What this process knows about one shard it holds."""
+
+    shard_id: str
+    checkpoint: str | None
+    records_applied: int
+    iterator: str | None = None
+    from_horizon: bool = False  # the checkpoint was trimmed: restart at the trim horizon
+    caught_up: bool = False
+    finished: bool = False
+    lost: bool = False
+    lag: float = 0.0
+    behind: int = 0
+    backoff: int = 0
+    last_renew: float = 0.0
+
+
+class _Dropped(Exception):
+    """The lease went to another worker while we worked on the shard."""
+
+
+def json_safe_record(record: StreamRecord) -> dict[str, Any]:
+    """The raw record for a dead letter (datetimes as epoch seconds)."""
+    raw = dict(record.raw)
+    body = dict(raw.get("dynamodb", {}))
+    created = body.get("ApproximateCreationDateTime")
+    if isinstance(created, datetime):
+        body["ApproximateCreationDateTime"] = created.timestamp()
+    raw["dynamodb"] = body
+    raw.setdefault("shard_id", record.shard_id)
+    return raw
+
+
+class Consumer:
+    """One consumer process of one stream (see the module docstring).
+
+    Parameters
+    ----------
+    source:
+        Shards and records (``BotoShardSource`` or the scripted stream).
+    store:
+        The migration's control store (leases, checkpoints, CONSUMER# item).
+    name:
+        Consumer name ("source", "search", "reverse").
+    sink:
+        Where records go, in order per shard.
+    worker_id:
+        Unique per process; the lease owner.
+    lease_seconds:
+        A lease not renewed for this long is taken over by another worker.
+    clock:
+        Time for leases, backoff and lag (FakeClock in tests).
+    dead_letters, origin:
+        Where records that cannot be applied go, and under which origin.
+    tuning:
+        Batch size, poll interval and the rest.
+    metrics:
+        Counters and gauges (a fresh ``Metrics(name)`` if omitted).
+    """
+
+    def __init__(
+        self,
+        source: ShardSource,
+        store: ControlStore,
+        name: str,
+        sink: RecordSink,
+        *,
+        worker_id: str,
+        lease_seconds: float,
+        clock: Clock,
+        dead_letters: DeadLetters,
+        origin: Origin,
+        tuning: Tuning | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.source = source
+        self.store = store
+        self.name = name
+        self.sink = sink
+        self.me = worker_id
+        self.ttl = lease_seconds
+        self.clock = clock
+        self.dead_letters = dead_letters
+        self.origin = origin
+        self.tuning = tuning or Tuning()
+        self.metrics = metrics or Metrics(name)
+        self.leases = ShardLeases(store, name, source.stream_arn)
+        self.policy = BalancePolicy()
+        self.readers: dict[str, _Reader] = {}
+        self.listed: list[ShardInfo] = []
+        self.states: dict[str, dict[str, Any]] = {}
+        self._due = {"discover": float("-inf"), "balance": float("-inf"), "beat": float("-inf")}
+        self._pool = ThreadPoolExecutor(self.tuning.shard_threads, thread_name_prefix="shard")
+        self._stop = threading.Event()
+
+    @property
+    def consumer_sk(self) -> str:
+        return f"CONSUMER#{self.name}"
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def start(self) -> None:
+        """Record the consumer (and its start position) before anything is read (rule 5)."""
+        now = self.clock.now()
+        arn = self.source.stream_arn
+        fresh = {
+            "stream_arn": arn,
+            "start_position": "TRIM_HORIZON",
+            "started_at": now,
+            "heartbeat_at": now,
+            "lag_seconds": 0,
+            "records_behind": 0,
+        }
+        if self.store.put(self.consumer_sk, fresh, only_if_absent=True):
+            log.info("consumer %s starts at TRIM_HORIZON of %s", self.name, arn)
+            return
+        held = self.store.get(self.consumer_sk) or {}
+        if held.get("stream_arn") not in (None, arn):
+            log.error(
+                "consumer %s was reading stream %s and now finds %s: the stream was re-created;"
+                " changes made between the two streams were never delivered (POSSIBLE DATA "
+                "LOSS) - verify before cutover",
+                self.name,
+                held.get("stream_arn"),
+                arn,
+            )
+        self.store.update(
+            self.consumer_sk,
+            {"heartbeat_at": now, "resumed_at": now, "stream_arn": arn},
+        )
+        log.info("consumer %s resumes from its recorded checkpoints", self.name)
+
+    def run(self, until_caught_up: bool = False, stop_event: threading.Event | None = None) -> bool:
+        """Consume until stopped (False) or, with ``until_caught_up``, until caught up (True)."""
+        self._stop = stop_event or threading.Event()
+        self.start()
+        try:
+            while not self._stop.is_set():
+                progressed = self.step()
+                if until_caught_up and self.caught_up() and self._confirm_caught_up():
+                    return True
+                if not progressed:
+                    self._sleep(self.tuning.poll_interval)
+            return False
+        finally:
+            self.shutdown()
+
+    def step(self) -> bool:
+        """One round: discover/balance when due, one batch per held shard, renew, heartbeat."""
+        now = self.clock.now()
+        if now >= self._due["discover"]:
+            self.discover()
+        if now >= self._due["balance"] or not self.readers:
+            self.balance()
+        progressed = self._poll_all()
+        self._renew_idle()
+        if self.clock.now() >= self._due["beat"]:
+            self.heartbeat()
+        return progressed
+
+    def shutdown(self) -> None:
+        """Release every lease (checkpoints are already written after each apply)."""
+        for reader in list(self.readers.values()):
+            if self.leases.release(reader.shard_id, self.me):
+                log.info("released %s", reader.shard_id)
+        self.readers.clear()
+        self.metrics.set("shards_held", 0)
+        self._pool.shutdown(wait=True)
+
+    # -- shards and leases --------------------------------------------------------------------
+    def discover(self) -> None:
+        self.listed = self.source.list_shards()
+        self.leases.register(self.listed, self.states or self.leases.states())
+        self._due["discover"] = self.clock.now() + self.tuning.discover_interval
+        self._due["balance"] = float("-inf")
+
+    def balance(self) -> None:
+        """Refresh shard states, settle trimmed parents, claim our fair share of free shards."""
+        self.states = self.leases.states()
+        lineage = resolve(self.listed, self.states)
+        for parent in sorted(lineage.lost_parents):
+            log.error(
+                "shard %s of consumer %s was trimmed (past the 24 h retention) before it was "
+                "read to its end: its remaining records are LOST; verify and repair before "
+                "cutover",
+                parent,
+                self.name,
+            )
+            self.metrics.inc("trimmed_total", shard=parent)
+            self.leases.mark_trimmed(parent)
+            self.states[parent]["finished"] = True
+        if lineage.lost_parents:
+            lineage = resolve(self.listed, self.states)
+        now = self.clock.now()
+        wanted = self.policy.choose(lineage.readable - set(self.readers), self.states, self.me, now)
+        for shard_id in wanted:
+            item = self.leases.claim(shard_id, self.me, self.ttl, now)
+            if item is None:
+                continue
+            checkpoint = item.get("checkpoint")
+            self.readers[shard_id] = _Reader(
+                shard_id,
+                str(checkpoint) if checkpoint else None,
+                int(item.get("records_applied", 0)),
+                last_renew=now,
+            )
+            self.metrics.inc("leases_taken_total", shard=shard_id)
+            log.info("took lease %s (checkpoint %s)", shard_id, checkpoint)
+        self.metrics.set("shards_held", len(self.readers))
+        self._due["balance"] = now + max(self.ttl / 3, self.tuning.poll_interval)
+
+    def caught_up(self) -> bool:
+        """Every listed shard finished, or held here and read to its current end."""
+        for shard in self.listed:
+            state = self.states.get(shard.shard_id, {})
+            if state.get("finished"):
+                continue
+            reader = self.readers.get(shard.shard_id)
+            if reader is None or not reader.caught_up:
+                return False
+        return True
+
+    def _confirm_caught_up(self) -> bool:
+        # New child shards or freed leases would show up here; read once more to be sure.
+        self.discover()
+        self.balance()
+        return self.caught_up()
+
+    # -- reading ------------------------------------------------------------------------------
+    def _poll_all(self) -> bool:
+        readers = list(self.readers.values())
+        if len(readers) <= 1:
+            results = [self._poll(r) for r in readers]
+        else:
+            results = list(self._pool.map(self._poll, readers))
+        for reader in readers:
+            if reader.finished or reader.lost:
+                self.readers.pop(reader.shard_id, None)
+                self.metrics.forget(reader.shard_id)
+        return any(results)
+
+    def _poll(self, reader: _Reader) -> bool:
+        """Read and deliver one batch of one shard; True if records came."""
+        try:
+            return self._read_batch(reader)
+        except (_Dropped, LeaseLost):
+            log.warning("lease %s was taken over by another worker", reader.shard_id)
+            reader.lost = True
+            self.metrics.inc("leases_lost_total", shard=reader.shard_id)
+            return False
+
+    def _read_batch(self, reader: _Reader) -> bool:
+        page = self._get_page(reader)
+        if page is None:
+            return False
+        records = [StreamRecord.from_boto(raw, reader.shard_id) for raw in page.records]
+        if reader.checkpoint is not None:
+            records = [r for r in records if r.sequence_number > reader.checkpoint]
+        self.metrics.inc("records_read_total", len(page.records), shard=reader.shard_id)
+        if records and not self._deliver(reader, records):
+            reader.iterator = None  # stopped mid-batch: reopen from the checkpoint
+            return True
+        reader.iterator = page.next_iterator
+        reader.caught_up = not page.records
+        reader.behind = len(page.records) if len(page.records) >= self.tuning.batch_size else 0
+        if reader.caught_up:
+            reader.lag = 0.0
+        self.metrics.set("lag_seconds", reader.lag, shard=reader.shard_id)
+        if page.next_iterator is None:
+            self._finish(reader)
+        return bool(page.records)
+
+    def _get_page(self, reader: _Reader) -> Any:
+        try:
+            if reader.iterator is None:
+                after = None if reader.from_horizon else reader.checkpoint
+                reader.iterator = self.source.iterator(reader.shard_id, after)
+            page = self.source.get_records(reader.iterator, self.tuning.batch_size)
+        except IteratorExpired:
+            self.metrics.inc("iterators_expired_total", shard=reader.shard_id)
+            log.info("iterator of %s expired; reopening at the checkpoint", reader.shard_id)
+            reader.iterator = None
+            return None
+        except DataTrimmed:
+            self._trimmed(reader)
+            return None
+        except Throttled:
+            self._back_off(reader, "throttled_total", "throttled")
+            return None
+        except (ClientError, BotoCoreError) as exc:
+            # Transient service or network trouble: back off and read again from the iterator.
+            self._back_off(reader, "read_errors_total", f"failed ({type(exc).__name__}: {exc})")
+            return None
+        except ShardGone:
+            log.error("shard %s is gone (stream disabled or trimmed)", reader.shard_id)
+            self._trimmed(reader)
+            self._finish(reader)
+            return None
+        reader.backoff = 0
+        return page
+
+    def _back_off(self, reader: _Reader, metric: str, what: str) -> None:
+        reader.backoff += 1
+        self.metrics.inc(metric, shard=reader.shard_id)
+        delay = self.tuning.backoff(reader.backoff)
+        log.warning("reading %s %s; backing off %.2fs", reader.shard_id, what, delay)
+        self._sleep(delay)
+
+    def _trimmed(self, reader: _Reader) -> None:
+        self.metrics.inc("trimmed_total", shard=reader.shard_id)
+        log.error(
+            "shard %s: checkpoint %s is past the stream retention; restarting at the trim "
+            "horizon - records in between are LOST; verify and repair before cutover",
+            reader.shard_id,
+            reader.checkpoint,
+        )
+        reader.from_horizon = True
+        reader.iterator = None
+
+    # -- delivery and checkpoints -------------------------------------------------------------
+    def _deliver(self, reader: _Reader, records: Sequence[StreamRecord]) -> bool:
+        """Apply records in order; checkpoint after each durable prefix. False if stopped."""
+        pending = list(records)
+        attempts = 0
+        while pending:
+            try:
+                self.sink.apply(pending)
+            except ApplyFailure as failure:
+                pending, attempts = self._after_failure(reader, pending, failure, attempts)
+                if attempts and self._stop.is_set():
+                    return False
+                continue
+            except (ClientError, BotoCoreError) as exc:
+                unclassified = ApplyFailure(0, f"{type(exc).__name__}: {exc}", retryable=True)
+                pending, attempts = self._after_failure(reader, pending, unclassified, attempts)
+                if attempts and self._stop.is_set():
+                    return False
+                continue
+            self._checkpoint(reader, pending[-1], len(pending))
+            return True
+        return True
+
+    def _after_failure(
+        self, reader: _Reader, pending: list[StreamRecord], failure: ApplyFailure, attempts: int
+    ) -> tuple[list[StreamRecord], int]:
+        if failure.index > 0:
+            self._checkpoint(reader, pending[failure.index - 1], failure.index)
+            pending = pending[failure.index :]
+            attempts = 0
+        attempts += 1
+        if not failure.retryable or attempts >= self.tuning.max_attempts:
+            self._dead_letter(reader, pending[0], failure.reason, attempts)
+            return pending[1:], 0
+        self.metrics.inc("apply_retries_total", shard=reader.shard_id)
+        delay = self.tuning.backoff(attempts)
+        log.warning(
+            "apply of %s in %s failed (attempt %d): %s; retrying in %.2fs",
+            pending[0].sequence_number,
+            reader.shard_id,
+            attempts,
+            failure.reason,
+            delay,
+        )
+        self._sleep(delay)
+        return pending, attempts
+
+    def _dead_letter(self, reader: _Reader, record: StreamRecord, reason: str, tries: int) -> None:
+        self.dead_letters.add(
+            self.origin,
+            f"{reason} (after {tries} attempt(s), shard {reader.shard_id})",
+            json_safe_record(record),
+            record.keys,
+        )
+        self.metrics.inc("records_dead_lettered_total", shard=reader.shard_id)
+        log.error("record %s dead-lettered: %s", record.sequence_number, reason)
+        # Only now may the checkpoint pass it.
+        self._checkpoint(reader, record, 0)
+
+    def _checkpoint(self, reader: _Reader, last: StreamRecord, applied: int) -> None:
+        now = self.clock.now()
+        reader.records_applied += applied
+        reader.lag = max(0.0, now - last.approximate_creation)
+        self.leases.checkpoint(
+            reader.shard_id,
+            self.me,
+            self.ttl,
+            now,
+            {
+                "checkpoint": last.sequence_number,
+                "records_applied": reader.records_applied,
+                "last_applied_at": now,
+                "lag_seconds": reader.lag,
+            },
+        )
+        reader.checkpoint = last.sequence_number
+        reader.last_renew = now
+        self.metrics.inc("records_applied_total", applied, shard=reader.shard_id)
+
+    def _finish(self, reader: _Reader) -> None:
+        """A closed shard read to its end: finished, lease released; its children may start."""
+        if not self.leases.release(reader.shard_id, self.me, {"finished": True}):
+            raise _Dropped(reader.shard_id)
+        reader.finished = True
+        self.states.setdefault(reader.shard_id, {})["finished"] = True
+        self.metrics.inc("shards_finished_total", shard=reader.shard_id)
+        self._due["balance"] = float("-inf")
+        log.info("shard %s finished (%d records)", reader.shard_id, reader.records_applied)
+
+    def _renew_idle(self) -> None:
+        now = self.clock.now()
+        for reader in list(self.readers.values()):
+            if now - reader.last_renew < self.ttl / 3:
+                continue
+            try:
+                self.leases.checkpoint(
+                    reader.shard_id, self.me, self.ttl, now, {"lag_seconds": reader.lag}
+                )
+                reader.last_renew = now
+            except LeaseLost:
+                log.warning("lease %s was taken over by another worker", reader.shard_id)
+                self.metrics.inc("leases_lost_total", shard=reader.shard_id)
+                self.readers.pop(reader.shard_id, None)
+
+    def heartbeat(self) -> None:
+        """Lag and backlog on CONSUMER#<name>; the retention guard; the sink's idle hook."""
+        now = self.clock.now()
+        lag = max((r.lag for r in self.readers.values()), default=0.0)
+        behind = sum(r.behind for r in self.readers.values())
+        self.store.update(
+            self.consumer_sk, {"heartbeat_at": now, "lag_seconds": lag, "records_behind": behind}
+        )
+        self.metrics.set("records_behind", behind)
+        level = retention_level(lag, self.tuning)
+        if level == "error":
+            log.error(
+                "consumer %s lags %.1f h behind the stream; records older than 24 h are "
+                "trimmed and LOST: add consumers or capacity now",
+                self.name,
+                lag / HOUR,
+            )
+        elif level == "warn":
+            log.warning("consumer %s lags %.1f h (retention is 24 h)", self.name, lag / HOUR)
+        if isinstance(self.sink, IdleAware):
+            self.sink.on_idle()
+        self._due["beat"] = now + self.tuning.heartbeat_interval
+
+    def _sleep(self, seconds: float) -> None:
+        end = self.clock.now() + seconds
+        while not self._stop.is_set():
+            left = end - self.clock.now()
+            if left <= 0:
+                return
+            self.clock.sleep(min(0.05, left))
+
+
+def run_consumer(
+    source: ShardSource,
+    store: ControlStore,
+    name: str,
+    sink: RecordSink,
+    *,
+    worker_id: str,
+    lease_seconds: float,
+    clock: Clock,
+    dead_letters: DeadLetters,
+    origin: Origin,
+    tuning: Tuning | None = None,
+    metrics: Metrics | None = None,
+    until_caught_up: bool = False,
+    stop_event: threading.Event | None = None,
+) -> bool:
+    """Run one consumer process until stopped or caught up (see the module docstring)."""
+    consumer = Consumer(
+        source,
+        store,
+        name,
+        sink,
+        worker_id=worker_id,
+        lease_seconds=lease_seconds,
+        clock=clock,
+        dead_letters=dead_letters,
+        origin=origin,
+        tuning=tuning,
+        metrics=metrics,
+    )
+    return consumer.run(until_caught_up=until_caught_up, stop_event=stop_event)

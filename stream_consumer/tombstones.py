@@ -1,0 +1,130 @@
+"""Tombstone finalisation (issue item 10, rule 2): purge tombstones once deletes are real.
+
+While the backfill runs, a delete leaves a tombstone in D so that a late bulk put of the deleted
+item fails its put-if-absent. Once the backfill is complete the source consumer switches to real
+deletes and records ``real_deletes_since`` on ``CONSUMER#source``. Finalisation waits for that
+(plus a settle time that covers other consumer processes' cached delete mode), scans D for
+``_lm_tomb = true`` and deletes each tombstone with a condition on its sequence number, so a
+tombstone that a newer write replaced is left alone. It ends by writing ``TOMBSTONES``
+{state: "purged", purged_at, purged_count}; cutover checks that state.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from livemigrate.clock import Clock
+from livemigrate.errors import LivemigrateError
+from livemigrate.items import TypedItem
+from livemigrate.versioning import SEQ_ATTR, TOMBSTONE_ATTR
+
+if TYPE_CHECKING:
+    from livemigrate.destination import DestinationWriter
+    from livemigrate.migration import Migration
+
+log = logging.getLogger("livemigrate.consumer.tombstones")
+
+TOMBSTONES = "TOMBSTONES"
+
+
+class NotSwitched(LivemigrateError):
+    """The consumer has not switched to real deletes within the wait."""
+
+
+def tombstones(writer: DestinationWriter) -> Iterator[tuple[TypedItem, str]]:
+    """(key, sequence number) of every tombstone in the destination (paged scan)."""
+    names = {f"#k{i}": n for i, n in enumerate(writer.key_names)}
+    names.update({"#seq": SEQ_ATTR, "#tomb": TOMBSTONE_ATTR})
+    kwargs: dict[str, Any] = {
+        "TableName": writer.table,
+        "FilterExpression": "#tomb = :true",
+        "ProjectionExpression": ", ".join([*names.keys()]),
+        "ExpressionAttributeNames": names,
+        "ExpressionAttributeValues": {":true": {"BOOL": True}},
+        "ConsistentRead": True,
+    }
+    while True:
+        page = writer.client.scan(**kwargs)
+        for item in page.get("Items", []):
+            yield writer.key(item), str(item[SEQ_ATTR]["S"])
+        if "LastEvaluatedKey" not in page:
+            return
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def purge(writer: DestinationWriter) -> tuple[int, int]:
+    """Delete every tombstone not replaced by a newer write: (purged, left alone)."""
+    purged = kept = 0
+    for key, seq in tombstones(writer):
+        if writer.purge_tombstone(key, seq):
+            purged += 1
+        else:
+            kept += 1
+    return purged, kept
+
+
+def wait_for_real_deletes(
+    migration: Migration,
+    clock: Clock,
+    *,
+    consumer: str = "source",
+    settle_seconds: float = 15.0,
+    timeout_seconds: float = 3600.0,
+    poll_seconds: float = 2.0,
+    stop: threading.Event | None = None,
+) -> float:
+    """Block until ``CONSUMER#<consumer>.real_deletes_since`` is older than ``settle_seconds``."""
+    stop = stop or threading.Event()
+    deadline = clock.now() + timeout_seconds
+    while not stop.is_set():
+        held = migration.store.get(f"CONSUMER#{consumer}") or {}
+        since = held.get("real_deletes_since")
+        if since is not None and clock.now() >= float(since) + settle_seconds:
+            return float(since)
+        if clock.now() >= deadline:
+            raise NotSwitched(
+                f"the {consumer} consumer has not switched to real deletes "
+                f"within {timeout_seconds:.0f}s (backfill complete: "
+                f"{migration.backfill_complete()})",
+                "finish the backfill, keep `livemigrate consume` running, then run "
+                "`livemigrate consume --finalize-tombstones` again",
+            )
+        clock.sleep(poll_seconds)
+    raise NotSwitched("stopped while waiting for real deletes", "run it again")
+
+
+def finalize_tombstones(
+    migration: Migration,
+    clock: Clock,
+    *,
+    consumer: str = "source",
+    settle_seconds: float = 15.0,
+    timeout_seconds: float = 3600.0,
+    poll_seconds: float = 2.0,
+    stop: threading.Event | None = None,
+) -> int:
+    """Wait for real deletes, purge tombstones, record ``TOMBSTONES``; returns how many purged."""
+    wait_for_real_deletes(
+        migration,
+        clock,
+        consumer=consumer,
+        settle_seconds=settle_seconds,
+        timeout_seconds=timeout_seconds,
+        poll_seconds=poll_seconds,
+        stop=stop,
+    )
+    purged, kept = purge(migration.writer)
+    migration.store.put(
+        TOMBSTONES,
+        {"state": "purged", "purged_at": clock.now(), "purged_count": purged},
+    )
+    log.info("tombstones purged: %d (left %d replaced by newer writes)", purged, kept)
+    return purged
+
+
+def tombstones_purged(migration: Migration) -> bool:
+    held = migration.store.get(TOMBSTONES) or {}
+    return held.get("state") == "purged"
