@@ -109,7 +109,7 @@ def _shards(
     now: float,
 ) -> dict[str, Any]:
     return {
-        "consumer_started": [item for _, item in consumers],
+        "consumer_started": [{"name": sk.split("#", 1)[1], **item} for sk, item in consumers],
         "shards": [
             {
                 "id": sk,
@@ -118,6 +118,8 @@ def _shards(
                 else None,
                 "checkpoint": item.get("checkpoint"),
                 "finished": bool(item.get("finished", False)),
+                "lag_seconds": item.get("lag_seconds"),
+                "records_applied": item.get("records_applied"),
                 "parents": item.get("parents", []),
             }
             for sk, item in shards
@@ -150,12 +152,18 @@ def render(summary: dict[str, Any]) -> str:
     for split in bf["hot_key_splits"]:
         lines.append(f"    hot-key split {split['id']}: {split['state']} ({split['hot_key']})")
     stream = summary["stream"]
-    started = "started" if stream["consumer_started"] else "not started"
-    lines.append(f"  stream consumer: {started}; shards {len(stream['shards'])}")
+    lines.append(f"  stream consumers: {len(stream['consumer_started']) or 'not started'}")
+    for consumer in stream["consumer_started"]:
+        lines.append(
+            f"    {consumer.get('name', '?')}: lag {consumer.get('lag_seconds')}s, "
+            f"records behind >= {consumer.get('records_behind')}, "
+            f"last heartbeat {time.time() - float(consumer.get('heartbeat_at', 0)):.0f}s ago"
+        )
     for shard in stream["shards"]:
         lines.append(
             f"    {shard['id']}: owner={shard['owner']} checkpoint={shard['checkpoint']} "
-            f"finished={shard['finished']}"
+            f"finished={shard['finished']} lag={shard['lag_seconds']}s "
+            f"applied={shard['records_applied']}"
         )
     lines.append(f"  dead letters: {summary['dead_letters']}")
     lines.append("  cutover gates:")
