@@ -281,7 +281,7 @@ class Verifier:
     ) -> None:
         diffs = self._item_diffs(n, wanted)
         report.first_pass_differences += len(diffs)
-        remaining = self.recheck(diffs)
+        remaining = self._recheck_extras(n, self.recheck(diffs))
         report.resolved_by_recheck += len(diffs) - len(remaining)
         outcomes: Counter[str] = Counter()
         for diff in remaining:
@@ -332,6 +332,20 @@ class Verifier:
             self.await_consumer(seen_at)
             pending = [d for d in (self.reread(d) for d in pending) if d is not None]
         return pending
+
+    def _recheck_extras(self, n: int, remaining: list[Difference]) -> list[Difference]:
+        """Give extras without a known source item one fresh pass over their buckets.
+
+        An extra seen while its source item was deleted and then written again (live traffic)
+        cannot be re-read by key: nothing maps a destination key back to its source key. A
+        fresh scan of those buckets finds the source item that produces it now.
+        """
+        extras = [d for d in remaining if d.source_key is None]
+        if not extras:
+            return remaining
+        fresh = self.recheck(self._item_diffs(n, {bucket_of(d.kid, n) for d in extras}))
+        still = {d.kid for d in fresh}
+        return [d for d in remaining if d.source_key is not None or d.kid in still]
 
     def await_consumer(self, since: float) -> bool:
         """Wait until the consumer has applied every change made before ``since``.
