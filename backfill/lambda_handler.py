@@ -1,0 +1,64 @@
+"""AWS Lambda entry point: process segment work within one invocation, leave the rest.
+
+Use it in a Step Functions loop (or re-invoke) until ``complete`` is true. Settings come from
+the function's ``LIVEMIGRATE_*`` environment. Event fields (all optional): ``workers``,
+``margin_seconds`` (time kept back from the invocation's limit, default 30),
+``page_size``, ``without_consumer``, ``create_destination``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from backfill import plan
+from backfill.preflight import open_for_backfill
+from backfill.worker import Engine, Options
+from livemigrate.aws import AwsClients, make_clients
+from livemigrate.config import Settings, load_settings
+
+DEFAULT_MARGIN = 30.0
+
+
+class LambdaContext(Protocol):
+    def get_remaining_time_in_millis(self) -> int: ...
+
+
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    """Lambda handler; returns ``{"complete": bool, ...}``."""
+    settings = load_settings()
+    return invoke(event, context, settings, make_clients(settings))
+
+
+def invoke(
+    event: dict[str, Any], context: LambdaContext, settings: Settings, clients: AwsClients
+) -> dict[str, Any]:
+    """The handler's work with settings and clients injected (tests call this)."""
+    margin = float(event.get("margin_seconds", DEFAULT_MARGIN))
+    budget = context.get_remaining_time_in_millis() / 1000.0 - margin
+    if budget <= 1.0:
+        return {"complete": False, "reason": "not enough time left in this invocation"}
+    migration = open_for_backfill(
+        settings,
+        clients,
+        create_destination=bool(event.get("create_destination", False)),
+        without_consumer=bool(event.get("without_consumer", False)),
+    )
+    options = Options(
+        workers=int(event.get("workers", settings.workers)),
+        budget_seconds=budget,
+        page_size=int(event.get("page_size", 1000)),
+        total_segments=settings.total_segments,
+    )
+    engine = Engine(migration, options)
+    engine.plan()
+    # What is left of the invocation after preflight and planning is the workers' budget.
+    budget = context.get_remaining_time_in_millis() / 1000.0 - margin
+    complete = engine.run(budget_seconds=max(0.1, budget)) or plan.mark_complete(migration.store)
+    done = engine.stats.snapshot()
+    return {
+        "complete": complete,
+        "items_read": done.read,
+        "items_written": done.written,
+        "superseded": done.superseded,
+        "dead_letters": done.dead,
+    }

@@ -1,0 +1,150 @@
+"""The segment plan in the control table: PLAN, SEG#<nnnnnn> and SPLIT#<nnnnnn>#<n> items.
+
+The plan is written once per migration and read by every worker on every machine:
+
+- ``PLAN`` {state: planned | running | complete, total_segments, created_at, completed_at}
+- ``SEG#<nnnnnn>`` {state: pending | done, checkpoint, items_read, items_written, superseded,
+  dead_lettered, hot_keys_skipped, lease fields}
+- ``SPLIT#<nnnnnn>#<n>`` {state, segment, hot_key, lower (exclusive), upper (inclusive),
+  checkpoint, the same counters and lease fields}
+
+Keys and checkpoints are stored as JSON text of DynamoDB's typed form, so they go back into
+``ExclusiveStartKey`` unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from livemigrate.control import ControlStore
+from livemigrate.migration import BACKFILL_COMPLETE, PLAN
+
+SEG_PREFIX = "SEG#"
+SPLIT_PREFIX = "SPLIT#"
+PENDING = "pending"
+DONE = "done"
+PLANNED = "planned"
+RUNNING = "running"
+COMPLETE = BACKFILL_COMPLETE
+
+# Segments small enough that one finishes well inside a Lambda budget on a provisioned table,
+# and enough of them that every worker has several to pick from.
+ITEMS_PER_SEGMENT = 50_000
+BYTES_PER_SEGMENT = 256 * 1024 * 1024
+SEGMENTS_PER_WORKER = 4
+MAX_SEGMENTS = 1_000_000
+
+
+def seg_sk(segment: int) -> str:
+    return f"{SEG_PREFIX}{segment:06d}"
+
+
+def split_sk(segment: int, n: int) -> str:
+    return f"{SPLIT_PREFIX}{segment:06d}#{n}"
+
+
+def choose_total_segments(item_count: int, size_bytes: int, workers: int) -> int:
+    """TotalSegments from the table's size, at least a few per worker."""
+    by_items = math.ceil(item_count / ITEMS_PER_SEGMENT)
+    by_bytes = math.ceil(size_bytes / BYTES_PER_SEGMENT)
+    return max(1, min(MAX_SEGMENTS, max(by_items, by_bytes, workers * SEGMENTS_PER_WORKER)))
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One claimable piece of work: a Scan segment or a hot-key Query range."""
+
+    sk: str
+    item: dict[str, Any]
+
+    @property
+    def is_split(self) -> bool:
+        return self.sk.startswith(SPLIT_PREFIX)
+
+    @property
+    def segment(self) -> int:
+        return int(self.sk.split("#")[1])
+
+    @property
+    def done(self) -> bool:
+        return self.item.get("state") == DONE
+
+
+def ensure_plan(store: ControlStore, total_segments: int) -> int:
+    """Write the plan if there is none; returns the plan's total_segments (the first one wins).
+
+    Safe to run from many processes at once and after a crash half-way: PLAN is written first
+    (conditionally), then every missing segment item is added conditionally.
+    """
+    plan = store.get(PLAN)
+    if plan is None:
+        store.put(
+            PLAN,
+            {"state": PLANNED, "total_segments": total_segments, "created_at": time.time()},
+            only_if_absent=True,
+        )
+        plan = store.get(PLAN) or {}
+    total = int(plan["total_segments"])
+    if not plan.get("segments_written"):
+        if store.count(SEG_PREFIX) < total:
+            for segment in range(total):
+                store.put(seg_sk(segment), _fresh(segment), only_if_absent=True)
+        store.update(PLAN, {"segments_written": True})
+    return total
+
+
+def _fresh(segment: int) -> dict[str, Any]:
+    return {
+        "state": PENDING,
+        "segment": segment,
+        "checkpoint": None,
+        "items_read": 0,
+        "items_written": 0,
+        "superseded": 0,
+        "dead_lettered": 0,
+        "hot_keys_skipped": [],
+    }
+
+
+def units(store: ControlStore, prefix: str) -> Iterator[Unit]:
+    for sk, item in store.query(prefix):
+        yield Unit(sk, item)
+
+
+def all_done(store: ControlStore) -> bool:
+    """Every segment and then every split is done (segments first: a live segment may still
+    add splits, a done one never does)."""
+    if not all(u.done for u in units(store, SEG_PREFIX)):
+        return False
+    return all(u.done for u in units(store, SPLIT_PREFIX))
+
+
+def mark_running(store: ControlStore) -> None:
+    store.update(
+        PLAN,
+        {"state": RUNNING},
+        condition="#state = :planned",
+        condition_values={"planned": PLANNED},
+    )
+
+
+def mark_complete(store: ControlStore) -> bool:
+    """Set PLAN.state = complete once everything is done; True if the plan is complete."""
+    if not all_done(store):
+        return False
+    store.update(
+        PLAN,
+        {"state": BACKFILL_COMPLETE, "completed_at": time.time()},
+        condition="attribute_exists(#state) AND #state <> :complete",
+        condition_values={"complete": BACKFILL_COMPLETE},
+    )
+    return plan_state(store) == BACKFILL_COMPLETE
+
+
+def plan_state(store: ControlStore) -> str | None:
+    plan = store.get(PLAN)
+    return None if plan is None else str(plan.get("state"))

@@ -1,0 +1,91 @@
+"""Hot-key splits in the control table: creating them, and finishing a jump after a crash.
+
+Order of writes (each step is safe to repeat):
+
+1. the page that revealed the hot key is fully written;
+2. every SPLIT item is put (conditionally; each carries the full list of bounds);
+3. the segment's checkpoint jumps to {hash: hot key, range: its last sort key} and the key is
+   added to ``hot_keys_skipped`` (one conditional write with the lease renewal).
+
+A crash between 2 and 3 leaves split items whose key is not in ``hot_keys_skipped``: the next
+owner of the segment re-creates any missing split from the stored bounds and then jumps.
+Everything before the jump was written in step 1, everything after it is in the splits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from backfill.hotkey import Attr, attr_id, split_bounds
+from backfill.keys import dump_json, load_json
+from backfill.plan import PENDING, SPLIT_PREFIX, split_sk
+from livemigrate.control import ControlStore
+from livemigrate.items import to_plain
+
+
+@dataclass(frozen=True)
+class Jump:
+    """Where a segment's Scan resumes to skip a hot key (its last sort key)."""
+
+    hot: Attr
+    upper: Attr
+
+    def key(self, hash_name: str, range_name: str) -> dict[str, Any]:
+        return {hash_name: self.hot, range_name: self.upper}
+
+
+def _display(hot: Attr) -> str:
+    return str(to_plain({"k": hot})["k"])
+
+
+def create_splits(
+    store: ControlStore, segment: int, hot: Attr, *, lower: Attr, upper: Attr, ways: int
+) -> Jump:
+    """Put the SPLIT items covering (lower, upper] of ``hot``; returns the segment's jump."""
+    existing = [sk for sk, _ in store.query(f"{SPLIT_PREFIX}{segment:06d}#")]
+    base = 1 + max((int(sk.rsplit("#", 1)[1]) for sk in existing), default=-1)
+    bounds = split_bounds(lower, upper, ways)
+    _put_all(store, segment, hot, base, bounds)
+    return Jump(hot, upper)
+
+
+def _put_all(store: ControlStore, segment: int, hot: Attr, base: int, bounds: list[Attr]) -> None:
+    text = dump_json(bounds)
+    for i in range(len(bounds) - 1):
+        store.put(
+            split_sk(segment, base + i),
+            {
+                "state": PENDING,
+                "segment": segment,
+                "hot_key": _display(hot),
+                "hot_key_id": attr_id(hot),
+                "lower": dump_json(bounds[i]),
+                "upper": dump_json(bounds[i + 1]),
+                "index": i,
+                "base": base,
+                "bounds": text,
+                "checkpoint": None,
+                "items_read": 0,
+                "items_written": 0,
+                "superseded": 0,
+                "dead_lettered": 0,
+            },
+            only_if_absent=True,
+        )
+
+
+def unfinished_jumps(store: ControlStore, segment: int, skipped: set[str]) -> list[Jump]:
+    """Splits of ``segment`` whose jump was not recorded (a crash); missing splits re-created."""
+    seen: dict[str, dict[str, Any]] = {}
+    for _, item in store.query(f"{SPLIT_PREFIX}{segment:06d}#"):
+        key_id = str(item["hot_key_id"])
+        if key_id not in skipped:
+            seen.setdefault(key_id, item)
+    jumps = []
+    for key_id, item in seen.items():
+        hot = load_json(key_id)
+        bounds = load_json(str(item["bounds"]))
+        _put_all(store, segment, hot, int(item["base"]), bounds)
+        jumps.append(Jump(hot, bounds[-1]))
+    return jumps
