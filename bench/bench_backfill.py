@@ -35,6 +35,7 @@ from livemigrate.control import condition_failed
 from livemigrate.examples.hot_outbox import transform as hot_outbox
 from livemigrate.items import to_plain, to_typed
 from livemigrate.migration import open_migration
+from livemigrate.tables import create_table
 from livemigrate.versioning import BACKFILL_SEQ, MIGRATION_ATTR, SEQ_ATTR
 
 if TYPE_CHECKING:
@@ -72,25 +73,7 @@ def _clients(latency: float = 0.0) -> AwsClients:
 
 
 def _table(client: DynamoDBClient, name: str, stream: bool) -> str:
-    kwargs: dict[str, Any] = {}
-    if stream:
-        kwargs["StreamSpecification"] = {
-            "StreamEnabled": True,
-            "StreamViewType": "NEW_AND_OLD_IMAGES",
-        }
-    client.create_table(
-        TableName=name,
-        KeySchema=[
-            {"AttributeName": "pk", "KeyType": "HASH"},
-            {"AttributeName": "sk", "KeyType": "RANGE"},
-        ],
-        AttributeDefinitions=[
-            {"AttributeName": "pk", "AttributeType": "S"},
-            {"AttributeName": "sk", "AttributeType": "S"},
-        ],
-        BillingMode="PAY_PER_REQUEST",
-        **kwargs,
-    )
+    create_table(client, name, stream="NEW_AND_OLD_IMAGES" if stream else None, wait=False)
     return name
 
 

@@ -24,6 +24,7 @@ from livemigrate.config import Settings
 from livemigrate.items import to_plain, to_typed
 from livemigrate.migration import Migration, open_migration
 from livemigrate.records import StreamRecord
+from livemigrate.tables import create_table
 from livemigrate.transform import Transformer
 from stream_consumer.applier import DestinationApplier
 from stream_consumer.engine import Tuning, run_consumer
@@ -53,24 +54,8 @@ def _name(prefix: str) -> str:
 
 
 def _table(clients: AwsClients, name: str, stream: bool) -> None:
-    kwargs: dict[str, Any] = {}
-    if stream:
-        kwargs["StreamSpecification"] = {
-            "StreamEnabled": True,
-            "StreamViewType": "NEW_AND_OLD_IMAGES",
-        }
-    clients.dynamodb.create_table(
-        TableName=name,
-        KeySchema=[
-            {"AttributeName": "pk", "KeyType": "HASH"},
-            {"AttributeName": "sk", "KeyType": "RANGE"},
-        ],
-        AttributeDefinitions=[
-            {"AttributeName": "pk", "AttributeType": "S"},
-            {"AttributeName": "sk", "AttributeType": "S"},
-        ],
-        BillingMode="PAY_PER_REQUEST",
-        **kwargs,
+    create_table(
+        clients.dynamodb, name, stream="NEW_AND_OLD_IMAGES" if stream else None, wait=False
     )
 
 

@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from livemigrate.items import to_typed
+from livemigrate.tables import create_table
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -27,22 +28,7 @@ _YEAR = 365 * 86_400
 
 def create_source_table(client: DynamoDBClient, name: str, *, stream: bool = True) -> None:
     """A pk/sk table, with the NEW_AND_OLD_IMAGES stream livemigrate needs unless told not."""
-    client.create_table(
-        TableName=name,
-        KeySchema=[
-            {"AttributeName": "pk", "KeyType": "HASH"},
-            {"AttributeName": "sk", "KeyType": "RANGE"},
-        ],
-        AttributeDefinitions=[
-            {"AttributeName": "pk", "AttributeType": "S"},
-            {"AttributeName": "sk", "AttributeType": "S"},
-        ],
-        BillingMode="PAY_PER_REQUEST",
-        StreamSpecification={"StreamEnabled": stream, "StreamViewType": "NEW_AND_OLD_IMAGES"}
-        if stream
-        else {"StreamEnabled": False},
-    )
-    client.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1})
+    create_table(client, name, stream="NEW_AND_OLD_IMAGES" if stream else None)
 
 
 def enable_stream(client: DynamoDBClient, name: str) -> None:

@@ -95,30 +95,48 @@ def require_stream(info: TableInfo) -> str:
     return info.stream_arn
 
 
-def create_like(
-    client: DynamoDBClient, source: TableInfo, name: str, *, with_stream: bool = True
-) -> TableInfo:
-    """Create ``name`` with the source's key schema (on-demand), optionally with a stream."""
-    kwargs: dict[str, Any] = {}
-    if with_stream:
-        kwargs["StreamSpecification"] = {
-            "StreamEnabled": True,
-            "StreamViewType": "NEW_AND_OLD_IMAGES",
-        }
+KeySpec = tuple[tuple[str, str], ...]
+PK_SK: KeySpec = (("pk", "S"), ("sk", "S"))
+
+
+def create_table(
+    client: DynamoDBClient,
+    name: str,
+    keys: KeySpec = PK_SK,
+    *,
+    stream: str | None = "NEW_AND_OLD_IMAGES",
+    wait: bool = True,
+) -> None:
+    """Create an on-demand table with ``keys`` ((name, "S"|"N"|"B"), hash first) and a stream.
+
+    ``stream`` is a StreamViewType, or None for no stream.
+    """
+    spec: dict[str, Any] = {"StreamEnabled": False}
+    if stream:
+        spec = {"StreamEnabled": True, "StreamViewType": stream}
     client.create_table(
         TableName=name,
         KeySchema=[
             {"AttributeName": n, "KeyType": "HASH" if i == 0 else "RANGE"}
-            for i, n in enumerate(source.key_names)
+            for i, (n, _) in enumerate(keys)
         ],
         AttributeDefinitions=[
-            {"AttributeName": n, "AttributeType": source.key_types[n]}  # type: ignore[typeddict-item]
-            for n in source.key_names
+            {"AttributeName": n, "AttributeType": t}  # type: ignore[typeddict-item]
+            for n, t in keys
         ],
         BillingMode="PAY_PER_REQUEST",
-        **kwargs,
+        StreamSpecification=spec,  # type: ignore[arg-type]
     )
-    client.get_waiter("table_exists").wait(
-        TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 120}
-    )
+    if wait:
+        client.get_waiter("table_exists").wait(
+            TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 120}
+        )
+
+
+def create_like(
+    client: DynamoDBClient, source: TableInfo, name: str, *, with_stream: bool = True
+) -> TableInfo:
+    """Create ``name`` with the source's key schema (on-demand), optionally with a stream."""
+    keys = tuple((n, source.key_types[n]) for n in source.key_names)
+    create_table(client, name, keys, stream="NEW_AND_OLD_IMAGES" if with_stream else None)
     return describe(client, name, "destination")

@@ -14,8 +14,10 @@ import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from livemigrate import tables
 from livemigrate.aws import AwsClients, make_clients
 from livemigrate.config import Settings
+from livemigrate.tables import PK_SK
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -64,25 +66,10 @@ def create_table(
     client: DynamoDBClient,
     name: str,
     *,
-    keys: tuple[tuple[str, str], ...] = (("pk", "S"), ("sk", "S")),
+    keys: tuple[tuple[str, str], ...] = PK_SK,
     stream: str | None = "NEW_AND_OLD_IMAGES",
 ) -> None:
-    kwargs: dict[str, Any] = {}
-    if stream:
-        kwargs["StreamSpecification"] = {"StreamEnabled": True, "StreamViewType": stream}
-    client.create_table(
-        TableName=name,
-        KeySchema=[
-            {"AttributeName": n, "KeyType": "HASH" if i == 0 else "RANGE"}
-            for i, (n, _) in enumerate(keys)
-        ],
-        AttributeDefinitions=[
-            {"AttributeName": n, "AttributeType": t}  # type: ignore[typeddict-item]
-            for n, t in keys
-        ],
-        BillingMode="PAY_PER_REQUEST",
-        **kwargs,
-    )
+    tables.create_table(client, name, keys, stream=stream, wait=False)
 
 
 def scan_all(client: DynamoDBClient, table: str) -> Iterator[dict[str, Any]]:
