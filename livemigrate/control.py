@@ -319,8 +319,8 @@ class ControlStore:
                 f"destination table {destination_table!r} already belongs to migration "
                 f"{owner.get('migration_id')!r} (from {owner.get('source')!r}); "
                 f"two migrations writing one table would overwrite each other",
-                "use a different destination table, or finish/clean up the other migration "
-                f"(livemigrate cleanup --migration-id {owner.get('migration_id')})",
+                "use a different destination table; if the other migration was abandoned, "
+                f"delete the item pk={pk!r}, sk='OWNER' from control table {self.table!r}",
             ) from exc
 
     def destination_owner(self, destination_table: str) -> str | None:

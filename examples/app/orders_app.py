@@ -22,19 +22,25 @@ from typing import Any
 import boto3
 
 from livemigrate.client import ActiveTable
+from livemigrate.examples.hot_outbox import transform
+from livemigrate.items import to_typed
 
 
 def record_order(dynamodb: Any, active: ActiveTable, section: str, number: int) -> str:
     """Write one order to the active table; returns the table it went to."""
-    item = {
-        "pk": {"S": f"section-outbox|{section}"},
-        "sk": {"S": f"order-{number:06d}"},
-        "createdAt": {"N": str(Decimal(int(time.time())))},
-        "status": {"S": "new"},
+    order = {
+        "pk": f"section-outbox|{section}",
+        "sk": f"order-{number:06d}",
+        "createdAt": Decimal(int(time.time())),
+        "status": "new",
     }
 
     def put(table: str) -> str:
-        dynamodb.put_item(TableName=table, Item=item)
+        # After the cutover the application speaks the new schema (the migration's transform
+        # is exactly that mapping); before it, the old one.
+        new_schema = table == active.flag().destination_table
+        item = next(iter(transform(order))) if new_schema else order
+        dynamodb.put_item(TableName=table, Item=to_typed(item))
         return table
 
     return active.write(put)

@@ -32,7 +32,13 @@ def test_example_app_follows_the_flag(
     flags.write(flag.flipped("destination", time.time()), flag.epoch)
     assert main([*args, "--orders", "3", "--section", "new"]) == 0
     assert f"{{'{dst}': 3}}" in capsys.readouterr().out
-    assert len(list(scan_all(clients.dynamodb, dst))) == 3
+    written = list(scan_all(clients.dynamodb, dst))
+    assert len(written) == 3
+    # After the flip the application writes the new schema: month-sharded key, created_at.
+    (third,) = [item for item in written if item["sk"] == {"S": "order-000002"}]
+    assert third["pk"]["S"].startswith("section-outbox|new|20")
+    assert "created_at" in third
+    assert "createdAt" not in third
     active = ActiveTable(flags)
-    key = {"pk": {"S": "section-outbox|new"}, "sk": {"S": "order-000002"}}
+    key = {"pk": third["pk"], "sk": third["sk"]}
     assert (read_order(clients.dynamodb, active, key) or {})["status"] == {"S": "new"}
