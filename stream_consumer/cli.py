@@ -16,17 +16,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import signal
-import socket
 import threading
-import uuid
-from types import FrameType
 
 from livemigrate.aws import AwsClients
 from livemigrate.clock import SystemClock
 from livemigrate.config import Settings
 from livemigrate.migration import Migration, open_migration
+from livemigrate.process import stop_on_signals, worker_id
 from livemigrate.tables import require_stream
 from stream_consumer.applier import DestinationApplier
 from stream_consumer.engine import Tuning, run_consumer
@@ -88,7 +84,7 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
         migration, metrics, consumer=NAME, clock=clock, threads=args.apply_threads
     )
     stop = threading.Event()
-    _on_signals(stop)
+    stop_on_signals(stop)
     if not args.until_caught_up:
         _auto_finalize(migration, args.settle_seconds, stop)
     try:
@@ -97,7 +93,7 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
             migration.store,
             NAME,
             applier,
-            worker_id=args.worker_id or _worker_id(),
+            worker_id=args.worker_id or worker_id(),
             lease_seconds=args.lease_seconds,
             clock=clock,
             dead_letters=migration.dead_letters,
@@ -114,19 +110,6 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
     if args.until_caught_up and not caught_up:
         return 130
     return 0
-
-
-def _worker_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-
-
-def _on_signals(stop: threading.Event) -> None:
-    def handle(signum: int, frame: FrameType | None) -> None:
-        log.info("signal %d: checkpointing and releasing leases", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
 
 
 def _auto_finalize(migration: Migration, settle: float, stop: threading.Event) -> None:

@@ -23,13 +23,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import signal
-import socket
 import threading
-import uuid
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any
 
 from livemigrate.aws import AwsClients
@@ -38,6 +33,7 @@ from livemigrate.config import Settings
 from livemigrate.control import ControlStore
 from livemigrate.deadletters import DeadLetters
 from livemigrate.errors import ConfigError, ServiceUnreachable
+from livemigrate.process import stop_on_signals, worker_id
 from livemigrate.search.backend import ElasticsearchBackend
 from livemigrate.search.batcher import BatchPolicy
 from livemigrate.search.documents import load_hook
@@ -172,7 +168,7 @@ def _sync(args: argparse.Namespace, ctx: Context) -> int:
     metrics = Metrics(CONSUMER)
     sink = _sink(args, ctx, on_idle=lambda: _retention_watch(metrics))
     stop = threading.Event()
-    _on_signals(stop)
+    stop_on_signals(stop)
     try:
         caught_up = _consume(args, ctx, sink, stream_arn, metrics=metrics, stop=stop)
     finally:
@@ -200,7 +196,7 @@ def _consume(
         ctx.store,
         CONSUMER,
         sink,
-        worker_id=args.worker_id or _worker_id(),
+        worker_id=args.worker_id or worker_id(),
         lease_seconds=args.lease_seconds,
         clock=SystemClock(),
         dead_letters=DeadLetters(ctx.store),
@@ -246,16 +242,3 @@ def _resync(args: argparse.Namespace, ctx: Context) -> int:
         "(delete with `livemigrate search cleanup`)"
     )
     return 0
-
-
-def _worker_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-
-
-def _on_signals(stop: threading.Event) -> None:
-    def handle(signum: int, frame: FrameType | None) -> None:
-        log.info("signal %d: checkpointing and releasing leases", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)
