@@ -38,7 +38,8 @@ ENGINE_COMMANDS: dict[str, tuple[str, str]] = {
 EXIT_NOT_BUILT = 3
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full parser; with ``only``, just that command's engine is imported (fast start)."""
     parser = argparse.ArgumentParser(prog="livemigrate", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
     parser.add_argument("--migration-id", help="override LIVEMIGRATE_MIGRATION_ID for this command")
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="print the summary as JSON")
     for name, (module, help_text) in ENGINE_COMMANDS.items():
         cmd = sub.add_parser(name, help=help_text)
-        engine = _engine(module)
+        engine = _engine(module) if only in (None, name) else None
         if engine is not None:
             engine.add_arguments(cmd)
     return parser
@@ -89,8 +90,19 @@ def _source_items(clients: AwsClients, table: str) -> int | None:
         return None
 
 
+def _command_of(argv: Sequence[str] | None) -> str | None:
+    """The command named in ``argv`` (None for --help or none), read before full parsing."""
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--log-level")
+    first.add_argument("--migration-id")
+    first.add_argument("command", nargs="?")
+    known, _ = first.parse_known_args(argv)
+    command: str | None = known.command
+    return command if command in ENGINE_COMMANDS else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(_command_of(argv)).parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
