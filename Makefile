@@ -22,14 +22,14 @@ LIVEMIGRATE := $(VENV)/bin/livemigrate
 PYTEST_ARGS ?=
 
 .PHONY: help install services services-down status-services test check lint typecheck bench \
-        demo backfill consume cutover status clean
+        demo backfill consume reverse cutover status clean
 
 help:
 	@echo "make demo      run a real migration end to end on the local services"
 	@echo "make test      install, start the services, run the whole test suite"
 	@echo "make check     ruff + mypy --strict + tests"
 	@echo "make bench     benchmarks vs plain baselines -> bench/results.json"
-	@echo "make install | services | services-down | backfill | consume | cutover | status"
+	@echo "make install | services | services-down | backfill | consume | reverse | cutover | status"
 
 install: $(VENV)/.installed
 
@@ -72,6 +72,9 @@ backfill: install
 
 consume: install
 	$(LIVEMIGRATE) consume
+
+reverse: install
+	$(LIVEMIGRATE) reverse
 
 cutover: install
 	$(LIVEMIGRATE) cutover

@@ -6,6 +6,10 @@
 2. Catch-up throughput after a 10,000-record backlog: the consumer (leases, checkpoints,
    conditional writes, parallel apply) vs a plain GetRecords + transform + put_item loop, on
    the same stream, one after the other. Target: >= 0.8x the plain loop.
+3. Catch-up of a 2,000-delete backlog with real deletes (backfill complete): the consumer's
+   delete vs a plain loop's one delete_item per REMOVE, on the same stream, one after the
+   other; once as is (one conditional delete), once with an inverse transform configured (a
+   conditional mark, then a conditional delete on that mark, for the reverse consumer).
 """
 
 from __future__ import annotations
@@ -22,9 +26,9 @@ from livemigrate.aws import AwsClients, make_clients
 from livemigrate.clock import SystemClock
 from livemigrate.config import Settings
 from livemigrate.items import to_plain, to_typed
-from livemigrate.migration import Migration, open_migration
+from livemigrate.migration import BACKFILL_COMPLETE, PLAN, Migration, open_migration
 from livemigrate.records import StreamRecord
-from livemigrate.tables import create_table
+from livemigrate.tables import PK_SK, create_table
 from livemigrate.transform import Transformer
 from stream_consumer.applier import DestinationApplier
 from stream_consumer.engine import Tuning, run_consumer
@@ -39,6 +43,8 @@ RATE = 50  # writes/s
 SECONDS = 10.0
 POLL = 0.1
 BACKLOG = 10_000
+DELETES = 2_000
+KEY_NAMES = tuple(name for name, _ in PK_SK)  # every bench table has the default key schema
 JAN = 1704067200
 
 
@@ -59,7 +65,7 @@ def _table(clients: AwsClients, name: str, stream: bool) -> None:
     )
 
 
-def _migration(clients: AwsClients, source: str) -> Migration:
+def _migration(clients: AwsClients, source: str, inverse: str | None = None) -> Migration:
     dest = _name("dst")
     _table(clients, dest, stream=False)
     settings = Settings(
@@ -67,6 +73,7 @@ def _migration(clients: AwsClients, source: str) -> Migration:
         source_table=source,
         destination_table=dest,
         control_table=_name("ctl"),
+        inverse_transform=inverse,
     )
     return open_migration(settings, clients)
 
@@ -123,9 +130,7 @@ def _plain_loop(
         page = streams.get_records(ShardIterator=iterator, Limit=1000)
         records = [StreamRecord.from_boto(r) for r in page["Records"]]
         for r in records:
-            if r.new_image is not None:
-                for out in transformer.run(to_plain(r.new_image)):
-                    clients.dynamodb.put_item(TableName=dest, Item=out)
+            _plain_apply(clients, transformer, dest, r)
         if lags is not None:
             _stamp(records, lags)
         done += len(records)
@@ -135,6 +140,19 @@ def _plain_loop(
                 return done
             time.sleep(0.1)
     return done
+
+
+def _plain_apply(
+    clients: AwsClients, transformer: Transformer, dest: str, record: StreamRecord
+) -> None:
+    """put_item of each output of NewImage; for a REMOVE, delete_item of each OldImage output."""
+    if record.new_image is not None:
+        for out in transformer.run(to_plain(record.new_image)):
+            clients.dynamodb.put_item(TableName=dest, Item=out)
+    elif record.old_image is not None:
+        for out in transformer.run(to_plain(record.old_image)):
+            key = {name: out[name] for name in KEY_NAMES}
+            clients.dynamodb.delete_item(TableName=dest, Key=key)
 
 
 def _write_steady(clients: AwsClients, table: str, rate: float, seconds: float) -> int:
@@ -243,24 +261,8 @@ def _backlog(clients: AwsClients, table: str, count: int) -> None:
         )
 
 
-def bench_catch_up(clients: AwsClients) -> list[Result]:
-    source = _name("backlog")
-    _table(clients, source, stream=True)
-    _backlog(clients, source, BACKLOG)
-    migration = _migration(clients, source)
-    arn = str(migration.source.stream_arn)
-    base_dest = _name("plain")
-    _table(clients, base_dest, stream=False)
-    start = time.perf_counter()
-    done = _plain_loop(
-        clients,
-        migration.transformer,
-        arn,
-        dest=base_dest,
-        stop=threading.Event(),
-        until_empty=True,
-    )
-    base_rate = done / (time.perf_counter() - start)
+def _catch_up_tool(clients: AwsClients, migration: Migration, arn: str) -> tuple[Metrics, float]:
+    """The consumer drains the stream to its end; its metrics and the seconds it took."""
     metrics = Metrics("source")
     applier = DestinationApplier.for_migration(migration, metrics, threads=16)
     start = time.perf_counter()
@@ -280,6 +282,28 @@ def bench_catch_up(clients: AwsClients) -> list[Result]:
     )
     elapsed = time.perf_counter() - start
     applier.close()
+    return metrics, elapsed
+
+
+def bench_catch_up(clients: AwsClients) -> list[Result]:
+    source = _name("backlog")
+    _table(clients, source, stream=True)
+    _backlog(clients, source, BACKLOG)
+    migration = _migration(clients, source)
+    arn = str(migration.source.stream_arn)
+    base_dest = _name("plain")
+    _table(clients, base_dest, stream=False)
+    start = time.perf_counter()
+    done = _plain_loop(
+        clients,
+        migration.transformer,
+        arn,
+        dest=base_dest,
+        stop=threading.Event(),
+        until_empty=True,
+    )
+    base_rate = done / (time.perf_counter() - start)
+    metrics, elapsed = _catch_up_tool(clients, migration, arn)
     applied = metrics.value("records_applied_total")
     rate = applied / elapsed
     note = f"{int(applied)} records (plain loop: {done}); tool: leases+checkpoints+conditional"
@@ -290,6 +314,99 @@ def bench_catch_up(clients: AwsClients) -> list[Result]:
     ]
 
 
+def _delete_backlog(clients: AwsClients, count: int, inverse: str | None) -> tuple[Migration, str]:
+    """A source whose stream holds only ``count`` REMOVEs; both destinations hold the items.
+
+    The items are written before the stream is enabled, so the stream starts with the deletes.
+    The tool's destination gets them as the backfill leaves them (put_if_absent, backfill
+    stamp), the plain loop's as plain transformed puts. Batch writes where the path does not
+    matter keep the set-up short.
+    """
+    source = _name("delsrc")
+    _table(clients, source, stream=False)
+    items = [_item(n) for n in range(count)]
+    _batch_write(clients, source, [{"PutRequest": {"Item": i}} for i in items])
+    clients.dynamodb.update_table(
+        TableName=source,
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+    )
+    migration = _migration(clients, source, inverse)
+    base_dest = _name("delplain")
+    _table(clients, base_dest, stream=False)
+    outputs = [out for i in items for out in migration.transformer.run(to_plain(i))]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(migration.writer.put_if_absent, outputs))
+    _batch_write(clients, base_dest, [{"PutRequest": {"Item": o}} for o in outputs])
+    keys = [{name: i[name] for name in KEY_NAMES} for i in items]
+    _batch_write(clients, source, [{"DeleteRequest": {"Key": k}} for k in keys])
+    return migration, base_dest
+
+
+def _batch_write(clients: AwsClients, table: str, requests: list[dict[str, Any]]) -> None:
+    for at in range(0, len(requests), 25):  # the BatchWriteItem maximum
+        pending: Any = {table: requests[at : at + 25]}
+        while pending:
+            pending = clients.dynamodb.batch_write_item(RequestItems=pending)["UnprocessedItems"]
+
+
+def _count(clients: AwsClients, table: str) -> int:
+    page = clients.dynamodb.scan(TableName=table, Select="COUNT", ConsistentRead=True)
+    return int(page["Count"])  # a few items at most after a drain: one page
+
+
+def bench_delete_catch_up(clients: AwsClients, inverse: str | None = None) -> list[Result]:
+    """Catch-up of a backlog of deletes only, with real deletes (the backfill is complete).
+
+    Without an inverse transform a delete is one conditional delete; with one (a reverse
+    consumer may read the destination's stream) it is a conditional mark, then a delete.
+
+    The destinations are pre-loaded (as after a backfill) and the stream holds only the
+    REMOVEs, so the figure is the delete path alone: a stream of puts then deletes would spend
+    half its time on puts (measured by the catch-up benchmark above), and where a put and the
+    delete of one key share a batch the consumer folds them into one write the plain loop
+    does not save.
+    """
+    migration, base_dest = _delete_backlog(clients, DELETES, inverse)
+    arn = str(migration.source.stream_arn)
+    migration.store.put(PLAN, {"state": BACKFILL_COMPLETE, "completed_at": time.time()})
+    start = time.perf_counter()
+    done = _plain_loop(
+        clients,
+        migration.transformer,
+        arn,
+        dest=base_dest,
+        stop=threading.Event(),
+        until_empty=True,
+    )
+    base_rate = done / (time.perf_counter() - start)
+    metrics, elapsed = _catch_up_tool(clients, migration, arn)
+    applied = metrics.value("records_applied_total")
+    rate = applied / elapsed
+    left = _count(clients, migration.settings.destination_table)
+    note = (
+        f"{int(applied)} REMOVEs (plain loop: {done}); tool: "
+        f"{'mark+delete' if migration.writer.mark_deletes else 'conditional delete'}, "
+        f"{int(metrics.value('deletes_total'))} deleted, "
+        f"{int(metrics.value('tombstones_written_total'))} tombstones; "
+        f"left in D: {left} (plain {_count(clients, base_dest)})"
+    )
+    return [
+        Result(
+            "consumer catch-up, 2k deletes" + (", marked (reverse)" if inverse else ""),
+            rate,
+            "records/s",
+            base_rate,
+            rate / base_rate,
+            note,
+        )
+    ]
+
+
 def run() -> list[Result]:
     clients = _clients()
-    return [*bench_lag(clients), *bench_catch_up(clients)]
+    return [
+        *bench_lag(clients),
+        *bench_catch_up(clients),
+        *bench_delete_catch_up(clients),
+        *bench_delete_catch_up(clients, inverse="livemigrate.examples.hot_outbox:inverse"),
+    ]

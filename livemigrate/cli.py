@@ -28,6 +28,10 @@ log = logging.getLogger("livemigrate")
 ENGINE_COMMANDS: dict[str, tuple[str, str]] = {
     "backfill": ("backfill.cli", "copy historical items through the transform (resumable)"),
     "consume": ("stream_consumer.cli", "apply the source stream to the destination, in order"),
+    "reverse": (
+        "stream_consumer.reverse",
+        "after the cutover, apply the destination's stream back to the source",
+    ),
     "search": ("livemigrate.search.cli", "sync or resync the search index from the destination"),
     "verify": ("livemigrate.verify", "prove parity of source, destination and search"),
     "cutover": ("livemigrate.cutover", "check the gates and flip the active-table flag"),

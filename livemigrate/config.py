@@ -31,6 +31,10 @@ _FIXES: dict[str, str] = {
     "destination_table": "name the DynamoDB table to migrate into",
     "transform": "give 'package.module:function', e.g. 'livemigrate.examples.hot_outbox:transform'",
     "control_table": "a DynamoDB table name (3-255 of letters, digits, '-', '_', '.')",
+    "inverse_transform": (
+        "give 'package.module:function' mapping a destination item back to source items, "
+        "e.g. 'livemigrate.examples.hot_outbox:inverse'"
+    ),
     "search_url": "an http(s) URL of an Elasticsearch node, e.g. http://127.0.0.1:9299",
     "search_alias": "an index alias name in lowercase, e.g. 'orders'",
     "search_document_hook": "give 'package.module:function' mapping an item to its document",
@@ -57,6 +61,11 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
     )
     control_table: str = Field(default="livemigrate-control", pattern=_NAME)
+    inverse_transform: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="destination item -> source items, for the reverse consumer (rollback)",
+    )
     search_url: str | None = Field(default=None, pattern=r"^https?://")
     search_alias: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     search_document_hook: str | None = Field(

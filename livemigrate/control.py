@@ -6,7 +6,8 @@ One DynamoDB table (default ``livemigrate-control``), key ``pk`` (S) + ``sk`` (S
 pk                          sk                          what
 ==========================  ==========================  =======================================
 ``MIG#<id>``                ``META``                    migration spec: source_table,
-                                                        destination_table, transform, created_at
+                                                        destination_table, transform, created_at,
+                                                        inverse_transform (set by reverse)
 ``MIG#<id>``                ``PLAN``                    backfill plan: state (planned | running
                                                         | complete), total_segments, created_at,
                                                         completed_at
@@ -21,7 +22,9 @@ pk                          sk                          what
 ``MIG#<id>``                ``CONSUMER#<name>``         a stream consumer (name: source | search
                                                         | reverse): stream_arn, start_position,
                                                         started_at, heartbeat_at, lag_seconds,
-                                                        records_behind, real_deletes_since
+                                                        records_behind, read_from (reads
+                                                        behind the report were sent after it),
+                                                        real_deletes_since, records_lost_at/_shard
 ``MIG#<id>``                ``SHARD#<name>#<shard>``    shard lease: owner, counter, expiry,
                                                         checkpoint (padded sequence number),
                                                         parents, finished, stream_arn, lag
@@ -33,6 +36,8 @@ pk                          sk                          what
                                                         building, building_state, alias
 ``MIG#<id>``                ``CUTOVER``                 last cutover: write_pause, drained,
                                                         search_previous (read by rollback)
+``MIG#<id>``                ``ROLLBACK``                last rollback: flipped_at, epoch,
+                                                        reverse (lossless), write_pause
 ``MIG#<id>``                ``VERIFY``                  last verification: passed, at, counts
 ``MIG#<id>``                ``FLAG``                    cutover flag: active (source |
                                                         destination), table, epoch, fenced

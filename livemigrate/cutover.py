@@ -83,14 +83,113 @@ class CutoverResult:
 
 
 def drained(consumer: dict[str, Any] | None, since: float, drain_lag: float) -> bool:
-    """The consumer reported, after ``since``, that nothing is left to apply."""
+    """The consumer reported, from reads sent after ``since``, that nothing is left to apply."""
     if not consumer:
         return False
+    read_from = consumer.get("read_from", consumer.get("heartbeat_at", 0))
     return (
-        float(consumer.get("heartbeat_at", 0)) >= since
+        float(read_from) >= since
         and int(consumer.get("records_behind", 1)) == 0
         and float(consumer.get("lag_seconds", float("inf"))) <= drain_lag
     )
+
+
+def shards_drained(
+    shards: list[dict[str, Any]], since: float, drain_lag: float, now: float
+) -> bool:
+    """Every unfinished shard is held, and its holder read it after ``since`` and found nothing
+    left (each process reports its own shards; the CONSUMER item is shared by all of them)."""
+    for shard in shards:
+        if shard.get("finished"):
+            continue
+        held = shard.get("lease_owner") and float(shard.get("lease_expires", 0)) > now
+        if not held or float(shard.get("read_from", 0)) < since:
+            return False
+        if int(shard.get("behind", 1)) != 0 or float(shard.get("lag_seconds", 0)) > drain_lag:
+            return False
+    return True
+
+
+class Drain:
+    """Fencing writers and waiting until one consumer has applied everything (cutover, rollback).
+
+    Parameters
+    ----------
+    store:
+        The control store holding the consumer's heartbeat.
+    consumer_sk:
+        ``CONSUMER#source`` for the cutover, ``CONSUMER#reverse`` for a rollback.
+    options:
+        Timeouts and margins (``CutoverOptions``).
+    """
+
+    def __init__(
+        self,
+        store: ControlStore,
+        consumer_sk: str,
+        options: CutoverOptions,
+        clock: Clock,
+        out: Callable[[str], None],
+    ) -> None:
+        self.store = store
+        self.consumer_sk = consumer_sk
+        self.options = options
+        self.clock = clock
+        self.out = out
+
+    def fence_and_drain(self, flags: FlagStore, flag: Flag, stream: str) -> tuple[Flag, float]:
+        """Fence writers, wait for the consumer to drain; the fenced flag and the fence time."""
+        now = self.clock.now()
+        flag = flags.write(flag.fence(now, self.options.fence_seconds), flag.epoch)
+        self.out(
+            f"writers fenced at epoch {flag.epoch} (for at most {self.options.fence_seconds}s)"
+        )
+        since = now + self.quiet_after()
+        deadline = min(now + self.options.drain_timeout, flag.fenced_until - 1.0)
+        if self.wait(since, deadline):
+            self.out(f"consumer drained {stream}: the {flag.active} is quiet ({flag.table})")
+            return flag, now
+        flags.write(flag.unfence(), flag.epoch)
+        raise DrainTimeout(
+            f"the consumer did not drain {stream} before the fence deadline; the fence was "
+            f"lifted, writers continue on {flag.table}, nothing was flipped",
+            "check `livemigrate status` (is the consumer running and caught up?) and run the "
+            "command again, or raise --drain-timeout / --fence-seconds",
+        )
+
+    def after_flip(self, flag: Flag, command: str) -> bool:
+        """Wait until the consumer applied what writers with a stale flag wrote; False: late."""
+        since = flag.flipped_at + self.quiet_after()
+        ok = self.wait(since, self.clock.now() + self.options.drain_timeout)
+        if ok:
+            old_side = "source" if flag.active == "destination" else "destination"
+            self.out(f"consumer drained the writes made before the flip: the {old_side} is quiet")
+        else:
+            self.out(
+                f"warning: the consumer had not drained within {self.options.drain_timeout}s; "
+                f"keep {command} running until `livemigrate status` shows lag 0"
+            )
+        return ok
+
+    def quiet_after(self) -> float:
+        """Seconds after a fence or flip until no writer can still be writing the old table."""
+        return self.options.client_ttl + self.options.margin + self.options.consumer_margin
+
+    def drained(self, since: float) -> bool:
+        if not drained(self.store.get(self.consumer_sk), since, self.options.drain_lag):
+            return False
+        name = self.consumer_sk.split("#", 1)[1]
+        shards = [item for _, item in self.store.query(f"SHARD#{name}#")]
+        return shards_drained(shards, since, self.options.drain_lag, self.clock.now())
+
+    def wait(self, since: float, deadline: float) -> bool:
+        """Poll the consumer's heartbeat until it drained after ``since`` (False at deadline)."""
+        while True:
+            if self.drained(since):
+                return True
+            if self.clock.now() >= deadline:
+                return False
+            self.clock.sleep(self.options.poll)
 
 
 class Cutover:
@@ -147,8 +246,9 @@ class Cutover:
             acked = DeadLetters(self.store).acknowledge_all("cutover --ack-dead-letters")
             self.out(f"acknowledged {acked} dead letter(s)")
         fence_at = None
+        drain = Drain(self.store, CONSUMER_SOURCE, self.options, self.clock, self.out)
         if self.options.fenced:
-            flag, fence_at = self._fence_and_drain(flag)
+            flag, fence_at = drain.fence_and_drain(self.flags, flag, "the source stream")
         flag = self.flags.write(flag.flipped("destination", self.clock.now()), flag.epoch)
         result = CutoverResult(0, gates, flag)
         self.out(f"flag flipped: active table is now {flag.table} (epoch {flag.epoch})")
@@ -164,53 +264,9 @@ class Cutover:
                 f"(was {result.search_previous or 'unset'})"
             )
         if fence_at is None:
-            result.drained = self._drain_after_flip(flag)
+            result.drained = drain.after_flip(flag, "`livemigrate consume`")
         self._record(result)
         return result
-
-    def _fence_and_drain(self, flag: Flag) -> tuple[Flag, float]:
-        now = self.clock.now()
-        flag = self.flags.write(flag.fence(now, self.options.fence_seconds), flag.epoch)
-        self.out(
-            f"writers fenced at epoch {flag.epoch} (for at most {self.options.fence_seconds}s)"
-        )
-        since = now + self._quiet_after()
-        deadline = min(now + self.options.drain_timeout, flag.fenced_until - 1.0)
-        if self.wait_drained(since, deadline):
-            self.out("consumer drained: the source is quiet")
-            return flag, now
-        self.flags.write(flag.unfence(), flag.epoch)
-        raise DrainTimeout(
-            "the consumer did not drain the source stream before the fence deadline; the fence "
-            "was lifted, writers continue on the source, nothing was flipped",
-            "check `livemigrate status` (is `livemigrate consume` running and caught up?) and "
-            "run the cutover again, or raise --drain-timeout / --fence-seconds",
-        )
-
-    def _drain_after_flip(self, flag: Flag) -> bool:
-        since = flag.flipped_at + self._quiet_after()
-        ok = self.wait_drained(since, self.clock.now() + self.options.drain_timeout)
-        if ok:
-            self.out("consumer drained the writes made before the flip: the source is quiet")
-        else:
-            self.out(
-                f"warning: the consumer had not drained within {self.options.drain_timeout}s; "
-                "keep `livemigrate consume` running until `livemigrate status` shows lag 0"
-            )
-        return ok
-
-    def _quiet_after(self) -> float:
-        """Seconds after a fence or flip until no writer can still be writing the source."""
-        return self.options.client_ttl + self.options.margin + self.options.consumer_margin
-
-    def wait_drained(self, since: float, deadline: float) -> bool:
-        """Poll the consumer's heartbeat until it drained after ``since`` (False at deadline)."""
-        while True:
-            if drained(self.store.get(CONSUMER_SOURCE), since, self.options.drain_lag):
-                return True
-            if self.clock.now() >= deadline:
-                return False
-            self.clock.sleep(self.options.poll)
 
     def _record(self, result: CutoverResult) -> None:
         flag = result.flag
@@ -254,6 +310,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="also print the result as JSON")
 
 
+def inverse_configured(settings: Settings, store: ControlStore) -> str | None:
+    """The inverse transform of the migration: configured, or recorded by `livemigrate reverse`."""
+    if settings.inverse_transform:
+        return settings.inverse_transform
+    recorded = (store.get("META") or {}).get("inverse_transform")
+    return str(recorded) if recorded else None
+
+
 def search_switch(settings: Settings, store: ControlStore) -> SearchSwitch | None:
     """The alias swap of a migration with search configured, else None."""
     if not (settings.search_url and settings.search_alias):
@@ -277,7 +341,12 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
     options = CutoverOptions(
         dry_run=args.dry_run,
         fenced=args.fenced,
-        policy=Policy(args.max_lag_seconds, args.max_heartbeat_age, args.ack_dead_letters),
+        policy=Policy(
+            args.max_lag_seconds,
+            args.max_heartbeat_age,
+            args.ack_dead_letters,
+            require_reverse=inverse_configured(settings, store) is not None,
+        ),
         client_ttl=args.client_ttl,
         consumer_margin=args.consumer_margin,
         fence_seconds=args.fence_seconds,

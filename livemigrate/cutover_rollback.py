@@ -1,16 +1,23 @@
-"""``livemigrate rollback``: flip the flag back to the source table, within a window.
+"""``livemigrate rollback``: flip the flag back to the source table.
 
-The flip back is one conditional write on the flag's epoch, like the cutover. It is allowed
-within ``--window-seconds`` (default 3600) of the cutover's flip, later only with ``--force``:
-the longer the destination has been active, the more writes the source lacks.
+With a reverse consumer (``livemigrate reverse``, an inverse transform configured) the source has
+been kept current since the cutover, and a rollback loses nothing:
 
-Writes made to the destination after the cutover are NOT in the source table unless a reverse
-consumer kept it current: the stream consumer engine run with consumer name ``reverse`` on the
-destination's stream, applying an inverse transform (``--inverse-transform pkg.mod:fn``) into
-the source. That wiring is not built yet (see the command's output); with an inverse transform
-given, the command checks that it imports and says how the reverse consumer is to be run.
+1. the reverse consumer must be running and must not have lost records (else refused, listing
+   why; ``--force`` rolls back anyway, losing what it did not apply);
+2. ``--fenced``: writers using ``livemigrate.client`` pause, the reverse consumer drains the
+   destination's stream, then the flag flips back (the write pause is printed). Without a fence
+   the flag flips first and the command waits for the reverse consumer to apply what writers
+   with a stale flag wrote to the destination.
 
-If the cutover swapped a search alias, it is pointed back at the index it was taken from (one
+Without one, the writes made to the destination since the cutover are NOT in the source: the
+rollback is allowed within ``--window-seconds`` (default 3600) of the cutover, later only with
+``--force``, and says so.
+
+The flip back is one conditional write on the flag's epoch, like the cutover. The forward
+consumer keeps running: what the application writes to the source again reaches the destination
+(the reverse consumer skips those echoes), so cutting over again later needs no new backfill. If
+the cutover swapped a search alias, it is pointed back at the index it was taken from (one
 ``_aliases`` call). Exit codes: 0 rolled back, 1 refused, 2 errors.
 """
 
@@ -18,14 +25,25 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from typing import Any
 
 from livemigrate.aws import AwsClients
 from livemigrate.clock import Clock, SystemClock
 from livemigrate.config import Settings
 from livemigrate.control import ControlStore
-from livemigrate.cutover import CUTOVER_ITEM, SearchSwitch, search_switch
-from livemigrate.flag import FlagStore, open_flag_store
+from livemigrate.cutover import (
+    CUTOVER_ITEM,
+    CutoverOptions,
+    Drain,
+    SearchSwitch,
+    inverse_configured,
+    search_switch,
+)
+from livemigrate.flag import Flag, FlagStore, open_flag_store
+from livemigrate.gates import CONSUMER_REVERSE
 from livemigrate.transform import load_transform
+
+ROLLBACK_ITEM = "ROLLBACK"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,14 +51,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--window-seconds",
         type=float,
         default=3600.0,
-        help="refuse once the cutover is older than this (default 3600)",
+        help="without a reverse consumer: refuse once the cutover is older than this "
+        "(default 3600)",
     )
-    parser.add_argument("--force", action="store_true", help="roll back after the window")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="roll back although writes since the cutover would be lost",
+    )
     parser.add_argument(
         "--inverse-transform",
-        help="pkg.mod:fn mapping destination items back to source items (reverse consumer)",
+        help="pkg.mod:fn the reverse consumer runs (default: LIVEMIGRATE_INVERSE_TRANSFORM)",
     )
+    parser.add_argument(
+        "--fenced", action="store_true", help="pause writers while the reverse consumer drains"
+    )
+    parser.add_argument(
+        "--max-heartbeat-age", type=float, default=30.0, help="reverse consumer (default 30)"
+    )
+    parser.add_argument(
+        "--client-ttl", type=float, default=1.0, help="applications' flag cache TTL (default 1)"
+    )
+    parser.add_argument("--fence-seconds", type=float, default=60.0, help="default 60")
+    parser.add_argument("--drain-timeout", type=float, default=60.0, help="default 60")
     parser.add_argument("--flag-store", choices=("control", "ssm"), default="control")
+
+
+def reverse_problems(reverse: dict[str, Any] | None, now: float, max_age: float) -> list[str]:
+    """Why the reverse consumer cannot be trusted to have kept the source current (empty: ok)."""
+    if reverse is None:
+        return ["the reverse consumer has never run (`livemigrate reverse`)"]
+    problems = []
+    age = now - float(reverse.get("heartbeat_at", 0) or 0)
+    if age > max_age:
+        problems.append(f"the reverse consumer's last heartbeat is {age:.0f}s old: not running")
+    if reverse.get("records_lost_at") is not None:
+        problems.append(
+            "the reverse consumer lost records trimmed from the destination stream "
+            f"({reverse.get('records_lost_shard')})"
+        )
+    return problems
 
 
 class Rollback:
@@ -54,6 +104,9 @@ class Rollback:
         window_seconds: float = 3600.0,
         force: bool = False,
         inverse_transform: str | None = None,
+        fenced: bool = False,
+        options: CutoverOptions | None = None,
+        max_heartbeat_age: float = 30.0,
         search: SearchSwitch | None = None,
         clock: Clock | None = None,
         out: Callable[[str], None] = print,
@@ -63,9 +116,13 @@ class Rollback:
         self.window = window_seconds
         self.force = force
         self.inverse = inverse_transform
+        self.fenced = fenced
+        self.options = options or CutoverOptions()
+        self.max_heartbeat_age = max_heartbeat_age
         self.search = search
         self.clock: Clock = clock or SystemClock()
         self.out = out
+        self.write_pause: float | None = None
 
     def run(self) -> int:
         flag = self.flags.read()
@@ -73,20 +130,82 @@ class Rollback:
             self.out(f"rollback refused: nothing to roll back, {flag.table} (source) is active")
             return 1
         age = self.clock.now() - flag.flipped_at
-        if age > self.window and not self.force:
-            self.out(
-                f"rollback refused: the cutover was {age:.0f}s ago, outside the "
-                f"{self.window:.0f}s window; writes since then exist only in {flag.table}. "
-                "Pass --force to roll back anyway."
-            )
+        refusal = self._refusal(age)
+        if refusal:
+            self.out(refusal)
             return 1
-        if self.inverse:
-            load_transform(self.inverse)  # fail before the flip if it does not import
+        problems = self._reverse_problems() if self.inverse else []
+        for problem in problems:
+            self.out(f"warning (--force): {problem}")
+        keeps_writes = self.inverse is not None and not problems
+        flag = self._flip_back(flag, keeps_writes)
+        self._search_back()
+        if not keeps_writes:
+            self.out(
+                f"warning: writes made to the destination in the {age:.0f}s since the cutover "
+                "are not in the source table; replay them from the destination's stream or "
+                "backups."
+            )
+        self.store.put(
+            ROLLBACK_ITEM,
+            {
+                "flipped_at": flag.flipped_at,
+                "epoch": flag.epoch,
+                "reverse": keeps_writes,
+                "write_pause": self.write_pause,
+            },
+        )
+        return 0
+
+    def _reverse_problems(self) -> list[str]:
+        reverse = self.store.get(CONSUMER_REVERSE)
+        return reverse_problems(reverse, self.clock.now(), self.max_heartbeat_age)
+
+    def _refusal(self, age: float) -> str | None:
+        """Why the rollback must not run (None: go ahead)."""
+        if self.inverse is None:
+            if self.fenced:
+                return (
+                    "rollback refused: --fenced waits for the reverse consumer, and no inverse "
+                    "transform is configured (set LIVEMIGRATE_INVERSE_TRANSFORM and run "
+                    "`livemigrate reverse`, or roll back without --fenced)"
+                )
+            if age > self.window and not self.force:
+                return (
+                    f"rollback refused: the cutover was {age:.0f}s ago, outside the "
+                    f"{self.window:.0f}s window; writes since then exist only in the "
+                    "destination. Pass --force to roll back anyway."
+                )
+            return None
+        load_transform(self.inverse)  # fail before the flip if it does not import
+        problems = self._reverse_problems()
+        if problems and not self.force:
+            listed = "; ".join(problems)
+            return (
+                f"rollback refused: {listed}. Writes made to the destination since the cutover "
+                "would be missing from the source. Start `livemigrate reverse` and run the "
+                "rollback again, or pass --force to roll back anyway."
+            )
+        return None
+
+    def _flip_back(self, flag: Flag, keeps_writes: bool) -> Flag:
+        drain = Drain(self.store, CONSUMER_REVERSE, self.options, self.clock, self.out)
+        fence_at = None
+        if self.fenced and keeps_writes:
+            flag, fence_at = drain.fence_and_drain(self.flags, flag, "the destination stream")
         flag = self.flags.write(flag.flipped("source", self.clock.now()), flag.epoch)
         self.out(f"flag flipped back: active table is now {flag.table} (epoch {flag.epoch})")
-        self._search_back()
-        self._warn_about_writes(age)
-        return 0
+        if fence_at is not None:
+            self.write_pause = flag.flipped_at - fence_at
+            self.out(f"write pause (fence to flip): {self.write_pause:.3f}s")
+        elif keeps_writes:
+            drain.after_flip(flag, "`livemigrate reverse`")
+        if keeps_writes:
+            self.out(
+                "the reverse consumer applied every destination write to the source; keep "
+                "`livemigrate consume` running so the destination follows the source again"
+            )
+        return flag
 
     def _search_back(self) -> None:
         record = self.store.get(CUTOVER_ITEM) or {}
@@ -96,30 +215,26 @@ class Rollback:
         self.search.backend.swap_alias(self.search.alias, previous[0])
         self.out(f"search alias {self.search.alias!r} -> {previous[0]} (back)")
 
-    def _warn_about_writes(self, age: float) -> None:
-        if self.inverse:
-            self.out(
-                f"inverse transform {self.inverse} imports. The reverse consumer (consumer "
-                "name 'reverse', reading the destination's stream, applying the inverse "
-                "transform into the source) is not wired into `livemigrate consume` yet, so "
-                "it did not run."
-            )
-        self.out(
-            f"warning: writes made to the destination in the {age:.0f}s since the cutover are "
-            "not in the source table; replay them from the destination's stream or backups."
-        )
-
 
 def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> int:
     store = ControlStore(clients.dynamodb, settings.control_table, settings.migration_id)
     flags = open_flag_store(
         args.flag_store, store, clients.ssm, settings.source_table, settings.destination_table
     )
+    options = CutoverOptions(
+        fenced=args.fenced,
+        client_ttl=args.client_ttl,
+        fence_seconds=args.fence_seconds,
+        drain_timeout=args.drain_timeout,
+    )
     return Rollback(
         store,
         flags,
         window_seconds=args.window_seconds,
         force=args.force,
-        inverse_transform=args.inverse_transform,
+        inverse_transform=args.inverse_transform or inverse_configured(settings, store),
+        fenced=args.fenced,
+        options=options,
+        max_heartbeat_age=args.max_heartbeat_age,
         search=search_switch(settings, store),
     ).run()

@@ -18,7 +18,7 @@ from boto3.dynamodb.types import Binary
 from livemigrate.control import ControlStore
 from livemigrate.items import to_json
 
-Origin = Literal["backfill", "stream", "search", "verify"]
+Origin = Literal["backfill", "stream", "search", "verify", "reverse"]
 
 # The dead letter itself must fit in a DynamoDB item; the raw input is compressed and, if it
 # is still too large (an oversized source item), cut: the source table still holds the original.

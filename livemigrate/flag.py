@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 Side = Literal["source", "destination"]
 FLAG_SK = "FLAG"
+_TORN_READS = 20
 LOCK_SK = "FLAGLOCK"
 
 
@@ -147,10 +148,19 @@ class ControlFlagStore:
         self.destination_table = destination_table
 
     def read(self) -> Flag:
-        item = self.store.get(FLAG_SK)
-        if item is None:
-            return _initial(self.source_table, self.destination_table)
-        return Flag.from_dict(item)
+        for _ in range(_TORN_READS):
+            item = self.store.get(FLAG_SK)
+            if item is None:
+                return _initial(self.source_table, self.destination_table)
+            if "table" in item and "epoch" in item:
+                return Flag.from_dict(item)
+            # moto's server applies an update's attributes one by one, so a concurrent read
+            # can see a half-written item (DynamoDB cannot); read again.
+            time.sleep(0.005)
+        raise FlagConflict(
+            f"the flag item in {self.store.table} stays incomplete: {item}",
+            "check that nothing but livemigrate writes the FLAG item, then run the command again",
+        )
 
     def write(self, new: Flag, expected_epoch: int) -> Flag:
         stored = replace(new, epoch=expected_epoch + 1)

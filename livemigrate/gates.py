@@ -18,6 +18,7 @@ from livemigrate.deadletters import DeadLetters
 from livemigrate.migration import BACKFILL_COMPLETE, PLAN
 
 CONSUMER_SOURCE = "CONSUMER#source"
+CONSUMER_REVERSE = "CONSUMER#reverse"
 TOMBSTONES = "TOMBSTONES"
 VERIFY = "VERIFY"
 FLAG = "FLAG"
@@ -37,6 +38,7 @@ class Snapshot:
     search_index_ready: bool | None = None
     search_index: str = ""
     flag: dict[str, Any] | None = field(default=None)
+    reverse: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,9 @@ class Policy:
     max_lag_seconds: float = 5.0
     max_heartbeat_age: float = 30.0
     ack_dead_letters: bool = False
+    # An inverse transform is configured: rollback promises to lose nothing, so the reverse
+    # consumer must be running before the flip.
+    require_reverse: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,7 +64,7 @@ class Gate:
 
     def line(self) -> str:
         if self.met:
-            return f"  [ok]   {self.name}"
+            return f"  [ok]   {self.name}" + (f" ({self.why})" if self.why else "")
         return f"  [FAIL] {self.name}: {self.why}\n         fix: {self.fix}"
 
 
@@ -153,6 +158,27 @@ def search_gate(snap: Snapshot, policy: Policy) -> Gate:
     )
 
 
+def reverse_gate(snap: Snapshot, policy: Policy) -> Gate:
+    name = "reverse consumer (lossless rollback)"
+    if not policy.require_reverse:
+        return Gate(name, True, "no inverse transform: a rollback loses writes made after it")
+    fix = "start `livemigrate reverse` and keep it running through the cutover"
+    if snap.reverse is None:
+        why = "an inverse transform is configured but the reverse consumer has never run"
+        return Gate(name, False, why, fix)
+    age = snap.now - _num(snap.reverse, "heartbeat_at")
+    if age > policy.max_heartbeat_age:
+        why = f"the reverse consumer's last heartbeat is {age:.0f}s old: it is not running"
+        return Gate(name, False, why, fix)
+    if snap.reverse.get("records_lost_at") is not None:
+        shard = snap.reverse.get("records_lost_shard")
+        why = f"the reverse consumer lost records trimmed from the destination stream ({shard})"
+        return Gate(
+            name, False, why, "rebuild the source from the destination before relying on rollback"
+        )
+    return Gate(name, True)
+
+
 GATES: tuple[Callable[[Snapshot, Policy], Gate], ...] = (
     backfill_gate,
     lag_gate,
@@ -160,6 +186,7 @@ GATES: tuple[Callable[[Snapshot, Policy], Gate], ...] = (
     tombstones_gate,
     verify_gate,
     search_gate,
+    reverse_gate,
 )
 
 
@@ -190,4 +217,5 @@ def read_snapshot(
         search_index_ready=search_index_ready,
         search_index=search_index,
         flag=store.get(FLAG),
+        reverse=store.get(CONSUMER_REVERSE),
     )

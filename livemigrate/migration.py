@@ -50,10 +50,12 @@ class Migration:
         return plan is not None and plan.get("state") == BACKFILL_COMPLETE
 
     def consumer_started(self) -> dict[str, Any] | None:
-        """The recorded start of the source-stream consumer, if one has started."""
-        for _, item in self.store.query(CONSUMER_PREFIX):
-            return item
-        return None
+        """The recorded start of the source-stream consumer, if one has started.
+
+        Only ``CONSUMER#source`` counts: the search sink and the reverse consumer read other
+        streams, and a backfill with neither of them running would lose live writes.
+        """
+        return self.store.get(f"{CONSUMER_PREFIX}source")
 
 
 def open_migration(
@@ -93,7 +95,7 @@ def open_migration(
     )
     store = ControlStore(clients.dynamodb, settings.control_table, settings.migration_id)
     store.ensure_table()
-    _record(store, settings)
+    meta = _record(store, settings)
     store.register_destination(settings.destination_table, settings.source_table)
     return Migration(
         settings=settings,
@@ -108,18 +110,22 @@ def open_migration(
             settings.destination_table,
             destination.key_names,
             settings.migration_id,
+            # A reverse consumer (configured, or recorded by `livemigrate reverse`) must tell
+            # this consumer's deletes from the application's.
+            mark_deletes=bool(settings.inverse_transform or meta.get("inverse_transform")),
         ),
     )
 
 
-def _record(store: ControlStore, settings: Settings) -> None:
+def _record(store: ControlStore, settings: Settings) -> dict[str, Any]:
+    """Record the migration's spec (or check it against the recorded one); the META item."""
     spec = {
         "source_table": settings.source_table,
         "destination_table": settings.destination_table,
         "transform": settings.transform,
     }
     if store.put(META, {**spec, "created_at": time.time()}, only_if_absent=True):
-        return
+        return dict(spec)
     held = store.get(META) or {}
     changed = {k: (held.get(k), v) for k, v in spec.items() if held.get(k) != v}
     if changed:
@@ -131,3 +137,4 @@ def _record(store: ControlStore, settings: Settings) -> None:
             "use a new LIVEMIGRATE_MIGRATION_ID for a different migration, or restore the "
             "original settings",
         )
+    return held

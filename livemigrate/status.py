@@ -38,7 +38,8 @@ def collect(store: ControlStore, source_items: int | None = None) -> dict[str, A
     plan = dict(groups.get("PLAN", [("", {})])[0][1])
     backfill = _backfill(plan, groups.get("SEG", []), groups.get("SPLIT", []), now)
     backfill.update(_progress(plan, backfill["items_read"], source_items, now))
-    gates = check_all(read_snapshot(store, now=now), Policy())
+    policy = Policy(require_reverse=bool(meta.get("inverse_transform")))
+    gates = check_all(read_snapshot(store, now=now), policy)
     return {
         "migration_id": store.migration_id,
         "known": True,
@@ -58,8 +59,13 @@ def _phase(
     plan: dict[str, Any], groups: dict[str, list[tuple[str, dict[str, Any]]]], gates: list[Gate]
 ) -> str:
     flag = dict(groups.get("FLAG", [("", {})])[0][1])
+    reverse = [item for sk, item in groups.get("CONSUMER", []) if sk == "CONSUMER#reverse"]
     if flag.get("active") == "destination":
+        if reverse:
+            return "cut over (the reverse consumer keeps the source current for a rollback)"
         return "cut over"
+    if groups.get("ROLLBACK"):
+        return "rolled back (the source is active; the consumer keeps the destination current)"
     if not groups.get("CONSUMER"):
         return "not started (start the consumer first: livemigrate consume)"
     if plan.get("state") != "complete":
@@ -127,6 +133,20 @@ def _shards(
     }
 
 
+def _consumer_lines(consumer: dict[str, Any]) -> list[str]:
+    lines = [
+        f"    {consumer.get('name', '?')}: lag {consumer.get('lag_seconds')}s, "
+        f"records behind >= {consumer.get('records_behind')}, "
+        f"last heartbeat {time.time() - float(consumer.get('heartbeat_at', 0)):.0f}s ago"
+    ]
+    if consumer.get("records_lost_at") is not None:
+        lines.append(
+            f"      RECORDS LOST: shard {consumer.get('records_lost_shard')} was trimmed "
+            "before it was read; verify (and repair) before relying on this table"
+        )
+    return lines
+
+
 def render(summary: dict[str, Any]) -> str:
     """Human-readable text of ``collect``'s summary."""
     lines = [f"migration {summary['migration_id']} (control table {summary['control_table']})"]
@@ -154,11 +174,7 @@ def render(summary: dict[str, Any]) -> str:
     stream = summary["stream"]
     lines.append(f"  stream consumers: {len(stream['consumer_started']) or 'not started'}")
     for consumer in stream["consumer_started"]:
-        lines.append(
-            f"    {consumer.get('name', '?')}: lag {consumer.get('lag_seconds')}s, "
-            f"records behind >= {consumer.get('records_behind')}, "
-            f"last heartbeat {time.time() - float(consumer.get('heartbeat_at', 0)):.0f}s ago"
-        )
+        lines.extend(_consumer_lines(consumer))
     for shard in stream["shards"]:
         lines.append(
             f"    {shard['id']}: owner={shard['owner']} checkpoint={shard['checkpoint']} "

@@ -57,9 +57,13 @@ class Transformer:
         self.key_types = dict(key_types)
 
     def run(self, item: PlainItem) -> list[TypedItem]:
-        """Typed destination items for one source item, or TransformOutputError with the reason."""
+        """Typed destination items for one source item, or TransformOutputError with the reason.
+
+        livemigrate's own ``_lm_*`` attributes are taken off first: the user's function sees
+        the application's item only (after a cutover, both tables carry stamps).
+        """
         try:
-            produced = self.fn(dict(item))
+            produced = self.fn({k: v for k, v in item.items() if not k.startswith(RESERVED_PREFIX)})
             if isinstance(produced, Mapping) or produced is None:
                 raise TransformOutputError(
                     "transform returned a single dict or None; return a list of 0, 1 or N items"

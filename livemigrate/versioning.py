@@ -38,3 +38,11 @@ def is_newer(incoming: str, held: str | None) -> bool:
 def backfill_may_write(held: str | None) -> bool:
     """Put-if-absent: the backfill writes only where nothing, not even a tombstone, is held."""
     return held is None
+
+
+# A consumer's delete marks the item first, then deletes it on that mark, so the other
+# direction can tell its own records from echoes (see livemigrate.replication).
+DELETE_ATTR: Final = "_lm_del"
+# What the reverse consumer (destination -> source, after the cutover) stamps on source items.
+REVERSE_SEQ_ATTR: Final = "_lm_rseq"
+REVERSE_DELETE_ATTR: Final = "_lm_rdel"

@@ -14,10 +14,17 @@ For each record (ARCHITECTURE.md rules 2, 3, 5):
   engine dead-letters the raw record. A failing OldImage cannot have reached D (the same
   deterministic transform failed for the backfill too), so it simply removes nothing.
 
+Records the other direction's consumer produced (``echo_of``: the reverse consumer's writes to
+the source, or, for the reverse consumer, the forward consumer's writes to the destination) are
+skipped: they are already where they came from (``livemigrate.replication``). The same applier
+with an inverse transform and the reverse marks is the reverse consumer's sink.
+
 Within one batch, operations are collapsed to the newest per destination key (the version rule
 makes older ones invisible in the end state) and run in parallel on a small thread pool; one key
 never has two writes in flight, so per-key order holds. A failed write is reported at the
 earliest record folded into it, so everything before the reported index is really applied.
+The reverse consumer's removals ask a guard first (is the source item still the one the removed
+destination key came from?), and its ops on one key run one by one instead (``_fold``).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -37,6 +44,7 @@ from livemigrate.destination import DestinationWriter, Outcome
 from livemigrate.errors import TransformOutputError
 from livemigrate.items import TypedItem, key_id, to_plain
 from livemigrate.records import ApplyFailure, StreamRecord
+from livemigrate.replication import REVERSE, Marks, written_by
 from livemigrate.transform import Transformer
 from stream_consumer.metrics import Metrics
 
@@ -62,6 +70,21 @@ class Op:
     item: TypedItem | None  # None: remove
     first_index: int  # earliest record in the batch folded into this op
     orphan: bool = False  # a key the change moved away from (rule 5)
+    origin: TypedItem | None = None  # for a removal: the key of the record's own table
+
+
+class RemovalGuard(Protocol):
+    """Decides whether a removal may go ahead (the reverse consumer's, see reverse.py)."""
+
+    def __call__(self, key: TypedItem, origin: TypedItem) -> Removal: ...
+
+
+@dataclass(frozen=True)
+class Removal:
+    """A guard's verdict: go ahead (expecting ``held`` as the item's stamp) or keep the item."""
+
+    proceed: bool
+    held: str | None = None
 
 
 class DeleteMode:
@@ -115,6 +138,40 @@ class DeleteMode:
         log.info("backfill complete: %s consumer now deletes for real", self.consumer)
 
 
+class MarkingReport:
+    """Records on ``CONSUMER#<name>`` whether this process marks its deletes.
+
+    ``livemigrate reverse`` reads it: a delete made without a mark looks like the application's
+    on the destination's stream, so the reverse consumer refuses to run while such deletes may
+    still be in the stream (``unmarked_deletes_at``, within its 24 h retention).
+    """
+
+    def __init__(
+        self, store: ControlStore, consumer: str, marking: bool, metrics: Metrics, clock: Clock
+    ) -> None:
+        self.store = store
+        self.sk = f"CONSUMER#{consumer}"
+        self.marking = marking
+        self.metrics = metrics
+        self.clock = clock
+        self._reported = 0.0
+
+    def __call__(self) -> None:
+        if self.marking:
+            if not self._reported:
+                self.store.update(
+                    self.sk,
+                    {"delete_marks_since": self.clock.now()},
+                    condition="attribute_not_exists(#delete_marks_since)",
+                )
+                self._reported = 1.0
+            return
+        deletes = self.metrics.value("deletes_total")
+        if deletes > self._reported:
+            self.store.update(self.sk, {"unmarked_deletes_at": self.clock.now()})
+            self._reported = deletes
+
+
 class DestinationApplier:
     """A ``RecordSink`` writing the destination table of one migration.
 
@@ -130,6 +187,13 @@ class DestinationApplier:
         Where outcomes are counted.
     threads:
         Parallel writes per batch (different keys only).
+    echo_of:
+        The marks of the consumer writing the other way; its records are skipped.
+    on_heartbeat:
+        Called at each engine heartbeat (reports, checks).
+    guard:
+        Asked before each removal (the reverse consumer: does the item still map to the
+        removed key?); None removes by the version rule alone.
     """
 
     def __init__(
@@ -139,11 +203,18 @@ class DestinationApplier:
         mode: DeleteMode,
         metrics: Metrics,
         threads: int = 8,
+        *,
+        echo_of: Marks = REVERSE,
+        on_heartbeat: Callable[[], None] | None = None,
+        guard: RemovalGuard | None = None,
     ) -> None:
         self.transformer = transformer
         self.writer = writer
         self.mode = mode
         self.metrics = metrics
+        self.echo_of = echo_of
+        self.on_heartbeat = on_heartbeat
+        self.guard = guard
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="apply")
 
     @classmethod
@@ -170,13 +241,15 @@ class DestinationApplier:
         self._pool.shutdown(wait=True)
 
     def on_idle(self) -> None:
-        """Called by the engine when no records came: lets the delete mode switch on time."""
+        """Called by the engine at each heartbeat: lets the delete mode switch on time."""
         self.mode.real_deletes()
+        if self.on_heartbeat is not None:
+            self.on_heartbeat()
 
     # -- RecordSink ---------------------------------------------------------------------------
     def apply(self, records: Sequence[StreamRecord]) -> None:
         tombstone = not self.mode.real_deletes()
-        ops: dict[str, Op] = {}
+        ops: dict[str, list[Op]] = {}
         bad: ApplyFailure | None = None
         for index, record in enumerate(records):
             try:
@@ -185,27 +258,45 @@ class DestinationApplier:
                 bad = ApplyFailure(index, f"transform failed: {exc.reason}", retryable=False)
                 break
             for op in planned:
-                held = ops.get(key_id(op.key))
-                first = op.first_index if held is None else held.first_index
-                ops[key_id(op.key)] = Op(op.key, op.seq, op.item, first, op.orphan)
+                self._fold(ops.setdefault(key_id(op.key), []), op)
         failed = self._write(list(ops.values()), tombstone)
         if failed is not None and (bad is None or failed.index < bad.index):
             raise failed
         if bad is not None:
             raise bad
 
+    def _fold(self, queue: list[Op], op: Op) -> None:
+        """Queue ``op`` behind the earlier ops of its key in this batch.
+
+        Without a guard the events of one target key come from one item of the other table,
+        in order on one shard, so the newest op alone is the end state (the version rule makes
+        the others invisible). With a guard (the reverse consumer) several destination keys
+        map to one source key and a removal depends on what the earlier put left: every op
+        runs, in order.
+        """
+        if queue and self.guard is None:
+            held = queue[0]
+            queue[0] = Op(op.key, op.seq, op.item, held.first_index, op.orphan, op.origin)
+        else:
+            queue.append(op)
+
     def plan(self, record: StreamRecord, index: int) -> list[Op]:
         """The destination writes one record needs (raises TransformOutputError on NewImage)."""
+        if written_by(self.echo_of, record):
+            self.metrics.inc("echoes_skipped_total")
+            return []
         seq = record.sequence_number
         new_items = self.transformer.run(to_plain(record.new_image)) if record.new_image else []
-        ops = [Op(self.writer.key(item), seq, item, index) for item in new_items]
+        ops = [
+            Op(self.writer.key(item), seq, item, index, origin=record.keys) for item in new_items
+        ]
         kept = {key_id(op.key) for op in ops}
         for old in self._old_outputs(record):
             key = self.writer.key(old)
             if key_id(key) not in kept:
                 kept.add(key_id(key))
                 orphan = record.new_image is not None
-                ops.append(Op(key, seq, None, index, orphan=orphan))
+                ops.append(Op(key, seq, None, index, orphan=orphan, origin=record.keys))
         return ops
 
     def _old_outputs(self, record: StreamRecord) -> list[TypedItem]:
@@ -219,21 +310,35 @@ class DestinationApplier:
             log.debug("old image of %s does not transform (%s)", record.keys, exc.reason)
             return []
 
-    def _write(self, ops: list[Op], tombstone: bool) -> ApplyFailure | None:
-        if not ops:
+    def _write(self, queues: list[list[Op]], tombstone: bool) -> ApplyFailure | None:
+        """Run each key's queue in order, different keys in parallel; the earliest failure."""
+        if not queues:
             return None
-        results = list(self._pool.map(lambda op: self._one(op, tombstone), ops))
-        failures = [(op.first_index, why) for op, why in zip(ops, results, strict=True) if why]
+        results = self._pool.map(lambda queue: self._run_queue(queue, tombstone), queues)
+        failures = [failure for failure in results if failure is not None]
         if not failures:
             return None
         index, reason = min(failures)
         return ApplyFailure(index, reason, retryable=True)
+
+    def _run_queue(self, queue: list[Op], tombstone: bool) -> tuple[int, str] | None:
+        for op in queue:
+            why = self._one(op, tombstone)
+            if why is not None:
+                return op.first_index, why
+        return None
 
     def _one(self, op: Op, tombstone: bool) -> str | None:
         """Run one write; the failure reason, or None when it is durably done."""
         try:
             if op.item is not None:
                 outcome = self.writer.put_if_newer(op.item, op.seq)
+            elif self.guard is not None and op.origin is not None:
+                verdict = self.guard(op.key, op.origin)
+                if not verdict.proceed:
+                    self.metrics.inc("removals_kept_total")
+                    return None
+                outcome = self.writer.remove_unchanged(op.key, op.seq, verdict.held)
             else:
                 outcome = self.writer.remove(op.key, op.seq, tombstone=tombstone)
         except (ClientError, BotoCoreError) as exc:

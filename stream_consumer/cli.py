@@ -24,7 +24,7 @@ from livemigrate.config import Settings
 from livemigrate.migration import Migration, open_migration
 from livemigrate.process import stop_on_signals, worker_id
 from livemigrate.tables import require_stream
-from stream_consumer.applier import DestinationApplier
+from stream_consumer.applier import DestinationApplier, MarkingReport
 from stream_consumer.engine import Tuning, run_consumer
 from stream_consumer.metrics import Metrics, serve
 from stream_consumer.source import BotoShardSource
@@ -40,6 +40,22 @@ NAME = "source"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_consumer_arguments(parser)
+    parser.add_argument(
+        "--finalize-tombstones",
+        action="store_true",
+        help="wait until deletes are real (backfill complete), purge tombstones, exit",
+    )
+    parser.add_argument(
+        "--settle-seconds",
+        type=float,
+        default=15.0,
+        help="finalisation waits this long after the switch to real deletes (default 15)",
+    )
+
+
+def add_consumer_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every stream consumer command shares (``consume``, ``reverse``)."""
     parser.add_argument(
         "--until-caught-up",
         action="store_true",
@@ -52,21 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=30.0,
         help="shard lease length: a dead consumer's shards are taken over after it (default 30)",
     )
-    parser.add_argument(
-        "--finalize-tombstones",
-        action="store_true",
-        help="wait until deletes are real (backfill complete), purge tombstones, exit",
-    )
     parser.add_argument("--worker-id", help="lease owner name (default host-pid-random)")
     parser.add_argument("--batch-size", type=int, default=1000, help="GetRecords limit")
     parser.add_argument("--poll-interval", type=float, default=0.5, help="idle poll, seconds")
     parser.add_argument("--apply-threads", type=int, default=8, help="parallel writes per batch")
-    parser.add_argument(
-        "--settle-seconds",
-        type=float,
-        default=15.0,
-        help="finalisation waits this long after the switch to real deletes (default 15)",
-    )
 
 
 def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> int:
@@ -82,6 +87,9 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
     server = serve(metrics, args.metrics_port) if args.metrics_port else None
     applier = DestinationApplier.for_migration(
         migration, metrics, consumer=NAME, clock=clock, threads=args.apply_threads
+    )
+    applier.on_heartbeat = MarkingReport(
+        migration.store, NAME, migration.writer.mark_deletes, metrics, clock
     )
     stop = threading.Event()
     stop_on_signals(stop)

@@ -124,6 +124,7 @@ class _Reader:
     lost: bool = False
     lag: float = 0.0
     behind: int = 0
+    read_at: float = 0.0  # when the latest GetRecords of this shard was sent
     backoff: int = 0
     last_renew: float = 0.0
 
@@ -299,6 +300,7 @@ class Consumer:
                 self.name,
             )
             self.metrics.inc("trimmed_total", shard=parent)
+            self._record_loss(parent)
             self.leases.mark_trimmed(parent)
             self.states[parent]["finished"] = True
         if lineage.lost_parents:
@@ -387,7 +389,9 @@ class Consumer:
             if reader.iterator is None:
                 after = None if reader.from_horizon else reader.checkpoint
                 reader.iterator = self.source.iterator(reader.shard_id, after)
+            sent = self.clock.now()
             page = self.source.get_records(reader.iterator, self.tuning.batch_size)
+            reader.read_at = sent
         except IteratorExpired:
             self.metrics.inc("iterators_expired_total", shard=reader.shard_id)
             log.info("iterator of %s expired; reopening at the checkpoint", reader.shard_id)
@@ -418,8 +422,15 @@ class Consumer:
         log.warning("reading %s %s; backing off %.2fs", reader.shard_id, what, delay)
         self._sleep(delay)
 
+    def _record_loss(self, shard_id: str) -> None:
+        """Keep the loss on CONSUMER#<name>: rollback and status read it, long after the log."""
+        self.store.update(
+            self.consumer_sk, {"records_lost_at": self.clock.now(), "records_lost_shard": shard_id}
+        )
+
     def _trimmed(self, reader: _Reader) -> None:
         self.metrics.inc("trimmed_total", shard=reader.shard_id)
+        self._record_loss(reader.shard_id)
         log.error(
             "shard %s: checkpoint %s is past the stream retention; restarting at the trim "
             "horizon - records in between are LOST; verify and repair before cutover",
@@ -538,8 +549,17 @@ class Consumer:
         now = self.clock.now()
         lag = max((r.lag for r in self.readers.values()), default=0.0)
         behind = sum(r.behind for r in self.readers.values())
+        # What this heartbeat reports was read no earlier than read_from: a cutover waits for a
+        # read_from after the last write to the old table (an apply may outlast its margin).
+        read_from = min((r.read_at for r in self.readers.values()), default=now)
         self.store.update(
-            self.consumer_sk, {"heartbeat_at": now, "lag_seconds": lag, "records_behind": behind}
+            self.consumer_sk,
+            {
+                "heartbeat_at": now,
+                "read_from": read_from,
+                "lag_seconds": lag,
+                "records_behind": behind,
+            },
         )
         self.metrics.set("records_behind", behind)
         level = retention_level(lag, self.tuning)
@@ -552,9 +572,27 @@ class Consumer:
             )
         elif level == "warn":
             log.warning("consumer %s lags %.1f h (retention is 24 h)", self.name, lag / HOUR)
+        self._report_shards(now)
         if isinstance(self.sink, IdleAware):
             self.sink.on_idle()
         self._due["beat"] = now + self.tuning.heartbeat_interval
+
+    def _report_shards(self, now: float) -> None:
+        """The same report per held shard (with the lease renewal): several processes share
+        one CONSUMER item, so a cutover's drain check reads every shard's own report."""
+        for reader in list(self.readers.values()):
+            report = {
+                "read_from": reader.read_at,
+                "behind": reader.behind,
+                "lag_seconds": reader.lag,
+            }
+            try:
+                self.leases.checkpoint(reader.shard_id, self.me, self.ttl, now, report)
+                reader.last_renew = now
+            except LeaseLost:
+                log.warning("lease %s was taken over by another worker", reader.shard_id)
+                self.metrics.inc("leases_lost_total", shard=reader.shard_id)
+                self.readers.pop(reader.shard_id, None)
 
     def _sleep(self, seconds: float) -> None:
         end = self.clock.now() + seconds

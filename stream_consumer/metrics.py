@@ -24,6 +24,8 @@ METRICS: Final[Mapping[str, tuple[str, str]]] = {
     "tombstones_written_total": ("counter", "deletes recorded as tombstones"),
     "deletes_total": ("counter", "real deletes"),
     "orphans_removed_total": ("counter", "destination keys removed because a change moved them"),
+    "echoes_skipped_total": ("counter", "records the other direction's consumer wrote (skipped)"),
+    "removals_kept_total": ("counter", "removals skipped: the item now lives under another key"),
     "throttled_total": ("counter", "stream reads throttled (backed off)"),
     "read_errors_total": ("counter", "stream reads that failed otherwise (backed off, retried)"),
     "iterators_expired_total": ("counter", "shard iterators that expired and were reopened"),

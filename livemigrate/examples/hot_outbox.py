@@ -5,6 +5,10 @@ more items than any other and made a scan segment time out again and again. The 
 shards each outbox by month: ``section-outbox|<section>|YYYY-MM`` (from the item's creation
 date). Every other item passes through with a schema change: ``createdAt`` (epoch seconds) is
 renamed to ``created_at`` (ISO 8601) and ``schema_version`` is set to 2.
+
+``inverse`` maps a destination item back to its source item, for the reverse consumer that keeps
+the source current after the cutover (``livemigrate reverse``, so a rollback loses nothing):
+``inverse(transform(item))`` gives ``item`` back.
 """
 
 from __future__ import annotations
@@ -59,3 +63,25 @@ def transform(item: dict[str, Any]) -> Iterator[dict[str, Any]]:
         **extra,
     )
     yield out.model_dump()
+
+
+def source_pk(pk: str, created: datetime) -> str:
+    """The source partition key of a destination key: the month shard is dropped."""
+    base, _, month = pk.rpartition("|")
+    if base.startswith(OUTBOX_PREFIX) and base.count("|") == 1 and month == f"{created:%Y-%m}":
+        return base
+    return pk
+
+
+def inverse(item: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """One destination item → the source item it came from (``transform`` undone)."""
+    dest = DestinationItem.model_validate(item)
+    created = datetime.fromisoformat(dest.created_at).astimezone(UTC)
+    seconds = Decimal(str(created.timestamp()))
+    extra = {k: v for k, v in item.items() if k not in ("pk", "sk", "created_at", "schema_version")}
+    yield {
+        "pk": source_pk(dest.pk, created),
+        "sk": dest.sk,
+        "createdAt": Decimal(int(seconds)) if seconds == int(seconds) else seconds,
+        **extra,
+    }

@@ -25,7 +25,7 @@ from boto3.dynamodb.types import Binary
 
 from livemigrate.errors import TransformLoadError
 from livemigrate.items import to_plain
-from livemigrate.versioning import RESERVED_PREFIX, TOMBSTONE_ATTR
+from livemigrate.versioning import DELETE_ATTR, RESERVED_PREFIX, TOMBSTONE_ATTR
 
 MAX_ID_BYTES = 512
 Document = dict[str, Any]
@@ -128,10 +128,13 @@ def default_document(item: Mapping[str, Any]) -> Document:
 
 
 def is_tombstone(typed_item: Mapping[str, Any] | None) -> bool:
-    """Whether a destination item (typed) is a tombstone left by a delete (rule 2)."""
+    """Whether a destination item (typed) records a delete: a tombstone (rule 2), or an item
+    marked just before the consumer deletes it (``_lm_del``, see livemigrate.replication)."""
     if not typed_item:
         return False
-    return bool(typed_item.get(TOMBSTONE_ATTR, {}).get("BOOL", False))
+    return any(
+        typed_item.get(name, {}).get("BOOL", False) for name in (TOMBSTONE_ATTR, DELETE_ATTR)
+    )
 
 
 def load_hook(spec: str | None) -> DocumentHook:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from livemigrate.versioning import RESERVED_PREFIX, TOMBSTONE_ATTR
+from livemigrate.versioning import DELETE_ATTR, RESERVED_PREFIX, TOMBSTONE_ATTR
 
 MASK = (1 << 64) - 1
 MAX_BUCKETS = 1 << 16
@@ -58,8 +58,11 @@ def strip_reserved(item: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def is_tombstone(item: Mapping[str, Any] | None) -> bool:
-    """A destination item that records a delete: verification treats it as absent."""
-    return bool(item) and bool((item or {}).get(TOMBSTONE_ATTR, {}).get("BOOL", False))
+    """A destination item that records a delete (a tombstone, or marked for the consumer's
+    delete): verification treats it as absent."""
+    if not item:
+        return False
+    return any(item.get(name, {}).get("BOOL", False) for name in (TOMBSTONE_ATTR, DELETE_ATTR))
 
 
 def canonical(item: Mapping[str, Any]) -> bytes:

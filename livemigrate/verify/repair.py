@@ -28,12 +28,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from botocore.exceptions import ClientError
-
-from livemigrate.control import condition_failed
 from livemigrate.destination import DestinationWriter, Outcome
 from livemigrate.verify.engine import Difference, Verifier
-from livemigrate.versioning import BACKFILL_SEQ, SEQ_ATTR, TOMBSTONE_ATTR
+from livemigrate.versioning import BACKFILL_SEQ
 
 
 class Repairer:
@@ -66,16 +63,4 @@ class Repairer:
 
     def delete_backfill_copy(self, key: Mapping[str, Any]) -> bool:
         """Delete the item only if the backfill wrote it and nothing newer replaced it."""
-        try:
-            self.writer.client.delete_item(
-                TableName=self.writer.table,
-                Key=dict(key),
-                ConditionExpression="#seq = :backfill AND attribute_not_exists(#tomb)",
-                ExpressionAttributeNames={"#seq": SEQ_ATTR, "#tomb": TOMBSTONE_ATTR},
-                ExpressionAttributeValues={":backfill": {"S": BACKFILL_SEQ}},
-            )
-        except ClientError as exc:
-            if condition_failed(exc):
-                return False
-            raise
-        return True
+        return self.writer.delete_backfill_copy(dict(key))

@@ -236,12 +236,15 @@ def test_rollback_outside_the_window_is_refused_unless_forced(
     assert cli.main(["rollback"]) == 1
     assert "outside the 3600s window" in capsys.readouterr().out
     assert flags.read().active == "destination"
-    code = cli.main(
-        ["rollback", "--force", "--inverse-transform", "livemigrate.examples.hot_outbox:transform"]
-    )
-    assert code == 0
+    inverse = ["--inverse-transform", "livemigrate.examples.hot_outbox:inverse"]
+    # An inverse transform without a running reverse consumer would lose writes: refused too.
+    assert cli.main(["rollback", *inverse]) == 1
+    assert "the reverse consumer has never run" in capsys.readouterr().out
+    assert flags.read().active == "destination"
+    assert cli.main(["rollback", "--force", *inverse]) == 0
     out = capsys.readouterr().out
-    assert "reverse consumer" in out
+    assert "warning (--force): the reverse consumer has never run" in out
+    assert "not in the source table" in out
     assert flags.read().active == "source"
 
 

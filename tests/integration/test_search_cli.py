@@ -59,7 +59,9 @@ def indexed(es: Elasticsearch, index: str) -> int:
     """Index operations so far (writes and deletes), 0 before the index exists."""
     if not es.indices.exists(index=index):
         return 0
-    stats = es.indices.stats(index=index, metric="indexing")["_all"]["primaries"]["indexing"]
+    primaries = es.indices.stats(index=index, metric="indexing")["_all"]["primaries"]
+    # A just-created index reports no primaries until its shard has started.
+    stats = primaries.get("indexing", {"index_total": 0, "delete_total": 0})
     return int(stats["index_total"]) + int(stats["delete_total"])
 
 

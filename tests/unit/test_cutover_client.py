@@ -8,7 +8,7 @@ import pytest
 
 from livemigrate.client import ActiveTable, FenceTimeout
 from livemigrate.clock import FakeClock
-from livemigrate.cutover import drained
+from livemigrate.cutover import drained, shards_drained
 from livemigrate.flag import Flag, FlagConflict
 
 
@@ -90,3 +90,26 @@ def test_drained_needs_a_fresh_heartbeat_with_nothing_behind() -> None:
     assert not drained({"heartbeat_at": 10, "records_behind": 3, "lag_seconds": 0}, 9, 1.0)
     assert not drained({"heartbeat_at": 10, "records_behind": 0, "lag_seconds": 4}, 9, 1.0)
     assert not drained(None, 9, 1.0)
+
+
+def test_drained_counts_from_when_the_reads_were_sent_not_from_the_heartbeat() -> None:
+    # A slow apply: the heartbeat is fresh, but what it reports was read before `since`.
+    slow = {"heartbeat_at": 12, "read_from": 8, "records_behind": 0, "lag_seconds": 0}
+    assert not drained(slow, 9, 1.0)
+    assert drained({**slow, "read_from": 9.5}, 9, 1.0)
+
+
+def test_every_unfinished_shard_must_be_held_and_read_after_since() -> None:
+    # Two processes share a consumer: each reports its own shards on their lease items.
+    now = 100.0
+    mine = {"lease_owner": "a", "lease_expires": now + 10, "read_from": 95, "behind": 0}
+    theirs = {**mine, "lease_owner": "b"}
+    done = {"finished": True}
+    assert shards_drained([mine, theirs, done], 90, 1.0, now)
+    assert shards_drained([], 90, 1.0, now)
+    # One process is still reading an older page, has a backlog, lags, or is dead.
+    assert not shards_drained([mine, {**theirs, "read_from": 80}], 90, 1.0, now)
+    assert not shards_drained([mine, {**theirs, "behind": 1000}], 90, 1.0, now)
+    assert not shards_drained([mine, {**theirs, "lag_seconds": 7}], 90, 1.0, now)
+    assert not shards_drained([mine, {**theirs, "lease_expires": now - 1}], 90, 1.0, now)
+    assert not shards_drained([mine, {"finished": False}], 90, 1.0, now)

@@ -1,0 +1,282 @@
+"""``livemigrate reverse``: keep the source current after the cutover (rollback loses nothing).
+
+Usage::
+
+    livemigrate reverse --inverse-transform pkg.mod:fn   # or LIVEMIGRATE_INVERSE_TRANSFORM
+    livemigrate reverse --until-caught-up                # exit 0 once every shard is read
+
+The reverse consumer is the stream consumer engine under the name ``reverse``, reading the
+destination's stream and applying ``inverse(NewImage)`` to the source with the same version
+rule (its own stamp, ``_lm_rseq``) and the mark-then-delete of ``livemigrate.replication``.
+Records the forward consumer made (the backfill, every forward write and delete) are echoes and
+skipped; only what the application writes to the destination reaches the source. Start it
+before the cutover: a new reverse consumer starts at the destination stream's trim horizon and
+skips every echo, so no write after the flip is missed, and ``cutover`` checks it is running.
+
+Before anything is read: the destination has a NEW_AND_OLD_IMAGES stream, the inverse imports,
+on a sample of source items ``inverse(transform(item))`` gives the item back (a lossy
+transform would make every reverse write drop data), and no forward consumer deleted items
+without marking them in the last 25 hours (the forward consumer marks its deletes only when an
+inverse transform is configured, for it or by this command; an unmarked delete would look like
+the application's). A forward process deleting without marks while this one runs stops it with
+that error. Exit codes as ``consume``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from livemigrate.aws import AwsClients
+from livemigrate.clock import SystemClock
+from livemigrate.config import Settings
+from livemigrate.control import ControlStore
+from livemigrate.destination import DestinationWriter
+from livemigrate.errors import ConfigError, PreflightError, TransformOutputError
+from livemigrate.items import TypedItem, key_id, to_plain
+from livemigrate.migration import Migration, open_migration
+from livemigrate.process import stop_on_signals, worker_id
+from livemigrate.replication import FORWARD, REVERSE
+from livemigrate.tables import describe, require_stream
+from livemigrate.transform import Transformer, load_transform
+from livemigrate.verify.digest import canonical
+from stream_consumer.applier import DeleteMode, DestinationApplier, Removal
+from stream_consumer.cli import add_consumer_arguments
+from stream_consumer.engine import Tuning, run_consumer
+from stream_consumer.metrics import Metrics, serve
+from stream_consumer.source import BotoShardSource
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+log = logging.getLogger("livemigrate.reverse")
+
+NAME = "reverse"
+CONSUMER_SOURCE = "CONSUMER#source"
+# The stream's 24 h retention and an hour of margin.
+UNMARKED_WINDOW = 25 * 3600.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--inverse-transform",
+        help="pkg.mod:fn mapping a destination item back to source items "
+        "(default: LIVEMIGRATE_INVERSE_TRANSFORM)",
+    )
+    parser.add_argument(
+        "--round-trip-sample",
+        type=int,
+        default=25,
+        help="source items checked for inverse(transform(item)) == item at start (0: skip)",
+    )
+    add_consumer_arguments(parser)
+
+
+@dataclass(frozen=True)
+class ReverseSetup:
+    """What the reverse consumer runs with, every check done."""
+
+    migration: Migration
+    stream_arn: str
+    inverse: Transformer
+    writer: DestinationWriter
+
+
+@dataclass(frozen=True)
+class StillMapsGuard:
+    """Remove a source item only while it still maps to the destination key that went away.
+
+    An application that moves an item between destination keys (another month shard: put the
+    new key, delete the old) makes two records, on any shards and in either order, that both
+    map back to one source key. The delete of the old key must not remove the source item the
+    put of the new key wrote: the item is read (consistently) and its transform checked; the
+    delete then requires the stamp read, so a write in between keeps the item.
+    """
+
+    client: DynamoDBClient
+    table: str
+    forward: Transformer
+    destination_keys: tuple[str, ...]
+
+    def __call__(self, key: TypedItem, origin: TypedItem) -> Removal:
+        got = self.client.get_item(TableName=self.table, Key=dict(key), ConsistentRead=True)
+        item = got.get("Item")
+        if item is None:
+            return Removal(proceed=True)  # nothing held: the delete finds nothing to do
+        held = item.get(REVERSE.seq_attr, {}).get("S")
+        try:
+            outputs = self.forward.run(to_plain(item))
+        except TransformOutputError:
+            return Removal(proceed=True, held=held)  # never in the destination: no other key
+        removed = key_id({name: origin[name] for name in self.destination_keys})
+        mapped = {key_id({name: out[name] for name in self.destination_keys}) for out in outputs}
+        return Removal(proceed=removed in mapped, held=held)
+
+
+def inverse_spec(settings: Settings, given: str | None) -> str:
+    spec = given or settings.inverse_transform
+    if not spec:
+        raise ConfigError(
+            "no inverse transform is configured: the reverse consumer needs one to write "
+            "destination items back in the source's schema",
+            "pass --inverse-transform pkg.mod:fn or set LIVEMIGRATE_INVERSE_TRANSFORM",
+        )
+    return spec
+
+
+def open_reverse(
+    settings: Settings, clients: AwsClients, spec: str, *, sample: int = 25
+) -> ReverseSetup:
+    """Check everything the reverse consumer needs; raises before anything is written."""
+    check_forward_marks(
+        ControlStore(clients.dynamodb, settings.control_table, settings.migration_id),
+        since=time.time() - UNMARKED_WINDOW,
+    )
+    source = describe(clients.dynamodb, settings.source_table, "source")
+    destination = describe(clients.dynamodb, settings.destination_table, "destination")
+    stream_arn = require_stream(destination)
+    inverse = Transformer(load_transform(spec), source.key_names, source.key_types)
+    forward = Transformer(
+        load_transform(settings.transform), destination.key_names, destination.key_types
+    )
+    check_round_trip(clients.dynamodb, source.name, forward, inverse, sample)
+    migration = open_migration(settings, clients)  # the same checks, then records the migration
+    migration.store.update("META", {"inverse_transform": spec})
+    writer = DestinationWriter(
+        clients.dynamodb, source.name, source.key_names, settings.migration_id, marks=REVERSE
+    )
+    return ReverseSetup(migration, stream_arn, inverse, writer)
+
+
+def check_forward_marks(store: ControlStore, since: float) -> None:
+    """Refuse when the forward consumer deleted without marks after ``since``."""
+    if not store.exists():
+        return
+    unmarked = (store.get(CONSUMER_SOURCE) or {}).get("unmarked_deletes_at")
+    if unmarked is None or float(unmarked) <= since:
+        return
+    until = datetime.fromtimestamp(float(unmarked) + UNMARKED_WINDOW, tz=UTC)
+    raise PreflightError(
+        "a forward consumer (`livemigrate consume`) deleted destination items without marking "
+        f"them at {datetime.fromtimestamp(float(unmarked), tz=UTC):%Y-%m-%d %H:%M:%S} UTC (it "
+        "runs without an inverse transform); the destination's stream keeps those deletes for "
+        "24 h, and the reverse consumer cannot tell them from the application's",
+        "set LIVEMIGRATE_INVERSE_TRANSFORM for every `livemigrate consume` process and restart "
+        f"them, then start the reverse consumer after {until:%Y-%m-%d %H:%M} UTC (configure "
+        "the inverse transform before a migration starts to avoid the wait)",
+    )
+
+
+def check_round_trip(
+    client: DynamoDBClient, table: str, forward: Transformer, inverse: Transformer, sample: int
+) -> int:
+    """Refuse an inverse that does not give a sample of source items back; items checked."""
+    if sample <= 0:
+        return 0
+    checked = 0
+    for raw in client.scan(TableName=table, Limit=sample).get("Items", []):
+        try:
+            outputs = forward.run(to_plain(raw))
+        except TransformOutputError:
+            continue  # never reached the destination: the forward consumer dead-letters it
+        for out in outputs:
+            _check_one(raw, out, inverse)
+        checked += 1
+    return checked
+
+
+def _check_one(original: TypedItem, out: TypedItem, inverse: Transformer) -> None:
+    where = f"source item {key_id({k: original[k] for k in inverse.key_names})}"
+    fix = "fix the inverse transform so that inverse(transform(item)) == item"
+    try:
+        back = inverse.run(to_plain(out))
+    except TransformOutputError as exc:
+        raise PreflightError(f"the inverse transform fails on {where}: {exc.reason}", fix) from exc
+    if [canonical(item) for item in back] != [canonical(original)]:
+        raise PreflightError(
+            f"the inverse transform does not give {where} back: {_difference(original, back)}; "
+            "the reverse consumer would write that into the source",
+            fix + " (or pass --round-trip-sample 0 if the difference is intended)",
+        )
+
+
+def _difference(original: TypedItem, back: list[TypedItem]) -> str:
+    if len(back) != 1:
+        return f"it returned {len(back)} items instead of 1"
+    want = {k: v for k, v in original.items() if not k.startswith("_lm_")}
+    got = back[0]
+    lost = sorted(set(want) - set(got))
+    added = sorted(set(got) - set(want))
+    changed = sorted(
+        k for k in set(want) & set(got) if canonical({k: want[k]}) != canonical({k: got[k]})
+    )
+    parts = [
+        f"{label} {names}"
+        for label, names in (("lost", lost), ("added", added), ("changed", changed))
+        if names
+    ]
+    return ", ".join(parts)
+
+
+def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> int:
+    """The ``reverse`` command; returns the exit status."""
+    spec = inverse_spec(settings, args.inverse_transform)
+    setup = open_reverse(settings, clients, spec, sample=args.round_trip_sample)
+    clock = SystemClock()
+    metrics = Metrics(NAME)
+    server = serve(metrics, args.metrics_port) if args.metrics_port else None
+    store = setup.migration.store
+    # Nothing writes the source in bulk behind the reverse consumer: deletes are real at once.
+    mode = DeleteMode(lambda: True, store, NAME, clock)
+    started = clock.now()
+    applier = DestinationApplier(
+        setup.inverse,
+        setup.writer,
+        mode,
+        metrics,
+        threads=args.apply_threads,
+        echo_of=FORWARD,
+        on_heartbeat=lambda: check_forward_marks(store, since=started),
+        guard=StillMapsGuard(
+            clients.dynamodb,
+            setup.migration.source.name,
+            setup.migration.transformer,
+            setup.migration.destination.key_names,
+        ),
+    )
+    stop = threading.Event()
+    stop_on_signals(stop)
+    log.info(
+        "reverse consumer: %s stream -> %s via %s",
+        setup.migration.destination.name,
+        setup.migration.source.name,
+        spec,
+    )
+    try:
+        caught_up = run_consumer(
+            BotoShardSource(clients.streams, setup.stream_arn),
+            store,
+            NAME,
+            applier,
+            worker_id=args.worker_id or worker_id(),
+            lease_seconds=args.lease_seconds,
+            clock=clock,
+            dead_letters=setup.migration.dead_letters,
+            origin="reverse",
+            tuning=Tuning(batch_size=args.batch_size, poll_interval=args.poll_interval),
+            metrics=metrics,
+            until_caught_up=args.until_caught_up,
+            stop_event=stop,
+        )
+    finally:
+        applier.close()
+        if server is not None:
+            server.shutdown()
+    if args.until_caught_up and not caught_up:
+        return 130
+    return 0
