@@ -285,14 +285,10 @@ def _catch_up_tool(clients: AwsClients, migration: Migration, arn: str) -> tuple
     return metrics, elapsed
 
 
-def bench_catch_up(clients: AwsClients) -> list[Result]:
-    source = _name("backlog")
-    _table(clients, source, stream=True)
-    _backlog(clients, source, BACKLOG)
-    migration = _migration(clients, source)
-    arn = str(migration.source.stream_arn)
-    base_dest = _name("plain")
-    _table(clients, base_dest, stream=False)
+def _side_by_side(
+    clients: AwsClients, migration: Migration, arn: str, base_dest: str
+) -> tuple[int, float, Metrics, float]:
+    """The plain loop, then the tool, each draining the same stream: records and rates."""
     start = time.perf_counter()
     done = _plain_loop(
         clients,
@@ -304,8 +300,19 @@ def bench_catch_up(clients: AwsClients) -> list[Result]:
     )
     base_rate = done / (time.perf_counter() - start)
     metrics, elapsed = _catch_up_tool(clients, migration, arn)
+    return done, base_rate, metrics, metrics.value("records_applied_total") / elapsed
+
+
+def bench_catch_up(clients: AwsClients) -> list[Result]:
+    source = _name("backlog")
+    _table(clients, source, stream=True)
+    _backlog(clients, source, BACKLOG)
+    migration = _migration(clients, source)
+    arn = str(migration.source.stream_arn)
+    base_dest = _name("plain")
+    _table(clients, base_dest, stream=False)
+    done, base_rate, metrics, rate = _side_by_side(clients, migration, arn, base_dest)
     applied = metrics.value("records_applied_total")
-    rate = applied / elapsed
     note = f"{int(applied)} records (plain loop: {done}); tool: leases+checkpoints+conditional"
     return [
         Result(
@@ -369,19 +376,8 @@ def bench_delete_catch_up(clients: AwsClients, inverse: str | None = None) -> li
     migration, base_dest = _delete_backlog(clients, DELETES, inverse)
     arn = str(migration.source.stream_arn)
     migration.store.put(PLAN, {"state": BACKFILL_COMPLETE, "completed_at": time.time()})
-    start = time.perf_counter()
-    done = _plain_loop(
-        clients,
-        migration.transformer,
-        arn,
-        dest=base_dest,
-        stop=threading.Event(),
-        until_empty=True,
-    )
-    base_rate = done / (time.perf_counter() - start)
-    metrics, elapsed = _catch_up_tool(clients, migration, arn)
+    done, base_rate, metrics, rate = _side_by_side(clients, migration, arn, base_dest)
     applied = metrics.value("records_applied_total")
-    rate = applied / elapsed
     left = _count(clients, migration.settings.destination_table)
     note = (
         f"{int(applied)} REMOVEs (plain loop: {done}); tool: "

@@ -17,7 +17,7 @@ for the reverse consumer after the cutover.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
@@ -104,15 +104,19 @@ class DestinationWriter:
 
     def put_if_newer(self, item: TypedItem, seq: str) -> Outcome:
         """Stream write: lands only if ``seq`` is newer than the held version (rule 3)."""
-        return self._conditional(Outcome.APPLIED, Item=self._stamp(item, seq), seq=seq)
+        return self._conditional(
+            self.client.put_item, Outcome.APPLIED, Item=self._stamp(item, seq), seq=seq
+        )
 
     def remove(self, key: TypedItem, seq: str, *, tombstone: bool) -> Outcome:
         """Stream delete: a tombstone while the backfill may still write (rule 2), else a delete."""
         if tombstone:
             marker = {**self._stamp(key, seq), TOMBSTONE_ATTR: {"BOOL": True}}
-            return self._conditional(Outcome.TOMBSTONED, Item=marker, seq=seq)
+            return self._conditional(self.client.put_item, Outcome.TOMBSTONED, Item=marker, seq=seq)
         if not self.mark_deletes:
-            return self._conditional_delete(key, seq)
+            return self._conditional(
+                self.client.delete_item, Outcome.DELETED, Key=dict(key), seq=seq
+            )
         refused = self._mark_deleted(key, seq)
         return refused if refused is not None else self._delete_marked(key, seq)
 
@@ -131,21 +135,6 @@ class DestinationWriter:
         except ClientError as exc:
             if condition_failed(exc):
                 return Outcome.STALE  # a newer write replaced the marked item meanwhile
-            raise
-        return Outcome.DELETED
-
-    def _conditional_delete(self, key: TypedItem, seq: str) -> Outcome:
-        try:
-            self.client.delete_item(
-                TableName=self.table,
-                Key=dict(key),
-                ConditionExpression=self._newer,
-                ExpressionAttributeNames={"#k0": self.key_names[0], "#seq": self.marks.seq_attr},
-                ExpressionAttributeValues={":seq": {"S": seq}},
-            )
-        except ClientError as exc:
-            if condition_failed(exc):
-                return Outcome.STALE
             raise
         return Outcome.DELETED
 
@@ -239,9 +228,12 @@ class DestinationWriter:
             raise
         return True
 
-    def _conditional(self, success: Outcome, *, seq: str, **kwargs: Any) -> Outcome:
+    def _conditional(
+        self, call: Callable[..., Any], success: Outcome, *, seq: str, **kwargs: Any
+    ) -> Outcome:
+        """A put or delete that lands only if ``seq`` is newer than the held version."""
         try:
-            self.client.put_item(
+            call(
                 TableName=self.table,
                 ConditionExpression=self._newer,
                 ExpressionAttributeNames={"#k0": self.key_names[0], "#seq": self.marks.seq_attr},

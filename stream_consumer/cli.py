@@ -17,10 +17,13 @@ from __future__ import annotations
 import argparse
 import logging
 import threading
+from dataclasses import dataclass
 
 from livemigrate.aws import AwsClients
-from livemigrate.clock import SystemClock
+from livemigrate.clock import Clock, SystemClock
 from livemigrate.config import Settings
+from livemigrate.control import ControlStore
+from livemigrate.deadletters import DeadLetters, Origin
 from livemigrate.migration import Migration, open_migration
 from livemigrate.process import stop_on_signals, worker_id
 from livemigrate.tables import require_stream
@@ -84,7 +87,6 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
         print(f"tombstones purged: {purged}")
         return 0
     metrics = Metrics(NAME)
-    server = serve(metrics, args.metrics_port) if args.metrics_port else None
     applier = DestinationApplier.for_migration(
         migration, metrics, consumer=NAME, clock=clock, threads=args.apply_threads
     )
@@ -95,29 +97,53 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
     stop_on_signals(stop)
     if not args.until_caught_up:
         _auto_finalize(migration, args.settle_seconds, stop)
-    try:
-        caught_up = run_consumer(
-            BotoShardSource(clients.streams, stream_arn),
-            migration.store,
-            NAME,
-            applier,
-            worker_id=args.worker_id or worker_id(),
-            lease_seconds=args.lease_seconds,
-            clock=clock,
-            dead_letters=migration.dead_letters,
-            origin="stream",
-            tuning=Tuning(batch_size=args.batch_size, poll_interval=args.poll_interval),
-            metrics=metrics,
-            until_caught_up=args.until_caught_up,
-            stop_event=stop,
-        )
-    finally:
-        applier.close()
-        if server is not None:
-            server.shutdown()
-    if args.until_caught_up and not caught_up:
-        return 130
-    return 0
+    run = ConsumerRun(migration.store, NAME, migration.dead_letters, "stream", clock, stop)
+    return run.drive(args, BotoShardSource(clients.streams, stream_arn), applier, metrics)
+
+
+@dataclass(frozen=True)
+class ConsumerRun:
+    """What a consumer command runs the engine with (``consume``, ``reverse``)."""
+
+    store: ControlStore
+    name: str
+    dead_letters: DeadLetters
+    origin: Origin
+    clock: Clock
+    stop: threading.Event
+
+    def drive(
+        self,
+        args: argparse.Namespace,
+        source: BotoShardSource,
+        applier: DestinationApplier,
+        metrics: Metrics,
+    ) -> int:
+        """Run until stopped (or caught up); the exit status. Serves metrics if asked."""
+        server = serve(metrics, args.metrics_port) if args.metrics_port else None
+        try:
+            caught_up = run_consumer(
+                source,
+                self.store,
+                self.name,
+                applier,
+                worker_id=args.worker_id or worker_id(),
+                lease_seconds=args.lease_seconds,
+                clock=self.clock,
+                dead_letters=self.dead_letters,
+                origin=self.origin,
+                tuning=Tuning(batch_size=args.batch_size, poll_interval=args.poll_interval),
+                metrics=metrics,
+                until_caught_up=args.until_caught_up,
+                stop_event=self.stop,
+            )
+        finally:
+            applier.close()
+            if server is not None:
+                server.shutdown()
+        if args.until_caught_up and not caught_up:
+            return 130
+        return 0
 
 
 def _auto_finalize(migration: Migration, settle: float, stop: threading.Event) -> None:

@@ -38,17 +38,17 @@ from livemigrate.config import Settings
 from livemigrate.control import ControlStore
 from livemigrate.destination import DestinationWriter
 from livemigrate.errors import ConfigError, PreflightError, TransformOutputError
+from livemigrate.gates import CONSUMER_SOURCE
 from livemigrate.items import TypedItem, key_id, to_plain
 from livemigrate.migration import Migration, open_migration
-from livemigrate.process import stop_on_signals, worker_id
+from livemigrate.process import stop_on_signals
 from livemigrate.replication import FORWARD, REVERSE
 from livemigrate.tables import describe, require_stream
 from livemigrate.transform import Transformer, load_transform
 from livemigrate.verify.digest import canonical
 from stream_consumer.applier import DeleteMode, DestinationApplier, Removal
-from stream_consumer.cli import add_consumer_arguments
-from stream_consumer.engine import Tuning, run_consumer
-from stream_consumer.metrics import Metrics, serve
+from stream_consumer.cli import ConsumerRun, add_consumer_arguments
+from stream_consumer.metrics import Metrics
 from stream_consumer.source import BotoShardSource
 
 if TYPE_CHECKING:
@@ -57,7 +57,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("livemigrate.reverse")
 
 NAME = "reverse"
-CONSUMER_SOURCE = "CONSUMER#source"
 # The stream's 24 h retention and an hour of margin.
 UNMARKED_WINDOW = 25 * 3600.0
 
@@ -133,12 +132,12 @@ def open_reverse(
     settings: Settings, clients: AwsClients, spec: str, *, sample: int = 25
 ) -> ReverseSetup:
     """Check everything the reverse consumer needs; raises before anything is written."""
+    source = describe(clients.dynamodb, settings.source_table, "source")
+    destination = describe(clients.dynamodb, settings.destination_table, "destination")
     check_forward_marks(
         ControlStore(clients.dynamodb, settings.control_table, settings.migration_id),
         since=time.time() - UNMARKED_WINDOW,
     )
-    source = describe(clients.dynamodb, settings.source_table, "source")
-    destination = describe(clients.dynamodb, settings.destination_table, "destination")
     stream_arn = require_stream(destination)
     inverse = Transformer(load_transform(spec), source.key_names, source.key_types)
     forward = Transformer(
@@ -229,7 +228,6 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
     setup = open_reverse(settings, clients, spec, sample=args.round_trip_sample)
     clock = SystemClock()
     metrics = Metrics(NAME)
-    server = serve(metrics, args.metrics_port) if args.metrics_port else None
     store = setup.migration.store
     # Nothing writes the source in bulk behind the reverse consumer: deletes are real at once.
     mode = DeleteMode(lambda: True, store, NAME, clock)
@@ -257,26 +255,5 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
         setup.migration.source.name,
         spec,
     )
-    try:
-        caught_up = run_consumer(
-            BotoShardSource(clients.streams, setup.stream_arn),
-            store,
-            NAME,
-            applier,
-            worker_id=args.worker_id or worker_id(),
-            lease_seconds=args.lease_seconds,
-            clock=clock,
-            dead_letters=setup.migration.dead_letters,
-            origin="reverse",
-            tuning=Tuning(batch_size=args.batch_size, poll_interval=args.poll_interval),
-            metrics=metrics,
-            until_caught_up=args.until_caught_up,
-            stop_event=stop,
-        )
-    finally:
-        applier.close()
-        if server is not None:
-            server.shutdown()
-    if args.until_caught_up and not caught_up:
-        return 130
-    return 0
+    run = ConsumerRun(store, NAME, setup.migration.dead_letters, "reverse", clock, stop)
+    return run.drive(args, BotoShardSource(clients.streams, setup.stream_arn), applier, metrics)
