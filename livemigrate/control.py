@@ -22,12 +22,16 @@ pk                          sk                          what
 ``MIG#<id>``                ``CONSUMER#<name>``         a stream consumer (name: source | search
                                                         | reverse): stream_arn, start_position,
                                                         started_at, heartbeat_at, lag_seconds,
-                                                        records_behind, read_from (reads
+                                                        records_behind, read_from (the reads
                                                         behind the report were sent after it),
-                                                        real_deletes_since, records_lost_at/_shard
+                                                        real_deletes_since, records_lost_at,
+                                                        records_lost_shard, delete_marks_since
+                                                        or unmarked_deletes_at, drain_after (a
+                                                        cutover asks for a report)
 ``MIG#<id>``                ``SHARD#<name>#<shard>``    shard lease: owner, counter, expiry,
                                                         checkpoint (padded sequence number),
-                                                        parents, finished, stream_arn, lag
+                                                        parents, finished, stream_arn, lag,
+                                                        read_from, behind (drain report)
 ``MIG#<id>``                ``TOMBSTONES``              state (active | purged), purged_at,
                                                         purged_count
 ``MIG#<id>``                ``DLQ#<ts>#<uuid>``         dead letter: origin, reason, key, raw

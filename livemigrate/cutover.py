@@ -184,6 +184,11 @@ class Drain:
 
     def wait(self, since: float, deadline: float) -> bool:
         """Poll the consumer's heartbeat until it drained after ``since`` (False at deadline)."""
+        # Ask for a report as soon as the consumer has read after `since` (it would otherwise
+        # come with the next regular heartbeat); only an existing consumer item is touched.
+        self.store.update(
+            self.consumer_sk, {"drain_after": since}, condition="attribute_exists(#heartbeat_at)"
+        )
         while True:
             if self.drained(since):
                 return True

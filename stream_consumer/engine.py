@@ -83,6 +83,7 @@ class Tuning:
     poll_interval: float = 0.5  # sleep when no held shard returned records
     discover_interval: float = 10.0  # DescribeStream cadence (new child shards)
     heartbeat_interval: float = 5.0  # CONSUMER# heartbeat, lag, retention guard
+    drain_check_interval: float = 0.5  # how often a cutover's drain request is looked for
     max_attempts: int = 5  # apply attempts of one record before it is dead-lettered
     backoff_base: float = 0.1
     backoff_cap: float = 5.0
@@ -203,7 +204,13 @@ class Consumer:
         self.readers: dict[str, _Reader] = {}
         self.listed: list[ShardInfo] = []
         self.states: dict[str, dict[str, Any]] = {}
-        self._due = {"discover": float("-inf"), "balance": float("-inf"), "beat": float("-inf")}
+        self._due = {
+            "discover": float("-inf"),
+            "balance": float("-inf"),
+            "beat": float("-inf"),
+            "drain": float("-inf"),
+        }
+        self._drain_answered = 0.0
         self._pool = ThreadPoolExecutor(self.tuning.shard_threads, thread_name_prefix="shard")
         self._stop = threading.Event()
 
@@ -265,11 +272,25 @@ class Consumer:
             self.discover()
         if now >= self._due["balance"] or not self.readers:
             self.balance()
+        asked = self._drain_requested(now)
         progressed = self._poll_all()
         self._renew_idle()
-        if self.clock.now() >= self._due["beat"]:
+        if asked or self.clock.now() >= self._due["beat"]:
             self.heartbeat()
         return progressed
+
+    def _drain_requested(self, now: float) -> bool:
+        """A cutover or rollback waits for a report from reads sent after ``drain_after``:
+        answer it at the end of this round (whose reads are all sent after ``now``) instead of
+        at the next regular heartbeat, which shortens the fenced write pause."""
+        if now < self._due["drain"]:
+            return False
+        self._due["drain"] = now + self.tuning.drain_check_interval
+        after = float((self.store.get(self.consumer_sk) or {}).get("drain_after") or 0)
+        if after <= self._drain_answered or now < after:
+            return False
+        self._drain_answered = after
+        return True
 
     def shutdown(self) -> None:
         """Release every lease (checkpoints are already written after each apply)."""

@@ -383,3 +383,35 @@ def test_lease_items_follow_the_schema(world: World) -> None:
         assert {"parents", "finished", "stream_arn", "records_applied"} <= set(state)
         assert "lease_owner" not in state  # released at the end of run
     assert sum(int(s["records_applied"]) for s in shards.values()) == 6
+
+
+def test_a_drain_request_is_answered_before_the_next_regular_heartbeat(world: World) -> None:
+    # GIVEN a consumer whose regular heartbeat is far apart
+    clock = FakeClock(time.time())
+    world.put(item(1))
+    tuning = Tuning(batch_size=5, poll_interval=0.01, heartbeat_interval=600)
+    consumer = world.consumer("w", clock=clock, tuning=tuning)
+    consumer.start()
+    consumer.step()  # the first round heartbeats
+    store, sk = world.migration.store, consumer.consumer_sk
+    first = (store.get(sk) or {})["heartbeat_at"]
+    clock.advance(1.0)
+    consumer.step()
+    assert (store.get(sk) or {})["heartbeat_at"] == first  # not due yet
+    # WHEN a cutover asks for a report from reads sent after `since`
+    since = clock.now() + 0.5
+    store.update(sk, {"drain_after": since})
+    clock.advance(0.2)
+    consumer.step()  # too early: its reads were sent before `since`
+    assert (store.get(sk) or {})["heartbeat_at"] == first
+    clock.advance(0.5)
+    consumer.step()
+    # THEN the next round answers, with reads sent after `since`
+    report = store.get(sk) or {}
+    assert float(report["heartbeat_at"]) == clock.now()
+    assert float(report["read_from"]) >= since
+    answered = report["heartbeat_at"]
+    clock.advance(1.0)
+    consumer.step()  # answered once only
+    assert (store.get(sk) or {})["heartbeat_at"] == answered
+    consumer.shutdown()

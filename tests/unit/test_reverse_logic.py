@@ -220,6 +220,10 @@ class MemoryControl:
     def put(self, sk: str, values: dict[str, Any]) -> None:
         self.items[sk] = dict(values)
 
+    def update(self, sk: str, values: dict[str, Any], **_condition: Any) -> None:
+        """The drain request the rollback writes on the consumer item."""
+        self.items.setdefault(sk, {}).update(values)
+
     def query(self, prefix: str) -> list[tuple[str, dict[str, Any]]]:
         """The drain check reads the consumer's shard items; there are none here."""
         return [(sk, item) for sk, item in self.items.items() if sk.startswith(prefix)]
