@@ -39,6 +39,7 @@ class Snapshot:
     search_index: str = ""
     flag: dict[str, Any] | None = field(default=None)
     reverse: dict[str, Any] | None = None
+    rollback: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,10 @@ def verify_gate(snap: Snapshot, policy: Policy) -> Gate:
     if not completed or _num(snap.verify, "at") < completed:
         why = "the last passing verification ran before the backfill completed"
         return Gate(name, False, why, fix)
+    rolled_back = _num(snap.rollback, "flipped_at")
+    if rolled_back and _num(snap.verify, "at") < rolled_back:
+        why = "the last passing verification ran before the last rollback"
+        return Gate(name, False, why, fix)
     return Gate(name, True)
 
 
@@ -218,4 +223,5 @@ def read_snapshot(
         search_index=search_index,
         flag=store.get(FLAG),
         reverse=store.get(CONSUMER_REVERSE),
+        rollback=store.get("ROLLBACK"),
     )

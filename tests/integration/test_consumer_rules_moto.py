@@ -20,6 +20,7 @@ from livemigrate.items import key_id, to_plain, to_typed
 from livemigrate.migration import Migration, open_migration
 from livemigrate.records import ApplyFailure, StreamRecord
 from livemigrate.versioning import SEQ_ATTR
+from stream_consumer import lambda_handler
 from stream_consumer.applier import DestinationApplier
 from stream_consumer.engine import Consumer, Tuning
 from stream_consumer.lambda_handler import handle
@@ -27,6 +28,7 @@ from stream_consumer.metrics import Metrics, serve
 from stream_consumer.scripted import ScriptedStream, ScriptedTable
 from stream_consumer.source import BotoShardSource
 from stream_consumer.tombstones import tombstones
+from tests.integration.test_backfill_support import settings_env
 from tests.services import create_table, scan_all, settings_for, unique
 from tests.unit.test_consumer_model import Scenario, expected, play, scenarios
 
@@ -317,3 +319,35 @@ def test_moto_stream_seq_is_stored_with_every_applied_item(
     assert held[SEQ_ATTR]["S"] == raws[0]["dynamodb"]["SequenceNumber"].zfill(40)
     assert applier.metrics.value("writes_stale_total") == 1
     applier.close()
+
+
+@pytest.mark.parametrize("inverse", [None, "livemigrate.examples.hot_outbox:inverse"])
+def test_lambda_entry_point_reports_whether_it_marks_its_deletes(
+    clients: AwsClients,
+    migration: Migration,
+    monkeypatch: pytest.MonkeyPatch,
+    inverse: str | None,
+) -> None:
+    # GIVEN the function configured like the migration (with or without an inverse transform)
+    env = settings_env(migration.settings)
+    if inverse:
+        env["LIVEMIGRATE_INVERSE_TRANSFORM"] = inverse
+    for name, value in env.items():
+        if name.startswith(("LIVEMIGRATE_", "AWS_")):
+            monkeypatch.setenv(name, value)
+    monkeypatch.setattr(lambda_handler, "_STATE", {})
+    migration.store.put("PLAN", {"state": "complete"})  # deletes are real
+    table = migration.settings.source_table
+    key = {"pk": "section-outbox|docket", "sk": "gone"}
+    clients.dynamodb.put_item(TableName=table, Item=to_typed({**key, "createdAt": 1704067200}))
+    clients.dynamodb.delete_item(TableName=table, Key=to_typed(key))
+    # WHEN the event source mapping delivers the put and the delete
+    response = lambda_handler.handler(lambda_event(stream_records(clients, migration)), None)
+    assert response == {"batchItemFailures": []}
+    # THEN the consumer item says whether `livemigrate reverse` may trust its deletes
+    consumer = migration.store.get("CONSUMER#source") or {}
+    if inverse:
+        assert "delete_marks_since" in consumer and "unmarked_deletes_at" not in consumer
+    else:
+        assert "unmarked_deletes_at" in consumer
+    assert not list(scan_all(clients.dynamodb, migration.settings.destination_table))

@@ -108,3 +108,12 @@ def test_all_unmet_gates_are_listed_not_just_the_first() -> None:
         "verification passed",
     ]
     assert all("fix:" in g.line() for g in unmet(check_all(snap, POLICY)))
+
+
+def test_cutting_over_again_after_a_rollback_needs_a_new_verification() -> None:
+    passed = {"passed": True, "at": NOW - 50}
+    assert verify_gate(ready(verify=passed), POLICY).met
+    later = ready(verify=passed, rollback={"flipped_at": NOW - 10})
+    gate = verify_gate(later, POLICY)
+    assert not gate.met and "before the last rollback" in gate.why
+    assert verify_gate(ready(verify=passed, rollback={"flipped_at": NOW - 60}), POLICY).met
