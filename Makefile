@@ -20,6 +20,7 @@ export LIVEMIGRATE_SEARCH_URL ?= http://127.0.0.1:$(LIVEMIGRATE_ES_PORT)
 endif
 LIVEMIGRATE := $(VENV)/bin/livemigrate
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 
 .PHONY: help install services services-down status-services test check lint typecheck bench \
         demo backfill consume reverse cutover status clean
@@ -65,7 +66,7 @@ bench: services
 	$(PY) -m bench.run
 
 demo: services
-	$(LIVEMIGRATE) demo
+	$(LIVEMIGRATE) demo $(DEMO_ARGS)
 
 backfill: install
 	$(LIVEMIGRATE) backfill

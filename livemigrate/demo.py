@@ -4,6 +4,10 @@ It plays both sides: the application (a source table with a hot outbox partition
 write load) and the operator (the same ``livemigrate`` commands a team would run, as separate
 processes): start the consumer and the search sink, run the backfill while the load writes,
 wait for tombstones to be purged, verify, cut over with writers fenced, print a summary.
+
+With ``--rollback`` it also runs the reverse consumer from the start (an inverse transform
+configured), writes the new schema to the destination after the cutover, rolls back with
+writers fenced and checks that every one of those writes reached the source.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 from livemigrate.aws import AwsClients
@@ -29,6 +34,8 @@ from livemigrate.demo_data import (
     seed_table,
 )
 from livemigrate.errors import LivemigrateError
+from livemigrate.examples.hot_outbox import inverse, transform
+from livemigrate.items import to_plain, to_typed
 from livemigrate.tables import create_like, describe
 
 NEEDS_SETTINGS = False  # the demo makes its own migration; see cli.main
@@ -42,6 +49,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-search", action="store_true", help="skip the search index")
     parser.add_argument("--timeout", type=float, default=600.0, help="give up after (600 s)")
     parser.add_argument("--json", action="store_true", help="print the full summary as JSON")
+    parser.add_argument(
+        "--rollback",
+        action="store_true",
+        help="also run the reverse consumer, write the destination after the cutover, roll back",
+    )
 
 
 @dataclass
@@ -65,6 +77,8 @@ class Demo:
             "LIVEMIGRATE_TRANSFORM": "livemigrate.examples.hot_outbox:transform",
             "LIVEMIGRATE_WORKERS": str(self.args.workers),
         }
+        if self.args.rollback:
+            env["LIVEMIGRATE_INVERSE_TRANSFORM"] = "livemigrate.examples.hot_outbox:inverse"
         if self.search:
             env["LIVEMIGRATE_SEARCH_ALIAS"] = f"demo-app-{self.stamp}"
         else:
@@ -147,6 +161,9 @@ def _run(demo: Demo) -> int:
     if demo.search:
         demo.say("starting the search sink")
         demo.background("search", "sync", "--lease-seconds", "10")
+    if demo.args.rollback:
+        demo.say("starting the reverse consumer (destination -> source, for a lossless rollback)")
+        demo.background("reverse", "--lease-seconds", "10")
     keys = [(str(i["pk"]), str(i["sk"])) for i in demo_items(demo.args.items, demo.args.hot_share)]
     load = LiveLoad(demo.clients.dynamodb, source, keys, rate=demo.args.load_rate).start()
     demo.say(f"live write load on the source at {demo.args.load_rate:.0f} ops/s; backfill starts")
@@ -165,12 +182,73 @@ def _run(demo: Demo) -> int:
     demo.say(f"verify exit {verify.returncode}")
     cutover = demo.foreground("cutover", "--fenced", "--json")
     result = _last_json(cutover.stdout)
+    rolled_back = _roll_back(demo) if demo.args.rollback and cutover.returncode == 0 else None
     summary = _summary(demo, load_stats.__dict__, verify, result, time.monotonic() - started)
+    summary["rollback"] = rolled_back
     if demo.args.json:
         print(json.dumps(summary, indent=2, sort_keys=True, default=str))
     else:
         print(render_summary(summary))
-    return 0 if verify.returncode == 0 and cutover.returncode == 0 else 1
+    ok = verify.returncode == 0 and cutover.returncode == 0
+    return 0 if ok and (rolled_back is None or rolled_back["lost"] == 0) else 1
+
+
+def _roll_back(demo: Demo) -> dict[str, Any]:
+    """The new-schema application writes the destination, then the operator rolls back: every
+    one of those writes must be in the source afterwards (puts in the source's schema, deletes
+    gone)."""
+    env, ddb = demo.env, demo.clients.dynamodb
+    source, destination = env["LIVEMIGRATE_SOURCE_TABLE"], env["LIVEMIGRATE_DESTINATION_TABLE"]
+    written, deleted = _write_new_schema(ddb, destination)
+    demo.say(f"{len(written)} puts and {len(deleted)} deletes on the destination; rolling back")
+    rollback = demo.foreground("rollback", "--fenced")
+    pause = next(
+        (
+            line.rsplit(":", 1)[1].strip()
+            for line in rollback.stdout.splitlines()
+            if "pause" in line
+        ),
+        "?",
+    )
+    lost = [k for k, item in written.items() if _source_item(ddb, source, k) != item]
+    lost += [k for k in deleted if _source_item(ddb, source, k) is not None]
+    return {
+        "code": rollback.returncode,
+        "pause": pause,
+        "writes": len(written) + len(deleted),
+        "lost": len(lost) if rollback.returncode == 0 else len(written) + len(deleted),
+    }
+
+
+def _write_new_schema(
+    ddb: Any, table: str
+) -> tuple[dict[tuple[str, str], dict[str, Any]], list[tuple[str, str]]]:
+    """Puts of new items and deletes of old ones, as the application does after the cutover."""
+    written: dict[tuple[str, str], dict[str, Any]] = {}
+    for n in range(40):
+        source_item: dict[str, Any] = {
+            "pk": f"user|after-cutover-{n % 4}",
+            "sk": f"note-{n:03d}",
+            "createdAt": Decimal(1_767_225_600 + n),
+            "status": "written to the new table",
+        }
+        ddb.put_item(TableName=table, Item=to_typed(next(iter(transform(source_item)))))
+        written[(source_item["pk"], source_item["sk"])] = source_item
+    deleted = []
+    for raw in ddb.scan(TableName=table, Limit=200).get("Items", [])[::10]:
+        ddb.delete_item(TableName=table, Key={"pk": raw["pk"], "sk": raw["sk"]})
+        origin = next(iter(inverse(to_plain(raw))))  # the source item it came from
+        deleted.append((str(origin["pk"]), str(origin["sk"])))
+    return written, deleted
+
+
+def _source_item(ddb: Any, table: str, key: tuple[str, str]) -> dict[str, Any] | None:
+    got = ddb.get_item(
+        TableName=table, Key=to_typed({"pk": key[0], "sk": key[1]}), ConsistentRead=True
+    ).get("Item")
+    if got is None:
+        return None
+    return {k: v for k, v in to_plain(got).items() if not k.startswith("_lm_")}
 
 
 def _last_json(text: str) -> dict[str, Any]:
@@ -249,8 +327,19 @@ def render_summary(summary: dict[str, Any]) -> str:
             f"  write pause      {pause:.2f}s (fenced)"
             if pause is not None
             else "  write pause  -",
+            *_rollback_line(summary.get("rollback")),
         ]
     )
+
+
+def _rollback_line(rollback: dict[str, Any] | None) -> list[str]:
+    if rollback is None:
+        return []
+    return [
+        f"  rollback         exit {rollback['code']}, write pause {rollback['pause']} (fenced); "
+        f"{rollback['writes'] - rollback['lost']} of {rollback['writes']} destination writes "
+        "in the source"
+    ]
 
 
 def _counts(report: dict[str, Any]) -> str:
