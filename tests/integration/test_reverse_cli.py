@@ -3,6 +3,8 @@ the consumer applies the application's destination writes to the source (moto)."
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -144,6 +146,7 @@ def test_recent_unmarked_forward_deletes_are_refused_before_any_write(
     assert reverse(monkeypatch, settings, "--inverse-transform", INVERSE, "--until-caught-up") == 2
     err = capsys.readouterr().err
     assert "deleted destination items without marking them" in err
+    assert "Traceback" not in err
     assert "start the reverse consumer after" in err
     assert store.get("META") is None  # the migration was not even recorded
     # Deletes older than the stream's retention are out of its reach: no objection.
@@ -189,3 +192,35 @@ def stream_records(clients: AwsClients, table: str) -> list[StreamRecord]:
     )["ShardIterator"]
     got = clients.streams.get_records(ShardIterator=iterator)["Records"]
     return [StreamRecord.from_boto(r) for r in got]
+
+
+def test_an_unmarked_forward_delete_while_it_runs_stops_the_reverse_consumer(
+    clients: AwsClients,
+) -> None:
+    # GIVEN a running reverse consumer
+    settings = tables(clients)
+    env = {**settings_env(settings), "LIVEMIGRATE_INVERSE_TRANSFORM": INVERSE}
+    argv = ["reverse", "--poll-interval", "0.1", "--lease-seconds", "3"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "livemigrate.cli", "--log-level", "WARNING", *argv],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    store = ControlStore(clients.dynamodb, settings.control_table, settings.migration_id)
+    try:
+        deadline = time.monotonic() + 60
+        while not (store.exists() and store.get("CONSUMER#reverse")):
+            assert proc.poll() is None and time.monotonic() < deadline, "it did not start"
+            time.sleep(0.2)
+        # WHEN a forward process (started without the inverse) deletes without marking
+        store.update("CONSUMER#source", {"unmarked_deletes_at": time.time()})
+        # THEN it stops at its next heartbeat (5 s) with the reason, instead of going on
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 2, err[-2000:]
+    assert "deleted destination items without marking them" in err
+    assert "Traceback" not in err
