@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import Any
 
 from livemigrate.aws import AwsClients
 from livemigrate.clock import Clock, SystemClock
@@ -40,7 +39,7 @@ from livemigrate.cutover import (
     search_switch,
 )
 from livemigrate.flag import Flag, FlagStore, open_flag_store
-from livemigrate.gates import CONSUMER_REVERSE
+from livemigrate.gates import CONSUMER_REVERSE, reverse_problems
 from livemigrate.transform import load_transform
 
 ROLLBACK_ITEM = "ROLLBACK"
@@ -77,22 +76,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flag-store", choices=("control", "ssm"), default="control")
 
 
-def reverse_problems(reverse: dict[str, Any] | None, now: float, max_age: float) -> list[str]:
-    """Why the reverse consumer cannot be trusted to have kept the source current (empty: ok)."""
-    if reverse is None:
-        return ["the reverse consumer has never run (`livemigrate reverse`)"]
-    problems = []
-    age = now - float(reverse.get("heartbeat_at", 0) or 0)
-    if age > max_age:
-        problems.append(f"the reverse consumer's last heartbeat is {age:.0f}s old: not running")
-    if reverse.get("records_lost_at") is not None:
-        problems.append(
-            "the reverse consumer lost records trimmed from the destination stream "
-            f"({reverse.get('records_lost_shard')})"
-        )
-    return problems
-
-
 class Rollback:
     """One rollback run."""
 
@@ -104,7 +87,6 @@ class Rollback:
         window_seconds: float = 3600.0,
         force: bool = False,
         inverse_transform: str | None = None,
-        fenced: bool = False,
         options: CutoverOptions | None = None,
         max_heartbeat_age: float = 30.0,
         search: SearchSwitch | None = None,
@@ -116,7 +98,6 @@ class Rollback:
         self.window = window_seconds
         self.force = force
         self.inverse = inverse_transform
-        self.fenced = fenced
         self.options = options or CutoverOptions()
         self.max_heartbeat_age = max_heartbeat_age
         self.search = search
@@ -130,11 +111,11 @@ class Rollback:
             self.out(f"rollback refused: nothing to roll back, {flag.table} (source) is active")
             return 1
         age = self.clock.now() - flag.flipped_at
-        refusal = self._refusal(age)
+        problems = self._reverse_problems() if self.inverse else []
+        refusal = self._refusal(age, problems)
         if refusal:
             self.out(refusal)
             return 1
-        problems = self._reverse_problems() if self.inverse else []
         for problem in problems:
             self.out(f"warning (--force): {problem}")
         keeps_writes = self.inverse is not None and not problems
@@ -161,10 +142,10 @@ class Rollback:
         reverse = self.store.get(CONSUMER_REVERSE)
         return reverse_problems(reverse, self.clock.now(), self.max_heartbeat_age)
 
-    def _refusal(self, age: float) -> str | None:
+    def _refusal(self, age: float, problems: list[str]) -> str | None:
         """Why the rollback must not run (None: go ahead)."""
         if self.inverse is None:
-            if self.fenced:
+            if self.options.fenced:
                 return (
                     "rollback refused: --fenced waits for the reverse consumer, and no inverse "
                     "transform is configured (set LIVEMIGRATE_INVERSE_TRANSFORM and run "
@@ -178,7 +159,6 @@ class Rollback:
                 )
             return None
         load_transform(self.inverse)  # fail before the flip if it does not import
-        problems = self._reverse_problems()
         if problems and not self.force:
             listed = "; ".join(problems)
             return (
@@ -191,7 +171,7 @@ class Rollback:
     def _flip_back(self, flag: Flag, keeps_writes: bool) -> Flag:
         drain = Drain(self.store, CONSUMER_REVERSE, self.options, self.clock, self.out)
         fence_at = None
-        if self.fenced and keeps_writes:
+        if self.options.fenced and keeps_writes:
             flag, fence_at = drain.fence_and_drain(self.flags, flag, "the destination stream")
         flag = self.flags.write(flag.flipped("source", self.clock.now()), flag.epoch)
         self.out(f"flag flipped back: active table is now {flag.table} (epoch {flag.epoch})")
@@ -233,7 +213,6 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
         window_seconds=args.window_seconds,
         force=args.force,
         inverse_transform=args.inverse_transform or inverse_configured(settings, store),
-        fenced=args.fenced,
         options=options,
         max_heartbeat_age=args.max_heartbeat_age,
         search=search_switch(settings, store),

@@ -163,25 +163,37 @@ def search_gate(snap: Snapshot, policy: Policy) -> Gate:
     )
 
 
+def reverse_problems(reverse: dict[str, Any] | None, now: float, max_age: float) -> list[str]:
+    """Why the reverse consumer cannot be trusted to keep the source current (empty: ok).
+
+    The cutover's gate and ``livemigrate rollback`` both ask this.
+    """
+    if reverse is None:
+        return ["the reverse consumer has never run (`livemigrate reverse`)"]
+    problems = []
+    age = now - _num(reverse, "heartbeat_at")
+    if age > max_age:
+        problems.append(f"the reverse consumer's last heartbeat is {age:.0f}s old: not running")
+    if reverse.get("records_lost_at") is not None:
+        problems.append(
+            "the reverse consumer lost records trimmed from the destination stream "
+            f"({reverse.get('records_lost_shard')})"
+        )
+    return problems
+
+
 def reverse_gate(snap: Snapshot, policy: Policy) -> Gate:
     name = "reverse consumer (lossless rollback)"
     if not policy.require_reverse:
         return Gate(name, True, "no inverse transform: a rollback loses writes made after it")
-    fix = "start `livemigrate reverse` and keep it running through the cutover"
-    if snap.reverse is None:
-        why = "an inverse transform is configured but the reverse consumer has never run"
-        return Gate(name, False, why, fix)
-    age = snap.now - _num(snap.reverse, "heartbeat_at")
-    if age > policy.max_heartbeat_age:
-        why = f"the reverse consumer's last heartbeat is {age:.0f}s old: it is not running"
-        return Gate(name, False, why, fix)
-    if snap.reverse.get("records_lost_at") is not None:
-        shard = snap.reverse.get("records_lost_shard")
-        why = f"the reverse consumer lost records trimmed from the destination stream ({shard})"
-        return Gate(
-            name, False, why, "rebuild the source from the destination before relying on rollback"
-        )
-    return Gate(name, True)
+    problems = reverse_problems(snap.reverse, snap.now, policy.max_heartbeat_age)
+    if not problems:
+        return Gate(name, True)
+    fix = (
+        "start `livemigrate reverse` and keep it running through the cutover (if it lost "
+        "records, rebuild the source from the destination before relying on rollback)"
+    )
+    return Gate(name, False, "; ".join(problems), fix)
 
 
 GATES: tuple[Callable[[Snapshot, Policy], Gate], ...] = (

@@ -12,11 +12,12 @@ from hypothesis import strategies as st
 
 from livemigrate.clock import FakeClock
 from livemigrate.control import ControlStore
-from livemigrate.cutover_rollback import ROLLBACK_ITEM, Rollback, reverse_problems
+from livemigrate.cutover import CutoverOptions
+from livemigrate.cutover_rollback import ROLLBACK_ITEM, Rollback
 from livemigrate.errors import PreflightError
 from livemigrate.examples.hot_outbox import inverse, transform
 from livemigrate.flag import Flag
-from livemigrate.gates import CONSUMER_REVERSE, Policy, Snapshot, reverse_gate
+from livemigrate.gates import CONSUMER_REVERSE, Policy, Snapshot, reverse_gate, reverse_problems
 from livemigrate.items import to_typed
 from livemigrate.records import EventName, StreamRecord
 from livemigrate.replication import FORWARD, REVERSE, Marks
@@ -280,7 +281,7 @@ def test_rollback_with_a_running_reverse_consumer_keeps_the_writes() -> None:
 
 
 def test_fenced_rollback_needs_an_inverse() -> None:
-    code, flags, store, out = rollback(fenced=True)
+    code, flags, store, out = rollback(options=CutoverOptions(fenced=True))
     assert code == 1
     assert flags.flag == CUT_OVER
     assert ROLLBACK_ITEM not in store.items
