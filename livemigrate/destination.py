@@ -31,6 +31,10 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 
+# The mark a consumer's delete leaves just before the delete itself (see remove).
+_MARKED = "(#seq = :seq AND #del = :true)"
+
+
 class Outcome(enum.Enum):
     WRITTEN = "written"  # backfill put landed
     SUPERSEDED = "superseded"  # backfill put lost to a live write or tombstone
@@ -89,22 +93,17 @@ class DestinationWriter:
 
     def put_if_absent(self, item: TypedItem) -> Outcome:
         """Backfill write: only where nothing (not even a tombstone) is held (rule 1)."""
-        try:
-            self.client.put_item(
-                TableName=self.table,
-                Item=self._stamp(item, BACKFILL_SEQ),
-                ConditionExpression="attribute_not_exists(#k0)",
-                ExpressionAttributeNames={"#k0": self.key_names[0]},
-            )
-        except ClientError as exc:
-            if condition_failed(exc):
-                return Outcome.SUPERSEDED
-            raise
-        return Outcome.WRITTEN
+        refused = self._attempt(
+            self.client.put_item,
+            Item=self._stamp(item, BACKFILL_SEQ),
+            ConditionExpression="attribute_not_exists(#k0)",
+            ExpressionAttributeNames={"#k0": self.key_names[0]},
+        )
+        return Outcome.WRITTEN if refused is None else Outcome.SUPERSEDED
 
     def put_if_newer(self, item: TypedItem, seq: str) -> Outcome:
         """Stream write: lands only if ``seq`` is newer than the held version (rule 3)."""
-        return self._conditional(
+        return self._if_newer(
             self.client.put_item, Outcome.APPLIED, Item=self._stamp(item, seq), seq=seq
         )
 
@@ -112,76 +111,59 @@ class DestinationWriter:
         """Stream delete: a tombstone while the backfill may still write (rule 2), else a delete."""
         if tombstone:
             marker = {**self._stamp(key, seq), TOMBSTONE_ATTR: {"BOOL": True}}
-            return self._conditional(self.client.put_item, Outcome.TOMBSTONED, Item=marker, seq=seq)
+            return self._if_newer(self.client.put_item, Outcome.TOMBSTONED, Item=marker, seq=seq)
         if not self.mark_deletes:
-            return self._conditional(
-                self.client.delete_item, Outcome.DELETED, Key=dict(key), seq=seq
-            )
-        refused = self._mark_deleted(key, seq)
-        return refused if refused is not None else self._delete_marked(key, seq)
-
-    def _delete_marked(self, key: TypedItem, seq: str) -> Outcome:
-        try:
-            self.client.delete_item(
-                TableName=self.table,
-                Key=dict(key),
-                ConditionExpression="#seq = :seq AND #del = :true",
-                ExpressionAttributeNames={
-                    "#seq": self.marks.seq_attr,
-                    "#del": self.marks.delete_attr,
-                },
-                ExpressionAttributeValues={":seq": {"S": seq}, ":true": {"BOOL": True}},
-            )
-        except ClientError as exc:
-            if condition_failed(exc):
-                return Outcome.STALE  # a newer write replaced the marked item meanwhile
-            raise
-        return Outcome.DELETED
+            return self._if_newer(self.client.delete_item, Outcome.DELETED, Key=dict(key), seq=seq)
+        return self._marked_delete(key, seq)
 
     def remove_unchanged(self, key: TypedItem, seq: str, held: str | None) -> Outcome:
         """A marked delete that also requires the item's stamp to be ``held`` (None: no stamp),
         as read by the caller: a write in between (from another record) keeps the item."""
-        refused = self._mark_deleted(key, seq, held=held, check_held=True)
-        return refused if refused is not None else self._delete_marked(key, seq)
+        # An item this very delete already marked (a replay) passes as well.
+        if held is None:
+            return self._marked_delete(key, seq, "attribute_not_exists(#seq) OR " + _MARKED)
+        return self._marked_delete(key, seq, "#seq = :held OR " + _MARKED, {":held": {"S": held}})
 
-    def _mark_deleted(
-        self, key: TypedItem, seq: str, *, held: str | None = None, check_held: bool = False
-    ) -> Outcome | None:
-        """Stamp ``seq`` and the delete mark on a held, older item; None once it is marked."""
+    def _marked_delete(
+        self,
+        key: TypedItem,
+        seq: str,
+        also: str = "",
+        also_values: Mapping[str, Any] | None = None,
+    ) -> Outcome:
+        """Stamp ``seq`` and the delete mark on a held, older item, then delete it on that mark,
+        so its stream record says who deleted it (``livemigrate.replication``)."""
         # Equal and already marked passes too: a replay after a crash between mark and delete.
-        newer = "attribute_not_exists(#seq) OR #seq < :seq OR (#seq = :seq AND #del = :true)"
-        condition = f"attribute_exists(#k0) AND ({newer})"
-        values: dict[str, Any] = {
-            ":seq": {"S": seq},
-            ":true": {"BOOL": True},
-            ":mid": {"S": self.migration_id},
-        }
-        if check_held and held is None:
-            condition += " AND (attribute_not_exists(#seq) OR (#seq = :seq AND #del = :true))"
-        elif check_held:
-            condition += " AND (#seq = :held OR (#seq = :seq AND #del = :true))"
-            values[":held"] = {"S": held}
-        try:
-            self.client.update_item(
-                TableName=self.table,
-                Key=dict(key),
-                UpdateExpression="SET #seq = :seq, #del = :true, #mid = :mid",
-                ConditionExpression=condition,
-                ExpressionAttributeNames={
-                    "#k0": self.key_names[0],
-                    "#seq": self.marks.seq_attr,
-                    "#del": self.marks.delete_attr,
-                    "#mid": MIGRATION_ATTR,
-                },
-                ExpressionAttributeValues=values,
-                ReturnValuesOnConditionCheckFailure="ALL_OLD",
-            )
-        except ClientError as exc:
-            if not condition_failed(exc):
-                raise
+        condition = (
+            f"attribute_exists(#k0) AND (attribute_not_exists(#seq) OR #seq < :seq OR {_MARKED})"
+        )
+        names = {"#seq": self.marks.seq_attr, "#del": self.marks.delete_attr}
+        values = {":seq": {"S": seq}, ":true": {"BOOL": True}}
+        refused = self._attempt(
+            self.client.update_item,
+            Key=dict(key),
+            UpdateExpression="SET #seq = :seq, #del = :true, #mid = :mid",
+            ConditionExpression=condition + (f" AND ({also})" if also else ""),
+            ExpressionAttributeNames={**names, "#k0": self.key_names[0], "#mid": MIGRATION_ATTR},
+            ExpressionAttributeValues={
+                **values,
+                ":mid": {"S": self.migration_id},
+                **(also_values or {}),
+            },
+            ReturnValuesOnConditionCheckFailure="ALL_OLD",
+        )
+        if refused is not None:
             # Nothing held: the delete has nothing to do. Held and newer: this event is stale.
-            return Outcome.STALE if "Item" in exc.response else Outcome.DELETED
-        return None
+            return Outcome.STALE if "Item" in refused else Outcome.DELETED
+        refused = self._attempt(
+            self.client.delete_item,
+            Key=dict(key),
+            ConditionExpression=_MARKED,
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
+        )
+        # Refused: a newer write replaced the marked item meanwhile.
+        return Outcome.DELETED if refused is None else Outcome.STALE
 
     def delete_backfill_copy(self, key: TypedItem) -> bool:
         """Delete an item only if the backfill wrote it and nothing newer replaced it (verify
@@ -189,59 +171,58 @@ class DestinationWriter:
         names = {"#seq": self.marks.seq_attr, "#tomb": TOMBSTONE_ATTR}
         values: dict[str, Any] = {":backfill": {"S": BACKFILL_SEQ}}
         condition = "#seq = :backfill AND attribute_not_exists(#tomb)"
-        try:
-            if self.mark_deletes:
-                self.client.update_item(
-                    TableName=self.table,
-                    Key=dict(key),
-                    UpdateExpression="SET #del = :true",
-                    ConditionExpression=condition,
-                    ExpressionAttributeNames={**names, "#del": self.marks.delete_attr},
-                    ExpressionAttributeValues={**values, ":true": {"BOOL": True}},
-                )
-            self.client.delete_item(
-                TableName=self.table,
+        if self.mark_deletes:
+            refused = self._attempt(
+                self.client.update_item,
                 Key=dict(key),
+                UpdateExpression="SET #del = :true",
                 ConditionExpression=condition,
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
+                ExpressionAttributeNames={**names, "#del": self.marks.delete_attr},
+                ExpressionAttributeValues={**values, ":true": {"BOOL": True}},
             )
-        except ClientError as exc:
-            if condition_failed(exc):
+            if refused is not None:
                 return False
-            raise
-        return True
+        refused = self._attempt(
+            self.client.delete_item,
+            Key=dict(key),
+            ConditionExpression=condition,
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=values,
+        )
+        return refused is None
 
     def purge_tombstone(self, key: TypedItem, seq: str) -> bool:
         """Delete a tombstone unless a newer write replaced it; True if it was deleted."""
-        try:
-            self.client.delete_item(
-                TableName=self.table,
-                Key=dict(key),
-                ConditionExpression="#tomb = :true AND #seq = :seq",
-                ExpressionAttributeNames={"#tomb": TOMBSTONE_ATTR, "#seq": self.marks.seq_attr},
-                ExpressionAttributeValues={":true": {"BOOL": True}, ":seq": {"S": seq}},
-            )
-        except ClientError as exc:
-            if condition_failed(exc):
-                return False
-            raise
-        return True
+        refused = self._attempt(
+            self.client.delete_item,
+            Key=dict(key),
+            ConditionExpression="#tomb = :true AND #seq = :seq",
+            ExpressionAttributeNames={"#tomb": TOMBSTONE_ATTR, "#seq": self.marks.seq_attr},
+            ExpressionAttributeValues={":true": {"BOOL": True}, ":seq": {"S": seq}},
+        )
+        return refused is None
 
-    def _conditional(
+    def _if_newer(
         self, call: Callable[..., Any], success: Outcome, *, seq: str, **kwargs: Any
     ) -> Outcome:
         """A put or delete that lands only if ``seq`` is newer than the held version."""
+        refused = self._attempt(
+            call,
+            ConditionExpression=self._newer,
+            ExpressionAttributeNames={"#k0": self.key_names[0], "#seq": self.marks.seq_attr},
+            ExpressionAttributeValues={":seq": {"S": seq}},
+            **kwargs,
+        )
+        return success if refused is None else Outcome.STALE
+
+    def _attempt(self, call: Callable[..., Any], **kwargs: Any) -> dict[str, Any] | None:
+        """One conditional write on this table: None when it landed, else the refusal's
+        response (with the held item when ``ReturnValuesOnConditionCheckFailure`` asked).
+        Any other error is raised."""
         try:
-            call(
-                TableName=self.table,
-                ConditionExpression=self._newer,
-                ExpressionAttributeNames={"#k0": self.key_names[0], "#seq": self.marks.seq_attr},
-                ExpressionAttributeValues={":seq": {"S": seq}},
-                **kwargs,
-            )
+            call(TableName=self.table, **kwargs)
         except ClientError as exc:
             if condition_failed(exc):
-                return Outcome.STALE
+                return dict(exc.response)
             raise
-        return success
+        return None

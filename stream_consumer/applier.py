@@ -154,22 +154,23 @@ class MarkingReport:
         self.marking = marking
         self.metrics = metrics
         self.clock = clock
-        self._reported = 0.0
+        self._marking_recorded = False
+        self._deletes_reported = 0.0
 
     def __call__(self) -> None:
         if self.marking:
-            if not self._reported:
+            if not self._marking_recorded:
                 self.store.update(
                     self.sk,
                     {"delete_marks_since": self.clock.now()},
                     condition="attribute_not_exists(#delete_marks_since)",
                 )
-                self._reported = 1.0
+                self._marking_recorded = True
             return
         deletes = self.metrics.value("deletes_total")
-        if deletes > self._reported:
+        if deletes > self._deletes_reported:
             self.store.update(self.sk, {"unmarked_deletes_at": self.clock.now()})
-            self._reported = deletes
+            self._deletes_reported = deletes
 
 
 class DestinationApplier:

@@ -553,17 +553,18 @@ class Consumer:
     def _renew_idle(self) -> None:
         now = self.clock.now()
         for reader in list(self.readers.values()):
-            if now - reader.last_renew < self.ttl / 3:
-                continue
-            try:
-                self.leases.checkpoint(
-                    reader.shard_id, self.me, self.ttl, now, {"lag_seconds": reader.lag}
-                )
-                reader.last_renew = now
-            except LeaseLost:
-                log.warning("lease %s was taken over by another worker", reader.shard_id)
-                self.metrics.inc("leases_lost_total", shard=reader.shard_id)
-                self.readers.pop(reader.shard_id, None)
+            if now - reader.last_renew >= self.ttl / 3:
+                self._renew(reader, now, {"lag_seconds": reader.lag})
+
+    def _renew(self, reader: _Reader, now: float, progress: dict[str, Any]) -> None:
+        """Renew a held lease with ``progress``; a lease another worker took is let go."""
+        try:
+            self.leases.checkpoint(reader.shard_id, self.me, self.ttl, now, progress)
+            reader.last_renew = now
+        except LeaseLost:
+            log.warning("lease %s was taken over by another worker", reader.shard_id)
+            self.metrics.inc("leases_lost_total", shard=reader.shard_id)
+            self.readers.pop(reader.shard_id, None)
 
     def heartbeat(self) -> None:
         """Lag and backlog on CONSUMER#<name>; the retention guard; the sink's idle hook."""
@@ -607,13 +608,7 @@ class Consumer:
                 "behind": reader.behind,
                 "lag_seconds": reader.lag,
             }
-            try:
-                self.leases.checkpoint(reader.shard_id, self.me, self.ttl, now, report)
-                reader.last_renew = now
-            except LeaseLost:
-                log.warning("lease %s was taken over by another worker", reader.shard_id)
-                self.metrics.inc("leases_lost_total", shard=reader.shard_id)
-                self.readers.pop(reader.shard_id, None)
+            self._renew(reader, now, report)
 
     def _sleep(self, seconds: float) -> None:
         end = self.clock.now() + seconds

@@ -267,12 +267,18 @@ MOVE_ON_SOURCE: list[Step] = [("put", 0, 1), ("forward", 3, 0), ("put", 0, 3), (
 # The new-schema application moves an item (put new key, then delete old): the delete, applied
 # last, must not delete the source item the put wrote.
 MOVE_ON_DESTINATION: list[Step] = [("put", 0, 1), ("flip", 0, 0), ("move", 0, 1)]
+# Deleted and written again on the source: the forward consumer's delete, seen on the
+# destination stream after the item is back in the source, must not delete it there.
+RECREATE_ON_SOURCE: list[Step] = [
+    ("put", 1, 1), ("forward", 5, 0), ("delete", 1, 0), ("forward", 5, 0), ("put", 1, 2),
+]  # fmt: skip
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
 @example(CUTOVER_AND_BACK)
 @example(MOVE_ON_SOURCE)
 @example(MOVE_ON_DESTINATION)
+@example(RECREATE_ON_SOURCE)
 @given(st.lists(step, min_size=4, max_size=24))
 def test_both_directions_converge_and_fall_quiet(clients: AwsClients, steps: list[Step]) -> None:
     check(play(clients, steps))
