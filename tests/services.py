@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from livemigrate import tables
 from livemigrate.aws import AwsClients, make_clients
 from livemigrate.config import Settings
+from livemigrate.records import StreamRecord
 from livemigrate.tables import PK_SK
 
 if TYPE_CHECKING:
@@ -92,3 +93,33 @@ def settings_for(source: str, destination: str, **extra: Any) -> Settings:
         **extra,
     }
     return Settings(**values)
+
+
+class StreamTail:
+    """Reads a table's stream with boto3 directly (the tests' own reader, not the engine)."""
+
+    def __init__(self, clients: AwsClients, table: str) -> None:
+        self.streams = clients.streams
+        arn = clients.dynamodb.describe_table(TableName=table)["Table"]["LatestStreamArn"]
+        shards = self.streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]
+        self.iterators = {
+            s["ShardId"]: self.streams.get_shard_iterator(
+                StreamArn=arn, ShardId=s["ShardId"], ShardIteratorType="TRIM_HORIZON"
+            )["ShardIterator"]
+            for s in shards
+        }
+
+    def poll(self, pages: int = 1) -> list[StreamRecord]:
+        """Up to ``pages`` GetRecords calls per shard (bounded: writers may never pause)."""
+        out: list[StreamRecord] = []
+        for shard in list(self.iterators):
+            for _ in range(pages):
+                resp = self.streams.get_records(ShardIterator=self.iterators[shard], Limit=1000)
+                out.extend(StreamRecord.from_boto(r, shard) for r in resp["Records"])
+                self.iterators[shard] = resp.get("NextShardIterator", self.iterators[shard])
+                if not resp["Records"]:
+                    break
+        return out
+
+    def drain(self) -> list[StreamRecord]:
+        return self.poll(pages=1_000_000)

@@ -19,10 +19,9 @@ from livemigrate.destination import DestinationWriter
 from livemigrate.examples.hot_outbox import inverse, transform
 from livemigrate.items import to_plain, to_typed
 from livemigrate.migration import open_migration
-from livemigrate.records import StreamRecord
 from livemigrate.replication import FORWARD, written_by
 from tests.integration.test_backfill_support import fill, outbox_items, settings_env
-from tests.services import create_table, scan_all, settings_for, unique
+from tests.services import StreamTail, create_table, scan_all, settings_for, unique
 
 INVERSE = "livemigrate.examples.hot_outbox:inverse"
 
@@ -179,19 +178,9 @@ def test_a_repair_delete_is_marked_so_the_reverse_consumer_skips_it(clients: Aws
     writer.put_if_absent(item)
     assert writer.delete_backfill_copy(writer.key(item))
     assert not list(scan_all(clients.dynamodb, dest))
-    records = stream_records(clients, dest)
+    records = StreamTail(clients, dest).drain()
     assert [r.event_name for r in records] == ["INSERT", "MODIFY", "REMOVE"]
     assert all(written_by(FORWARD, r) for r in records)
-
-
-def stream_records(clients: AwsClients, table: str) -> list[StreamRecord]:
-    arn = clients.dynamodb.describe_table(TableName=table)["Table"]["LatestStreamArn"]
-    shard = clients.streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]
-    iterator = clients.streams.get_shard_iterator(
-        StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-    )["ShardIterator"]
-    got = clients.streams.get_records(ShardIterator=iterator)["Records"]
-    return [StreamRecord.from_boto(r) for r in got]
 
 
 def test_an_unmarked_forward_delete_while_it_runs_stops_the_reverse_consumer(

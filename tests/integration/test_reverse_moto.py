@@ -33,7 +33,7 @@ from livemigrate.transform import Transformer
 from stream_consumer.applier import DestinationApplier
 from stream_consumer.metrics import Metrics
 from stream_consumer.reverse import StillMapsGuard
-from tests.services import create_table, scan_all, unique
+from tests.services import StreamTail, create_table, scan_all, unique
 from tests.unit.test_consumer_model import SwitchableMode
 
 KEYS = [("section-outbox|docket", "a"), ("user|7", "b"), ("section-outbox|docket", "c")]
@@ -58,22 +58,15 @@ class Tail:
     """Everything one table's stream has delivered, and one consumer's position in it."""
 
     def __init__(self, clients: AwsClients, table: str) -> None:
-        self.streams = clients.streams
-        arn = describe(clients.dynamodb, table, "table").stream_arn
-        assert arn is not None
-        shard = self.streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]
-        self.iterator: str | None = self.streams.get_shard_iterator(
-            StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-        )["ShardIterator"]
+        self.stream = StreamTail(clients, table)  # moto: one shard, so one order
         self.records: list[StreamRecord] = []
         self.position = 0  # the checkpoint: records before it are applied
 
     def read(self) -> int:
         """Fetch what the stream has now; the number of new records."""
-        got = self.streams.get_records(ShardIterator=self.iterator or "")
-        self.iterator = got.get("NextShardIterator")
-        self.records += [StreamRecord.from_boto(r) for r in got["Records"]]
-        return len(got["Records"])
+        new = self.stream.poll()
+        self.records += new
+        return len(new)
 
 
 @dataclass

@@ -19,7 +19,6 @@ from livemigrate.search.resync import Resync, TableSource, cleanup
 from livemigrate.search.sink import SearchSink
 from livemigrate.search.targets import ControlTargets
 from tests.integration.test_search_sink import (
-    StreamTail,
     Writes,
     destination,
     es,
@@ -27,7 +26,7 @@ from tests.integration.test_search_sink import (
     new_index,
     table_state,
 )
-from tests.services import unique
+from tests.services import StreamTail, unique
 
 __all__ = ["es"]  # the fixture, shared with test_search_sink
 

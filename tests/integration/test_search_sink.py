@@ -27,42 +27,12 @@ from livemigrate.search.batcher import BatchPolicy
 from livemigrate.search.sink import SearchSink
 from livemigrate.search.targets import FixedTargets
 from livemigrate.versioning import pad_seq
-from tests.services import create_table, scan_all, unique
+from tests.services import StreamTail, create_table, scan_all, unique
 
 _deser = TypeDeserializer()
 
 
 # -- helpers shared by the search integration tests ---------------------------------------------
-class StreamTail:
-    """Reads a table's stream with boto3 directly (the tests' own reader, not the engine)."""
-
-    def __init__(self, clients: AwsClients, table: str) -> None:
-        self.streams = clients.streams
-        arn = clients.dynamodb.describe_table(TableName=table)["Table"]["LatestStreamArn"]
-        shards = self.streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]
-        self.iterators = {
-            s["ShardId"]: self.streams.get_shard_iterator(
-                StreamArn=arn, ShardId=s["ShardId"], ShardIteratorType="TRIM_HORIZON"
-            )["ShardIterator"]
-            for s in shards
-        }
-
-    def poll(self, pages: int = 1) -> list[StreamRecord]:
-        """Up to ``pages`` GetRecords calls per shard (bounded: writers may never pause)."""
-        out: list[StreamRecord] = []
-        for shard in list(self.iterators):
-            for _ in range(pages):
-                resp = self.streams.get_records(ShardIterator=self.iterators[shard], Limit=1000)
-                out.extend(StreamRecord.from_boto(r, shard) for r in resp["Records"])
-                self.iterators[shard] = resp.get("NextShardIterator", self.iterators[shard])
-                if not resp["Records"]:
-                    break
-        return out
-
-    def drain(self) -> list[StreamRecord]:
-        return self.poll(pages=1_000_000)
-
-
 def es_client(es_url: str) -> Elasticsearch:
     return Elasticsearch(es_url, request_timeout=30)
 
