@@ -35,6 +35,7 @@ from livemigrate.deadletters import DeadLetters
 from livemigrate.errors import LivemigrateError
 from livemigrate.flag import Flag, FlagStore, open_flag_store
 from livemigrate.gates import CONSUMER_SOURCE, Gate, Policy, check_all, read_snapshot, unmet
+from livemigrate.migration import META, inverse_transform
 
 if TYPE_CHECKING:
     from livemigrate.search.backend import ElasticsearchBackend
@@ -316,11 +317,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def inverse_configured(settings: Settings, store: ControlStore) -> str | None:
-    """The inverse transform of the migration: configured, or recorded by `livemigrate reverse`."""
-    if settings.inverse_transform:
-        return settings.inverse_transform
-    recorded = (store.get("META") or {}).get("inverse_transform")
-    return str(recorded) if recorded else None
+    """The inverse transform of the migration (see ``migration.inverse_transform``)."""
+    return inverse_transform(settings, store.get(META) or {})
 
 
 def search_switch(settings: Settings, store: ControlStore) -> SearchSwitch | None:

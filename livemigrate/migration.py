@@ -58,6 +58,12 @@ class Migration:
         return self.store.get(f"{CONSUMER_PREFIX}source")
 
 
+def inverse_transform(settings: Settings, meta: dict[str, Any]) -> str | None:
+    """The migration's inverse transform: configured, or recorded in META by `reverse`."""
+    recorded = settings.inverse_transform or meta.get("inverse_transform")
+    return str(recorded) if recorded else None
+
+
 def open_migration(
     settings: Settings,
     clients: AwsClients,
@@ -110,9 +116,8 @@ def open_migration(
             settings.destination_table,
             destination.key_names,
             settings.migration_id,
-            # A reverse consumer (configured, or recorded by `livemigrate reverse`) must tell
-            # this consumer's deletes from the application's.
-            mark_deletes=bool(settings.inverse_transform or meta.get("inverse_transform")),
+            # A reverse consumer must tell this consumer's deletes from the application's.
+            mark_deletes=inverse_transform(settings, meta) is not None,
         ),
     )
 
