@@ -54,9 +54,7 @@ class Fence:
         self._lock = threading.Lock()
 
     @classmethod
-    def for_lease(
-        cls, clock: Clock, sent_at: float, ttl: float, margin: float, what: str
-    ) -> Fence:
+    def for_lease(cls, clock: Clock, sent_at: float, ttl: float, margin: float, what: str) -> Fence:
         """The fence of a lease claimed (or renewed) by a request sent at monotonic ``sent_at``."""
         return cls(clock, sent_at + ttl - margin, what)
 
