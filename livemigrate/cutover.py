@@ -54,6 +54,10 @@ class CutoverOptions:
     policy: Policy = field(default_factory=Policy)
     client_ttl: float = 1.0  # the applications' flag cache TTL (ActiveTable ttl)
     margin: float = 0.5  # beyond client_ttl: an in-flight write's own duration
+    # Every writer uses the client's checked writes (a transaction conditioned on the flag's
+    # epoch): the fence itself stops them, so there is no cache TTL or in-flight write to wait
+    # out, only the stream's propagation (consumer_margin).
+    checked_writes: bool = False
     # A heartbeat reports what the consumer's LAST poll saw; a poll may precede its heartbeat
     # by up to the poll interval plus a GetRecords round trip, so ask for a heartbeat at least
     # this much later than the last possible source write.
@@ -173,8 +177,15 @@ class Drain:
         return ok
 
     def quiet_after(self) -> float:
-        """Seconds after a fence or flip until no writer can still be writing the old table."""
+        """Seconds after a fence or flip until every write to the old table is in its stream."""
+        if self.options.checked_writes:
+            return self.options.consumer_margin
         return self.options.client_ttl + self.options.margin + self.options.consumer_margin
+
+    def frozen_after(self, fence_at: float | None, now: float) -> float:
+        """From when changes to the retired table are never replicated (rule 13): the fence
+        (everything before it is drained), or without one the flip plus the writers' window."""
+        return fence_at if fence_at is not None else now + self.quiet_after()
 
     def drained(self, since: float) -> bool:
         if not drained(self.store.get(self.consumer_sk), since, self.options.drain_lag):
@@ -255,7 +266,9 @@ class Cutover:
         drain = Drain(self.store, CONSUMER_SOURCE, self.options, self.clock, self.out)
         if self.options.fenced:
             flag, fence_at = drain.fence_and_drain(self.flags, flag, "the source stream")
-        flag = self.flags.write(flag.flipped("destination", self.clock.now()), flag.epoch)
+        now = self.clock.now()
+        frozen = drain.frozen_after(fence_at, now)
+        flag = self.flags.write(flag.flipped("destination", now, frozen), flag.epoch)
         result = CutoverResult(0, gates, flag)
         self.out(f"flag flipped: active table is now {flag.table} (epoch {flag.epoch})")
         if fence_at is not None:
@@ -310,6 +323,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=2.0,
         help="extra seconds a drained heartbeat must postdate the last source write (default 2)",
     )
+    parser.add_argument(
+        "--checked-writes",
+        action="store_true",
+        help="every writer uses the client's checked writes (put/delete/update/transact): the "
+        "fence stops them at once, so the write pause skips --client-ttl and its margin",
+    )
     parser.add_argument("--fence-seconds", type=float, default=60.0, help="default 60")
     parser.add_argument("--drain-timeout", type=float, default=60.0, help="default 60")
     parser.add_argument("--flag-store", choices=("control", "ssm"), default="control")
@@ -352,6 +371,7 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
         ),
         client_ttl=args.client_ttl,
         consumer_margin=args.consumer_margin,
+        checked_writes=args.checked_writes,
         fence_seconds=args.fence_seconds,
         drain_timeout=args.drain_timeout,
     )

@@ -71,6 +71,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--client-ttl", type=float, default=1.0, help="applications' flag cache TTL (default 1)"
     )
+    parser.add_argument(
+        "--checked-writes",
+        action="store_true",
+        help="every writer uses the client's checked writes: no wait for flag caches",
+    )
+    parser.add_argument(
+        "--consumer-margin",
+        type=float,
+        default=2.0,
+        help="seconds a drained report must postdate the fence (stream propagation; default 2)",
+    )
     parser.add_argument("--fence-seconds", type=float, default=60.0, help="default 60")
     parser.add_argument("--drain-timeout", type=float, default=60.0, help="default 60")
     parser.add_argument("--flag-store", choices=("control", "ssm"), default="control")
@@ -173,7 +184,9 @@ class Rollback:
         fence_at = None
         if self.options.fenced and keeps_writes:
             flag, fence_at = drain.fence_and_drain(self.flags, flag, "the destination stream")
-        flag = self.flags.write(flag.flipped("source", self.clock.now()), flag.epoch)
+        now = self.clock.now()
+        frozen = drain.frozen_after(fence_at, now)
+        flag = self.flags.write(flag.flipped("source", now, frozen), flag.epoch)
         self.out(f"flag flipped back: active table is now {flag.table} (epoch {flag.epoch})")
         if fence_at is not None:
             self.write_pause = flag.flipped_at - fence_at
@@ -204,6 +217,8 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
     options = CutoverOptions(
         fenced=args.fenced,
         client_ttl=args.client_ttl,
+        checked_writes=args.checked_writes,
+        consumer_margin=args.consumer_margin,
         fence_seconds=args.fence_seconds,
         drain_timeout=args.drain_timeout,
     )

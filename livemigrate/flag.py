@@ -1,9 +1,17 @@
 """The active-table flag: which table applications use, with an epoch (ARCHITECTURE.md rule 10).
 
-The flag is ``{active: "source"|"destination", table, epoch, fenced, fenced_until, flipped_at}``.
-Every change (fence, unfence, flip, flip back) is ONE conditional write "epoch is still what I
-read", and bumps the epoch: two operators racing cannot both win, and a writer that read an
-older flag can tell.
+The flag is ``{active: "source"|"destination", table, epoch, fenced, fenced_until, flipped_at,
+frozen_after}``. Every change (fence, unfence, flip, flip back) is ONE conditional write "epoch
+is still what I read", and bumps the epoch: two operators racing cannot both win, and a writer
+that read an older flag can tell. ``livemigrate.client`` makes that exact: its checked writes
+carry a condition on the epoch, so a write lands only on the table the flag names when it lands.
+
+``frozen_after`` (set by every flip) is the moment after which changes to the table the flip
+retired are no longer the application's to make: a consumer reading that table's stream counts
+them and never applies them (ARCHITECTURE.md rule 13). For a fenced flip it is the fence: no
+checked writer can write the old table after the fence, and the consumer drained everything
+before it. Without a fence, writers with a cached flag may still write the old table for the
+cache TTL, so it is the flip plus that window.
 
 Two stores:
 
@@ -61,6 +69,7 @@ class Flag:
     flipped_at: float = 0.0
     source_table: str = ""
     destination_table: str = ""
+    frozen_after: float = 0.0
 
     def is_fenced(self, now: float) -> bool:
         """Writers must wait: fenced, and the fence has not expired (a crashed cutover)."""
@@ -82,6 +91,7 @@ class Flag:
             flipped_at=float(data.get("flipped_at", 0) or 0),
             source_table=str(data.get("source_table", "")),
             destination_table=str(data.get("destination_table", "")),
+            frozen_after=float(data.get("frozen_after", 0) or 0),
         )
 
     def fence(self, now: float, seconds: float) -> Flag:
@@ -90,11 +100,23 @@ class Flag:
     def unfence(self) -> Flag:
         return replace(self, fenced=False, fenced_until=0.0)
 
-    def flipped(self, side: Side, now: float) -> Flag:
+    def flipped(self, side: Side, now: float, frozen_after: float | None = None) -> Flag:
+        """The flag after a flip to ``side`` at ``now``; changes to the retired table made
+        after ``frozen_after`` (default: the flip itself) are never replicated."""
         table = self.destination_table if side == "destination" else self.source_table
         return replace(
-            self, active=side, table=table, fenced=False, fenced_until=0.0, flipped_at=now
+            self,
+            active=side,
+            table=table,
+            fenced=False,
+            fenced_until=0.0,
+            flipped_at=now,
+            frozen_after=now if frozen_after is None else frozen_after,
         )
+
+    def retired(self, side: Side) -> bool:
+        """Whether ``side``'s table was retired by a flip (so its new changes are frozen)."""
+        return self.flipped_at > 0 and self.active != side
 
 
 class FlagStore(Protocol):
@@ -161,6 +183,22 @@ class ControlFlagStore:
             f"the flag item in {self.store.table} stays incomplete: {item}",
             "check that nothing but livemigrate writes the FLAG item, then run the command again",
         )
+
+    def condition_check(self, flag: Flag) -> dict[str, Any]:
+        """A ``TransactWriteItems`` entry that holds only while the flag is still ``flag``'s
+        epoch: a write sent with it lands only on the table that ``flag`` names."""
+        condition = "#epoch = :epoch"
+        if flag.epoch == 0:
+            condition = "attribute_not_exists(#epoch) OR " + condition
+        return {
+            "ConditionCheck": {
+                "TableName": self.store.table,
+                "Key": {"pk": {"S": self.store.pk}, "sk": {"S": FLAG_SK}},
+                "ConditionExpression": condition,
+                "ExpressionAttributeNames": {"#epoch": "epoch"},
+                "ExpressionAttributeValues": {":epoch": {"N": str(flag.epoch)}},
+            }
+        }
 
     def write(self, new: Flag, expected_epoch: int) -> Flag:
         stored = replace(new, epoch=expected_epoch + 1)

@@ -42,9 +42,11 @@ from livemigrate.clock import Clock, SystemClock
 from livemigrate.control import ControlStore
 from livemigrate.destination import DestinationWriter, Outcome
 from livemigrate.errors import TransformOutputError
+from livemigrate.flag import ControlFlagStore
 from livemigrate.items import TypedItem, key_id, to_plain
 from livemigrate.records import ApplyFailure, StreamRecord
 from livemigrate.replication import REVERSE, Marks, written_by
+from livemigrate.retired import RetiredTable
 from livemigrate.transform import Transformer
 from stream_consumer.metrics import Metrics
 
@@ -195,6 +197,8 @@ class DestinationApplier:
     guard:
         Asked before each removal (the reverse consumer: does the item still map to the
         removed key?); None removes by the version rule alone.
+    retired:
+        Freezes the records of a table the flag has retired (rule 13); None applies all.
     """
 
     def __init__(
@@ -208,6 +212,7 @@ class DestinationApplier:
         echo_of: Marks = REVERSE,
         on_heartbeat: Callable[[], None] | None = None,
         guard: RemovalGuard | None = None,
+        retired: RetiredTable | None = None,
     ) -> None:
         self.transformer = transformer
         self.writer = writer
@@ -216,6 +221,7 @@ class DestinationApplier:
         self.echo_of = echo_of
         self.on_heartbeat = on_heartbeat
         self.guard = guard
+        self.retired = retired
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="apply")
 
     @classmethod
@@ -229,14 +235,13 @@ class DestinationApplier:
         threads: int = 8,
         refresh_seconds: float = 5.0,
     ) -> DestinationApplier:
+        clock = clock or SystemClock()
         mode = DeleteMode(
-            migration.backfill_complete,
-            migration.store,
-            consumer,
-            clock or SystemClock(),
-            refresh_seconds,
+            migration.backfill_complete, migration.store, consumer, clock, refresh_seconds
         )
-        return cls(migration.transformer, migration.writer, mode, metrics, threads)
+        flags = ControlFlagStore(migration.store, migration.source.name, migration.destination.name)
+        retired = RetiredTable(flags, "source", migration.store, consumer, clock)
+        return cls(migration.transformer, migration.writer, mode, metrics, threads, retired=retired)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -250,9 +255,12 @@ class DestinationApplier:
     # -- RecordSink ---------------------------------------------------------------------------
     def apply(self, records: Sequence[StreamRecord]) -> None:
         tombstone = not self.mode.real_deletes()
+        frozen = self.retired.frozen(records) if self.retired is not None else set()
         ops: dict[str, list[Op]] = {}
         bad: ApplyFailure | None = None
         for index, record in enumerate(records):
+            if index in frozen:
+                continue
             try:
                 planned = self.plan(record, index)
             except TransformOutputError as exc:
@@ -263,8 +271,16 @@ class DestinationApplier:
         failed = self._write(list(ops.values()), tombstone)
         if failed is not None and (bad is None or failed.index < bad.index):
             raise failed
+        # Records from a failed one on are delivered again: report only those before it.
+        limit = len(records) if bad is None else bad.index
+        self._report_frozen(records, {i for i in frozen if i < limit})
         if bad is not None:
             raise bad
+
+    def _report_frozen(self, records: Sequence[StreamRecord], frozen: set[int]) -> None:
+        if frozen and self.retired is not None:
+            self.metrics.inc("retired_writes_total", len(frozen))
+            self.retired.report(records, frozen)
 
     def _fold(self, queue: list[Op], op: Op) -> None:
         """Queue ``op`` behind the earlier ops of its key in this batch.

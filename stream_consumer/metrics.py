@@ -25,6 +25,7 @@ METRICS: Final[Mapping[str, tuple[str, str]]] = {
     "deletes_total": ("counter", "real deletes"),
     "orphans_removed_total": ("counter", "destination keys removed because a change moved them"),
     "echoes_skipped_total": ("counter", "records the other direction's consumer wrote (skipped)"),
+    "retired_writes_total": ("counter", "changes to the retired table after the flip: not applied"),
     "removals_kept_total": ("counter", "removals skipped: the item now lives under another key"),
     "throttled_total": ("counter", "stream reads throttled (backed off)"),
     "read_errors_total": ("counter", "stream reads that failed otherwise (backed off, retried)"),

@@ -38,11 +38,13 @@ from livemigrate.config import Settings
 from livemigrate.control import ControlStore
 from livemigrate.destination import DestinationWriter
 from livemigrate.errors import ConfigError, PreflightError, TransformOutputError
+from livemigrate.flag import ControlFlagStore
 from livemigrate.gates import CONSUMER_SOURCE
 from livemigrate.items import TypedItem, key_id, to_plain
 from livemigrate.migration import Migration, open_migration
 from livemigrate.process import stop_on_signals
 from livemigrate.replication import FORWARD, REVERSE
+from livemigrate.retired import RetiredTable
 from livemigrate.tables import describe, require_stream
 from livemigrate.transform import Transformer, load_transform
 from livemigrate.verify.digest import canonical
@@ -245,6 +247,14 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
             setup.migration.source.name,
             setup.migration.transformer,
             setup.migration.destination.key_names,
+        ),
+        # After a rollback the destination is retired: its late changes stay there (rule 13).
+        retired=RetiredTable(
+            ControlFlagStore(store, setup.migration.source.name, setup.migration.destination.name),
+            "destination",
+            store,
+            NAME,
+            clock,
         ),
     )
     stop = threading.Event()
