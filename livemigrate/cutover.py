@@ -65,7 +65,7 @@ class CutoverOptions:
     fence_seconds: float = 60.0  # writers wait at most this (a crashed cutover frees them)
     drain_timeout: float = 60.0
     drain_lag: float = 1.0  # lag_seconds counted as drained
-    poll: float = 0.2
+    poll: float = 0.1
 
 
 @dataclass

@@ -9,11 +9,12 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+from livemigrate.client import ActiveTable
 from livemigrate.items import to_typed
 from livemigrate.tables import create_table
 
@@ -182,3 +183,61 @@ class LiveLoad:
             ExpressionAttributeValues=values,
         )
         self.stats.updates += 1
+
+
+@dataclass
+class CutoverLoad:
+    """The application writing through the cutover with checked writes (``ActiveTable.put``).
+
+    Each write is a new item, built for the table the flag names when it lands: the source's
+    schema on the source, ``transform`` of it on the destination. ``acknowledged`` keeps every
+    write the client confirmed, with the table it landed on, so the demo can check that each of
+    them is in the destination afterwards.
+    """
+
+    active: ActiveTable
+    source_table: str
+    transform: Callable[[dict[str, Any]], Any]
+    rate: float = 20.0
+    acknowledged: dict[tuple[str, str], str] = field(default_factory=dict)
+    errors: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> CutoverLoad:
+        self._thread = threading.Thread(target=self._run, name="cutover-load", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> CutoverLoad:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=90)
+        return self
+
+    def item(self, n: int) -> dict[str, Any]:
+        return {
+            "pk": "user|cutover",
+            "sk": f"write#{n:06d}",
+            "createdAt": Decimal(_YEAR_START + n),
+            "status": "written across the cutover",
+        }
+
+    def _run(self) -> None:
+        n = 0
+        while not self._stop.is_set():
+            source_item = self.item(n)
+
+            def build(table: str, item: dict[str, Any] = source_item) -> dict[str, Any]:
+                if table == self.source_table:
+                    return to_typed(item)
+                return to_typed(next(iter(self.transform(dict(item)))))
+
+            try:
+                table = self.active.put(build)
+            except Exception:  # noqa: BLE001 - counted: the demo reports failed writes
+                self.errors += 1
+            else:
+                self.acknowledged[(source_item["pk"], source_item["sk"])] = table
+            n += 1
+            self._stop.wait(1.0 / self.rate)
