@@ -48,7 +48,8 @@ moto_up() {
     say "moto is already up on port $MOTO_PORT"; return 0
   fi
   [ -x "$VENV/bin/moto_server" ] || { say "ERROR: moto_server missing in $VENV; run 'make install'"; return 1; }
-  nohup "$VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" >"$LOGS/moto.log" 2>&1 &
+  # moto's server with its cancelled-transaction bug fixed (see infra/moto_server.py).
+  nohup "$VENV/bin/python" "$here/infra/moto_server.py" -H 127.0.0.1 -p "$MOTO_PORT" >"$LOGS/moto.log" 2>&1 &
   echo $! >"$RUN/moto.pid"
   wait_for moto "http://127.0.0.1:$MOTO_PORT/moto-api/" 30
 }

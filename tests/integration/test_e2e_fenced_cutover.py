@@ -83,16 +83,15 @@ class App:
             "status": f"v{n}",
         }
 
-        def write(table: str) -> str:
+        def build(table: str) -> list[dict[str, Any]]:
             item = source_item if table == self.source else next(iter(transform(source_item)))
             typed_key = {k: v for k, v in to_typed(item).items() if k in ("pk", "sk")}
             if deleting:
-                self.clients.dynamodb.delete_item(TableName=table, Key=typed_key)
-            else:
-                self.clients.dynamodb.put_item(TableName=table, Item=to_typed(item))
-            return table
+                return [{"Delete": {"Key": typed_key}}]
+            return [{"Put": {"Item": to_typed(item)}}]
 
-        table = self.active.write(write)
+        # Checked writes: each lands only on the table the flag names when it lands.
+        table = self.active.transact(build)
         self.latest[key] = None if deleting else source_item
         self.tables_written[table] = self.tables_written.get(table, 0) + 1
 
@@ -167,7 +166,7 @@ def backfill_verify_cut_over(env: dict[str, str], store: ControlStore) -> dict[s
     wait_until("tombstone purge", lambda: (store.get("TOMBSTONES") or {}).get("state") == "purged")
     verify = cli(env, "verify", "--json", "--no-search")
     assert verify.returncode == 0, verify.stdout[-3000:] + verify.stderr[-2000:]
-    cutover = cli(env, "cutover", "--fenced", "--json")
+    cutover = cli(env, "cutover", "--fenced", "--checked-writes", "--json")
     assert cutover.returncode == 0, cutover.stdout + cutover.stderr[-3000:]
     assert "[ok]   reverse consumer (lossless rollback)\n" in cutover.stdout
     result: dict[str, Any] = json.loads(cutover.stdout.strip().splitlines()[-1])
@@ -198,7 +197,7 @@ def roll_back_with_a_reverse_crash(
     time.sleep(1.5)
     background[-1] = spawn(env, *reverse_argv)
     time.sleep(1.0)
-    rollback = cli(env, "rollback", "--fenced", "--drain-timeout", "45")
+    rollback = cli(env, "rollback", "--fenced", "--checked-writes", "--drain-timeout", "45")
     assert rollback.returncode == 0, rollback.stdout + rollback.stderr[-3000:]
     assert "write pause (fence to flip)" in rollback.stdout
     assert "flag flipped back" in rollback.stdout

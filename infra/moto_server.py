@@ -1,0 +1,99 @@
+"""moto's server, with one emulator bug fixed: cancelled DynamoDB transactions.
+
+moto's ``TransactWriteItems`` deep-copies every table a transaction names before it starts, and
+when the transaction is cancelled (a failed condition) it puts those copies in place of the live
+tables. DynamoDB does nothing of the kind: a cancelled transaction changes nothing. The copies
+cost a full copy of each named table per transaction, writes made to those tables by other
+requests meanwhile are thrown away, and a table's stream is replaced by a copy, so every open
+shard iterator keeps reading a stream that no longer grows (seen: the forward consumer stopped
+receiving records for good after the application's first checked write lost a race with the
+flag).
+
+The fix, applied before the server starts: every condition of a transaction is evaluated first,
+under one lock, against the live items (no two actions of a transaction may touch one item, so
+each condition sees exactly what the sequential evaluation would); a failed condition cancels
+the transaction before anything is copied or written, with the same cancellation reasons moto
+gives. Only a transaction that passes them runs moto's own code, which then copies nothing.
+
+Usage: ``python infra/moto_server.py -H 127.0.0.1 -p 4599`` (the same arguments as moto_server).
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import threading
+import types
+from typing import Any
+
+from moto.dynamodb import models
+from moto.dynamodb.exceptions import TransactionCanceledException
+from moto.dynamodb.models import DynamoDBBackend
+from moto.dynamodb.models.table import Table
+
+_LOCK = threading.RLock()
+_ORIGINAL = DynamoDBBackend.transact_write_items
+
+
+def _failed_condition(backend: DynamoDBBackend, op_type: str, op: dict[str, Any]) -> Any:
+    """(code, message, item) of one action's failed condition, or None when it holds."""
+    condition = op.get("ConditionExpression")
+    if condition is None:
+        return None
+    table = backend.get_table(op["TableName"])
+    if op_type == "Put":
+        key = {table.hash_key_attr: op["Item"][table.hash_key_attr]}
+        if table.range_key_attr is not None:
+            key[table.range_key_attr] = op["Item"][table.range_key_attr]
+    else:
+        key = op["Key"]
+    current = backend.get_item(op["TableName"], key)
+    check = models.get_filter_expression(
+        condition, op.get("ExpressionAttributeNames"), op.get("ExpressionAttributeValues")
+    )
+    if check.expr(current):
+        return None
+    item = None
+    if op.get("ReturnValuesOnConditionCheckFailure") == "ALL_OLD" and current:
+        item = current.to_json()["Attributes"]
+    return ("ConditionalCheckFailed", "The conditional request failed", item)
+
+
+def transact_write_items(self: DynamoDBBackend, transact_items: list[dict[str, Any]]) -> None:
+    with _LOCK:
+        errors: list[Any] = []
+        for action in transact_items:
+            (op_type, op), *_ = action.items()
+            try:
+                errors.append(_failed_condition(self, op_type, op) or (None, None, None))
+            except Exception:  # noqa: BLE001 - moto's own code reports malformed actions
+                errors.append((None, None, None))
+        if any(code is not None for code, _, _ in errors):
+            raise TransactionCanceledException(errors)
+        _ORIGINAL(self, transact_items)
+
+
+def _no_table_copies() -> types.SimpleNamespace:
+    """``copy`` for moto's DynamoDB module: a table is not copied (see the module docstring),
+    anything else is."""
+
+    def deepcopy(value: Any, memo: Any = None) -> Any:
+        return value if isinstance(value, Table) else copy.deepcopy(value, memo)
+
+    return types.SimpleNamespace(deepcopy=deepcopy, copy=copy.copy)
+
+
+def patch() -> None:
+    DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+    models.copy = _no_table_copies()  # type: ignore[assignment]
+
+
+def main() -> None:
+    patch()
+    from moto.server import main as server_main
+
+    server_main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    main()
