@@ -34,7 +34,7 @@ def cancelled(clients: AwsClients, table: str) -> None:
                 },
             ]
         )
-    reasons = caught.value.response["CancellationReasons"]  # type: ignore[typeddict-item]
+    reasons = caught.value.response["CancellationReasons"]
     assert [r["Code"] for r in reasons] == ["None", "ConditionalCheckFailed"]
 
 
