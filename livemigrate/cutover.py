@@ -36,6 +36,7 @@ from livemigrate.errors import LivemigrateError
 from livemigrate.flag import Flag, FlagStore, open_flag_store
 from livemigrate.gates import CONSUMER_SOURCE, Gate, Policy, check_all, read_snapshot, unmet
 from livemigrate.migration import META, inverse_transform
+from livemigrate.replication import ARM_WAIT
 
 if TYPE_CHECKING:
     from livemigrate.search.backend import ElasticsearchBackend
@@ -264,6 +265,7 @@ class Cutover:
             self.out(f"acknowledged {acked} dead letter(s)")
         fence_at = None
         drain = Drain(self.store, CONSUMER_SOURCE, self.options, self.clock, self.out)
+        flag = self._arm(flag)
         if self.options.fenced:
             flag, fence_at = drain.fence_and_drain(self.flags, flag, "the source stream")
         now = self.clock.now()
@@ -286,6 +288,20 @@ class Cutover:
             result.drained = drain.after_flip(flag, "`livemigrate consume`")
         self._record(result)
         return result
+
+    def _arm(self, flag: Flag) -> Flag:
+        """Ask the consumers to mark their deletes from now on, and wait until no unmarked
+        delete can still land (``replication.ARM_WAIT``): the reverse consumer tells forward
+        deletes made before the flip by time, those after it by their marks. Writers are not
+        held meanwhile; the write pause starts with the fence."""
+        now = self.clock.now()
+        if not flag.marks_since:
+            flag = self.flags.write(flag.armed(now), flag.epoch)
+            self.out(f"consumers mark their deletes from now on; fencing in {ARM_WAIT:.1f}s")
+        wait = flag.marks_since + ARM_WAIT - self.clock.now()
+        if wait > 0:
+            self.clock.sleep(wait)
+        return flag
 
     def _record(self, result: CutoverResult) -> None:
         flag = result.flag

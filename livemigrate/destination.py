@@ -107,12 +107,15 @@ class DestinationWriter:
             self.client.put_item, Outcome.APPLIED, Item=self._stamp(item, seq), seq=seq
         )
 
-    def remove(self, key: TypedItem, seq: str, *, tombstone: bool) -> Outcome:
-        """Stream delete: a tombstone while the backfill may still write (rule 2), else a delete."""
+    def remove(
+        self, key: TypedItem, seq: str, *, tombstone: bool, mark: bool | None = None
+    ) -> Outcome:
+        """Stream delete: a tombstone while the backfill may still write (rule 2), else a delete,
+        marked first when ``mark`` (default: ``mark_deletes``) says so."""
         if tombstone:
             marker = {**self._stamp(key, seq), TOMBSTONE_ATTR: {"BOOL": True}}
             return self._if_newer(self.client.put_item, Outcome.TOMBSTONED, Item=marker, seq=seq)
-        if not self.mark_deletes:
+        if not (self.mark_deletes if mark is None else mark):
             return self._if_newer(self.client.delete_item, Outcome.DELETED, Key=dict(key), seq=seq)
         return self._marked_delete(key, seq)
 

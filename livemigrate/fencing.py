@@ -91,19 +91,37 @@ _local = threading.local()
 
 @contextmanager
 def guarded(fence: Fence | None) -> Iterator[None]:
-    """Within the block, this thread's writes through an installed client check ``fence``."""
-    previous = getattr(_local, "fence", None)
-    _local.fence = fence
+    """Within the block, this thread's writes through an installed client check ``fence``
+    (and every fence of the blocks it is nested in)."""
+    previous: tuple[Fence, ...] = getattr(_local, "fences", ())
+    _local.fences = previous if fence is None else (*previous, fence)
     try:
         yield
     finally:
-        _local.fence = previous
+        _local.fences = previous
 
 
 def current() -> Fence | None:
-    """The fence guarding this thread's writes, if any."""
-    fence = getattr(_local, "fence", None)
-    return fence if isinstance(fence, Fence) else None
+    """The innermost fence guarding this thread's writes, if any."""
+    fences: tuple[Fence, ...] = getattr(_local, "fences", ())
+    return fences[-1] if fences else None
+
+
+def active() -> tuple[Fence, ...]:
+    """Every fence guarding this thread's writes (to carry them into a worker thread)."""
+    fences: tuple[Fence, ...] = getattr(_local, "fences", ())
+    return fences
+
+
+@contextmanager
+def carried(fences: tuple[Fence, ...]) -> Iterator[None]:
+    """Re-enter, in a worker thread, the fences ``active()`` returned in the calling thread."""
+    previous: tuple[Fence, ...] = getattr(_local, "fences", ())
+    _local.fences = (*previous, *fences)
+    try:
+        yield
+    finally:
+        _local.fences = previous
 
 
 _installed: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -121,6 +139,5 @@ def install(client: Any) -> None:
 
 
 def _check_fence(**_: Any) -> None:
-    fence = current()
-    if fence is not None:
+    for fence in active():
         fence.check()

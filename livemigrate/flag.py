@@ -33,6 +33,7 @@ Two stores:
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, replace
@@ -40,14 +41,18 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from botocore.exceptions import ClientError
 
+from livemigrate.clock import Clock
 from livemigrate.control import ControlStore
 from livemigrate.errors import ConflictError
+from livemigrate.records import CLOCK_SKEW, STREAM_TIME_PRECISION
 
 if TYPE_CHECKING:
     from mypy_boto3_ssm import SSMClient
 
 Side = Literal["source", "destination"]
 FLAG_SK = "FLAG"
+# A record made this long before a flag read is certainly covered by it (rounding and skew).
+_STALE = STREAM_TIME_PRECISION + CLOCK_SKEW
 _TORN_READS = 20
 LOCK_SK = "FLAGLOCK"
 
@@ -70,6 +75,12 @@ class Flag:
     source_table: str = ""
     destination_table: str = ""
     frozen_after: float = 0.0
+    # Set by a cutover before it fences: from then on, consumers mark their deletes on the
+    # destination (see livemigrate.replication); cleared by the flip back.
+    marks_since: float = 0.0
+    # When the destination last became the active table (kept through a rollback): every change
+    # of the destination made before it was a forward consumer's, never the application's.
+    destination_since: float = 0.0
 
     def is_fenced(self, now: float) -> bool:
         """Writers must wait: fenced, and the fence has not expired (a crashed cutover)."""
@@ -92,7 +103,13 @@ class Flag:
             source_table=str(data.get("source_table", "")),
             destination_table=str(data.get("destination_table", "")),
             frozen_after=float(data.get("frozen_after", 0) or 0),
+            marks_since=float(data.get("marks_since", 0) or 0),
+            destination_since=float(data.get("destination_since", 0) or 0),
         )
+
+    def armed(self, now: float) -> Flag:
+        """Consumers are to mark their deletes from now on (a cutover is coming)."""
+        return replace(self, marks_since=self.marks_since or now)
 
     def fence(self, now: float, seconds: float) -> Flag:
         return replace(self, fenced=True, fenced_at=now, fenced_until=now + seconds)
@@ -103,20 +120,64 @@ class Flag:
     def flipped(self, side: Side, now: float, frozen_after: float | None = None) -> Flag:
         """The flag after a flip to ``side`` at ``now``; changes to the retired table made
         after ``frozen_after`` (default: the flip itself) are never replicated."""
-        table = self.destination_table if side == "destination" else self.source_table
+        to_destination = side == "destination"
         return replace(
             self,
             active=side,
-            table=table,
+            table=self.destination_table if to_destination else self.source_table,
             fenced=False,
             fenced_until=0.0,
             flipped_at=now,
             frozen_after=now if frozen_after is None else frozen_after,
+            marks_since=self.marks_since if to_destination else 0.0,
+            destination_since=now if to_destination else self.destination_since,
         )
 
     def retired(self, side: Side) -> bool:
         """Whether ``side``'s table was retired by a flip (so its new changes are frozen)."""
         return self.flipped_at > 0 and self.active != side
+
+
+class FlagView:
+    """A consumer's view of the flag: read from its store, cached between decisions.
+
+    ``for_records`` answers for records made up to a moment: a cached flag that names no fence
+    and no flip is good for records made before it was read; otherwise the flag is read again.
+    ``fresh`` gives a flag read no longer ago than asked, with the monotonic time the read was
+    sent (a decision taken on it is valid for a bounded time after that).
+    """
+
+    def __init__(self, flags: FlagStore, clock: Clock) -> None:
+        self.flags = flags
+        self.clock = clock
+        self._flag: Flag | None = None
+        self._read_at = float("-inf")  # wall clock, before the read was sent
+        self._read_mono = float("-inf")
+        self._lock = threading.Lock()
+
+    def _read(self) -> Flag:
+        read_at, read_mono = self.clock.now(), self.clock.monotonic()
+        self._flag = self.flags.read()
+        self._read_at, self._read_mono = read_at, read_mono
+        return self._flag
+
+    def for_records(self, newest_made: float) -> Flag:
+        """A flag current for every record made up to ``newest_made``."""
+        with self._lock:
+            flag = self._flag
+            quiet = flag is not None and not flag.fenced and flag.flipped_at == 0
+            quiet = quiet and not (flag is not None and flag.marks_since)
+            if flag is not None and quiet and newest_made + _STALE <= self._read_at:
+                return flag
+            return self._read()
+
+    def fresh(self, max_age: float) -> tuple[Flag, float]:
+        """A flag read at most ``max_age`` seconds ago, and the monotonic time of that read."""
+        with self._lock:
+            if self._flag is None or self.clock.monotonic() - self._read_mono > max_age:
+                self._read()
+            assert self._flag is not None
+            return self._flag, self._read_mono
 
 
 class FlagStore(Protocol):

@@ -12,12 +12,18 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Final, Literal, Protocol
 
 from livemigrate.items import TypedItem
 from livemigrate.versioning import pad_seq
 
 EventName = Literal["INSERT", "MODIFY", "REMOVE"]
+
+# DynamoDB Streams round ApproximateCreationDateTime down to the second: a record stamped T was
+# made in [T, T + 1). Decisions by time (rules 13 and the echo window of livemigrate.replication)
+# also allow for this much disagreement between DynamoDB's clock and ours.
+STREAM_TIME_PRECISION: Final = 1.0
+CLOCK_SKEW: Final = 0.5
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,10 @@ class StreamRecord:
     approximate_creation: float  # epoch seconds
     shard_id: str = ""
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def made_before(self, moment: float) -> bool:
+        """Whether the change was certainly made before ``moment`` (rounding and skew allowed)."""
+        return self.approximate_creation + STREAM_TIME_PRECISION + CLOCK_SKEW <= moment
 
     @classmethod
     def from_boto(cls, record: Mapping[str, Any], shard_id: str = "") -> StreamRecord:

@@ -21,6 +21,17 @@ item, and a "being deleted" mark set just before a replicated delete):
 An application's write never looks like an echo: a put of its own item carries no stamp, an
 update keeps the stamp it found (equal, not newer), and a delete of an unmarked item carries no
 mark. ``tests/unit/test_replication.py`` checks both sides of that with hypothesis.
+
+Marks cost a second write per delete, and the forward consumer needs them only around the
+cutover (issue 10, item 10). The application writes the destination only once the flag names
+it, so every change of the destination made before that (``Flag.destination_since``) is the
+forward consumer's or the backfill's: the reverse consumer skips it by time
+(``before_activation``), marked or not. Forward deletes are marked only from the moment a
+cutover arms the flag (``Flag.marks_since``) until the flip back. A forward process decides
+"unmarked" on a flag read at most ``MARK_VALIDITY / 2`` old and must send the delete within
+``MARK_VALIDITY`` of that read (a ``livemigrate.fencing.Fence``); the cutover waits ``ARM_WAIT``
+between arming and fencing, so every unmarked forward delete was made certainly before the
+flip, and every delete near or after it carries a mark.
 """
 
 from __future__ import annotations
@@ -29,7 +40,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from livemigrate.records import StreamRecord
+from livemigrate.fencing import Fence
+from livemigrate.flag import Flag, FlagView
+from livemigrate.records import CLOCK_SKEW, STREAM_TIME_PRECISION, StreamRecord
 from livemigrate.versioning import (
     DELETE_ATTR,
     REVERSE_DELETE_ATTR,
@@ -80,3 +93,31 @@ def written_by(marks: Marks, record: StreamRecord) -> bool:
         return False
     old_seq = _string(record.old_image, marks.seq_attr)
     return old_seq is None or new_seq > old_seq
+
+
+MARK_VALIDITY: Final = 2.0
+# Between arming and fencing: an unmarked delete decided just before the arm lands, and its
+# stream time (rounded down, skewed) is then certainly before the flip.
+ARM_WAIT: Final = MARK_VALIDITY + STREAM_TIME_PRECISION + CLOCK_SKEW + 0.5
+
+
+def before_activation(flag: Flag, record: StreamRecord) -> bool:
+    """A change of the destination certainly made before it became the active table: a forward
+    consumer's (or the backfill's), never the application's."""
+    return flag.destination_since == 0 or record.made_before(flag.destination_since)
+
+
+class DeleteMarking:
+    """Whether the forward consumer marks its deletes now, and until when an unmarked one may
+    be sent (see the module docstring)."""
+
+    def __init__(self, view: FlagView, validity: float = MARK_VALIDITY) -> None:
+        self.view = view
+        self.validity = validity
+
+    def decide(self) -> tuple[bool, Fence | None]:
+        """(mark, fence): the fence bounds when unmarked deletes may still be sent."""
+        flag, read_at = self.view.fresh(self.validity / 2)
+        if flag.marks_since:
+            return True, None
+        return False, Fence(self.view.clock, read_at + self.validity, "unmarked deletes")

@@ -34,19 +34,17 @@ batch.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
 from typing import Any
 
-from livemigrate.clock import Clock
 from livemigrate.control import ControlStore
-from livemigrate.flag import Flag, FlagStore, Side
+from livemigrate.flag import FlagView, Side
 from livemigrate.items import key_id
-from livemigrate.records import StreamRecord
+from livemigrate.records import STREAM_TIME_PRECISION, StreamRecord
+from livemigrate.replication import before_activation
 
 log = logging.getLogger("livemigrate.retired")
 
-STREAM_TIME_PRECISION = 1.0  # DynamoDB Streams: ApproximateCreationDateTime is floored to 1 s
 KEYS_KEPT = 10  # the latest frozen keys shown by `livemigrate status`
 
 
@@ -55,53 +53,46 @@ class RetiredTable:
 
     Parameters
     ----------
-    flags:
-        The flag store (the control table's).
+    view:
+        The consumer's view of the flag (the control table's).
     side:
         The table whose stream this consumer reads: ``"source"`` for the forward consumer,
         ``"destination"`` for the reverse one.
     store, consumer:
         Where the counts are recorded (``CONSUMER#<consumer>``).
-    clock:
-        Wall-clock time of the flag reads.
     """
 
-    def __init__(
-        self, flags: FlagStore, side: Side, store: ControlStore, consumer: str, clock: Clock
-    ) -> None:
-        self.flags = flags
+    def __init__(self, view: FlagView, side: Side, store: ControlStore, consumer: str) -> None:
+        self.view = view
         self.side = side
         self.store = store
         self.consumer_sk = f"CONSUMER#{consumer}"
-        self.clock = clock
-        self._flag: Flag | None = None
-        self._read_at = float("-inf")
-        self._lock = threading.Lock()
 
     def frozen(self, records: Sequence[StreamRecord]) -> set[int]:
         """Positions in ``records`` that must not be applied (the flag is read if needed)."""
-        if not records:
-            return set()
-        flag = self._flag_for(max(r.approximate_creation for r in records))
-        if not flag.retired(self.side):
-            return set()
-        return {
-            i
-            for i, record in enumerate(records)
-            if record.approximate_creation + STREAM_TIME_PRECISION > flag.frozen_after
-        }
+        return self.classify(records)[0]
 
-    def _flag_for(self, newest: float) -> Flag:
-        """A flag that is current for a record created at ``newest``."""
-        with self._lock:
-            cached = self._flag
-            settled = cached is not None and not cached.fenced and not cached.retired(self.side)
-            if settled and newest + STREAM_TIME_PRECISION <= self._read_at:
-                return cached  # type: ignore[return-value]
-            read_at = self.clock.now()
-            self._flag = self.flags.read()
-            self._read_at = read_at
-            return self._flag
+    def classify(self, records: Sequence[StreamRecord]) -> tuple[set[int], set[int]]:
+        """(frozen, made by the forward consumer) positions of ``records``, from one flag.
+
+        The second set is only ever non-empty for the destination's stream: a change of the
+        destination made before it became the active table is a forward consumer's write (or
+        the backfill's), never the application's (``replication.before_activation``).
+        """
+        if not records:
+            return set(), set()
+        flag = self.view.for_records(max(r.approximate_creation for r in records))
+        frozen: set[int] = set()
+        if flag.retired(self.side):
+            frozen = {
+                i
+                for i, record in enumerate(records)
+                if record.approximate_creation + STREAM_TIME_PRECISION > flag.frozen_after
+            }
+        forward: set[int] = set()
+        if self.side == "destination":
+            forward = {i for i, r in enumerate(records) if before_activation(flag, r)} - frozen
+        return frozen, forward
 
     def report(self, records: Sequence[StreamRecord], positions: set[int]) -> None:
         """Count the frozen records on the consumer's item and warn (one write per batch)."""
@@ -109,16 +100,15 @@ class RetiredTable:
             return
         frozen = [records[i] for i in sorted(positions)]
         keys = [key_id(r.keys) for r in frozen][-KEYS_KEPT:]
-        table = "source" if self.side == "source" else "destination"
         log.warning(
             "%d change(s) to the retired %s table after the flip were NOT applied (the "
             "active table is the other one): %s",
             len(frozen),
-            table,
+            self.side,
             ", ".join(keys),
         )
         update: dict[str, Any] = {
-            "retired_last_at": self.clock.now(),
+            "retired_last_at": self.view.clock.now(),
             "retired_last_keys": keys,
         }
         self.store.update(self.consumer_sk, update, add={"retired_writes": len(frozen)})

@@ -38,14 +38,16 @@ from typing import TYPE_CHECKING, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from livemigrate import fencing
 from livemigrate.clock import Clock, SystemClock
 from livemigrate.control import ControlStore
 from livemigrate.destination import DestinationWriter, Outcome
 from livemigrate.errors import TransformOutputError
-from livemigrate.flag import ControlFlagStore
+from livemigrate.fencing import Fence, LeaseExpired
+from livemigrate.flag import ControlFlagStore, FlagView
 from livemigrate.items import TypedItem, key_id, to_plain
 from livemigrate.records import ApplyFailure, StreamRecord
-from livemigrate.replication import REVERSE, Marks, written_by
+from livemigrate.replication import REVERSE, DeleteMarking, Marks, written_by
 from livemigrate.retired import RetiredTable
 from livemigrate.transform import Transformer
 from stream_consumer.metrics import Metrics
@@ -61,6 +63,15 @@ _OUTCOME_METRIC = {
     Outcome.TOMBSTONED: "tombstones_written_total",
     Outcome.DELETED: "deletes_total",
 }
+
+
+@dataclass(frozen=True)
+class Deletes:
+    """How one batch deletes: tombstones or real deletes, marked or not, sent until when."""
+
+    tombstone: bool
+    mark: bool | None = None  # None: the writer's mark_deletes
+    fence: Fence | None = None  # unmarked deletes may be sent only before it
 
 
 @dataclass(frozen=True)
@@ -140,41 +151,6 @@ class DeleteMode:
         log.info("backfill complete: %s consumer now deletes for real", self.consumer)
 
 
-class MarkingReport:
-    """Records on ``CONSUMER#<name>`` whether this process marks its deletes.
-
-    ``livemigrate reverse`` reads it: a delete made without a mark looks like the application's
-    on the destination's stream, so the reverse consumer refuses to run while such deletes may
-    still be in the stream (``unmarked_deletes_at``, within its 24 h retention).
-    """
-
-    def __init__(
-        self, store: ControlStore, consumer: str, marking: bool, metrics: Metrics, clock: Clock
-    ) -> None:
-        self.store = store
-        self.sk = f"CONSUMER#{consumer}"
-        self.marking = marking
-        self.metrics = metrics
-        self.clock = clock
-        self._marking_recorded = False
-        self._deletes_reported = 0.0
-
-    def __call__(self) -> None:
-        if self.marking:
-            if not self._marking_recorded:
-                self.store.update(
-                    self.sk,
-                    {"delete_marks_since": self.clock.now()},
-                    condition="attribute_not_exists(#delete_marks_since)",
-                )
-                self._marking_recorded = True
-            return
-        deletes = self.metrics.value("deletes_total")
-        if deletes > self._deletes_reported:
-            self.store.update(self.sk, {"unmarked_deletes_at": self.clock.now()})
-            self._deletes_reported = deletes
-
-
 class DestinationApplier:
     """A ``RecordSink`` writing the destination table of one migration.
 
@@ -198,7 +174,11 @@ class DestinationApplier:
         Asked before each removal (the reverse consumer: does the item still map to the
         removed key?); None removes by the version rule alone.
     retired:
-        Freezes the records of a table the flag has retired (rule 13); None applies all.
+        Freezes the records of a table the flag has retired (rule 13) and, on the
+        destination's stream, skips what was written before it became active; None applies all.
+    marking:
+        Decides per batch whether deletes are marked (the forward consumer); None leaves it to
+        the writer's ``mark_deletes``.
     """
 
     def __init__(
@@ -213,6 +193,7 @@ class DestinationApplier:
         on_heartbeat: Callable[[], None] | None = None,
         guard: RemovalGuard | None = None,
         retired: RetiredTable | None = None,
+        marking: DeleteMarking | None = None,
     ) -> None:
         self.transformer = transformer
         self.writer = writer
@@ -222,6 +203,7 @@ class DestinationApplier:
         self.on_heartbeat = on_heartbeat
         self.guard = guard
         self.retired = retired
+        self.marking = marking
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="apply")
 
     @classmethod
@@ -240,8 +222,17 @@ class DestinationApplier:
             migration.backfill_complete, migration.store, consumer, clock, refresh_seconds
         )
         flags = ControlFlagStore(migration.store, migration.source.name, migration.destination.name)
-        retired = RetiredTable(flags, "source", migration.store, consumer, clock)
-        return cls(migration.transformer, migration.writer, mode, metrics, threads, retired=retired)
+        view = FlagView(flags, clock)
+        fencing.install(migration.writer.client)
+        return cls(
+            migration.transformer,
+            migration.writer,
+            mode,
+            metrics,
+            threads,
+            retired=RetiredTable(view, "source", migration.store, consumer),
+            marking=DeleteMarking(view),
+        )
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -255,11 +246,13 @@ class DestinationApplier:
     # -- RecordSink ---------------------------------------------------------------------------
     def apply(self, records: Sequence[StreamRecord]) -> None:
         tombstone = not self.mode.real_deletes()
-        frozen = self.retired.frozen(records) if self.retired is not None else set()
+        frozen, forward = self.retired.classify(records) if self.retired else (set(), set())
+        if forward:
+            self.metrics.inc("echoes_skipped_total", len(forward))
         ops: dict[str, list[Op]] = {}
         bad: ApplyFailure | None = None
         for index, record in enumerate(records):
-            if index in frozen:
+            if index in frozen or index in forward:
                 continue
             try:
                 planned = self.plan(record, index)
@@ -268,7 +261,7 @@ class DestinationApplier:
                 break
             for op in planned:
                 self._fold(ops.setdefault(key_id(op.key), []), op)
-        failed = self._write(list(ops.values()), tombstone)
+        failed = self._write(list(ops.values()), Deletes(tombstone, *self._marking(ops)))
         if failed is not None and (bad is None or failed.index < bad.index):
             raise failed
         # Records from a failed one on are delivered again: report only those before it.
@@ -327,25 +320,32 @@ class DestinationApplier:
             log.debug("old image of %s does not transform (%s)", record.keys, exc.reason)
             return []
 
-    def _write(self, queues: list[list[Op]], tombstone: bool) -> ApplyFailure | None:
+    def _marking(self, ops: dict[str, list[Op]]) -> tuple[bool | None, Fence | None]:
+        """Whether this batch's deletes are marked; asked only when it has any."""
+        has_removal = any(op.item is None for queue in ops.values() for op in queue)
+        if self.marking is None or not has_removal:
+            return None, None
+        return self.marking.decide()
+
+    def _write(self, queues: list[list[Op]], deletes: Deletes) -> ApplyFailure | None:
         """Run each key's queue in order, different keys in parallel; the earliest failure."""
         if not queues:
             return None
-        results = self._pool.map(lambda queue: self._run_queue(queue, tombstone), queues)
+        results = self._pool.map(lambda queue: self._run_queue(queue, deletes), queues)
         failures = [failure for failure in results if failure is not None]
         if not failures:
             return None
         index, reason = min(failures)
         return ApplyFailure(index, reason, retryable=True)
 
-    def _run_queue(self, queue: list[Op], tombstone: bool) -> tuple[int, str] | None:
+    def _run_queue(self, queue: list[Op], deletes: Deletes) -> tuple[int, str] | None:
         for op in queue:
-            why = self._one(op, tombstone)
+            why = self._one(op, deletes)
             if why is not None:
                 return op.first_index, why
         return None
 
-    def _one(self, op: Op, tombstone: bool) -> str | None:
+    def _one(self, op: Op, deletes: Deletes) -> str | None:
         """Run one write; the failure reason, or None when it is durably done."""
         try:
             if op.item is not None:
@@ -357,7 +357,12 @@ class DestinationApplier:
                     return None
                 outcome = self.writer.remove_unchanged(op.key, op.seq, verdict.held)
             else:
-                outcome = self.writer.remove(op.key, op.seq, tombstone=tombstone)
+                with fencing.guarded(deletes.fence):
+                    outcome = self.writer.remove(
+                        op.key, op.seq, tombstone=deletes.tombstone, mark=deletes.mark
+                    )
+        except LeaseExpired as exc:
+            return f"destination write refused: {exc}"
         except (ClientError, BotoCoreError) as exc:
             return f"destination write failed: {exc}"
         self.metrics.inc(_OUTCOME_METRIC[outcome])

@@ -27,7 +27,7 @@ from livemigrate.deadletters import DeadLetters, Origin
 from livemigrate.migration import Migration, open_migration
 from livemigrate.process import stop_on_signals, worker_id
 from livemigrate.tables import require_stream
-from stream_consumer.applier import DestinationApplier, MarkingReport
+from stream_consumer.applier import DestinationApplier
 from stream_consumer.engine import Tuning, run_consumer
 from stream_consumer.metrics import Metrics, serve
 from stream_consumer.source import BotoShardSource
@@ -89,9 +89,6 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
     metrics = Metrics(NAME)
     applier = DestinationApplier.for_migration(
         migration, metrics, consumer=NAME, clock=clock, threads=args.apply_threads
-    )
-    applier.on_heartbeat = MarkingReport(
-        migration.store, NAME, migration.writer.mark_deletes, metrics, clock
     )
     stop = threading.Event()
     stop_on_signals(stop)

@@ -54,10 +54,9 @@ def handler(event: Mapping[str, Any], context: object) -> dict[str, Any]:
     """The Lambda entry point (``stream_consumer.lambda_handler.handler``)."""
     if "sink" not in _STATE:
         from livemigrate.aws import make_clients
-        from livemigrate.clock import SystemClock
         from livemigrate.config import load_settings
         from livemigrate.migration import open_migration
-        from stream_consumer.applier import DestinationApplier, MarkingReport
+        from stream_consumer.applier import DestinationApplier
         from stream_consumer.metrics import Metrics
 
         settings = load_settings()
@@ -75,9 +74,4 @@ def handler(event: Mapping[str, Any], context: object) -> dict[str, Any]:
         metrics = Metrics("source")
         _STATE["sink"] = DestinationApplier.for_migration(migration, metrics)
         _STATE["dead_letters"] = migration.dead_letters
-        # Whether this function marks its deletes, for `livemigrate reverse` to check.
-        marks = migration.writer.mark_deletes
-        _STATE["report"] = MarkingReport(migration.store, "source", marks, metrics, SystemClock())
-    response = handle(event, _STATE["sink"], _STATE["dead_letters"])
-    _STATE["report"]()
-    return response
+    return handle(event, _STATE["sink"], _STATE["dead_letters"])

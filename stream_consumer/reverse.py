@@ -9,17 +9,17 @@ The reverse consumer is the stream consumer engine under the name ``reverse``, r
 destination's stream and applying ``inverse(NewImage)`` to the source with the same version
 rule (its own stamp, ``_lm_rseq``) and the mark-then-delete of ``livemigrate.replication``.
 Records the forward consumer made (the backfill, every forward write and delete) are echoes and
-skipped; only what the application writes to the destination reaches the source. Start it
-before the cutover: a new reverse consumer starts at the destination stream's trim horizon and
-skips every echo, so no write after the flip is missed, and ``cutover`` checks it is running.
+skipped: everything the destination's stream holds from before the cutover made it the active
+table, by time, and later forward writes by their stamps and delete marks
+(``livemigrate.replication``); only what the application writes to the destination reaches the
+source. After a rollback the destination is retired: its late changes are counted, not applied
+(``livemigrate.retired``). Start it before the cutover: a new reverse consumer starts at the
+destination stream's trim horizon, so no write after the flip is missed, and ``cutover`` checks
+it is running.
 
 Before anything is read: the destination has a NEW_AND_OLD_IMAGES stream, the inverse imports,
-on a sample of source items ``inverse(transform(item))`` gives the item back (a lossy
-transform would make every reverse write drop data), and no forward consumer deleted items
-without marking them in the last 25 hours (the forward consumer marks its deletes only when an
-inverse transform is configured, for it or by this command; an unmarked delete would look like
-the application's). A forward process deleting without marks while this one runs stops it with
-that error. Exit codes as ``consume``.
+and on a sample of source items ``inverse(transform(item))`` gives the item back (a lossy
+transform would make every reverse write drop data). Exit codes as ``consume``.
 """
 
 from __future__ import annotations
@@ -27,19 +27,15 @@ from __future__ import annotations
 import argparse
 import logging
 import threading
-import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from livemigrate.aws import AwsClients
 from livemigrate.clock import SystemClock
 from livemigrate.config import Settings
-from livemigrate.control import ControlStore
 from livemigrate.destination import DestinationWriter
 from livemigrate.errors import ConfigError, PreflightError, TransformOutputError
-from livemigrate.flag import ControlFlagStore
-from livemigrate.gates import CONSUMER_SOURCE
+from livemigrate.flag import ControlFlagStore, FlagView
 from livemigrate.items import TypedItem, key_id, to_plain
 from livemigrate.migration import Migration, open_migration
 from livemigrate.process import stop_on_signals
@@ -59,8 +55,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("livemigrate.reverse")
 
 NAME = "reverse"
-# The stream's 24 h retention and an hour of margin.
-UNMARKED_WINDOW = 25 * 3600.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -136,10 +130,6 @@ def open_reverse(
     """Check everything the reverse consumer needs; raises before anything is written."""
     source = describe(clients.dynamodb, settings.source_table, "source")
     destination = describe(clients.dynamodb, settings.destination_table, "destination")
-    check_forward_marks(
-        ControlStore(clients.dynamodb, settings.control_table, settings.migration_id),
-        since=time.time() - UNMARKED_WINDOW,
-    )
     stream_arn = require_stream(destination)
     inverse = Transformer(load_transform(spec), source.key_names, source.key_types)
     forward = Transformer(
@@ -152,25 +142,6 @@ def open_reverse(
         clients.dynamodb, source.name, source.key_names, settings.migration_id, marks=REVERSE
     )
     return ReverseSetup(migration, stream_arn, inverse, writer)
-
-
-def check_forward_marks(store: ControlStore, since: float) -> None:
-    """Refuse when the forward consumer deleted without marks after ``since``."""
-    if not store.exists():
-        return
-    unmarked = (store.get(CONSUMER_SOURCE) or {}).get("unmarked_deletes_at")
-    if unmarked is None or float(unmarked) <= since:
-        return
-    until = datetime.fromtimestamp(float(unmarked) + UNMARKED_WINDOW, tz=UTC)
-    raise PreflightError(
-        "a forward consumer (`livemigrate consume`) deleted destination items without marking "
-        f"them at {datetime.fromtimestamp(float(unmarked), tz=UTC):%Y-%m-%d %H:%M:%S} UTC (it "
-        "runs without an inverse transform); the destination's stream keeps those deletes for "
-        "24 h, and the reverse consumer cannot tell them from the application's",
-        "set LIVEMIGRATE_INVERSE_TRANSFORM for every `livemigrate consume` process and restart "
-        f"them, then start the reverse consumer after {until:%Y-%m-%d %H:%M} UTC (configure "
-        "the inverse transform before a migration starts to avoid the wait)",
-    )
 
 
 def check_round_trip(
@@ -233,7 +204,6 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
     store = setup.migration.store
     # Nothing writes the source in bulk behind the reverse consumer: deletes are real at once.
     mode = DeleteMode(lambda: True, store, NAME, clock)
-    started = clock.now()
     applier = DestinationApplier(
         setup.inverse,
         setup.writer,
@@ -241,7 +211,6 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
         metrics,
         threads=args.apply_threads,
         echo_of=FORWARD,
-        on_heartbeat=lambda: check_forward_marks(store, since=started),
         guard=StillMapsGuard(
             clients.dynamodb,
             setup.migration.source.name,
@@ -250,11 +219,15 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
         ),
         # After a rollback the destination is retired: its late changes stay there (rule 13).
         retired=RetiredTable(
-            ControlFlagStore(store, setup.migration.source.name, setup.migration.destination.name),
+            FlagView(
+                ControlFlagStore(
+                    store, setup.migration.source.name, setup.migration.destination.name
+                ),
+                clock,
+            ),
             "destination",
             store,
             NAME,
-            clock,
         ),
     )
     stop = threading.Event()

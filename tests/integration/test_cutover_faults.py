@@ -24,7 +24,7 @@ from livemigrate.client import ActiveTable
 from livemigrate.flag import ControlFlagStore, Flag
 from livemigrate.items import to_plain, to_typed
 from livemigrate.migration import Migration, open_migration
-from livemigrate.retired import STREAM_TIME_PRECISION
+from livemigrate.records import STREAM_TIME_PRECISION
 from stream_consumer.applier import DestinationApplier
 from stream_consumer.metrics import Metrics
 from tests.services import StreamTail, create_table, scan_all, settings_for, unique

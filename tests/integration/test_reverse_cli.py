@@ -3,8 +3,6 @@ the consumer applies the application's destination writes to the source (moto)."
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,11 +15,16 @@ from livemigrate.config import Settings
 from livemigrate.control import ControlStore
 from livemigrate.destination import DestinationWriter
 from livemigrate.examples.hot_outbox import inverse, transform
+from livemigrate.flag import ControlFlagStore
 from livemigrate.items import to_plain, to_typed
 from livemigrate.migration import open_migration
+from livemigrate.records import ApplyFailure
 from livemigrate.replication import FORWARD, written_by
+from stream_consumer.applier import DestinationApplier
+from stream_consumer.metrics import Metrics
 from tests.integration.test_backfill_support import fill, outbox_items, settings_env
 from tests.services import StreamTail, create_table, scan_all, settings_for, unique
+from tests.unit.test_consumer_model import SwitchableMode
 
 INVERSE = "livemigrate.examples.hot_outbox:inverse"
 
@@ -39,6 +42,15 @@ def tables(clients: AwsClients, *, dest_stream: str | None = "NEW_AND_OLD_IMAGES
     create_table(clients.dynamodb, dest, stream=dest_stream)
     fill(clients.dynamodb, source, outbox_items(30))
     return settings_for(source, dest)
+
+
+def cut_over(clients: AwsClients, settings: Settings) -> None:
+    """The flag flip of a cutover: from now on the application writes the destination."""
+    store = ControlStore(clients.dynamodb, settings.control_table, settings.migration_id)
+    store.ensure_table()
+    flags = ControlFlagStore(store, settings.source_table, settings.destination_table)
+    flag = flags.read()
+    flags.write(flag.flipped("destination", time.time()), flag.epoch)
 
 
 def reverse(monkeypatch: pytest.MonkeyPatch, settings: Settings, *flags: str) -> int:
@@ -100,6 +112,8 @@ def test_application_writes_to_the_destination_reach_the_source(
         for out in transform(dict(item)):
             stamped = {**to_typed(out), "_lm_seq": {"S": f"{seq:040d}"}}
             ddb.put_item(TableName=dest, Item=stamped)
+    # ... the cutover ...
+    cut_over(clients, settings)
     # ... and then the application's own writes after the cutover: a new item, an update of
     # an existing one (its stamp stays), a delete.
     new = {**items[10], "sk": "after-cutover"}
@@ -133,24 +147,83 @@ def test_application_writes_to_the_destination_reach_the_source(
     assert store.get("CONSUMER#reverse") is not None
 
 
-def test_recent_unmarked_forward_deletes_are_refused_before_any_write(
-    clients: AwsClients, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def test_forward_deletes_before_the_cutover_are_one_write_and_never_reach_the_source(
+    clients: AwsClients, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # GIVEN a forward consumer that ran without an inverse transform and deleted for real
-    settings = tables(clients)
-    store = ControlStore(clients.dynamodb, settings.control_table, settings.migration_id)
-    store.ensure_table()
-    store.put("CONSUMER#source", {"unmarked_deletes_at": time.time() - 3600})
-    # WHEN the reverse consumer starts, THEN it refuses and says until when
-    assert reverse(monkeypatch, settings, "--inverse-transform", INVERSE, "--until-caught-up") == 2
-    err = capsys.readouterr().err
-    assert "deleted destination items without marking them" in err
-    assert "Traceback" not in err
-    assert "start the reverse consumer after" in err
-    assert store.get("META") is None  # the migration was not even recorded
-    # Deletes older than the stream's retention are out of its reach: no objection.
-    store.put("CONSUMER#source", {"unmarked_deletes_at": time.time() - 26 * 3600})
+    # GIVEN the forward consumer copied items and then deleted some of them for real, with no
+    # mark (one conditional delete each: no cutover is coming) ...
+    settings = Settings(**{**tables(clients).model_dump(), "inverse_transform": INVERSE})
+    ddb, source, dest = clients.dynamodb, settings.source_table, settings.destination_table
+    migration = open_migration(settings, clients)
+    tail = StreamTail(clients, source)
+    applier = DestinationApplier.for_migration(migration, Metrics("source"))
+    applier.mode = SwitchableMode(lambda: True)  # the backfill is complete: real deletes
+    items = outbox_items(30)
+    fill(ddb, source, items[:5])  # re-put: the stream sees them
+    applier.apply(tail.drain())
+    for item in items[:3]:
+        ddb.delete_item(TableName=source, Key=to_typed({"pk": item["pk"], "sk": item["sk"]}))
+    applier.apply(tail.drain())
+    applier.close()
+    removes = [r for r in StreamTail(clients, dest).drain() if r.event_name == "REMOVE"]
+    assert len(removes) == 3
+    assert not any(written_by(FORWARD, r) for r in removes)  # unmarked: one write each
+    # ... and the source item of one of them is back (written again by the application).
+    fill(ddb, source, items[:1])
+    # WHEN the reverse consumer reads the destination's stream (no cutover has happened)
     assert reverse(monkeypatch, settings, "--inverse-transform", INVERSE, "--until-caught-up") == 0
+    # THEN those deletes were the forward consumer's, by time: the source keeps its item
+    held = ddb.get_item(
+        TableName=source, Key=to_typed({"pk": items[0]["pk"], "sk": items[0]["sk"]})
+    )
+    assert "Item" in held
+
+
+def test_forward_deletes_are_marked_once_a_cutover_arms_the_flag(clients: AwsClients) -> None:
+    settings = tables(clients)
+    ddb, source, dest = clients.dynamodb, settings.source_table, settings.destination_table
+    migration = open_migration(settings, clients)
+    tail = StreamTail(clients, source)
+    applier = DestinationApplier.for_migration(migration, Metrics("source"))
+    applier.mode = SwitchableMode(lambda: True)
+    items = outbox_items(30)
+    fill(ddb, source, items[:2])
+    applier.apply(tail.drain())
+    flags = ControlFlagStore(migration.store, source, dest)
+    flag = flags.read()
+    flags.write(flag.armed(time.time()), flag.epoch)
+    time.sleep(1.1)  # past the cached flag's validity (MARK_VALIDITY / 2)
+    ddb.delete_item(TableName=source, Key=to_typed({"pk": items[0]["pk"], "sk": items[0]["sk"]}))
+    applier.apply(tail.drain())
+    applier.close()
+    removes = [r for r in StreamTail(clients, dest).drain() if r.event_name == "REMOVE"]
+    assert len(removes) == 1 and written_by(FORWARD, removes[0])
+
+
+def test_an_unmarked_delete_sent_after_its_flag_read_expired_is_refused(
+    clients: AwsClients,
+) -> None:
+    # A forward process decided "unmarked" on a flag read that is too old to vouch that no
+    # cutover has armed the flag since: the delete is refused (the batch is retried with a
+    # fresh read) instead of landing unmarked near the flip.
+    settings = tables(clients)
+    ddb, source = clients.dynamodb, settings.source_table
+    migration = open_migration(settings, clients)
+    tail = StreamTail(clients, source)
+    applier = DestinationApplier.for_migration(migration, Metrics("source"))
+    applier.mode = SwitchableMode(lambda: True)
+    items = outbox_items(30)
+    fill(ddb, source, items[:1])
+    applier.apply(tail.drain())
+    assert applier.marking is not None
+    applier.marking.validity = 0.0  # every unmarked decision is already out of date
+    ddb.delete_item(TableName=source, Key=to_typed({"pk": items[0]["pk"], "sk": items[0]["sk"]}))
+    with pytest.raises(ApplyFailure, match="unmarked deletes"):
+        applier.apply(tail.drain())
+    applier.close()
+    kept = next(iter(transform(dict(items[0]))))
+    key = to_typed({"pk": kept["pk"], "sk": kept["sk"]})
+    assert "Item" in ddb.get_item(TableName=settings.destination_table, Key=key)
 
 
 def test_the_forward_consumer_marks_deletes_only_with_an_inverse_transform(
@@ -181,35 +254,3 @@ def test_a_repair_delete_is_marked_so_the_reverse_consumer_skips_it(clients: Aws
     records = StreamTail(clients, dest).drain()
     assert [r.event_name for r in records] == ["INSERT", "MODIFY", "REMOVE"]
     assert all(written_by(FORWARD, r) for r in records)
-
-
-def test_an_unmarked_forward_delete_while_it_runs_stops_the_reverse_consumer(
-    clients: AwsClients,
-) -> None:
-    # GIVEN a running reverse consumer
-    settings = tables(clients)
-    env = {**settings_env(settings), "LIVEMIGRATE_INVERSE_TRANSFORM": INVERSE}
-    argv = ["reverse", "--poll-interval", "0.1", "--lease-seconds", "3"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "livemigrate.cli", "--log-level", "WARNING", *argv],
-        env=env,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    store = ControlStore(clients.dynamodb, settings.control_table, settings.migration_id)
-    try:
-        deadline = time.monotonic() + 60
-        while not (store.exists() and store.get("CONSUMER#reverse")):
-            assert proc.poll() is None and time.monotonic() < deadline, "it did not start"
-            time.sleep(0.2)
-        # WHEN a forward process (started without the inverse) deletes without marking
-        store.update("CONSUMER#source", {"unmarked_deletes_at": time.time()})
-        # THEN it stops at its next heartbeat (5 s) with the reason, instead of going on
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 2, err[-2000:]
-    assert "deleted destination items without marking them" in err
-    assert "Traceback" not in err

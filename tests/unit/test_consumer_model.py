@@ -65,7 +65,9 @@ class ModelWriter(DestinationWriter):
         self.items[key_id(self.key(item))] = {**item, SEQ_ATTR: {"S": seq}}
         return Outcome.APPLIED
 
-    def remove(self, key: TypedItem, seq: str, *, tombstone: bool) -> Outcome:
+    def remove(
+        self, key: TypedItem, seq: str, *, tombstone: bool, mark: bool | None = None
+    ) -> Outcome:
         if not self._is_newer(key, seq):
             return Outcome.STALE
         if tombstone:

@@ -15,8 +15,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from livemigrate.clock import FakeClock
-from livemigrate.records import StreamRecord
-from livemigrate.retired import STREAM_TIME_PRECISION, RetiredTable
+from livemigrate.flag import FlagView
+from livemigrate.records import STREAM_TIME_PRECISION, StreamRecord
+from livemigrate.retired import RetiredTable
 from tests.unit.test_cutover_client import INITIAL, MemoryFlags
 
 
@@ -37,7 +38,8 @@ def record(created: float, pk: str = "a") -> StreamRecord:
 
 def retired_table(flags: MemoryFlags, side: Any, clock: FakeClock) -> tuple[RetiredTable, Any]:
     store = RecordingStore()
-    return RetiredTable(flags, side, store, "source", clock), store  # type: ignore[arg-type]
+    view = FlagView(flags, clock)
+    return RetiredTable(view, side, store, "source"), store  # type: ignore[arg-type]
 
 
 def test_nothing_is_frozen_before_a_cutover_a_ttl_delete_is_a_real_delete() -> None:
