@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from livemigrate.clock import FakeClock
@@ -29,18 +29,31 @@ def stamped(true_time: float, skew: float) -> StreamRecord:
     return StreamRecord("REMOVE", keys, None, keys, "1".zfill(40), math.floor(true_time + skew))
 
 
+# The worst case: read just before the arm, sent at the end of its validity, flipped at once,
+# DynamoDB's clock ahead by the whole skew.
+LATEST_SEND = MARK_VALIDITY - 1e-6
+
+
+@example(0.0, LATEST_SEND, 0.0, CLOCK_SKEW, 0.25)
+@example(0.0, LATEST_SEND, 0.0, CLOCK_SKEW, 0.75)
 @given(
     read_before_arm=st.floats(min_value=0.0, max_value=30.0),
     sent_after_read=st.floats(min_value=0.0, max_value=MARK_VALIDITY, exclude_max=True),
     fence_and_drain=st.floats(min_value=0.0, max_value=60.0),
     skew=st.floats(min_value=-CLOCK_SKEW, max_value=CLOCK_SKEW),
+    arm_fraction=st.floats(min_value=0.0, max_value=1.0, exclude_max=True),
 )
 def test_an_unmarked_forward_delete_is_always_made_before_the_flip(
-    read_before_arm: float, sent_after_read: float, fence_and_drain: float, skew: float
+    read_before_arm: float,
+    sent_after_read: float,
+    fence_and_drain: float,
+    skew: float,
+    arm_fraction: float,
 ) -> None:
-    flip = ARM + ARM_WAIT + fence_and_drain
-    flag = INITIAL.armed(ARM).flipped("destination", flip)
-    landed = ARM - read_before_arm + sent_after_read
+    arm = math.floor(ARM) + arm_fraction
+    flip = arm + ARM_WAIT + fence_and_drain
+    flag = INITIAL.armed(arm).flipped("destination", flip)
+    landed = arm - read_before_arm + sent_after_read
     assert before_activation(flag, stamped(landed, skew))
 
 
