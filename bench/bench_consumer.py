@@ -8,8 +8,9 @@
    the same stream, one after the other. Target: >= 0.8x the plain loop.
 3. Catch-up of a 2,000-delete backlog with real deletes (backfill complete): the consumer's
    delete vs a plain loop's one delete_item per REMOVE, on the same stream, one after the
-   other; once as is (one conditional delete), once with an inverse transform configured (a
-   conditional mark, then a conditional delete on that mark, for the reverse consumer).
+   other; as is (one conditional delete), with an inverse transform configured (still one:
+   the reverse consumer skips the forward consumer's deletes before the cutover by time), and
+   once a cutover has armed the flag (a conditional mark, then a conditional delete on it).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from bench.common import Result
 from livemigrate.aws import AwsClients, make_clients
 from livemigrate.clock import SystemClock
 from livemigrate.config import Settings
+from livemigrate.flag import ControlFlagStore
 from livemigrate.items import to_plain, to_typed
 from livemigrate.migration import BACKFILL_COMPLETE, PLAN, Migration, open_migration
 from livemigrate.records import StreamRecord
@@ -361,11 +363,14 @@ def _count(clients: AwsClients, table: str) -> int:
     return int(page["Count"])  # a few items at most after a drain: one page
 
 
-def bench_delete_catch_up(clients: AwsClients, inverse: str | None = None) -> list[Result]:
+def bench_delete_catch_up(
+    clients: AwsClients, inverse: str | None = None, *, armed: bool = False
+) -> list[Result]:
     """Catch-up of a backlog of deletes only, with real deletes (the backfill is complete).
 
-    Without an inverse transform a delete is one conditional delete; with one (a reverse
-    consumer may read the destination's stream) it is a conditional mark, then a delete.
+    A delete is one conditional delete, with or without an inverse transform (a reverse
+    consumer tells the forward consumer's deletes before the cutover by time); once a cutover
+    has armed the flag it is a conditional mark, then a delete on that mark.
 
     The destinations are pre-loaded (as after a backfill) and the stream holds only the
     REMOVEs, so the figure is the delete path alone: a stream of puts then deletes would spend
@@ -376,19 +381,23 @@ def bench_delete_catch_up(clients: AwsClients, inverse: str | None = None) -> li
     migration, base_dest = _delete_backlog(clients, DELETES, inverse)
     arn = str(migration.source.stream_arn)
     migration.store.put(PLAN, {"state": BACKFILL_COMPLETE, "completed_at": time.time()})
+    if armed:
+        flags = ControlFlagStore(migration.store)
+        flag = flags.read()
+        flags.write(flag.armed(time.time()), flag.epoch)
     done, base_rate, metrics, rate = _side_by_side(clients, migration, arn, base_dest)
     applied = metrics.value("records_applied_total")
     left = _count(clients, migration.settings.destination_table)
     note = (
         f"{int(applied)} REMOVEs (plain loop: {done}); tool: "
-        f"{'mark+delete' if migration.writer.mark_deletes else 'conditional delete'}, "
+        f"{'mark+delete' if armed else 'conditional delete'}, "
         f"{int(metrics.value('deletes_total'))} deleted, "
         f"{int(metrics.value('tombstones_written_total'))} tombstones; "
         f"left in D: {left} (plain {_count(clients, base_dest)})"
     )
     return [
         Result(
-            "consumer catch-up, 2k deletes" + (", marked (reverse)" if inverse else ""),
+            "consumer catch-up, 2k deletes" + _delete_label(inverse, armed),
             rate,
             "records/s",
             base_rate,
@@ -398,11 +407,19 @@ def bench_delete_catch_up(clients: AwsClients, inverse: str | None = None) -> li
     ]
 
 
+def _delete_label(inverse: str | None, armed: bool) -> str:
+    if armed:
+        return ", marked (cutover armed)"
+    return ", reverse configured" if inverse else ""
+
+
 def run() -> list[Result]:
     clients = _clients()
+    inverse = "livemigrate.examples.hot_outbox:inverse"
     return [
         *bench_lag(clients),
         *bench_catch_up(clients),
         *bench_delete_catch_up(clients),
-        *bench_delete_catch_up(clients, inverse="livemigrate.examples.hot_outbox:inverse"),
+        *bench_delete_catch_up(clients, inverse=inverse),
+        *bench_delete_catch_up(clients, inverse=inverse, armed=True),
     ]

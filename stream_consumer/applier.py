@@ -43,7 +43,7 @@ from livemigrate.clock import Clock, SystemClock
 from livemigrate.control import ControlStore
 from livemigrate.destination import DestinationWriter, Outcome
 from livemigrate.errors import TransformOutputError
-from livemigrate.fencing import Fence, LeaseExpired
+from livemigrate.fencing import LeaseExpired
 from livemigrate.flag import ControlFlagStore, FlagView
 from livemigrate.items import TypedItem, key_id, to_plain
 from livemigrate.records import ApplyFailure, StreamRecord
@@ -63,15 +63,6 @@ _OUTCOME_METRIC = {
     Outcome.TOMBSTONED: "tombstones_written_total",
     Outcome.DELETED: "deletes_total",
 }
-
-
-@dataclass(frozen=True)
-class Deletes:
-    """How one batch deletes: tombstones or real deletes, marked or not, sent until when."""
-
-    tombstone: bool
-    mark: bool | None = None  # None: the writer's mark_deletes
-    fence: Fence | None = None  # unmarked deletes may be sent only before it
 
 
 @dataclass(frozen=True)
@@ -261,7 +252,7 @@ class DestinationApplier:
                 break
             for op in planned:
                 self._fold(ops.setdefault(key_id(op.key), []), op)
-        failed = self._write(list(ops.values()), Deletes(tombstone, *self._marking(ops)))
+        failed = self._write(list(ops.values()), tombstone)
         if failed is not None and (bad is None or failed.index < bad.index):
             raise failed
         # Records from a failed one on are delivered again: report only those before it.
@@ -320,32 +311,34 @@ class DestinationApplier:
             log.debug("old image of %s does not transform (%s)", record.keys, exc.reason)
             return []
 
-    def _marking(self, ops: dict[str, list[Op]]) -> tuple[bool | None, Fence | None]:
-        """Whether this batch's deletes are marked; asked only when it has any."""
-        has_removal = any(op.item is None for queue in ops.values() for op in queue)
-        if self.marking is None or not has_removal:
-            return None, None
-        return self.marking.decide()
-
-    def _write(self, queues: list[list[Op]], deletes: Deletes) -> ApplyFailure | None:
+    def _write(self, queues: list[list[Op]], tombstone: bool) -> ApplyFailure | None:
         """Run each key's queue in order, different keys in parallel; the earliest failure."""
         if not queues:
             return None
-        results = self._pool.map(lambda queue: self._run_queue(queue, deletes), queues)
+        results = self._pool.map(lambda queue: self._run_queue(queue, tombstone), queues)
         failures = [failure for failure in results if failure is not None]
         if not failures:
             return None
         index, reason = min(failures)
         return ApplyFailure(index, reason, retryable=True)
 
-    def _run_queue(self, queue: list[Op], deletes: Deletes) -> tuple[int, str] | None:
+    def _run_queue(self, queue: list[Op], tombstone: bool) -> tuple[int, str] | None:
         for op in queue:
-            why = self._one(op, deletes)
+            why = self._one(op, tombstone)
             if why is not None:
                 return op.first_index, why
         return None
 
-    def _one(self, op: Op, deletes: Deletes) -> str | None:
+    def _remove(self, op: Op, tombstone: bool) -> Outcome:
+        """A removal by the version rule; a real delete is marked when the flag asks for it,
+        and sent unmarked only while the flag read that allows it is fresh (a fence)."""
+        if tombstone or self.marking is None:
+            return self.writer.remove(op.key, op.seq, tombstone=tombstone)
+        mark, fence = self.marking.decide()
+        with fencing.guarded(fence):
+            return self.writer.remove(op.key, op.seq, tombstone=False, mark=mark)
+
+    def _one(self, op: Op, tombstone: bool) -> str | None:
         """Run one write; the failure reason, or None when it is durably done."""
         try:
             if op.item is not None:
@@ -357,10 +350,7 @@ class DestinationApplier:
                     return None
                 outcome = self.writer.remove_unchanged(op.key, op.seq, verdict.held)
             else:
-                with fencing.guarded(deletes.fence):
-                    outcome = self.writer.remove(
-                        op.key, op.seq, tombstone=deletes.tombstone, mark=deletes.mark
-                    )
+                outcome = self._remove(op, tombstone)
         except LeaseExpired as exc:
             return f"destination write refused: {exc}"
         except (ClientError, BotoCoreError) as exc:
