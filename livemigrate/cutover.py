@@ -265,7 +265,8 @@ class Cutover:
             self.out(f"acknowledged {acked} dead letter(s)")
         fence_at = None
         drain = Drain(self.store, CONSUMER_SOURCE, self.options, self.clock, self.out)
-        flag = self._arm(flag)
+        if self.options.policy.require_reverse:
+            flag = self._arm(flag)
         if self.options.fenced:
             flag, fence_at = drain.fence_and_drain(self.flags, flag, "the source stream")
         now = self.clock.now()
@@ -292,8 +293,9 @@ class Cutover:
     def _arm(self, flag: Flag) -> Flag:
         """Ask the consumers to mark their deletes from now on, and wait until no unmarked
         delete can still land (``replication.ARM_WAIT``): the reverse consumer tells forward
-        deletes made before the flip by time, those after it by their marks. Writers are not
-        held meanwhile; the write pause starts with the fence."""
+        deletes made before the flip by time, those after it by their marks. Only a migration
+        with a reverse consumer needs it. Writers are not held meanwhile; the write pause starts
+        with the fence."""
         now = self.clock.now()
         if not flag.marks_since:
             flag = self.flags.write(flag.armed(now), flag.epoch)

@@ -19,6 +19,7 @@ from livemigrate.destination import DestinationWriter
 from livemigrate.items import key_id, to_plain, to_typed
 from livemigrate.migration import Migration, open_migration
 from livemigrate.records import ApplyFailure, StreamRecord
+from livemigrate.replication import FORWARD, written_by
 from livemigrate.versioning import SEQ_ATTR
 from stream_consumer import lambda_handler
 from stream_consumer.applier import DestinationApplier
@@ -29,7 +30,7 @@ from stream_consumer.scripted import ScriptedStream, ScriptedTable
 from stream_consumer.source import BotoShardSource
 from stream_consumer.tombstones import tombstones
 from tests.integration.test_backfill_support import settings_env
-from tests.services import create_table, scan_all, settings_for, unique
+from tests.services import StreamTail, create_table, scan_all, settings_for, unique
 from tests.unit.test_consumer_model import Scenario, expected, play, scenarios
 
 FAST = Tuning(batch_size=10, poll_interval=0.02, discover_interval=0.1, heartbeat_interval=0.1)
@@ -322,12 +323,15 @@ def test_moto_stream_seq_is_stored_with_every_applied_item(
 
 
 @pytest.mark.parametrize("inverse", [None, "livemigrate.examples.hot_outbox:inverse"])
-def test_lambda_entry_point_reports_whether_it_marks_its_deletes(
+def test_lambda_entry_point_deletes_with_one_write_before_a_cutover(
     clients: AwsClients,
-    migration: Migration,
     monkeypatch: pytest.MonkeyPatch,
     inverse: str | None,
 ) -> None:
+    source, dest = unique("src"), unique("dst")
+    create_table(clients.dynamodb, source)
+    create_table(clients.dynamodb, dest)  # with a stream: the reverse consumer would read it
+    migration = open_migration(settings_for(source, dest), clients)
     # GIVEN the function configured like the migration (with or without an inverse transform)
     env = settings_env(migration.settings)
     if inverse:
@@ -340,14 +344,16 @@ def test_lambda_entry_point_reports_whether_it_marks_its_deletes(
     table = migration.settings.source_table
     key = {"pk": "section-outbox|docket", "sk": "gone"}
     clients.dynamodb.put_item(TableName=table, Item=to_typed({**key, "createdAt": 1704067200}))
-    clients.dynamodb.delete_item(TableName=table, Key=to_typed(key))
-    # WHEN the event source mapping delivers the put and the delete
+    # WHEN the event source mapping delivers the put, then the delete
     response = lambda_handler.handler(lambda_event(stream_records(clients, migration)), None)
-    assert response == {"batchItemFailures": []}
-    # THEN the consumer item says whether `livemigrate reverse` may trust its deletes
-    consumer = migration.store.get("CONSUMER#source") or {}
-    if inverse:
-        assert "delete_marks_since" in consumer and "unmarked_deletes_at" not in consumer
-    else:
-        assert "unmarked_deletes_at" in consumer
+    clients.dynamodb.delete_item(TableName=table, Key=to_typed(key))
+    delete = stream_records(clients, migration)[1:]
+    assert (
+        lambda_handler.handler(lambda_event(delete), None) == response == {"batchItemFailures": []}
+    )
+    # THEN the delete is one conditional delete, with or without an inverse transform: no
+    # cutover is coming, and the reverse consumer skips it by time (livemigrate.replication)
     assert not list(scan_all(clients.dynamodb, migration.settings.destination_table))
+    dest_stream = StreamTail(clients, migration.settings.destination_table).drain()
+    removes = [r for r in dest_stream if r.event_name == "REMOVE"]
+    assert len(removes) == 1 and not written_by(FORWARD, removes[0])
