@@ -38,15 +38,18 @@ from typing import TYPE_CHECKING, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from livemigrate import fencing
 from livemigrate.clock import Clock, SystemClock
 from livemigrate.control import ControlStore
 from livemigrate.destination import DestinationWriter, Outcome
 from livemigrate.errors import TransformOutputError
 from livemigrate.items import TypedItem, key_id, to_plain
+from livemigrate.outage import is_transient
 from livemigrate.records import ApplyFailure, StreamRecord
 from livemigrate.replication import REVERSE, Marks, written_by
 from livemigrate.transform import Transformer
 from stream_consumer.metrics import Metrics
+from stream_consumer.tombstones import SETTLE_SECONDS, TombstoneWindow
 
 if TYPE_CHECKING:
     from livemigrate.migration import Migration
@@ -87,6 +90,19 @@ class Removal:
     held: str | None = None
 
 
+@dataclass(frozen=True)
+class DeleteDecision:
+    """Tombstones or real deletes; a tombstone decision is safe only until ``until``
+    (monotonic), when the purge may start (``stream_consumer.tombstones``)."""
+
+    real: bool
+    until: float = float("inf")
+
+    def fence(self, clock: Clock, within: fencing.Fence | None) -> fencing.Fence | None:
+        """What guards the batch's writes: ``within`` (the shard's), narrowed for tombstones."""
+        return within if self.real else TombstoneWindow(clock, self.until, within)
+
+
 class DeleteMode:
     """Tombstones until the backfill is complete, then real deletes (cached, refreshed).
 
@@ -98,6 +114,10 @@ class DeleteMode:
         Where ``real_deletes_since`` is recorded when the switch happens.
     refresh_seconds:
         How long a "backfill still running" answer is trusted.
+    settle_seconds, margin:
+        Tombstone finalisation purges ``settle_seconds`` after the switch: a tombstone
+        decision is safe for ``settle_seconds - margin`` (default margin: a third) after the
+        check that made it.
     """
 
     def __init__(
@@ -107,26 +127,38 @@ class DeleteMode:
         consumer: str,
         clock: Clock,
         refresh_seconds: float = 5.0,
+        *,
+        settle_seconds: float = SETTLE_SECONDS,
+        margin: float | None = None,
     ) -> None:
         self._complete = backfill_complete
         self.store = store
         self.consumer = consumer
         self.clock = clock
-        self.refresh_seconds = refresh_seconds
+        self.window = settle_seconds - (settle_seconds / 3 if margin is None else margin)
+        # A cached "tombstones" answer is reused while at least half its window is left.
+        self.refresh_seconds = min(refresh_seconds, self.window / 2)
         self._real = False
-        self._checked = float("-inf")
+        self._checked = float("-inf")  # monotonic, taken before the plan was read
         self._lock = threading.Lock()
+
+    def decide(self) -> DeleteDecision:
+        """Real deletes once the backfill is complete (never switches back); else tombstones,
+        with the deadline of the check behind the answer."""
+        with self._lock:
+            if self._real:
+                return DeleteDecision(True)
+            started = self.clock.monotonic()
+            if started - self._checked >= self.refresh_seconds:
+                self._checked = started
+                if self._complete():
+                    self._switch(self.clock.now())
+                    return DeleteDecision(True)
+            return DeleteDecision(False, self._checked + self.window)
 
     def real_deletes(self) -> bool:
         """True once the backfill is complete (never switches back)."""
-        with self._lock:
-            now = self.clock.now()
-            if self._real or now - self._checked < self.refresh_seconds:
-                return self._real
-            self._checked = now
-            if self._complete():
-                self._switch(now)
-            return self._real
+        return self.decide().real
 
     def _switch(self, now: float) -> None:
         self.store.update(
@@ -217,6 +249,8 @@ class DestinationApplier:
         self.on_heartbeat = on_heartbeat
         self.guard = guard
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="apply")
+        if hasattr(writer, "client"):  # the engine's lease fences guard our writes (rule 11)
+            fencing.install(writer.client)
 
     @classmethod
     def for_migration(
@@ -228,6 +262,7 @@ class DestinationApplier:
         clock: Clock | None = None,
         threads: int = 8,
         refresh_seconds: float = 5.0,
+        settle_seconds: float = SETTLE_SECONDS,
     ) -> DestinationApplier:
         mode = DeleteMode(
             migration.backfill_complete,
@@ -235,6 +270,7 @@ class DestinationApplier:
             consumer,
             clock or SystemClock(),
             refresh_seconds,
+            settle_seconds=settle_seconds,
         )
         return cls(migration.transformer, migration.writer, mode, metrics, threads)
 
@@ -249,7 +285,9 @@ class DestinationApplier:
 
     # -- RecordSink ---------------------------------------------------------------------------
     def apply(self, records: Sequence[StreamRecord]) -> None:
-        tombstone = not self.mode.real_deletes()
+        decision = self.mode.decide()
+        tombstone = not decision.real
+        fence = decision.fence(self.mode.clock, fencing.current())  # the caller's, narrowed
         ops: dict[str, list[Op]] = {}
         bad: ApplyFailure | None = None
         for index, record in enumerate(records):
@@ -260,7 +298,7 @@ class DestinationApplier:
                 break
             for op in planned:
                 self._fold(ops.setdefault(key_id(op.key), []), op)
-        failed = self._write(list(ops.values()), tombstone)
+        failed = self._write(list(ops.values()), tombstone, fence)
         if failed is not None and (bad is None or failed.index < bad.index):
             raise failed
         if bad is not None:
@@ -311,11 +349,19 @@ class DestinationApplier:
             log.debug("old image of %s does not transform (%s)", record.keys, exc.reason)
             return []
 
-    def _write(self, queues: list[list[Op]], tombstone: bool) -> ApplyFailure | None:
-        """Run each key's queue in order, different keys in parallel; the earliest failure."""
+    def _write(
+        self, queues: list[list[Op]], tombstone: bool, fence: fencing.Fence | None = None
+    ) -> ApplyFailure | None:
+        """Run each key's queue in order, different keys in parallel; the earliest failure.
+        Every write of the pool's threads checks the caller's ``fence`` (rule 11)."""
         if not queues:
             return None
-        results = self._pool.map(lambda queue: self._run_queue(queue, tombstone), queues)
+
+        def run(queue: list[Op]) -> tuple[int, str] | None:
+            with fencing.guarded(fence):
+                return self._run_queue(queue, tombstone)
+
+        results = list(self._pool.map(run, queues))
         failures = [failure for failure in results if failure is not None]
         if not failures:
             return None
@@ -343,6 +389,8 @@ class DestinationApplier:
             else:
                 outcome = self.writer.remove(op.key, op.seq, tombstone=tombstone)
         except (ClientError, BotoCoreError) as exc:
+            if is_transient(exc):
+                raise  # an outage: the engine rides it out (never a dead letter)
             return f"destination write failed: {exc}"
         self.metrics.inc(_OUTCOME_METRIC[outcome])
         if op.orphan and outcome is not Outcome.STALE:

@@ -17,6 +17,7 @@ from typing import Any
 from livemigrate.deadletters import DeadLetters
 from livemigrate.records import ApplyFailure, RecordSink, StreamRecord
 from stream_consumer.engine import json_safe_record
+from stream_consumer.tombstones import TombstoneWindowClosed
 
 _STATE: dict[str, Any] = {}
 
@@ -29,6 +30,8 @@ def handle(event: Mapping[str, Any], sink: RecordSink, dead_letters: DeadLetters
     while start < len(records):
         try:
             sink.apply(records[start:])
+        except TombstoneWindowClosed:
+            continue  # the tombstone decision got too old: apply again with a fresh one
         except ApplyFailure as failure:
             at = start + failure.index
             if failure.retryable:
