@@ -259,6 +259,7 @@ class Consumer:
             log.info("consumer %s starts at TRIM_HORIZON of %s", self.name, arn)
             return
         held = self.store.get(self.consumer_sk) or {}
+        resumed: dict[str, Any] = {"heartbeat_at": now, "resumed_at": now, "stream_arn": arn}
         if held.get("stream_arn") not in (None, arn):
             log.error(
                 "consumer %s was reading stream %s and now finds %s: the stream was re-created;"
@@ -268,10 +269,9 @@ class Consumer:
                 held.get("stream_arn"),
                 arn,
             )
-        self.store.update(
-            self.consumer_sk,
-            {"heartbeat_at": now, "resumed_at": now, "stream_arn": arn},
-        )
+            # Kept for the cutover gate: only a verification after this moment clears it.
+            resumed.update(stream_changed_at=now, previous_stream_arn=held.get("stream_arn"))
+        self.store.update(self.consumer_sk, resumed)
         log.info("consumer %s resumes from its recorded checkpoints", self.name)
 
     def run(self, until_caught_up: bool = False, stop_event: threading.Event | None = None) -> bool:
