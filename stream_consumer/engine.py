@@ -99,7 +99,7 @@ class Tuning:
     # the lease): covers clock skew between machines and a write already sent (rule 11).
     lease_margin: float | None = None
     # While a batch is applied, how often (real seconds) the shard thread looks whether the
-    # lease is due for renewal (it renews every third of the lease).
+    # lease is due for renewal (it renews every third of the lease): keep it well under that.
     apply_check_interval: float = 0.5
     # An endpoint failing (connection refused or closed, timeouts, 5xx, throttling) for longer
     # than this ends the process with ServiceUnreachable; shorter outages are ridden out.
@@ -636,10 +636,9 @@ class Consumer:
                 self.sink.apply(records)
 
         future: Future[None] = self._appliers.submit(guarded_apply)
-        check = min(self.tuning.apply_check_interval, self.ttl / 3)
         while True:
             try:
-                return future.result(timeout=check)
+                return future.result(timeout=self.tuning.apply_check_interval)
             except FutureTimeout:
                 self._renew_while_applying(reader)
 
