@@ -192,7 +192,7 @@ def test_a_long_apply_keeps_its_lease_by_renewing_while_it_runs(migration: Migra
     for _ in range(4):
         before = float(shard_state(migration)["lease_expires"])
         clock.advance(4)
-        wait_for("a renewal", lambda: float(shard_state(migration)["lease_expires"]) > before)
+        wait_for("a renewal", lambda b=before: float(shard_state(migration)["lease_expires"]) > b)
     # THEN the lease is still A's: B cannot take the shard
     second = consumer(migration, "B", clock)
     second.start()
