@@ -133,6 +133,10 @@ def wait_for(what: str, condition: Callable[[], bool]) -> None:
         time.sleep(0.02)
 
 
+def renewed_after(migration: Migration, before: float) -> Callable[[], bool]:
+    return lambda: float(shard_state(migration)["lease_expires"]) > before
+
+
 def source_put(migration: Migration, **extra: Any) -> None:
     item = to_typed({**X, "createdAt": JAN, **extra})
     migration.clients.dynamodb.put_item(TableName=migration.settings.source_table, Item=item)
@@ -192,7 +196,7 @@ def test_a_long_apply_keeps_its_lease_by_renewing_while_it_runs(migration: Migra
     for _ in range(4):
         before = float(shard_state(migration)["lease_expires"])
         clock.advance(4)
-        wait_for("a renewal", lambda b=before: float(shard_state(migration)["lease_expires"]) > b)
+        wait_for("a renewal", renewed_after(migration, before))
     # THEN the lease is still A's: B cannot take the shard
     second = consumer(migration, "B", clock)
     second.start()
