@@ -158,6 +158,8 @@ def test_a_stalled_apply_past_its_lease_writes_nothing_after_the_takeover(
     clock = FakeClock(time.time())
     stall = Stall()
     first = consumer(migration, "A", clock, stall=stall, apply_check_interval=3600.0)
+    assert isinstance(first.sink, StallingSink)
+    assert first.sink.inner.mode.decide().real  # A knows deletes are real before it stalls
     first.start()
     stalled = in_thread(first.step)
     stall.wait_entered()
