@@ -285,9 +285,7 @@ class DestinationApplier:
 
     # -- RecordSink ---------------------------------------------------------------------------
     def apply(self, records: Sequence[StreamRecord]) -> None:
-        decision = self.mode.decide()
-        tombstone = not decision.real
-        fence = decision.fence(self.mode.clock, fencing.current())  # the caller's, narrowed
+        fence = fencing.current()  # the engine's lease fence: the pool's threads check it too
         ops: dict[str, list[Op]] = {}
         bad: ApplyFailure | None = None
         for index, record in enumerate(records):
@@ -298,7 +296,7 @@ class DestinationApplier:
                 break
             for op in planned:
                 self._fold(ops.setdefault(key_id(op.key), []), op)
-        failed = self._write(list(ops.values()), tombstone, fence)
+        failed = self._write(list(ops.values()), fence)
         if failed is not None and (bad is None or failed.index < bad.index):
             raise failed
         if bad is not None:
@@ -350,23 +348,26 @@ class DestinationApplier:
             return []
 
     def _write(
-        self, queues: list[list[Op]], tombstone: bool, fence: fencing.Fence | None = None
+        self, queues: list[list[Op]], fence: fencing.Fence | None = None
     ) -> ApplyFailure | None:
-        """Run each key's queue in order, different keys in parallel; the earliest failure.
-        Every write of the pool's threads checks the caller's ``fence`` (rule 11)."""
+        """Run each key's queue in order, different keys in parallel; the earliest failure."""
         if not queues:
             return None
-
-        def run(queue: list[Op]) -> tuple[int, str] | None:
-            with fencing.guarded(fence):
-                return self._run_queue(queue, tombstone)
-
-        results = list(self._pool.map(run, queues))
+        results = list(self._pool.map(lambda queue: self._run_guarded(queue, fence), queues))
         failures = [failure for failure in results if failure is not None]
         if not failures:
             return None
         index, reason = min(failures)
         return ApplyFailure(index, reason, retryable=True)
+
+    def _run_guarded(self, queue: list[Op], fence: fencing.Fence | None) -> tuple[int, str] | None:
+        """One key's queue under the caller's ``fence`` (rule 11). A removal decides tombstone
+        or delete when its queue starts, and a tombstone is written only within the window of
+        that decision (``stream_consumer.tombstones``)."""
+        removes = any(op.item is None for op in queue)
+        decision = self.mode.decide() if removes else DeleteDecision(True)
+        with fencing.guarded(decision.fence(self.mode.clock, fence)):
+            return self._run_queue(queue, not decision.real)
 
     def _run_queue(self, queue: list[Op], tombstone: bool) -> tuple[int, str] | None:
         for op in queue:

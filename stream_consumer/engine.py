@@ -111,6 +111,13 @@ class Tuning:
         return delay * random.uniform(0.5, 1.0)
 
 
+def transient(exc: BaseException) -> bool:
+    """An outage (of the endpoint, or of the sink's service), not a bad record."""
+    if isinstance(exc, ApplyFailure):
+        return exc.transient
+    return is_transient(exc)
+
+
 def retention_level(lag_seconds: float, tuning: Tuning) -> str:
     """ "ok", "warn" or "error" for a lag against the 24 h stream retention (rule 9)."""
     if lag_seconds >= tuning.lag_error_seconds:
@@ -302,8 +309,8 @@ class Consumer:
         """``work()``; None after a transient failure (backed off: the caller goes round)."""
         try:
             result = work()
-        except (ClientError, BotoCoreError) as exc:
-            if not is_transient(exc):
+        except (ClientError, BotoCoreError, ApplyFailure) as exc:
+            if not transient(exc):
                 raise
             self._degrade(exc)
             return None
@@ -361,11 +368,14 @@ class Consumer:
         if now >= self._due["balance"] or not self.readers:
             self.balance()
         asked = self._drain_requested(now)
-        progressed = self._poll_all()
-        self._renew_idle()
-        if asked or self.clock.now() >= self._due["beat"]:
-            self.heartbeat()
-        return progressed
+        try:
+            return self._poll_all()
+        finally:
+            # Even when a shard met an outage (the sink's service, say): keep the other leases
+            # and report, so the consumer is seen alive (and degraded) meanwhile.
+            self._renew_idle()
+            if asked or self.clock.now() >= self._due["beat"]:
+                self.heartbeat()
 
     def _drain_requested(self, now: float) -> bool:
         """A cutover or rollback waits for a report from reads sent after ``drain_after``:
@@ -520,7 +530,7 @@ class Consumer:
         self.metrics.inc("records_read_total", len(page.records), shard=reader.shard_id)
         try:
             delivered = not records or self._deliver(reader, records)
-        except (ClientError, BotoCoreError):
+        except (ClientError, BotoCoreError, ApplyFailure):
             reader.iterator = None  # an outage mid-batch: reopen from the checkpoint
             raise
         if not delivered:
@@ -609,6 +619,8 @@ class Consumer:
                 log.info("shard %s: %s; applying the batch again", reader.shard_id, exc)
                 continue
             except ApplyFailure as failure:
+                if failure.transient:
+                    raise  # the sink's service is down: ridden out by the loop, no dead letter
                 pending, attempts = self._after_failure(reader, pending, failure, attempts)
                 if attempts and self._stop.is_set():
                     return False

@@ -26,10 +26,13 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from livemigrate.clock import Clock
 from livemigrate.errors import LivemigrateError
 from livemigrate.fencing import Fence
 from livemigrate.items import TypedItem
+from livemigrate.outage import Outage, is_transient
 from livemigrate.versioning import SEQ_ATTR, TOMBSTONE_ATTR
 
 if TYPE_CHECKING:
@@ -142,8 +145,44 @@ def finalize_tombstones(
     timeout_seconds: float = 3600.0,
     poll_seconds: float = 2.0,
     stop: threading.Event | None = None,
+    outage_seconds: float = 300.0,
 ) -> int:
-    """Wait for real deletes, purge tombstones, record ``TOMBSTONES``; returns how many purged."""
+    """Wait for real deletes, purge tombstones, record ``TOMBSTONES``; returns how many purged.
+
+    An endpoint outage (``livemigrate.outage``) is ridden out: wait and purge again (the purge
+    is idempotent); ``ServiceUnreachable`` once it lasts longer than ``outage_seconds``.
+    """
+    outage = Outage("tombstone finalisation: DynamoDB", clock, outage_seconds)
+    while True:
+        try:
+            purged = _finalize(
+                migration,
+                clock,
+                consumer=consumer,
+                settle_seconds=settle_seconds,
+                timeout_seconds=timeout_seconds,
+                poll_seconds=poll_seconds,
+                stop=stop,
+            )
+        except (ClientError, BotoCoreError) as exc:
+            if not is_transient(exc):
+                raise
+            clock.sleep(outage.failed(exc))
+            continue
+        outage.recovered()
+        return purged
+
+
+def _finalize(
+    migration: Migration,
+    clock: Clock,
+    *,
+    consumer: str,
+    settle_seconds: float,
+    timeout_seconds: float,
+    poll_seconds: float,
+    stop: threading.Event | None,
+) -> int:
     wait_for_real_deletes(
         migration,
         clock,
