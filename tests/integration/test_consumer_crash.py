@@ -149,10 +149,11 @@ class Chaos:
 
     def pause_while(self, alive: threading.Thread, env: dict[str, str]) -> int:
         """Two consumers; stall one (SIGSTOP: a GC or VM pause, mid-apply or not) for longer
-        than its 2 s lease, then let it go on (SIGCONT), until ``alive`` ends."""
+        than its 2 s lease, then let it go on (SIGCONT), until ``alive`` ends (3 times at
+        least)."""
         running = [self.spawn(env), self.spawn(env)]
         pauses = 0
-        while alive.is_alive():
+        while alive.is_alive() or pauses < 3:
             time.sleep(self.rng.uniform(0.2, 1.0))
             victim = running[self.rng.randrange(len(running))]
             victim.send_signal(signal.SIGSTOP)
