@@ -34,6 +34,22 @@ It returns True when it stopped because it caught up, False when ``stop_event`` 
 may also provide ``on_idle()``; the engine calls it at each heartbeat (the destination applier
 uses it to switch to real deletes on time even when no records arrive).
 
+Fences (ARCHITECTURE.md rule 11): each held shard has a ``livemigrate.fencing.Fence``, its
+lease length minus ``Tuning.lease_margin`` counted from before the claim or renewal was sent.
+A batch is applied on an apply thread inside ``fencing.guarded(fence)`` (the destination
+applier carries the fence into its own write threads) while the shard thread renews the lease
+every third of it; a write attempt after the deadline raises ``LeaseExpired`` before it is
+sent, and a lost lease revokes the fence at once. Either way the shard is dropped without a
+checkpoint or a dead letter; whoever holds it next replays from the checkpoint.
+
+Outages: a transient failure (``livemigrate.outage.is_transient``: connection refused or
+closed, timeouts, 5xx, throttling; or an ``ApplyFailure`` marked ``transient`` by a sink whose
+service is down) ends the round; the loop backs off (capped, jittered), marks itself degraded
+(log, the ``degraded`` gauge, ``degraded_since`` on ``CONSUMER#<name>`` once the control table
+takes it, cleared on recovery) and carries on. It never dead-letters for an outage, and a
+checkpoint that fails after an apply is retried, never skipped. An outage longer than
+``Tuning.outage_seconds`` raises ``ServiceUnreachable`` (positions are saved).
+
 Caught up means: every shard of the latest DescribeStream is finished (closed and read to its
 end, or trimmed) or is held by this process and its last GetRecords returned no records. A shard
 held by another live process keeps ``until_caught_up`` waiting until that lease is released or

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import EndpointConnectionError
 
+from livemigrate import gates
 from livemigrate.aws import AwsClients
 from livemigrate.clock import FakeClock
 from livemigrate.errors import ServiceUnreachable
@@ -339,3 +340,28 @@ def test_an_endpoint_outage_is_ridden_out_degraded_and_a_long_one_ends_the_run(
     assert clock.monotonic() - start >= 300.0
     # its position is kept: what was applied stays checkpointed
     assert str(shard_state(migration)["checkpoint"]).lstrip("0") == str(10**20 + 19)
+
+
+def test_a_recreated_source_stream_is_recorded_and_blocks_the_cutover_until_verified(
+    migration: Migration,
+) -> None:
+    clock = FakeClock(time.time())
+    old = ScriptedStream(clock, arn="arn:aws:dynamodb:scripted:0:table/t/stream/old")
+    consumer(migration, "A", clock, source=old).start()
+    assert "stream_changed_at" not in (migration.store.get("CONSUMER#source") or {})
+    # GIVEN a verification passed, THEN the stream is re-created (changes in between are lost)
+    migration.store.put("VERIFY", {"passed": True, "at": clock.now(), "tombstones": 0})
+    clock.advance(5)
+    new = ScriptedStream(clock, arn="arn:aws:dynamodb:scripted:0:table/t/stream/new")
+    # WHEN a consumer starts on the new stream
+    consumer(migration, "B", clock, source=new).start()
+    # THEN the change is recorded, and the loss gate refuses until a later verification passes
+    held = migration.store.get("CONSUMER#source") or {}
+    assert float(held["stream_changed_at"]) == pytest.approx(clock.now())
+    assert held["previous_stream_arn"] == old.stream_arn
+    snapshot = gates.read_snapshot(migration.store, now=clock.now())
+    gate = gates.loss_gate(snapshot, gates.Policy())
+    assert not gate.met and "re-created" in gate.why
+    migration.store.put("VERIFY", {"passed": True, "at": clock.now() + 1, "tombstones": 0})
+    snapshot = gates.read_snapshot(migration.store, now=clock.now() + 2)
+    assert gates.loss_gate(snapshot, gates.Policy()).met
