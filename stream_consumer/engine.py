@@ -730,8 +730,8 @@ class Consumer:
         )
         self.metrics.inc("records_dead_lettered_total", shard=reader.shard_id)
         log.error("record %s dead-lettered: %s", record.sequence_number, reason)
-        # Only now may the checkpoint pass it.
-        self._checkpoint(reader, record, 0)
+        # Only now may the checkpoint pass it (retried through an outage: no second letter).
+        self._checkpoint_applied(reader, record, 0)
 
     def _checkpoint(self, reader: _Reader, last: StreamRecord, applied: int) -> None:
         now = self.clock.now()

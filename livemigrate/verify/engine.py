@@ -43,7 +43,7 @@ from livemigrate.verify.digest import (
     key_id,
     strip_reserved,
 )
-from livemigrate.versioning import SEQ_ATTR
+from livemigrate.versioning import SEQ_ATTR, TOMBSTONE_ATTR
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -259,10 +259,11 @@ class Verifier:
         """The destination's digests, and how many tombstones it holds."""
 
         def visit(acc: _Acc, item: TypedItem) -> None:
-            if is_tombstone(item):
-                acc.tombstones += 1
-            else:
+            if not is_tombstone(item):
                 acc.digests.add(bucket_of(key_id(item, self.dkeys), n), item_hash(item))
+            elif item.get(TOMBSTONE_ATTR, {}).get("BOOL", False):
+                # Only real tombstones: an item marked for a delete in flight is live traffic.
+                acc.tombstones += 1
 
         accs = self._scan(self.destination.name, lambda: _Acc(Digests(n)), visit)
         return _merge_digests(accs, n), sum(a.tombstones for a in accs)

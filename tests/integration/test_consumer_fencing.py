@@ -22,6 +22,7 @@ from livemigrate.errors import ServiceUnreachable
 from livemigrate.items import to_typed
 from livemigrate.migration import Migration, open_migration
 from livemigrate.records import StreamRecord
+from livemigrate.verify import VerifyOptions, verify
 from stream_consumer.applier import DeleteMode, DestinationApplier
 from stream_consumer.engine import Consumer, Tuning
 from stream_consumer.metrics import Metrics
@@ -365,3 +366,22 @@ def test_a_recreated_source_stream_is_recorded_and_blocks_the_cutover_until_veri
     migration.store.put("VERIFY", {"passed": True, "at": clock.now() + 1, "tombstones": 0})
     snapshot = gates.read_snapshot(migration.store, now=clock.now() + 2)
     assert gates.loss_gate(snapshot, gates.Policy()).met
+
+
+def test_verification_counts_tombstones_for_the_gate_but_not_deletes_in_flight(
+    migration: Migration,
+) -> None:
+    # GIVEN a destination holding a live item, a tombstone, and an item marked by a delete in
+    # flight (the consumer marks, then deletes)
+    table = migration.settings.destination_table
+    ddb = migration.clients.dynamodb
+    live = {"pk": "p|2024-01", "sk": "a", "createdAt": JAN}
+    ddb.put_item(TableName=table, Item=to_typed({**live, "_lm_seq": "1"}))
+    ddb.put_item(TableName=table, Item=to_typed({"pk": "p", "sk": "t", "_lm_tomb": True}))
+    ddb.put_item(TableName=table, Item=to_typed({"pk": "p", "sk": "m", "_lm_del": True}))
+    # WHEN a verification runs
+    report = verify(migration, VerifyOptions(recheck_wait=0.0, recheck_rounds=1), search=False)
+    # THEN it counted the one tombstone, and recorded it for the tombstone gate
+    assert report.tombstones == 1
+    held = migration.store.get("VERIFY") or {}
+    assert held["tombstones"] == 1
