@@ -385,3 +385,44 @@ def test_verification_counts_tombstones_for_the_gate_but_not_deletes_in_flight(
     assert report.tombstones == 1
     held = migration.store.get("VERIFY") or {}
     assert held["tombstones"] == 1
+
+
+class CountingSink:
+    def __init__(self, inner: DestinationApplier) -> None:
+        self.inner = inner
+        self.applies = 0
+
+    def apply(self, records: Sequence[StreamRecord]) -> None:
+        self.applies += 1
+        self.inner.apply(records)
+
+
+def test_a_checkpoint_that_fails_after_an_apply_is_retried_not_skipped(
+    migration: Migration,
+) -> None:
+    clock = FakeClock(time.time())
+    stream = ScriptedStream(clock, shards=1)
+    table = ScriptedTable(stream)
+    for n in range(5):
+        table.put(to_typed({"pk": f"user|{n}", "sk": "x", "createdAt": JAN + n}))
+    first = consumer(migration, "A", clock, source=stream)
+    assert isinstance(first.sink, DestinationApplier)
+    sink = CountingSink(first.sink)
+    first.sink = sink
+    # GIVEN the control table fails the first checkpoint after the batch was applied
+    checkpoint = first.leases.checkpoint
+    failures = [EndpointConnectionError(endpoint_url="http://127.0.0.1:1")]
+
+    def flaky(*args: Any, **kwargs: Any) -> None:
+        if failures and "checkpoint" in args[-1]:
+            raise failures.pop()
+        checkpoint(*args, **kwargs)
+
+    first.leases.checkpoint = flaky  # type: ignore[method-assign]
+    # WHEN the consumer runs
+    assert first.run(until_caught_up=True)
+    # THEN the checkpoint was written after a back-off, the batch applied once, nothing lost
+    assert not failures
+    assert sink.applies == 1
+    assert first.metrics.value("records_applied_total") == 5
+    assert str(shard_state(migration)["checkpoint"]).lstrip("0") == str(10**20 + 4)
