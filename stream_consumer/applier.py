@@ -99,7 +99,7 @@ class DeleteDecision:
     until: float = float("inf")
 
     def fence(self, clock: Clock, within: fencing.Fence | None) -> fencing.Fence | None:
-        """What guards the batch's writes: ``within`` (the shard's), narrowed for tombstones."""
+        """What guards a key's writes: ``within`` (the shard's), narrowed for tombstones."""
         return within if self.real else TombstoneWindow(clock, self.until, within)
 
 
