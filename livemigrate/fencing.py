@@ -86,6 +86,24 @@ class Fence:
             raise LeaseExpired(f"{self.what}: local lease deadline passed {-left:.3f}s ago")
 
 
+class WindowClosed(Exception):
+    """A write was sent under a decision that is too old to be trusted: decide again, retry.
+
+    Not a lost lease: the holder still holds its lease; only the decision (tombstone or real
+    delete, marked or unmarked delete) must be taken again from fresher state.
+    """
+
+
+class Window(Fence):
+    """The fence of a decision rather than of a lease: past its deadline a write attempt
+    raises ``WindowClosed`` (the batch is applied again with a fresh decision)."""
+
+    def check(self) -> None:
+        left = self.remaining()
+        if left <= 0:
+            raise WindowClosed(f"{self.what}: decision expired {-left:.3f}s ago")
+
+
 _local = threading.local()
 
 

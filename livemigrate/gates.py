@@ -118,16 +118,64 @@ def dead_letters_gate(snap: Snapshot, policy: Policy) -> Gate:
 
 
 def tombstones_gate(snap: Snapshot, policy: Policy) -> Gate:
+    """Purged, and seen to be: a verification started after the purge found no tombstone.
+
+    The ``purged`` state alone is a flag set when the purge scan ended; a tombstone write that
+    landed later (a stale consumer, a retried write) would leave it true while the destination
+    holds a tombstone. The verification scans the destination anyway and counts them.
+    """
     name = "tombstones purged"
     state = (snap.tombstones or {}).get("state")
-    if state == "purged":
+    if state != "purged":
+        why = (
+            "the tombstone purge has not run"
+            if state is None
+            else f"tombstones are {state!r}: readers of the destination would see deleted items"
+        )
+        fix = "let the consumer purge tombstones after the backfill completes"
+        return Gate(name, False, why, fix)
+    fix = "run `livemigrate verify` (it counts the tombstones it sees in the destination)"
+    verify = snap.verify or {}
+    if verify.get("tombstones") is None or _num(verify, "at") < _num(snap.tombstones, "purged_at"):
+        return Gate(
+            name, False, "no verification has looked at the destination since the purge", fix
+        )
+    seen = int(_num(verify, "tombstones"))
+    if seen:
+        why = f"the last verification saw {seen} tombstone(s) in the destination after the purge"
+        fix = "run `livemigrate consume --finalize-tombstones` again, then `livemigrate verify`"
+        return Gate(name, False, why, fix)
+    return Gate(name, True)
+
+
+def _losses(consumer: dict[str, Any]) -> list[tuple[float, str]]:
+    """(when, what) of every loss the forward consumer recorded."""
+    found = []
+    if consumer.get("records_lost_at") is not None:
+        shard = consumer.get("records_lost_shard")
+        what = f"records of shard {shard} were trimmed before the consumer read them"
+        found.append((_num(consumer, "records_lost_at"), what))
+    if consumer.get("stream_changed_at") is not None:
+        what = "the source stream was re-created (changes between the two were never delivered)"
+        found.append((_num(consumer, "stream_changed_at"), what))
+    return found
+
+
+def loss_gate(snap: Snapshot, policy: Policy) -> Gate:
+    """Records the forward consumer lost (trimmed past retention, or a re-created stream)
+    block the cutover until a verification started after the loss passes."""
+    name = "no unverified stream loss"
+    losses = _losses(snap.consumer or {})
+    if not losses:
         return Gate(name, True)
-    why = (
-        "the tombstone purge has not run"
-        if state is None
-        else f"tombstones are {state!r}: readers of the destination would see deleted items"
-    )
-    return Gate(name, False, why, "let the consumer purge tombstones after the backfill completes")
+    at, what = max(losses)
+    verify = snap.verify or {}
+    if verify.get("passed") and _num(verify, "at") > at:
+        return Gate(name, True, f"{what}; a later verification passed")
+    ago = snap.now - at
+    why = f"{what} ({ago:.0f}s ago); no verification started since then has passed"
+    fix = "run `livemigrate verify --repair`, then `livemigrate verify` until it passes"
+    return Gate(name, False, why, fix)
 
 
 def verify_gate(snap: Snapshot, policy: Policy) -> Gate:
@@ -202,6 +250,7 @@ GATES: tuple[Callable[[Snapshot, Policy], Gate], ...] = (
     dead_letters_gate,
     tombstones_gate,
     verify_gate,
+    loss_gate,
     search_gate,
     reverse_gate,
 )

@@ -75,12 +75,18 @@ class ApplyFailure(Exception):
         Why, for logs and the dead-letter store.
     retryable:
         False when retrying cannot help (the record is invalid): dead-letter it at once.
+    transient:
+        The service behind the sink is unreachable or overloaded (not the record's fault):
+        the engine rides the outage out and never dead-letters for it.
     """
 
-    def __init__(self, index: int, reason: str, *, retryable: bool = True) -> None:
+    def __init__(
+        self, index: int, reason: str, *, retryable: bool = True, transient: bool = False
+    ) -> None:
         self.index = index
         self.reason = reason
         self.retryable = retryable
+        self.transient = transient
         super().__init__(f"record {index}: {reason}")
 
 

@@ -40,7 +40,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from livemigrate.fencing import Fence
+from livemigrate.fencing import Fence, Window
 from livemigrate.flag import Flag, FlagView
 from livemigrate.records import CLOCK_SKEW, STREAM_TIME_PRECISION, StreamRecord
 from livemigrate.versioning import (
@@ -120,4 +120,4 @@ class DeleteMarking:
         flag, read_at = self.view.fresh(self.validity / 2)
         if flag.marks_since:
             return True, None
-        return False, Fence(self.view.clock, read_at + self.validity, "unmarked deletes")
+        return False, Window(self.view.clock, read_at + self.validity, "unmarked deletes")

@@ -43,14 +43,15 @@ from livemigrate.clock import Clock, SystemClock
 from livemigrate.control import ControlStore
 from livemigrate.destination import DestinationWriter, Outcome
 from livemigrate.errors import TransformOutputError
-from livemigrate.fencing import LeaseExpired
 from livemigrate.flag import ControlFlagStore, FlagView
 from livemigrate.items import TypedItem, key_id, to_plain
+from livemigrate.outage import is_transient
 from livemigrate.records import ApplyFailure, StreamRecord
 from livemigrate.replication import REVERSE, DeleteMarking, Marks, written_by
 from livemigrate.retired import RetiredTable
 from livemigrate.transform import Transformer
 from stream_consumer.metrics import Metrics
+from stream_consumer.tombstones import SETTLE_SECONDS, TombstoneWindow
 
 if TYPE_CHECKING:
     from livemigrate.migration import Migration
@@ -91,6 +92,19 @@ class Removal:
     held: str | None = None
 
 
+@dataclass(frozen=True)
+class DeleteDecision:
+    """Tombstones or real deletes; a tombstone decision is safe only until ``until``
+    (monotonic), when the purge may start (``stream_consumer.tombstones``)."""
+
+    real: bool
+    until: float = float("inf")
+
+    def fence(self, clock: Clock, within: fencing.Fence | None) -> fencing.Fence | None:
+        """What guards a key's writes: ``within`` (the shard's), narrowed for tombstones."""
+        return within if self.real else TombstoneWindow(clock, self.until, within)
+
+
 class DeleteMode:
     """Tombstones until the backfill is complete, then real deletes (cached, refreshed).
 
@@ -102,6 +116,10 @@ class DeleteMode:
         Where ``real_deletes_since`` is recorded when the switch happens.
     refresh_seconds:
         How long a "backfill still running" answer is trusted.
+    settle_seconds, margin:
+        Tombstone finalisation purges ``settle_seconds`` after the switch: a tombstone
+        decision is safe for ``settle_seconds - margin`` (default margin: a third) after the
+        check that made it.
     """
 
     def __init__(
@@ -111,26 +129,38 @@ class DeleteMode:
         consumer: str,
         clock: Clock,
         refresh_seconds: float = 5.0,
+        *,
+        settle_seconds: float = SETTLE_SECONDS,
+        margin: float | None = None,
     ) -> None:
         self._complete = backfill_complete
         self.store = store
         self.consumer = consumer
         self.clock = clock
-        self.refresh_seconds = refresh_seconds
+        self.window = settle_seconds - (settle_seconds / 3 if margin is None else margin)
+        # A cached "tombstones" answer is reused while at least half its window is left.
+        self.refresh_seconds = min(refresh_seconds, self.window / 2)
         self._real = False
-        self._checked = float("-inf")
+        self._checked = float("-inf")  # monotonic, taken before the plan was read
         self._lock = threading.Lock()
+
+    def decide(self) -> DeleteDecision:
+        """Real deletes once the backfill is complete (never switches back); else tombstones,
+        with the deadline of the check behind the answer."""
+        with self._lock:
+            if self._real:
+                return DeleteDecision(True)
+            started = self.clock.monotonic()
+            if started - self._checked >= self.refresh_seconds:
+                self._checked = started
+                if self._complete():
+                    self._switch(self.clock.now())
+                    return DeleteDecision(True)
+            return DeleteDecision(False, self._checked + self.window)
 
     def real_deletes(self) -> bool:
         """True once the backfill is complete (never switches back)."""
-        with self._lock:
-            now = self.clock.now()
-            if self._real or now - self._checked < self.refresh_seconds:
-                return self._real
-            self._checked = now
-            if self._complete():
-                self._switch(now)
-            return self._real
+        return self.decide().real
 
     def _switch(self, now: float) -> None:
         self.store.update(
@@ -196,6 +226,8 @@ class DestinationApplier:
         self.retired = retired
         self.marking = marking
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="apply")
+        if hasattr(writer, "client"):  # the engine's lease fences guard our writes (rule 11)
+            fencing.install(writer.client)
 
     @classmethod
     def for_migration(
@@ -207,14 +239,19 @@ class DestinationApplier:
         clock: Clock | None = None,
         threads: int = 8,
         refresh_seconds: float = 5.0,
+        settle_seconds: float = SETTLE_SECONDS,
     ) -> DestinationApplier:
         clock = clock or SystemClock()
         mode = DeleteMode(
-            migration.backfill_complete, migration.store, consumer, clock, refresh_seconds
+            migration.backfill_complete,
+            migration.store,
+            consumer,
+            clock,
+            refresh_seconds,
+            settle_seconds=settle_seconds,
         )
         flags = ControlFlagStore(migration.store, migration.source.name, migration.destination.name)
         view = FlagView(flags, clock)
-        fencing.install(migration.writer.client)
         return cls(
             migration.transformer,
             migration.writer,
@@ -236,7 +273,7 @@ class DestinationApplier:
 
     # -- RecordSink ---------------------------------------------------------------------------
     def apply(self, records: Sequence[StreamRecord]) -> None:
-        tombstone = not self.mode.real_deletes()
+        fence = fencing.current()  # the engine's lease fence: the pool's threads check it too
         frozen, forward = self.retired.classify(records) if self.retired else (set(), set())
         if forward:
             self.metrics.inc("echoes_skipped_total", len(forward))
@@ -252,7 +289,7 @@ class DestinationApplier:
                 break
             for op in planned:
                 self._fold(ops.setdefault(key_id(op.key), []), op)
-        failed = self._write(list(ops.values()), tombstone)
+        failed = self._write(list(ops.values()), fence)
         if failed is not None and (bad is None or failed.index < bad.index):
             raise failed
         # Records from a failed one on are delivered again: report only those before it.
@@ -311,16 +348,27 @@ class DestinationApplier:
             log.debug("old image of %s does not transform (%s)", record.keys, exc.reason)
             return []
 
-    def _write(self, queues: list[list[Op]], tombstone: bool) -> ApplyFailure | None:
+    def _write(
+        self, queues: list[list[Op]], fence: fencing.Fence | None = None
+    ) -> ApplyFailure | None:
         """Run each key's queue in order, different keys in parallel; the earliest failure."""
         if not queues:
             return None
-        results = self._pool.map(lambda queue: self._run_queue(queue, tombstone), queues)
+        results = list(self._pool.map(lambda queue: self._run_guarded(queue, fence), queues))
         failures = [failure for failure in results if failure is not None]
         if not failures:
             return None
         index, reason = min(failures)
         return ApplyFailure(index, reason, retryable=True)
+
+    def _run_guarded(self, queue: list[Op], fence: fencing.Fence | None) -> tuple[int, str] | None:
+        """One key's queue under the caller's ``fence`` (rule 11). A removal decides tombstone
+        or delete when its queue starts, and a tombstone is written only within the window of
+        that decision (``stream_consumer.tombstones``)."""
+        removes = any(op.item is None for op in queue)
+        decision = self.mode.decide() if removes else DeleteDecision(True)
+        with fencing.guarded(decision.fence(self.mode.clock, fence)):
+            return self._run_queue(queue, not decision.real)
 
     def _run_queue(self, queue: list[Op], tombstone: bool) -> tuple[int, str] | None:
         for op in queue:
@@ -351,9 +399,9 @@ class DestinationApplier:
                 outcome = self.writer.remove_unchanged(op.key, op.seq, verdict.held)
             else:
                 outcome = self._remove(op, tombstone)
-        except LeaseExpired as exc:
-            return f"destination write refused: {exc}"
         except (ClientError, BotoCoreError) as exc:
+            if is_transient(exc):
+                raise  # an outage: the engine rides it out (never a dead letter)
             return f"destination write failed: {exc}"
         self.metrics.inc(_OUTCOME_METRIC[outcome])
         if op.orphan and outcome is not Outcome.STALE:

@@ -88,7 +88,12 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
         return 0
     metrics = Metrics(NAME)
     applier = DestinationApplier.for_migration(
-        migration, metrics, consumer=NAME, clock=clock, threads=args.apply_threads
+        migration,
+        metrics,
+        consumer=NAME,
+        clock=clock,
+        threads=args.apply_threads,
+        settle_seconds=args.settle_seconds,  # a tombstone lands before the purge (item 10.4)
     )
     stop = threading.Event()
     stop_on_signals(stop)

@@ -34,6 +34,22 @@ It returns True when it stopped because it caught up, False when ``stop_event`` 
 may also provide ``on_idle()``; the engine calls it at each heartbeat (the destination applier
 uses it to switch to real deletes on time even when no records arrive).
 
+Fences (ARCHITECTURE.md rule 11): each held shard has a ``livemigrate.fencing.Fence``, its
+lease length minus ``Tuning.lease_margin`` counted from before the claim or renewal was sent.
+A batch is applied on an apply thread inside ``fencing.guarded(fence)`` (the destination
+applier carries the fence into its own write threads) while the shard thread renews the lease
+every third of it; a write attempt after the deadline raises ``LeaseExpired`` before it is
+sent, and a lost lease revokes the fence at once. Either way the shard is dropped without a
+checkpoint or a dead letter; whoever holds it next replays from the checkpoint.
+
+Outages: a transient failure (``livemigrate.outage.is_transient``: connection refused or
+closed, timeouts, 5xx, throttling; or an ``ApplyFailure`` marked ``transient`` by a sink whose
+service is down) ends the round; the loop backs off (capped, jittered), marks itself degraded
+(log, the ``degraded`` gauge, ``degraded_since`` on ``CONSUMER#<name>`` once the control table
+takes it, cleared on recovery) and carries on. It never dead-letters for an outage, and a
+checkpoint that fails after an apply is retried, never skipped. An outage longer than
+``Tuning.outage_seconds`` raises ``ServiceUnreachable`` (positions are saved).
+
 Caught up means: every shard of the latest DescribeStream is finished (closed and read to its
 end, or trimmed) or is held by this process and its last GetRecords returned no records. A shard
 held by another live process keeps ``until_caught_up`` waiting until that lease is released or
@@ -45,18 +61,22 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from livemigrate import fencing
 from livemigrate.clock import Clock
 from livemigrate.control import ControlStore
 from livemigrate.deadletters import DeadLetters, Origin
 from livemigrate.errors import LeaseLost
+from livemigrate.fencing import Fence, LeaseExpired, WindowClosed
+from livemigrate.outage import Outage, is_transient
 from livemigrate.records import ApplyFailure, RecordSink, StreamRecord
 from stream_consumer.leases import BalancePolicy, ShardLeases
 from stream_consumer.lineage import resolve
@@ -90,11 +110,27 @@ class Tuning:
     shard_threads: int = 4  # held shards read in parallel
     lag_warn_seconds: float = 12 * HOUR  # retention is 24 h (rule 9)
     lag_error_seconds: float = 20 * HOUR
+    # A lease holder stops writing this long before its lease expires (default: a third of
+    # the lease): covers clock skew between machines and a write already sent (rule 11).
+    lease_margin: float | None = None
+    # While a batch is applied, how often (real seconds) the shard thread looks whether the
+    # lease is due for renewal (it renews every third of the lease): keep it well under that.
+    apply_check_interval: float = 0.5
+    # An endpoint failing (connection refused or closed, timeouts, 5xx, throttling) for longer
+    # than this ends the process with ServiceUnreachable; shorter outages are ridden out.
+    outage_seconds: float = 300.0
 
     def backoff(self, attempt: int) -> float:
         """Capped exponential backoff with jitter (attempt counts from 1)."""
         delay: float = min(self.backoff_cap, self.backoff_base * 2 ** max(0, attempt - 1))
         return delay * random.uniform(0.5, 1.0)
+
+
+def transient(exc: BaseException) -> bool:
+    """An outage (of the endpoint, or of the sink's service), not a bad record."""
+    if isinstance(exc, ApplyFailure):
+        return exc.transient
+    return is_transient(exc)
 
 
 def retention_level(lag_seconds: float, tuning: Tuning) -> str:
@@ -128,6 +164,8 @@ class _Reader:
     read_at: float = 0.0  # when the latest GetRecords of this shard was sent
     backoff: int = 0
     last_renew: float = 0.0
+    # The local deadline of our lease: writes of this shard's batches stop once it passes.
+    fence: Fence | None = field(default=None, repr=False)
 
 
 class _Dropped(Exception):
@@ -212,7 +250,15 @@ class Consumer:
         }
         self._drain_answered = 0.0
         self._pool = ThreadPoolExecutor(self.tuning.shard_threads, thread_name_prefix="shard")
+        # Batches are applied on their own threads so the shard thread can renew the lease
+        # while a long apply runs (retries, throttling), as the KCL renews on its own thread.
+        self._appliers = ThreadPoolExecutor(self.tuning.shard_threads, thread_name_prefix="apply")
         self._stop = threading.Event()
+        self.margin = (
+            self.tuning.lease_margin if self.tuning.lease_margin is not None else self.ttl / 3
+        )
+        self.outage = Outage(f"consumer {name}: service", clock, self.tuning.outage_seconds)
+        self._degraded_recorded = False
 
     @property
     def consumer_sk(self) -> str:
@@ -235,6 +281,7 @@ class Consumer:
             log.info("consumer %s starts at TRIM_HORIZON of %s", self.name, arn)
             return
         held = self.store.get(self.consumer_sk) or {}
+        resumed: dict[str, Any] = {"heartbeat_at": now, "resumed_at": now, "stream_arn": arn}
         if held.get("stream_arn") not in (None, arn):
             log.error(
                 "consumer %s was reading stream %s and now finds %s: the stream was re-created;"
@@ -244,26 +291,89 @@ class Consumer:
                 held.get("stream_arn"),
                 arn,
             )
-        self.store.update(
-            self.consumer_sk,
-            {"heartbeat_at": now, "resumed_at": now, "stream_arn": arn},
-        )
+            # Kept for the cutover gate: only a verification after this moment clears it.
+            resumed.update(stream_changed_at=now, previous_stream_arn=held.get("stream_arn"))
+        self.store.update(self.consumer_sk, resumed)
         log.info("consumer %s resumes from its recorded checkpoints", self.name)
 
     def run(self, until_caught_up: bool = False, stop_event: threading.Event | None = None) -> bool:
-        """Consume until stopped (False) or, with ``until_caught_up``, until caught up (True)."""
+        """Consume until stopped (False) or, with ``until_caught_up``, until caught up (True).
+
+        A transient endpoint failure (``livemigrate.outage.is_transient``) anywhere in a round
+        is ridden out: back off, report degraded, carry on; ``ServiceUnreachable`` once the
+        outage lasts longer than ``Tuning.outage_seconds`` (checkpoints are already written).
+        """
         self._stop = stop_event or threading.Event()
-        self.start()
+        while not self._stop.is_set() and not self._attempt(self.start):
+            continue
         try:
             while not self._stop.is_set():
-                progressed = self.step()
-                if until_caught_up and self.caught_up() and self._confirm_caught_up():
+                progressed = self._attempt(self.step)
+                if until_caught_up and progressed is not None and self._done():
                     return True
                 if not progressed:
                     self._sleep(self.tuning.poll_interval)
             return False
         finally:
             self.shutdown()
+
+    def _done(self) -> bool:
+        return bool(self.caught_up() and self._attempt(self._confirm_caught_up))
+
+    def _attempt(self, work: Callable[[], Any]) -> Any:
+        """``work()``; None after a transient failure (backed off: the caller goes round)."""
+        try:
+            result = work()
+        except (ClientError, BotoCoreError, ApplyFailure) as exc:
+            if not transient(exc):
+                raise
+            self._degrade(exc)
+            return None
+        self._recover()
+        return True if result is None else result
+
+    def _degrade(self, exc: BaseException) -> None:
+        """One more transient failure: back off (ServiceUnreachable past the limit)."""
+        delay = self.outage.failed(exc)
+        self.metrics.set("degraded", 1)
+        self.metrics.inc("outage_retries_total")
+        log.warning(
+            "consumer %s degraded for %.1fs (%s: %s); retrying in %.2fs",
+            self.name,
+            self.outage.seconds(),
+            type(exc).__name__,
+            exc,
+            delay,
+        )
+        self._report_degraded()
+        self._sleep(delay)
+
+    def _report_degraded(self) -> None:
+        """``degraded_since`` on CONSUMER#<name> as soon as the control table takes it."""
+        if self._degraded_recorded:
+            return
+        since = self.clock.now() - self.outage.seconds()
+        try:
+            self.store.update(self.consumer_sk, {"degraded_since": since})
+        except (ClientError, BotoCoreError) as exc:
+            if not is_transient(exc):
+                raise
+            return
+        self._degraded_recorded = True
+
+    def _recover(self) -> None:
+        if not self.outage.degraded and not self._degraded_recorded:
+            return
+        self.outage.recovered()
+        self.metrics.set("degraded", 0)
+        if self._degraded_recorded:
+            try:
+                self.store.update(self.consumer_sk, remove=("degraded_since",))
+            except (ClientError, BotoCoreError) as exc:
+                if not is_transient(exc):
+                    raise
+                return  # cleared at the next good round
+            self._degraded_recorded = False
 
     def step(self) -> bool:
         """One round: discover/balance when due, one batch per held shard, renew, heartbeat."""
@@ -273,11 +383,14 @@ class Consumer:
         if now >= self._due["balance"] or not self.readers:
             self.balance()
         asked = self._drain_requested(now)
-        progressed = self._poll_all()
-        self._renew_idle()
-        if asked or self.clock.now() >= self._due["beat"]:
-            self.heartbeat()
-        return progressed
+        try:
+            return self._poll_all()
+        finally:
+            # Even when a shard met an outage (the sink's service, say): keep the other leases
+            # and report, so the consumer is seen alive (and degraded) meanwhile.
+            self._renew_idle()
+            if asked or self.clock.now() >= self._due["beat"]:
+                self.heartbeat()
 
     def _drain_requested(self, now: float) -> bool:
         """A cutover or rollback waits for a report from reads sent after ``drain_after``:
@@ -293,13 +406,25 @@ class Consumer:
         return True
 
     def shutdown(self) -> None:
-        """Release every lease (checkpoints are already written after each apply)."""
+        """Release every lease (checkpoints are already written after each apply).
+
+        An endpoint that does not answer leaves the leases to expire (others take over then).
+        """
         for reader in list(self.readers.values()):
-            if self.leases.release(reader.shard_id, self.me):
-                log.info("released %s", reader.shard_id)
+            if reader.fence is not None:
+                reader.fence.revoke()
+            try:
+                if self.leases.release(reader.shard_id, self.me):
+                    log.info("released %s", reader.shard_id)
+            except (ClientError, BotoCoreError) as exc:
+                if not is_transient(exc):
+                    raise
+                log.warning("could not release %s (%s); it expires instead", reader.shard_id, exc)
         self.readers.clear()
         self.metrics.set("shards_held", 0)
         self._pool.shutdown(wait=True)
+        # An apply abandoned after its lease was lost is fenced; do not wait for it.
+        self._appliers.shutdown(wait=False)
 
     # -- shards and leases --------------------------------------------------------------------
     def discover(self) -> None:
@@ -329,6 +454,7 @@ class Consumer:
         now = self.clock.now()
         wanted = self.policy.choose(lineage.readable - set(self.readers), self.states, self.me, now)
         for shard_id in wanted:
+            sent = self.clock.monotonic()  # the fence counts from before the claim was sent
             item = self.leases.claim(shard_id, self.me, self.ttl, now)
             if item is None:
                 continue
@@ -338,6 +464,9 @@ class Consumer:
                 str(checkpoint) if checkpoint else None,
                 int(item.get("records_applied", 0)),
                 last_renew=now,
+                fence=Fence.for_lease(
+                    self.clock, sent, self.ttl, self.margin, f"lease {self.leases.sk(shard_id)}"
+                ),
             )
             self.metrics.inc("leases_taken_total", shard=shard_id)
             log.info("took lease %s (checkpoint %s)", shard_id, checkpoint)
@@ -363,26 +492,48 @@ class Consumer:
 
     # -- reading ------------------------------------------------------------------------------
     def _poll_all(self) -> bool:
+        """One batch per held shard (in parallel); a transient failure is raised after every
+        shard's poll has ended, so no poll of this round still runs in the next."""
         readers = list(self.readers.values())
         if len(readers) <= 1:
-            results = [self._poll(r) for r in readers]
-        else:
-            results = list(self._pool.map(self._poll, readers))
+            try:
+                return any([self._poll(r) for r in readers])
+            finally:
+                self._forget_done(readers)
+        futures = [self._pool.submit(self._poll, r) for r in readers]
+        wait(futures)
+        self._forget_done(readers)
+        return any([f.result() for f in futures])
+
+    def _forget_done(self, readers: list[_Reader]) -> None:
         for reader in readers:
             if reader.finished or reader.lost:
                 self.readers.pop(reader.shard_id, None)
                 self.metrics.forget(reader.shard_id)
-        return any(results)
 
     def _poll(self, reader: _Reader) -> bool:
         """Read and deliver one batch of one shard; True if records came."""
         try:
             return self._read_batch(reader)
-        except (_Dropped, LeaseLost):
-            log.warning("lease %s was taken over by another worker", reader.shard_id)
-            reader.lost = True
-            self.metrics.inc("leases_lost_total", shard=reader.shard_id)
+        except LeaseExpired as exc:
+            # Our local deadline passed mid-batch: the write was refused before it was sent.
+            # Nothing is checkpointed; whoever holds the shard next replays from the checkpoint.
+            log.warning(
+                "shard %s: stopped writing at the lease deadline (%s)", reader.shard_id, exc
+            )
+            self._drop(reader, "leases_expired_total")
             return False
+        except (_Dropped, LeaseLost):
+            if not reader.lost:  # a renewal while applying may have dropped it already
+                log.warning("lease %s was taken over by another worker", reader.shard_id)
+                self._drop(reader, "leases_lost_total")
+            return False
+
+    def _drop(self, reader: _Reader, metric: str) -> None:
+        if reader.fence is not None:
+            reader.fence.revoke()
+        reader.lost = True
+        self.metrics.inc(metric, shard=reader.shard_id)
 
     def _read_batch(self, reader: _Reader) -> bool:
         page = self._get_page(reader)
@@ -392,7 +543,12 @@ class Consumer:
         if reader.checkpoint is not None:
             records = [r for r in records if r.sequence_number > reader.checkpoint]
         self.metrics.inc("records_read_total", len(page.records), shard=reader.shard_id)
-        if records and not self._deliver(reader, records):
+        try:
+            delivered = not records or self._deliver(reader, records)
+        except (ClientError, BotoCoreError, ApplyFailure):
+            reader.iterator = None  # an outage mid-batch: reopen from the checkpoint
+            raise
+        if not delivered:
             reader.iterator = None  # stopped mid-batch: reopen from the checkpoint
             return True
         reader.iterator = page.next_iterator
@@ -425,7 +581,10 @@ class Consumer:
             self._back_off(reader, "throttled_total", "throttled")
             return None
         except (ClientError, BotoCoreError) as exc:
-            # Transient service or network trouble: back off and read again from the iterator.
+            if is_transient(exc):
+                # The endpoint is failing: the loop rides the outage out (degraded, backoff).
+                self.metrics.inc("read_errors_total", shard=reader.shard_id)
+                raise
             self._back_off(reader, "read_errors_total", f"failed ({type(exc).__name__}: {exc})")
             return None
         except ShardGone:
@@ -468,21 +627,74 @@ class Consumer:
         attempts = 0
         while pending:
             try:
-                self.sink.apply(pending)
+                self._apply(reader, pending)
+            except WindowClosed as exc:
+                # A tombstone or unmarked-delete decision got too old to be safe: decide again.
+                self.metrics.inc("tombstone_retries_total", shard=reader.shard_id)
+                log.info("shard %s: %s; applying the batch again", reader.shard_id, exc)
+                continue
             except ApplyFailure as failure:
+                if failure.transient:
+                    raise  # the sink's service is down: ridden out by the loop, no dead letter
                 pending, attempts = self._after_failure(reader, pending, failure, attempts)
                 if attempts and self._stop.is_set():
                     return False
                 continue
             except (ClientError, BotoCoreError) as exc:
+                if is_transient(exc):
+                    raise  # an outage, not a bad record: the loop rides it out, no dead letter
                 unclassified = ApplyFailure(0, f"{type(exc).__name__}: {exc}", retryable=True)
                 pending, attempts = self._after_failure(reader, pending, unclassified, attempts)
                 if attempts and self._stop.is_set():
                     return False
                 continue
-            self._checkpoint(reader, pending[-1], len(pending))
+            self._checkpoint_applied(reader, pending[-1], len(pending))
             return True
         return True
+
+    def _apply(self, reader: _Reader, records: Sequence[StreamRecord]) -> None:
+        """``sink.apply`` on an apply thread, under the shard's fence, renewing the lease
+        while it runs (rule 11). LeaseLost / LeaseExpired end it: the fence is revoked, so the
+        batch's remaining writes are refused, and the shard is dropped."""
+        fence = reader.fence
+
+        def guarded_apply() -> None:
+            with fencing.guarded(fence):
+                self.sink.apply(records)
+
+        future: Future[None] = self._appliers.submit(guarded_apply)
+        while True:
+            try:
+                return future.result(timeout=self.tuning.apply_check_interval)
+            except FutureTimeout:
+                self._renew_while_applying(reader)
+
+    def _renew_while_applying(self, reader: _Reader) -> None:
+        now = self.clock.now()
+        if now - reader.last_renew < self.ttl / 3:
+            return
+        try:
+            self._renew(reader, now, {"lag_seconds": reader.lag})
+        except (ClientError, BotoCoreError) as exc:
+            if not is_transient(exc):
+                raise
+            # Cannot renew now: keep trying; the fence stops our writes if it never succeeds.
+            log.warning("shard %s: lease renewal failed (%s); retrying", reader.shard_id, exc)
+            return
+        if reader.lost:
+            raise _Dropped(reader.shard_id)
+
+    def _checkpoint_applied(self, reader: _Reader, last: StreamRecord, applied: int) -> None:
+        """The checkpoint after a successful apply: retried through an outage, never skipped
+        (the apply is idempotent under the version rule, so a replay would be harmless too)."""
+        while True:
+            try:
+                self._checkpoint(reader, last, applied)
+                return
+            except (ClientError, BotoCoreError) as exc:
+                if not is_transient(exc):
+                    raise
+                self._degrade(exc)
 
     def _after_failure(
         self, reader: _Reader, pending: list[StreamRecord], failure: ApplyFailure, attempts: int
@@ -517,13 +729,13 @@ class Consumer:
         )
         self.metrics.inc("records_dead_lettered_total", shard=reader.shard_id)
         log.error("record %s dead-lettered: %s", record.sequence_number, reason)
-        # Only now may the checkpoint pass it.
-        self._checkpoint(reader, record, 0)
+        # Only now may the checkpoint pass it (retried through an outage: no second letter).
+        self._checkpoint_applied(reader, record, 0)
 
     def _checkpoint(self, reader: _Reader, last: StreamRecord, applied: int) -> None:
         now = self.clock.now()
-        reader.records_applied += applied
-        reader.lag = max(0.0, now - last.approximate_creation)
+        lag = max(0.0, now - last.approximate_creation)
+        sent = self.clock.monotonic()
         self.leases.checkpoint(
             reader.shard_id,
             self.me,
@@ -531,19 +743,28 @@ class Consumer:
             now,
             {
                 "checkpoint": last.sequence_number,
-                "records_applied": reader.records_applied,
+                "records_applied": reader.records_applied + applied,
                 "last_applied_at": now,
-                "lag_seconds": reader.lag,
+                "lag_seconds": lag,
             },
         )
+        self._extend(reader, sent)
+        reader.records_applied += applied
+        reader.lag = lag
         reader.checkpoint = last.sequence_number
         reader.last_renew = now
         self.metrics.inc("records_applied_total", applied, shard=reader.shard_id)
+
+    def _extend(self, reader: _Reader, sent: float) -> None:
+        if reader.fence is not None:
+            reader.fence.extend(sent, self.ttl, self.margin)
 
     def _finish(self, reader: _Reader) -> None:
         """A closed shard read to its end: finished, lease released; its children may start."""
         if not self.leases.release(reader.shard_id, self.me, {"finished": True}):
             raise _Dropped(reader.shard_id)
+        if reader.fence is not None:
+            reader.fence.revoke()
         reader.finished = True
         self.states.setdefault(reader.shard_id, {})["finished"] = True
         self.metrics.inc("shards_finished_total", shard=reader.shard_id)
@@ -558,13 +779,16 @@ class Consumer:
 
     def _renew(self, reader: _Reader, now: float, progress: dict[str, Any]) -> None:
         """Renew a held lease with ``progress``; a lease another worker took is let go."""
+        sent = self.clock.monotonic()
         try:
             self.leases.checkpoint(reader.shard_id, self.me, self.ttl, now, progress)
-            reader.last_renew = now
         except LeaseLost:
             log.warning("lease %s was taken over by another worker", reader.shard_id)
-            self.metrics.inc("leases_lost_total", shard=reader.shard_id)
+            self._drop(reader, "leases_lost_total")
             self.readers.pop(reader.shard_id, None)
+            return
+        self._extend(reader, sent)
+        reader.last_renew = now
 
     def heartbeat(self) -> None:
         """Lag and backlog on CONSUMER#<name>; the retention guard; the sink's idle hook."""

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from livemigrate.deadletters import DeadLetters
+from livemigrate.fencing import WindowClosed
 from livemigrate.records import ApplyFailure, RecordSink, StreamRecord
 from stream_consumer.engine import json_safe_record
 
@@ -29,6 +30,8 @@ def handle(event: Mapping[str, Any], sink: RecordSink, dead_letters: DeadLetters
     while start < len(records):
         try:
             sink.apply(records[start:])
+        except WindowClosed:
+            continue  # the tombstone decision got too old: apply again with a fresh one
         except ApplyFailure as failure:
             at = start + failure.index
             if failure.retryable:

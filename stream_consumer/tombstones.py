@@ -6,7 +6,17 @@ deletes and records ``real_deletes_since`` on ``CONSUMER#source``. Finalisation 
 (plus a settle time that covers other consumer processes' cached delete mode), scans D for
 ``_lm_tomb = true`` and deletes each tombstone with a condition on its sequence number, so a
 tombstone that a newer write replaced is left alone. It ends by writing ``TOMBSTONES``
-{state: "purged", purged_at, purged_count}; cutover checks that state.
+{state: "purged", purged_at, purged_count}.
+
+A tombstone write must land before the purge scan starts, even when it is retried for a long
+time (botocore retries, throttling): each "tombstones" decision of a consumer is checked at a
+monotonic moment ``c`` (before the plan is read), and the purge starts no earlier than the
+switch to real deletes (recorded after ``c``) plus ``settle_seconds``. So a tombstone decided
+on check ``c`` is written only before ``c + settle - margin``: the batch runs inside a
+``TombstoneWindow`` fence and a write attempt after that raises ``TombstoneWindowClosed`` (the
+engine applies the batch again with a fresh decision). The cutover gate does not trust the
+``purged`` state alone either: it also wants a verification, started after the purge, that saw
+no tombstone in the destination (``livemigrate.gates.tombstones_gate``).
 """
 
 from __future__ import annotations
@@ -16,9 +26,13 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from livemigrate.clock import Clock
 from livemigrate.errors import LivemigrateError
+from livemigrate.fencing import Fence, WindowClosed
 from livemigrate.items import TypedItem
+from livemigrate.outage import Outage, is_transient
 from livemigrate.versioning import SEQ_ATTR, TOMBSTONE_ATTR
 
 if TYPE_CHECKING:
@@ -28,10 +42,36 @@ if TYPE_CHECKING:
 log = logging.getLogger("livemigrate.consumer.tombstones")
 
 TOMBSTONES = "TOMBSTONES"
+# How long finalisation waits after the switch to real deletes; consumers write a tombstone
+# only within this time (less a margin) of the check that allowed it.
+SETTLE_SECONDS = 15.0
 
 
 class NotSwitched(LivemigrateError):
     """The consumer has not switched to real deletes within the wait."""
+
+
+class TombstoneWindowClosed(WindowClosed):
+    """A tombstone decision is too old to be written safely (the purge may have started)."""
+
+
+class TombstoneWindow(Fence):
+    """The fence of a batch decided as "tombstones": it holds while ``within`` (the shard's
+    lease fence, if any) holds and until ``deadline``, after which a write attempt raises
+    ``TombstoneWindowClosed`` (the shard's own expiry still raises ``LeaseExpired``)."""
+
+    def __init__(self, clock: Clock, deadline: float, within: Fence | None) -> None:
+        super().__init__(clock, deadline, "tombstone decision")
+        self.within = within
+
+    def check(self) -> None:
+        if self.within is not None:
+            self.within.check()
+        left = self.remaining()
+        if left <= 0:
+            raise TombstoneWindowClosed(
+                f"a tombstone decision expired {-left:.3f}s ago (the purge may have started)"
+            )
 
 
 def tombstones(writer: DestinationWriter) -> Iterator[tuple[TypedItem, str]]:
@@ -71,7 +111,7 @@ def wait_for_real_deletes(
     clock: Clock,
     *,
     consumer: str = "source",
-    settle_seconds: float = 15.0,
+    settle_seconds: float = SETTLE_SECONDS,
     timeout_seconds: float = 3600.0,
     poll_seconds: float = 2.0,
     stop: threading.Event | None = None,
@@ -101,12 +141,48 @@ def finalize_tombstones(
     clock: Clock,
     *,
     consumer: str = "source",
-    settle_seconds: float = 15.0,
+    settle_seconds: float = SETTLE_SECONDS,
     timeout_seconds: float = 3600.0,
     poll_seconds: float = 2.0,
     stop: threading.Event | None = None,
+    outage_seconds: float = 300.0,
 ) -> int:
-    """Wait for real deletes, purge tombstones, record ``TOMBSTONES``; returns how many purged."""
+    """Wait for real deletes, purge tombstones, record ``TOMBSTONES``; returns how many purged.
+
+    An endpoint outage (``livemigrate.outage``) is ridden out: wait and purge again (the purge
+    is idempotent); ``ServiceUnreachable`` once it lasts longer than ``outage_seconds``.
+    """
+    outage = Outage("tombstone finalisation: DynamoDB", clock, outage_seconds)
+    while True:
+        try:
+            purged = _finalize(
+                migration,
+                clock,
+                consumer=consumer,
+                settle_seconds=settle_seconds,
+                timeout_seconds=timeout_seconds,
+                poll_seconds=poll_seconds,
+                stop=stop,
+            )
+        except (ClientError, BotoCoreError) as exc:
+            if not is_transient(exc):
+                raise
+            clock.sleep(outage.failed(exc))
+            continue
+        outage.recovered()
+        return purged
+
+
+def _finalize(
+    migration: Migration,
+    clock: Clock,
+    *,
+    consumer: str,
+    settle_seconds: float,
+    timeout_seconds: float,
+    poll_seconds: float,
+    stop: threading.Event | None,
+) -> int:
     wait_for_real_deletes(
         migration,
         clock,

@@ -131,8 +131,9 @@ class RetryPolicy:
 
 
 class _Persisting(Exception):
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, transient: bool = False) -> None:
         self.reason = reason
+        self.transient = transient  # the node was unreachable or overloaded (429, 5xx)
         super().__init__(reason)
 
 
@@ -241,7 +242,9 @@ class SearchSink:
             try:
                 self.apply_changes(batch, current)
             except _Persisting as exc:
-                raise ApplyFailure(batch[0].position, exc.reason, retryable=True) from exc
+                raise ApplyFailure(
+                    batch[0].position, exc.reason, retryable=True, transient=exc.transient
+                ) from exc
 
     def _prefetch(self, batch: list[Change], following: list[Change]) -> _Prefetch | None:
         """Read the next batch's versions while this batch is written, when that is the same.
@@ -297,7 +300,10 @@ class SearchSink:
             self.stats.retried += len(pending)
             if outcome.backoff:
                 self.clock.sleep(self.retry.delay(attempt))
-        raise _Persisting(f"index {index}: {len(pending)} documents not applied: {outcome.reason}")
+        raise _Persisting(
+            f"index {index}: {len(pending)} documents not applied: {outcome.reason}",
+            transient=outcome.backoff,
+        )
 
     def _round(
         self,

@@ -143,6 +143,7 @@ def record(store: ControlStore, report: VerifyReport) -> None:
         "source_items": report.source_items,
         "destination_items": report.destination_items,
         "transform_errors": report.transform_errors,
+        "tombstones": report.tombstones,  # the tombstone gate wants 0 after the purge
         **report.counts,
     }
     if report.search is not None:

@@ -43,7 +43,7 @@ from livemigrate.verify.digest import (
     key_id,
     strip_reserved,
 )
-from livemigrate.versioning import SEQ_ATTR
+from livemigrate.versioning import SEQ_ATTR, TOMBSTONE_ATTR
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -132,6 +132,7 @@ class VerifyReport:
     differing_buckets: int = 0
     source_items: int = 0  # transform outputs
     destination_items: int = 0  # live items (tombstones excluded)
+    tombstones: int = 0  # tombstones seen in the destination (the cutover gate wants 0)
     transform_errors: int = 0
     first_pass_differences: int = 0
     resolved_by_recheck: int = 0
@@ -155,6 +156,7 @@ class _Acc:
     digests: Digests
     found: dict[str, tuple[TypedItem, TypedItem | None]] = field(default_factory=dict)
     errors: int = 0
+    tombstones: int = 0
 
 
 class Verifier:
@@ -208,7 +210,7 @@ class Verifier:
             max(self.source.item_count, self.destination.item_count), self.options.per_bucket
         )
         report = VerifyReport(buckets=n, at=self.clock.now())
-        dest = self._digest_destination(n)
+        dest, report.tombstones = self._digest_destination(n)
         self.hooks.after_destination_scan("digest")
         src, report.transform_errors = self._digest_source(n)
         report.destination_items, report.source_items = dest.total, src.total
@@ -253,12 +255,18 @@ class Verifier:
         except TransformOutputError:
             return None
 
-    def _digest_destination(self, n: int) -> Digests:
+    def _digest_destination(self, n: int) -> tuple[Digests, int]:
+        """The destination's digests, and how many tombstones it holds."""
+
         def visit(acc: _Acc, item: TypedItem) -> None:
             if not is_tombstone(item):
                 acc.digests.add(bucket_of(key_id(item, self.dkeys), n), item_hash(item))
+            elif item.get(TOMBSTONE_ATTR, {}).get("BOOL", False):
+                # Only real tombstones: an item marked for a delete in flight is live traffic.
+                acc.tombstones += 1
 
-        return _merge_digests(self._scan(self.destination.name, lambda: _Acc(Digests(n)), visit), n)
+        accs = self._scan(self.destination.name, lambda: _Acc(Digests(n)), visit)
+        return _merge_digests(accs, n), sum(a.tombstones for a in accs)
 
     def _digest_source(self, n: int) -> tuple[Digests, int]:
         def visit(acc: _Acc, item: TypedItem) -> None:

@@ -147,6 +147,24 @@ class Chaos:
             proc.wait()
         return kills
 
+    def pause_while(self, alive: threading.Thread, env: dict[str, str]) -> int:
+        """Two consumers; stall one (SIGSTOP: a GC or VM pause, mid-apply or not) for longer
+        than its 2 s lease, then let it go on (SIGCONT), until ``alive`` ends (3 times at
+        least)."""
+        running = [self.spawn(env), self.spawn(env)]
+        pauses = 0
+        while alive.is_alive() or pauses < 3:
+            time.sleep(self.rng.uniform(0.2, 1.0))
+            victim = running[self.rng.randrange(len(running))]
+            victim.send_signal(signal.SIGSTOP)
+            time.sleep(self.rng.uniform(2.5, 4.0))  # its shards are taken over meanwhile
+            victim.send_signal(signal.SIGCONT)
+            pauses += 1
+        for proc in running:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        return pauses
+
 
 def transformed_source(clients: AwsClients, settings: Settings) -> dict[str, dict[str, Any]]:
     """The expected destination, computed here with the transform, independently."""
@@ -222,6 +240,36 @@ def test_killed_consumers_and_a_racing_backfill_converge_exactly(
     assert set(late_deleted) == {Outcome.SUPERSEDED}, f"a deleted item came back; {context}"
     assert chaos.migration.dead_letters.count() == 0, context
     assert (chaos.migration.store.get("TOMBSTONES") or {}).get("state") == "purged"
+
+
+def test_stalled_consumers_resuming_after_a_takeover_never_undo_a_real_delete(
+    clients: AwsClients, tmp_path: Path
+) -> None:
+    seed = random.randrange(1_000_000)
+    source, dest = unique("src"), unique("dst")
+    create_table(clients.dynamodb, source)
+    create_table(clients.dynamodb, dest, stream=None)
+    settings = settings_for(source, dest)
+    chaos = Chaos(clients, open_migration(settings, clients), random.Random(seed), tmp_path)
+    env = consumer_env(settings)
+    # GIVEN deletes are real (the backfill is complete) while the source changes
+    chaos.migration.store.put("PLAN", {"state": "complete", "completed_at": time.time()})
+    chaos.seed(80)
+    writer = threading.Thread(target=chaos.change_source, args=(160,))
+    writer.start()
+    # WHEN consumers stall past their leases at random moments and then resume
+    pauses = chaos.pause_while(writer, env)
+    writer.join()
+    run_cli(env, "--until-caught-up")
+    # THEN nothing a stalled consumer wrote after its lease undid a newer change
+    got, tombstones = destination(clients, dest)
+    want = transformed_source(clients, settings)
+    context = f"seed={seed} pauses={pauses} logs={tmp_path}"
+    assert pauses >= 3, context
+    assert tombstones == 0, context
+    assert set(got) - set(want) == set(), f"orphans or resurrected items; {context}"
+    assert got == want, context
+    assert chaos.migration.dead_letters.count() == 0, context
 
 
 def test_sigterm_checkpoints_and_releases_the_leases(clients: AwsClients, tmp_path: Path) -> None:

@@ -282,10 +282,12 @@ def test_second_consumer_takes_over_only_after_lease_expiry(world: World) -> Non
         assert resumed is not None
         assert resumed >= str(checkpoints[shard])
     assert second.metrics.value("leases_taken_total") >= len(held_by_first)
-    # the old owner notices at its next checkpoint and lets go
+    # the old owner lets go at its next write (its local deadline passed: the write is
+    # refused before it is sent) or at its next renewal (the lease moved on)
     first.step()
     assert not set(first.readers) & held_by_first
-    assert first.metrics.value("leases_lost_total") >= 1
+    gone = first.metrics.value("leases_lost_total") + first.metrics.value("leases_expired_total")
+    assert gone >= 1
     first.shutdown()
     run_to_caught_up(second)
     held, _ = destination(world)

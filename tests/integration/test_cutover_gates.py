@@ -26,7 +26,8 @@ def ready_store(clients: AwsClients) -> ControlStore:
     store.put("PLAN", {"state": "complete", "completed_at": now - 60})
     store.put("CONSUMER#source", {"heartbeat_at": now, "lag_seconds": 0, "records_behind": 0})
     store.put("TOMBSTONES", {"state": "purged", "purged_at": now - 30})
-    store.put("VERIFY", {"passed": True, "at": now - 10, "missing": 0, "extra": 0, "different": 0})
+    verified = {"passed": True, "at": now - 10, "missing": 0, "extra": 0, "different": 0}
+    store.put("VERIFY", {**verified, "tombstones": 0})
     return store
 
 

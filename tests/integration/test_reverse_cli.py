@@ -15,10 +15,10 @@ from livemigrate.config import Settings
 from livemigrate.control import ControlStore
 from livemigrate.destination import DestinationWriter
 from livemigrate.examples.hot_outbox import inverse, transform
+from livemigrate.fencing import WindowClosed
 from livemigrate.flag import ControlFlagStore
 from livemigrate.items import to_plain, to_typed
 from livemigrate.migration import open_migration
-from livemigrate.records import ApplyFailure
 from livemigrate.replication import FORWARD, written_by
 from stream_consumer.applier import DestinationApplier
 from stream_consumer.metrics import Metrics
@@ -218,7 +218,7 @@ def test_an_unmarked_delete_sent_after_its_flag_read_expired_is_refused(
     assert applier.marking is not None
     applier.marking.validity = 0.0  # every unmarked decision is already out of date
     ddb.delete_item(TableName=source, Key=to_typed({"pk": items[0]["pk"], "sk": items[0]["sk"]}))
-    with pytest.raises(ApplyFailure, match="unmarked deletes"):
+    with pytest.raises(WindowClosed, match="unmarked deletes"):
         applier.apply(tail.drain())
     applier.close()
     kept = next(iter(transform(dict(items[0]))))

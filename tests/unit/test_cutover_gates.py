@@ -11,6 +11,7 @@ from livemigrate.gates import (
     check_all,
     dead_letters_gate,
     lag_gate,
+    loss_gate,
     search_gate,
     tombstones_gate,
     unmet,
@@ -28,7 +29,14 @@ def ready(**changes: Any) -> Snapshot:
         "plan": {"state": "complete", "completed_at": NOW - 100},
         "consumer": {"heartbeat_at": NOW - 2, "lag_seconds": 0.5, "records_behind": 0},
         "tombstones": {"state": "purged", "purged_at": NOW - 50},
-        "verify": {"passed": True, "at": NOW - 20, "missing": 0, "extra": 0, "different": 0},
+        "verify": {
+            "passed": True,
+            "at": NOW - 20,
+            "missing": 0,
+            "extra": 0,
+            "different": 0,
+            "tombstones": 0,
+        },
         "unacknowledged_dead_letters": 0,
     }
     values.update(changes)
@@ -72,6 +80,45 @@ def test_dead_letter_gate_refuses_unless_acknowledged() -> None:
 def test_tombstone_gate_refuses_active_or_unknown() -> None:
     assert "'active'" in tombstones_gate(ready(tombstones={"state": "active"}), POLICY).why
     assert "has not run" in tombstones_gate(ready(tombstones=None), POLICY).why
+
+
+def test_tombstone_gate_rechecks_the_destination_instead_of_trusting_the_purged_flag() -> None:
+    # GIVEN the purge has run (state purged at NOW - 50)
+    # WHEN the verification that followed saw a tombstone (one written after the purge scan)
+    seen = {"passed": True, "at": NOW - 20, "tombstones": 2}
+    gate = tombstones_gate(ready(verify=seen), POLICY)
+    # THEN the gate is unmet and says why
+    assert not gate.met
+    assert "saw 2 tombstone(s)" in gate.why and "--finalize-tombstones" in gate.fix
+    # a verification older than the purge, or one that did not count, proves nothing
+    older = {"passed": True, "at": NOW - 60, "tombstones": 0}
+    assert "since the purge" in tombstones_gate(ready(verify=older), POLICY).why
+    uncounted = {"passed": True, "at": NOW - 20}
+    assert not tombstones_gate(ready(verify=uncounted), POLICY).met
+    assert not tombstones_gate(ready(verify=None), POLICY).met
+    assert tombstones_gate(ready(verify={**seen, "tombstones": 0}), POLICY).met
+
+
+def test_loss_gate_wants_a_passing_verification_started_after_the_loss() -> None:
+    beat = {"heartbeat_at": NOW - 2, "lag_seconds": 0.5}
+    lost = {**beat, "records_lost_at": NOW - 10, "records_lost_shard": "shardId-7"}
+    # GIVEN the consumer recorded lost records AFTER the last passing verification (NOW - 20)
+    gate = loss_gate(ready(consumer=lost), POLICY)
+    assert not gate.met
+    assert "shardId-7" in gate.why and "trimmed" in gate.why and "verify" in gate.fix
+    assert "no unverified stream loss" in [
+        g.name for g in unmet(check_all(ready(consumer=lost), POLICY))
+    ]
+    # a failed verification after the loss does not clear it; a passing one does
+    failed = {"passed": False, "at": NOW - 5, "tombstones": 0}
+    assert not loss_gate(ready(consumer=lost, verify=failed), POLICY).met
+    passed = {"passed": True, "at": NOW - 5, "tombstones": 0}
+    assert loss_gate(ready(consumer=lost, verify=passed), POLICY).met
+    # a re-created stream is a loss too, and the latest loss counts
+    changed = {**lost, "stream_changed_at": NOW - 3}
+    gate = loss_gate(ready(consumer=changed, verify=passed), POLICY)
+    assert not gate.met and "re-created" in gate.why
+    assert loss_gate(ready(consumer=beat), POLICY).met
 
 
 def test_verify_gate_refuses_failed_missing_and_stale_verifications() -> None:
