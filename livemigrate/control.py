@@ -25,9 +25,11 @@ pk                          sk                          what
                                                         records_behind, read_from (the reads
                                                         behind the report were sent after it),
                                                         real_deletes_since, records_lost_at,
-                                                        records_lost_shard, delete_marks_since
-                                                        or unmarked_deletes_at, drain_after (a
-                                                        cutover asks for a report)
+                                                        records_lost_shard, drain_after (a
+                                                        cutover asks for a report),
+                                                        retired_writes, retired_last_keys,
+                                                        retired_last_at (changes of the retired
+                                                        table not applied, rule 13)
 ``MIG#<id>``                ``SHARD#<name>#<shard>``    shard lease: owner, counter, expiry,
                                                         checkpoint (padded sequence number),
                                                         parents, finished, stream_arn, lag,
@@ -44,7 +46,9 @@ pk                          sk                          what
                                                         reverse (lossless), write_pause
 ``MIG#<id>``                ``VERIFY``                  last verification: passed, at, counts
 ``MIG#<id>``                ``FLAG``                    cutover flag: active (source |
-                                                        destination), table, epoch, fenced
+                                                        destination), table, epoch, fenced,
+                                                        fenced_until, flipped_at, frozen_after,
+                                                        marks_since, destination_since
 ``MIG#<id>``                ``METRICS``                 counters (items read, written, ...)
 ``DEST#<table>``            ``OWNER``                   which migration writes this destination
 ==========================  ==========================  =======================================
