@@ -299,9 +299,14 @@ class DestinationApplier:
             raise bad
 
     def _report_frozen(self, records: Sequence[StreamRecord], frozen: set[int]) -> None:
-        if frozen and self.retired is not None:
-            self.metrics.inc("retired_writes_total", len(frozen))
-            self.retired.report(records, frozen)
+        """Count the retired table's late changes; the other consumer's echoes among them
+        (its writes to the retired table, which it replicates) are no one's late changes."""
+        late = {i for i in frozen if not written_by(self.echo_of, records[i])}
+        if len(frozen) > len(late):
+            self.metrics.inc("echoes_skipped_total", len(frozen) - len(late))
+        if late and self.retired is not None:
+            self.metrics.inc("retired_writes_total", len(late))
+            self.retired.report(records, late)
 
     def _fold(self, queue: list[Op], op: Op) -> None:
         """Queue ``op`` behind the earlier ops of its key in this batch.

@@ -83,6 +83,9 @@ def test_late_changes_of_the_retired_source_never_reach_the_destination(
     ddb.delete_item(TableName=source, Key=KEY_A)
     ddb.put_item(TableName=source, Item=user("b", "late"))
     ddb.put_item(TableName=source, Item=user("c", "late"))
+    # The reverse consumer's own write to the source is an echo, not a late change.
+    echo = {**user("d", "from-destination"), "_lm_rseq": {"S": "1".zfill(40)}}
+    ddb.put_item(TableName=source, Item=echo)
     applier.apply(tail.drain())
 
     assert destination(clients, migration) == {"user|a": "app-v2", "user|b": "v1"}
@@ -90,6 +93,7 @@ def test_late_changes_of_the_retired_source_never_reach_the_destination(
     assert int(consumer["retired_writes"]) == 3
     assert '{"pk":{"S":"user|a"},"sk":{"S":"profile"}}' in consumer["retired_last_keys"]
     assert applier.metrics.value("retired_writes_total") == 3
+    assert applier.metrics.value("echoes_skipped_total") == 1
     applier.close()
 
 
