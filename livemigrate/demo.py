@@ -236,7 +236,9 @@ def _roll_back(demo: Demo) -> dict[str, Any]:
     source, destination = env["LIVEMIGRATE_SOURCE_TABLE"], env["LIVEMIGRATE_DESTINATION_TABLE"]
     written, deleted = _write_new_schema(ddb, destination)
     demo.say(f"{len(written)} puts and {len(deleted)} deletes on the destination; rolling back")
-    rollback = demo.foreground("rollback", "--fenced")
+    rollback = demo.foreground(
+        "rollback", "--fenced", "--checked-writes", "--consumer-margin", "0.2"
+    )
     pause = next(
         (
             line.rsplit(":", 1)[1].strip()
