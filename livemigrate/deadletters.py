@@ -116,9 +116,7 @@ def record_from_json(data: Mapping[str, Any]) -> dict[str, Any]:
 
 def _is_record(raw: object) -> bool:
     return (
-        isinstance(raw, Mapping)
-        and "eventName" in raw
-        and isinstance(raw.get("dynamodb"), Mapping)
+        isinstance(raw, Mapping) and "eventName" in raw and isinstance(raw.get("dynamodb"), Mapping)
     )
 
 

@@ -241,5 +241,3 @@ def _record_applier(migration: Migration) -> DestinationApplier:
 
 def _when(at: float) -> str:
     return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-

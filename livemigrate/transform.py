@@ -21,7 +21,6 @@ from livemigrate.versioning import RESERVED_PREFIX
 TransformFn = Callable[[PlainItem], Iterable[Mapping[str, Any]]]
 
 
-
 def load_transform(spec: str) -> TransformFn:
     """Import ``package.module:function``; a clear error if it is not there or not callable."""
     module_name, _, attr = spec.partition(":")

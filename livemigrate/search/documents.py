@@ -3,8 +3,9 @@
 - The document id comes from the item's key attributes only, so every event of one item lands
   on one document whatever the item holds. It is stable (key names sorted, numbers normalised
   by DynamoDB's rules with all 38 digits, ``livemigrate.values``) and URL-safe: each value is
-  percent-encoded with only ``-._`` left bare, values are joined with ``~``, and an id longer than Elasticsearch's 512-byte limit becomes ``~`` + SHA-256 of
-  the readable form (a readable id never starts with ``~``, so the two cannot collide).
+  percent-encoded with only ``-._`` left bare, values are joined with ``~``, and an id longer
+  than Elasticsearch's 512-byte limit becomes ``~`` + SHA-256 of the readable form (a readable
+  id never starts with ``~``, so the two cannot collide).
 - The default document is the item itself, JSON-safe and exact: a number is a JSON integer when
   it is one within Elasticsearch's ``long`` range, a JSON float when a double holds exactly that
   decimal, and otherwise its exact decimal text (a 38-digit number is never rounded); sets ->
