@@ -13,7 +13,7 @@ from typing import Any
 
 from boto3.dynamodb.types import Binary, TypeDeserializer, TypeSerializer
 
-from livemigrate.values import key_text
+from livemigrate.values import is_binary, key_text, raw_bytes
 
 PlainItem = dict[str, Any]
 TypedItem = dict[str, Any]
@@ -95,7 +95,8 @@ def _json_default(value: object) -> Any:
         as_float = float(value)
         return as_float if Decimal(repr(as_float)) == value else str(value)
     if isinstance(value, set | frozenset):
-        return sorted(value, key=str)
+        # str() of boto3's Binary is bytes, not text: order binary sets by their bytes.
+        return sorted(value, key=lambda v: raw_bytes(v).hex() if is_binary(v) else str(v))
     if isinstance(value, Binary):
         return bytes(value.value).hex()  # type: ignore[attr-defined]
     if isinstance(value, bytes | bytearray):
