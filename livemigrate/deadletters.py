@@ -26,6 +26,7 @@ import uuid
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 from boto3.dynamodb.types import Binary
@@ -102,6 +103,9 @@ def record_to_json(record: Mapping[str, Any]) -> dict[str, Any]:
     for name in _IMAGES:
         if name in body:
             body[name] = to_dynamodb_json(body[name])
+    created = body.get("ApproximateCreationDateTime")
+    if isinstance(created, datetime):  # boto3 parses it; a Lambda event has epoch seconds
+        body["ApproximateCreationDateTime"] = created.timestamp()
     return {**record, "dynamodb": body}
 
 
