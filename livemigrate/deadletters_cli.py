@@ -24,6 +24,7 @@ import os
 import sys
 import time
 from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from livemigrate.aws import AwsClients
@@ -176,7 +177,7 @@ def _replay(
         _require_same_code(migration)
     applier = _record_applier(migration)
     try:
-        replayer = Replayer(migration, letters, lambda record: applier.apply([record]))
+        replayer = Replayer(migration, letters, partial(_apply, applier))
         still_open = sum(1 for letter in chosen if not _replay_one(replayer, letter))
     finally:
         applier.close()
@@ -193,6 +194,22 @@ def _replay_one(replayer: Replayer, letter: DeadLetter) -> bool:
     verdict = "resolved" if result.resolved else "still unresolved"
     print(f"{letter.id}: {verdict}: {result.detail}")
     return result.resolved
+
+
+# What a replayed record's writes did, as the consumer counts them.
+_OUTCOMES = {
+    "applied": "writes_applied_total",
+    "stale (a newer version is held)": "writes_stale_total",
+    "tombstoned": "tombstones_written_total",
+    "deleted": "deletes_total",
+}
+
+
+def _apply(applier: DestinationApplier, record: StreamRecord) -> str:
+    before = {name: applier.metrics.value(name) for name in _OUTCOMES.values()}
+    applier.apply([record])
+    done = {label: applier.metrics.value(name) - before[name] for label, name in _OUTCOMES.items()}
+    return ", ".join(f"{label} {count:g}" for label, count in done.items() if count) or "no writes"
 
 
 def _require_same_code(migration: Migration) -> None:
@@ -218,7 +235,7 @@ def _open(letters: DeadLetters, settings: Settings, clients: AwsClients) -> Migr
     return migration
 
 
-def _no_records(record: StreamRecord) -> None:
+def _no_records(record: StreamRecord) -> str:
     raise AssertionError("checking letters applies nothing")
 
 

@@ -36,7 +36,8 @@ from livemigrate.versioning import BACKFILL_SEQ, SEQ_ATTR, TOMBSTONE_ATTR
 if TYPE_CHECKING:
     from livemigrate.migration import Migration
 
-ApplyRecord = Callable[[StreamRecord], None]
+# Applies one record through the version rule; says what it did ("applied 1, stale 0").
+ApplyRecord = Callable[[StreamRecord], str]
 REPLAYABLE = ("backfill", "stream")
 
 
@@ -102,8 +103,8 @@ class Replayer:
     def _replay_record(self, letter: DeadLetter) -> str:
         raw = letter.record()
         record = StreamRecord.from_boto(raw, str(raw.get("shard_id", "")))
-        self.apply_record(record)
-        return f"replayed stream record {record.sequence_number.lstrip('0')} (version rule)"
+        done = self.apply_record(record)
+        return f"replayed stream record {record.sequence_number.lstrip('0')}: {done}"
 
     def _replay_item(self, source_key: TypedItem) -> str:
         current = self._source_item(source_key)

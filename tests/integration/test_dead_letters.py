@@ -179,6 +179,7 @@ def test_fix_the_transform_then_replay_brings_exact_parity_and_passes_the_gate(
     out = capsys.readouterr().out
     assert "0 unresolved dead letter(s) remain" in out
     assert "source item no longer exists: nothing to replay" in out
+    assert out.count("stale (a newer version is held) 1") == 1  # 001's first version
 
     # THEN exact parity, the newer write kept, nothing resurrected, the gate passes
     assert held(clients, dest) == expected(clients, source)

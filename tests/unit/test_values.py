@@ -189,3 +189,14 @@ def test_identity_transform_of_a_binary_key_item_is_accepted() -> None:
     assert canonical_text(out) == canonical_text(typed)
     with pytest.raises(Exception, match="non-empty bytes"):
         Transformer(lambda item: [{**item, "pk": b""}], ("pk",), {"pk": "B"}).run({"pk": b"x"})
+
+
+def test_a_stream_record_takes_its_key_from_the_image() -> None:
+    """GIVEN a record whose binary ``Keys`` are base64 text of the bytes (moto's server encodes
+    them twice) THEN the parsed key is the image's, the same bytes the table holds."""
+    image = {"pk": {"B": b"\nv"}, "v": {"S": "x"}}
+    raw = {
+        "eventName": "INSERT",
+        "dynamodb": {"Keys": {"pk": {"B": b"CnY="}}, "NewImage": image, "SequenceNumber": "1"},
+    }
+    assert StreamRecord.from_boto(raw).keys == {"pk": {"B": b"\nv"}}
