@@ -177,16 +177,16 @@ def test_fix_the_transform_then_replay_brings_exact_parity_and_passes_the_gate(
     capsys.readouterr()
     assert command(s, clients, "dead-letters", "replay", "--all") == 0
     out = capsys.readouterr().out
-    assert "0 unresolved dead letter(s) remain" in out
-    assert "source item no longer exists: nothing to replay" in out
-    assert out.count("stale (a newer version is held) 1") == 1  # 001's first version
 
-    # THEN exact parity, the newer write kept, nothing resurrected, the gate passes
-    assert held(clients, dest) == expected(clients, source)
+    # THEN the newer write is kept, nothing is resurrected, parity is exact, the gate passes
     after = next(i for i in scan_all(clients.dynamodb, dest) if i["sk"] == {"S": "001"})
     assert after["v"] == {"S": "newer"}
     assert after[SEQ_ATTR] == newer[SEQ_ATTR]
     assert not [i for i in scan_all(clients.dynamodb, dest) if i["sk"] == {"S": "020"}]
+    assert held(clients, dest) == expected(clients, source)
+    assert "0 unresolved dead letter(s) remain" in out
+    assert "source item no longer exists: nothing to replay" in out
+    assert out.count("stale (a newer version is held) 1") == 1  # 001's first version
     migration = open_migration(s, clients, require_source_stream=False)
     assert verify(migration, FAST, search=False).passed
     assert dead_letters_gate(read_snapshot(store), Policy(ack_dead_letters=False)).met
