@@ -280,3 +280,24 @@ def test_segmented_scan_crash_of_the_emulator_is_named(
     assert command(fresh, clients, *flags, "--total-segments", "1") == 0
     held = destination_items(clients, other)
     assert sorted(held) == sorted(key_text({"pk": i["pk"], "sk": i["sk"]}) for i in items)
+
+
+def test_verify_sees_a_missing_item_whose_numeric_key_differs_past_the_28th_digit(
+    clients: AwsClients,
+) -> None:
+    """GIVEN two source items whose numeric keys differ only in the 38th digit, and only one of
+    them in the destination WHEN verify runs THEN it fails with that one missing (before: both
+    keys had one id and verify passed with source_items 2, destination_items 1: issue 11)."""
+    keys = (("pk", "N"),)
+    source, dest = unique("nsrc"), unique("ndst")
+    create_table(clients.dynamodb, source, keys=keys)
+    create_table(clients.dynamodb, dest, keys=keys, stream=None)
+    first = {"pk": {"N": "1" * 38}, "v": {"S": "a"}}
+    second = {"pk": {"N": "1" * 37 + "2"}, "v": {"S": "a"}}
+    put_all(clients, source, [first, second])
+    put_all(clients, dest, [first])
+    s = settings_for(source, dest, transform=IDENTITY)
+    report = verify(open_migration(s, clients, require_source_stream=False), ONE_SEGMENT)
+    assert not report.passed
+    assert report.counts == {"missing": 1, "extra": 0, "different": 0}
+    assert report.examples["missing"][0]["key"] == {"pk": int("1" * 37 + "2")}
