@@ -134,14 +134,14 @@ def _list(
     if args.json:
         print(json.dumps([_as_json(x) for x in shown], indent=2, sort_keys=True))
         return 0
-    open_ = sum(1 for x in shown if x.unresolved)
-    print(f"{len(shown)} dead letter(s), {open_} unresolved")
+    still_open = sum(1 for x in shown if x.unresolved)
+    print(f"{len(shown)} dead letter(s), {still_open} unresolved")
     for letter in shown:
         print(
             f"{letter.id}  {letter.origin:<8} {letter.state:<12} {_when(letter.at)}  "
             f"key={letter.key}  {letter.reason}"
         )
-    if open_:
+    if still_open:
         print(
             "next: `livemigrate dead-letters show ID`; fix the transform and restart the "
             "consumers, then `livemigrate dead-letters replay --all`; or "

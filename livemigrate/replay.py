@@ -78,9 +78,8 @@ class Replayer:
         try:
             detail = self._replay(letter)
         except (TransformOutputError, ApplyFailure, _NotReplayable) as exc:
-            error = exc.reason if hasattr(exc, "reason") else str(exc)
-            self.letters.replay_failed(letter.id, error)
-            return ReplayResult(letter.id, False, error)
+            self.letters.replay_failed(letter.id, exc.reason)
+            return ReplayResult(letter.id, False, exc.reason)
         self.letters.resolve(letter.id, detail)
         return ReplayResult(letter.id, True, detail)
 
