@@ -127,9 +127,12 @@ def _list(
     letters: DeadLetters, settings: Settings, clients: AwsClients, args: argparse.Namespace
 ) -> int:
     if not args.no_check and any(x.unresolved for x in letters.list()):
-        replayer = Replayer(_open(letters, settings, clients), letters, _no_records)
+        migration = _open(letters, settings, clients)
+        replayer = Replayer(migration, letters, _no_records)
         for letter in letters.list():
             replayer.check(letter)
+        for line in _stale_lines(migration):
+            print(f"warning: {line}", file=sys.stderr)
     shown = [x for x in letters.list() if x.unresolved or not args.unresolved]
     if args.json:
         print(json.dumps([_as_json(x) for x in shown], indent=2, sort_keys=True))
@@ -212,16 +215,19 @@ def _apply(applier: DestinationApplier, record: StreamRecord) -> str:
     return ", ".join(f"{label} {count:g}" for label, count in done.items() if count) or "no writes"
 
 
+def _stale_lines(migration: Migration) -> list[str]:
+    """One line per live backfill worker or source consumer running other transform code."""
+    stale = stale_processes(migration.store, migration.transformer.code_hash, time.time())
+    return [f"{p.owner} (lease {p.lease}) runs {p.code_hash or 'unrecorded code'}" for p in stale]
+
+
 def _require_same_code(migration: Migration) -> None:
-    mine = migration.transformer.code_hash
-    stale = stale_processes(migration.store, mine, time.time())
+    stale = _stale_lines(migration)
     if not stale:
         return
-    names = "; ".join(
-        f"{p.owner} (lease {p.lease}) runs {p.code_hash or 'unrecorded code'}" for p in stale
-    )
+    mine = migration.transformer.code_hash
     raise ConflictError(
-        f"live processes run other transform code than this command ({mine}): {names}",
+        f"live processes run other transform code than this command ({mine}): " + "; ".join(stale),
         "restart them so they load the fixed transform (same transform spec), then replay; "
         "or pass --ignore-code-version",
     )
