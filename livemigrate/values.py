@@ -117,7 +117,11 @@ def canonical_value(value: Mapping[str, Any]) -> TypedValue:
 
 
 def typed(value: object) -> TypedValue:
-    """A value as DynamoDB types it: typed values pass through, plain ones are serialised."""
+    """A key value as DynamoDB types it: typed values pass through, plain ones are serialised.
+
+    Meant for key attributes (S, N or B): a plain map that looks typed (``{"S": ...}``) would
+    pass through as typed.
+    """
     if isinstance(value, Mapping) and len(value) == 1 and next(iter(value)) in _CANONICAL:
         return dict(value)
     return dict(_serializer.serialize(value))
