@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from botocore.exceptions import ClientError
+
+from livemigrate.errors import PreflightError
 from livemigrate.items import TypedItem
 from livemigrate.ratelimit import RateLimiter
 
@@ -34,16 +37,34 @@ class SegmentReader:
     limiter: RateLimiter
 
     def page(self, start: dict[str, Any] | None) -> Page:
-        kwargs: dict[str, Any] = {
-            "TableName": self.table,
-            "Segment": self.segment,
-            "TotalSegments": self.total,
-            "Limit": self.limit,
-        }
+        kwargs: dict[str, Any] = {"TableName": self.table, "Limit": self.limit}
+        if self.total > 1:  # one segment is the whole table (and moto crashes on it: issue 11)
+            kwargs.update(Segment=self.segment, TotalSegments=self.total)
         if start is not None:
             kwargs["ExclusiveStartKey"] = start
-        resp = self.limiter.call(self.limit, lambda: self.client.scan(**kwargs))
+        try:
+            resp = self.limiter.call(self.limit, lambda: self.client.scan(**kwargs))
+        except ClientError as exc:
+            crash = emulator_crash(exc, self)
+            if crash is None:
+                raise
+            raise crash from exc
         return Page(list(resp.get("Items", [])), resp.get("LastEvaluatedKey"))
+
+
+def emulator_crash(exc: ClientError, reader: SegmentReader) -> PreflightError | None:
+    """A clear error for an HTTP 500 that carries no DynamoDB error code: the endpoint itself
+    crashed (moto's server does on a segmented Scan of a table with a binary hash key, issue
+    11); DynamoDB's own 500s carry a code and stay retryable."""
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if status != 500 or exc.response.get("Error", {}).get("Code") != "500":
+        return None
+    return PreflightError(
+        f"the DynamoDB endpoint crashed (HTTP 500, no DynamoDB error) on a Scan of "
+        f"{reader.table!r}, segment {reader.segment} of {reader.total}; moto's server does "
+        "this on segmented scans of a table whose hash key is binary",
+        "against the emulator, start a new plan with --total-segments 1 (a new migration id)",
+    )
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ ENGINE_COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("livemigrate.verify", "prove parity of source, destination and search"),
     "cutover": ("livemigrate.cutover", "check the gates and flip the active-table flag"),
     "rollback": ("livemigrate.cutover_rollback", "flip the flag back"),
+    "dead-letters": ("livemigrate.deadletters_cli", "list, show, replay or ack dead letters"),
     "demo": ("livemigrate.demo", "run a real migration end to end on the local services"),
 }
 

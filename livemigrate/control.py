@@ -36,8 +36,12 @@ pk                          sk                          what
                                                         read_from, behind (drain report)
 ``MIG#<id>``                ``TOMBSTONES``              state (active | purged), purged_at,
                                                         purged_count
-``MIG#<id>``                ``DLQ#<ts>#<uuid>``         dead letter: origin, reason, key, raw
-                                                        input (zlib), acknowledged
+``MIG#<id>``                ``DLQ#<ts>#<uuid>``         dead letter: origin, reason, key,
+                                                        key_typed, input_kind, raw input (zlib,
+                                                        DynamoDB JSON), code_hash, resolved,
+                                                        acknowledged, ack_reason, last_error
+``MIG#<id>``                ``CODE#<host>-<pid>``       transform code a process loaded:
+                                                        spec, code_hash, at (dead-letters)
 ``MIG#<id>``                ``SEARCH``                  search sink targets: live_index,
                                                         building, building_state, alias
 ``MIG#<id>``                ``CUTOVER``                 last cutover: write_pause, drained,

@@ -105,15 +105,17 @@ def lag_gate(snap: Snapshot, policy: Policy) -> Gate:
 
 def dead_letters_gate(snap: Snapshot, policy: Policy) -> Gate:
     name = "dead letters empty or acknowledged"
-    n = snap.unacknowledged_dead_letters
+    n = snap.unacknowledged_dead_letters  # unresolved: neither replayed/superseded nor acked
     if n == 0 or policy.ack_dead_letters:
         return Gate(name, True)
     return Gate(
         name,
         False,
-        f"{n} unacknowledged dead letter(s): those items are not in the destination",
-        "inspect them (livemigrate status), fix and replay them, or pass --ack-dead-letters "
-        "to cut over without them",
+        f"{n} unacknowledged dead letter(s) not resolved by a replay: those items may be "
+        "missing from the destination",
+        "`livemigrate dead-letters list` (and `show ID`); fix the transform, restart the "
+        "consumers, `livemigrate dead-letters replay --all`; or `livemigrate dead-letters ack "
+        "ID... --reason TEXT` (--ack-dead-letters acknowledges all)",
     )
 
 

@@ -13,6 +13,8 @@ from typing import Any
 
 from boto3.dynamodb.types import Binary, TypeDeserializer, TypeSerializer
 
+from livemigrate.values import is_binary, key_text, raw_bytes
+
 PlainItem = dict[str, Any]
 TypedItem = dict[str, Any]
 
@@ -49,8 +51,13 @@ def key_of(item: Mapping[str, Any], key_names: Sequence[str]) -> dict[str, Any]:
 
 
 def key_id(key: Mapping[str, Any]) -> str:
-    """A stable string for a typed key, usable as an id (sorted, JSON)."""
-    return json.dumps(key, sort_keys=True, separators=(",", ":"), default=_json_default)
+    """The canonical id of a key, typed or plain: one id per DynamoDB key (issue 11).
+
+    Numbers by DynamoDB's value (``10`` and ``10.0`` are one key, all 38 digits count), binary
+    by its bytes. Used wherever destination keys are compared (the applier's key diffs, owner
+    stamps), so two spellings of one key never plan two writes.
+    """
+    return key_text(key)
 
 
 def _attr_size(value: Mapping[str, Any]) -> int:
@@ -82,9 +89,14 @@ def typed_size(item: Mapping[str, Any]) -> int:
 
 def _json_default(value: object) -> Any:
     if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
+        if value == value.to_integral_value():
+            return int(value)
+        # A float only where it is the same number; else the exact text (38 digits).
+        as_float = float(value)
+        return as_float if Decimal(repr(as_float)) == value else str(value)
     if isinstance(value, set | frozenset):
-        return sorted(value, key=str)
+        # str() of boto3's Binary is bytes, not text: order binary sets by their bytes.
+        return sorted(value, key=lambda v: raw_bytes(v).hex() if is_binary(v) else str(v))
     if isinstance(value, Binary):
         return bytes(value.value).hex()  # type: ignore[attr-defined]
     if isinstance(value, bytes | bytearray):

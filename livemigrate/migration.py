@@ -14,7 +14,7 @@ from typing import Any
 from livemigrate.aws import AwsClients
 from livemigrate.config import Settings
 from livemigrate.control import ControlStore
-from livemigrate.deadletters import DeadLetters
+from livemigrate.deadletters import DeadLetters, record_code_version
 from livemigrate.destination import DestinationWriter
 from livemigrate.errors import ConflictError, PreflightError
 from livemigrate.tables import TableInfo, create_like, describe, require_stream
@@ -103,11 +103,12 @@ def open_migration(
     store.ensure_table()
     meta = _record(store, settings)
     store.register_destination(settings.destination_table, settings.source_table)
+    record_code_version(store, settings.transform, transformer.code_hash)  # dead-letters checks
     return Migration(
         settings=settings,
         clients=clients,
         store=store,
-        dead_letters=DeadLetters(store),
+        dead_letters=DeadLetters(store, transformer.code_hash),
         source=source,
         destination=destination,
         transformer=transformer,

@@ -54,7 +54,7 @@ class StreamRecord:
         when = created.timestamp() if isinstance(created, datetime) else float(created)
         return cls(
             event_name=name,
-            keys=dict(body["Keys"]),
+            keys=_keys(body),
             new_image=dict(body["NewImage"]) if "NewImage" in body else None,
             old_image=dict(body["OldImage"]) if "OldImage" in body else None,
             sequence_number=pad_seq(str(body["SequenceNumber"])),
@@ -62,6 +62,16 @@ class StreamRecord:
             shard_id=shard_id,
             raw=record,
         )
+
+
+def _keys(body: Mapping[str, Any]) -> TypedItem:
+    """The record's key, taken from an image when there is one: the images hold the key
+    attributes exactly, while moto's server base64-encodes binary ``Keys`` twice (issue 11)."""
+    image = body.get("NewImage") or body.get("OldImage")
+    keys = dict(body["Keys"])
+    if image is None or not all(name in image for name in keys):
+        return keys
+    return {name: image[name] for name in keys}
 
 
 class ApplyFailure(Exception):

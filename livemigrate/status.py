@@ -50,6 +50,7 @@ def collect(store: ControlStore, source_items: int | None = None) -> dict[str, A
         "backfill": backfill,
         "stream": _shards(groups.get("SHARD", []), groups.get("CONSUMER", []), now),
         "dead_letters": DeadLetters(store).count(),
+        "dead_letters_unresolved": DeadLetters(store).unresolved(),
         "flag": dict(groups.get("FLAG", [("", {})])[0][1]),
         "metrics": dict(groups.get("METRICS", [("", {})])[0][1]),
     }
@@ -147,6 +148,16 @@ def _consumer_lines(consumer: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _dead_letter_lines(summary: dict[str, Any]) -> list[str]:
+    lines = [f"  dead letters: {summary['dead_letters']}"]
+    if summary.get("dead_letters_unresolved"):
+        lines.append(
+            f"    {summary['dead_letters_unresolved']} unresolved: livemigrate dead-letters list "
+            "/ show ID / replay --all / ack ID... --reason TEXT"
+        )
+    return lines
+
+
 def render(summary: dict[str, Any]) -> str:
     """Human-readable text of ``collect``'s summary."""
     lines = [f"migration {summary['migration_id']} (control table {summary['control_table']})"]
@@ -181,7 +192,7 @@ def render(summary: dict[str, Any]) -> str:
             f"finished={shard['finished']} lag={shard['lag_seconds']}s "
             f"applied={shard['records_applied']}"
         )
-    lines.append(f"  dead letters: {summary['dead_letters']}")
+    lines.extend(_dead_letter_lines(summary))
     lines.append("  cutover gates:")
     for gate in summary["gates"]:
         lines.append(f"    [{'ok' if gate['met'] else 'no'}] {gate['name']}")

@@ -6,17 +6,19 @@ of 0, 1 or N destination items (plain dicts). Users may validate with their own 
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import inspect
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from livemigrate.errors import TransformLoadError, TransformOutputError
 from livemigrate.items import MAX_ITEM_BYTES, PlainItem, TypedItem, to_typed, typed_size
+from livemigrate.values import is_binary, raw_bytes
 from livemigrate.versioning import RESERVED_PREFIX
 
 TransformFn = Callable[[PlainItem], Iterable[Mapping[str, Any]]]
-
-_KEY_TYPES = {"S": str, "N": (int,), "B": (bytes, bytearray)}
 
 
 def load_transform(spec: str) -> TransformFn:
@@ -38,6 +40,20 @@ def load_transform(spec: str) -> TransformFn:
     return fn  # type: ignore[no-any-return]
 
 
+def code_hash(fn: Callable[..., Any]) -> str:
+    """A short hash of the source of the module that defines ``fn``, read when it is loaded.
+
+    Recorded by every process that opens a migration (``deadletters.record_code_version``), so
+    ``livemigrate dead-letters`` can tell whether the running consumers use the fixed code.
+    """
+    module = sys.modules.get(getattr(fn, "__module__", "") or "")
+    try:
+        source = inspect.getsource(module) if module is not None else inspect.getsource(fn)
+    except (OSError, TypeError):
+        source = repr(fn)  # built without a source file: its name is all we can compare
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
 class Transformer:
     """Runs the transform on one source item and checks every output against the destination.
 
@@ -55,6 +71,7 @@ class Transformer:
         self.fn = fn
         self.key_names = tuple(key_names)
         self.key_types = dict(key_types)
+        self.code_hash = code_hash(fn)
 
     def run(self, item: PlainItem) -> list[TypedItem]:
         """Typed destination items for one source item, or TransformOutputError with the reason.
@@ -85,8 +102,9 @@ class Transformer:
                 raise TransformOutputError(f"key {name!r} must be a non-empty string")
             if want == "N" and isinstance(value, bool | str | float):
                 raise TransformOutputError(f"key {name!r} must be a number (int or Decimal)")
-            if want == "B" and not isinstance(value, bytes | bytearray):
-                raise TransformOutputError(f"key {name!r} must be bytes")
+            # boto3 deserialises binary as ``Binary``, which is not a bytes subclass (issue 11).
+            if want == "B" and not (is_binary(value) and raw_bytes(value)):
+                raise TransformOutputError(f"key {name!r} must be non-empty bytes (or Binary)")
         reserved = [name for name in out if name.startswith(RESERVED_PREFIX)]
         if reserved:
             raise TransformOutputError(f"output uses reserved attribute names {reserved}")

@@ -1,12 +1,16 @@
 """From a destination item to its search document: the id, the default body, the user hook.
 
 - The document id comes from the item's key attributes only, so every event of one item lands
-  on one document whatever the item holds. It is stable (key names sorted, numbers normalised)
-  and URL-safe: each value is percent-encoded with only ``-._`` left bare, values are joined
-  with ``~``, and an id longer than Elasticsearch's 512-byte limit becomes ``~`` + SHA-256 of
-  the readable form (a readable id never starts with ``~``, so the two cannot collide).
-- The default document is the item itself, JSON-safe: Decimal -> int or float, sets -> sorted
-  lists, binary -> base64 text, without livemigrate's reserved ``_lm_*`` attributes.
+  on one document whatever the item holds. It is stable (key names sorted, numbers normalised
+  by DynamoDB's rules with all 38 digits, ``livemigrate.values``) and URL-safe: each value is
+  percent-encoded with only ``-._`` left bare, values are joined with ``~``, and an id longer
+  than Elasticsearch's 512-byte limit becomes ``~`` + SHA-256 of the readable form (a readable
+  id never starts with ``~``, so the two cannot collide).
+- The default document is the item itself, JSON-safe and exact: a number is a JSON integer when
+  it is one within Elasticsearch's ``long`` range, a JSON float when a double holds exactly that
+  decimal, and otherwise its exact decimal text (a 38-digit number is never rounded); sets ->
+  sorted lists (numbers by value), binary -> base64 text, without livemigrate's reserved
+  ``_lm_*`` attributes.
 - A user hook ``package.module:function`` maps the plain item to its document, or to None when
   the item must not be indexed (an existing document is then deleted).
 """
@@ -21,10 +25,9 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
 
-from boto3.dynamodb.types import Binary
-
 from livemigrate.errors import TransformLoadError
 from livemigrate.items import to_plain
+from livemigrate.values import canonical_value, is_binary, number_text, raw_bytes
 from livemigrate.versioning import DELETE_ATTR, RESERVED_PREFIX, TOMBSTONE_ATTR
 
 MAX_ID_BYTES = 512
@@ -57,23 +60,31 @@ def _escape(text: str) -> str:
 
 
 def _key_text(value: Mapping[str, Any]) -> str:
-    ((kind, inner),) = value.items()
-    if kind == "N":
-        number = Decimal(str(inner)).normalize()
-        return format(number, "f")
-    if kind == "B":
-        return base64.b64encode(bytes(inner)).decode()
-    return str(inner)
+    ((_kind, inner),) = canonical_value(value).items()
+    return str(inner)  # S as is, N canonical (38 digits), B base64 of the bytes
+
+
+_LONG = 1 << 63
+
+
+def json_number(number: Decimal) -> int | float | str:
+    """A DynamoDB number as JSON, never rounded (see the module docstring)."""
+    if number == number.to_integral_value() and -_LONG <= number < _LONG:
+        return int(number)
+    as_float = float(number)
+    if Decimal(repr(as_float)) == number:
+        return as_float
+    return number_text(number)
 
 
 def json_safe(value: Any) -> Any:
     """A plain DynamoDB value (as boto3 deserialises it) as a JSON-compatible value."""
     if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
+        return json_number(value)
     if isinstance(value, set | frozenset):
-        return sorted((json_safe(v) for v in value), key=_sort_key)
-    if isinstance(value, Binary | bytes | bytearray):
-        return base64.b64encode(bytes(value)).decode()  # type: ignore[arg-type]
+        return _json_set(value)
+    if is_binary(value):
+        return _b64(value)
     if isinstance(value, Mapping):
         return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -81,9 +92,11 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def _sort_key(value: Any) -> tuple[int, Any]:
-    # Number sets sort numerically, string and binary sets by text.
-    return (0, value) if isinstance(value, int | float) else (1, str(value))
+def _json_set(value: set[Any] | frozenset[Any]) -> list[Any]:
+    # Number sets sort by value, string and binary sets by text.
+    if all(isinstance(v, Decimal) for v in value):
+        return [json_number(v) for v in sorted(value)]
+    return sorted((json_safe(v) for v in value), key=str)
 
 
 def typed_json(value: Mapping[str, Any]) -> Any:
@@ -96,16 +109,12 @@ def typed_json(value: Mapping[str, Any]) -> Any:
     return _TYPED[kind](inner)
 
 
-def _number(text: str) -> int | float:
-    try:
-        return int(text)
-    except ValueError:
-        number = Decimal(text)
-        return int(number) if number == number.to_integral_value() else float(number)
+def _number(text: str) -> int | float | str:
+    return json_number(Decimal(text))
 
 
 def _b64(raw: Any) -> str:
-    return base64.b64encode(bytes(raw)).decode()
+    return base64.b64encode(raw_bytes(raw)).decode()
 
 
 _TYPED: dict[str, Callable[[Any], Any]] = {
@@ -116,7 +125,7 @@ _TYPED: dict[str, Callable[[Any], Any]] = {
     "M": lambda v: {k: typed_json(x) for k, x in v.items()},
     "L": lambda v: [typed_json(x) for x in v],
     "SS": sorted,
-    "NS": lambda v: sorted(_number(n) for n in v),
+    "NS": lambda v: [json_number(n) for n in sorted(Decimal(n) for n in v)],
     "B": _b64,
     "BS": lambda v: sorted(_b64(b) for b in v),
 }

@@ -9,47 +9,16 @@ feed it live in ``livemigrate.verify.engine``.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
+from livemigrate.values import canonical_text, key_text
 from livemigrate.versioning import DELETE_ATTR, RESERVED_PREFIX, TOMBSTONE_ATTR
 
 MASK = (1 << 64) - 1
 MAX_BUCKETS = 1 << 16
-
-
-def _number(text: Any) -> str:
-    # DynamoDB may hand back "1.50" as "1.5": compare numbers by value.
-    value = Decimal(str(text))
-    return "0" if value == 0 else format(value.normalize(), "f")
-
-
-def _bytes(value: Any) -> str:
-    raw = getattr(value, "value", value)
-    return bytes(raw).hex()
-
-
-def _canon(value: Mapping[str, Any]) -> Any:
-    ((kind, inner),) = value.items()
-    if kind == "N":
-        return ["N", _number(inner)]
-    if kind == "NS":
-        return ["NS", sorted(_number(n) for n in inner)]
-    if kind == "SS":
-        return ["SS", sorted(inner)]
-    if kind == "B":
-        return ["B", _bytes(inner)]
-    if kind == "BS":
-        return ["BS", sorted(_bytes(b) for b in inner)]
-    if kind == "L":
-        return ["L", [_canon(v) for v in inner]]
-    if kind == "M":
-        return ["M", {k: _canon(v) for k, v in inner.items()}]
-    return [kind, inner]  # S, BOOL, NULL
 
 
 def strip_reserved(item: Mapping[str, Any]) -> dict[str, Any]:
@@ -66,9 +35,10 @@ def is_tombstone(item: Mapping[str, Any] | None) -> bool:
 
 
 def canonical(item: Mapping[str, Any]) -> bytes:
-    """Stable bytes of a typed item (``_lm_*`` stripped, sets sorted, numbers by value)."""
-    body = {k: _canon(v) for k, v in item.items() if not k.startswith(RESERVED_PREFIX)}
-    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    """Stable bytes of a typed item: its canonical form (``livemigrate.values``: numbers by
+    DynamoDB's value with all 38 digits, sets as sets, binary by its bytes), ``_lm_*`` stripped.
+    """
+    return canonical_text(strip_reserved(item)).encode()
 
 
 def item_hash(item: Mapping[str, Any]) -> int:
@@ -77,8 +47,8 @@ def item_hash(item: Mapping[str, Any]) -> int:
 
 
 def key_id(item: Mapping[str, Any], key_names: Sequence[str]) -> str:
-    """A stable text id of an item's key (typed values, numbers by value)."""
-    return canonical({name: item[name] for name in key_names}).decode()
+    """The canonical id of an item's key (``livemigrate.items.key_id``)."""
+    return key_text({name: item[name] for name in key_names})
 
 
 def bucket_of(kid: str, buckets: int) -> int:
