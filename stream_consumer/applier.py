@@ -226,7 +226,7 @@ class DestinationApplier:
         self.retired = retired
         self.marking = marking
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="apply")
-        if hasattr(writer, "client"):  # the engine's lease fences guard our writes (rule 11)
+        if getattr(writer, "client", None) is not None:  # lease fences guard our writes (rule 11)
             fencing.install(writer.client)
 
     @classmethod
