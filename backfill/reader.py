@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from livemigrate.items import TypedItem
-from livemigrate.ratelimit import RateLimiter
+from livemigrate.ratelimit import Deadline, RateLimiter
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -32,6 +32,7 @@ class SegmentReader:
     total: int
     limit: int
     limiter: RateLimiter
+    deadline: Deadline | None = None  # the read cap never waits past it (PastDeadline)
 
     def page(self, start: dict[str, Any] | None) -> Page:
         kwargs: dict[str, Any] = {
@@ -42,7 +43,9 @@ class SegmentReader:
         }
         if start is not None:
             kwargs["ExclusiveStartKey"] = start
-        resp = self.limiter.call(self.limit, lambda: self.client.scan(**kwargs))
+        resp = self.limiter.call(
+            self.limit, lambda: self.client.scan(**kwargs), deadline=self.deadline
+        )
         return Page(list(resp.get("Items", [])), resp.get("LastEvaluatedKey"))
 
 
@@ -58,6 +61,7 @@ class RangeReader:
     upper: dict[str, Any]
     limit: int
     limiter: RateLimiter
+    deadline: Deadline | None = None  # the read cap never waits past it (PastDeadline)
 
     def page(self, start: dict[str, Any]) -> Page:
         resp = self.limiter.call(
@@ -70,6 +74,7 @@ class RangeReader:
                 ExclusiveStartKey=start,
                 Limit=self.limit,
             ),
+            deadline=self.deadline,
         )
         return Page(list(resp.get("Items", [])), resp.get("LastEvaluatedKey"))
 
