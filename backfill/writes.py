@@ -194,8 +194,8 @@ def prefix(results: Sequence[_Item]) -> PageResult:
         done += 1
     page = PageResult(done, tally)
     for result in results[done:]:
-        if isinstance(result.error, LeaseLost) and page.lost is None:
-            page.lost = result.error
+        if isinstance(result.error, LeaseLost):
+            page.lost = page.lost or result.error
         elif result.error is not None and not isinstance(result.error, PastDeadline):
             page.failure = page.failure or result.error
     return page
