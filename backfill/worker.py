@@ -72,6 +72,12 @@ class Options:
     lease_margin_seconds: float | None = None  # None: a third of lease_seconds
     outage_seconds: float = 300.0
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.lease_margin < self.lease_seconds:
+            raise ValueError(
+                f"lease margin {self.lease_margin}s must be under the lease ({self.lease_seconds}s)"
+            )
+
     @property
     def ways(self) -> int:
         return self.split_ways or max(4, 2 * self.workers)

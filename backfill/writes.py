@@ -147,6 +147,9 @@ class PageWriter:
         for out in outputs:
             if time_left() <= 0:
                 raise PastDeadline("the budget's time for writes is spent")
+            # A lost lease needs no wait for the rate cap: refuse before taking tokens.
+            holder.keep_alive()
+            holder.fence.check()
             try:
                 outcome = self.limiter.call(1, partial(self._put, out, holder), deadline=time_left)
             except ClientError as exc:
