@@ -197,6 +197,28 @@ def test_real_deletes_wait_until_every_recorded_lease_expired(clients: AwsClient
     assert migration.backfill_complete(now=quiet_at)
 
 
+class Thief:
+    """Another worker: claims the segment whenever its lease has expired (by the run's clock)."""
+
+    def __init__(self, store: ControlStore, clock: FakeClock) -> None:
+        self.store = store
+        self.clock = clock
+        self.stolen = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.01):
+            held = self.store.get(plan.seg_sk(0)) or {}
+            owner, expires = held.get("lease_owner"), float(held.get("lease_expires", 0))
+            now = self.clock.now()
+            if owner in (None, "thief") or expires >= now:
+                continue
+            if self.store.claim(
+                plan.seg_sk(0), "thief", ttl_seconds=LEASE, now=now, require_state=plan.PENDING
+            ):
+                self.stolen += 1
+
+
 def test_page_slower_than_its_lease_is_read_once_and_the_run_completes() -> None:
     # GIVEN 20 items, 2 s leases and a write cap of 4 items/s: one page takes ~4 s
     clients = aws_clients()
@@ -207,16 +229,23 @@ def test_page_slower_than_its_lease_is_read_once_and_the_run_completes() -> None
     scans = count_calls(clients, "Scan")
     clock = FakeClock()
     options = Options(
-        workers=2,
-        write_threads=1,
-        total_segments=1,
-        lease_seconds=LEASE,
-        budget_seconds=20.0,
-        idle_poll_seconds=0.05,
+        workers=1, write_threads=1, total_segments=1, lease_seconds=LEASE, budget_seconds=20.0
     )
-    # WHEN two workers run (the idle one would take the segment over when its lease expires)
-    assert Engine(migration, options, clock=clock).run() is True
-    # THEN the page was read once and every item written once
+    engine = Engine(migration, options, clock=clock)
+    engine.plan()
+    # ... and another worker that takes the segment over as soon as its lease expires
+    thief = Thief(migration.store, clock)
+    stealing = threading.Thread(target=thief.run)
+    stealing.start()
+    try:
+        # WHEN the backfill runs
+        complete = engine.run()
+    finally:
+        thief.stop.set()
+        stealing.join()
+    # THEN the lease never expired: the page was read once, every item written once
+    assert thief.stolen == 0
+    assert complete is True
     assert int(migration.store.metrics()["items_read"]) == len(items)
     assert int(migration.store.metrics()["items_written"]) == len(items)
     assert len(scans) == 1
