@@ -344,7 +344,7 @@ class ControlStore:
             "ConditionCheck": {
                 "TableName": self.table,
                 "Key": self._key(lease_sk),
-                "ConditionExpression": "#lease_owner = :me AND #lease_expires > :now",
+                "ConditionExpression": _HELD,
                 "ExpressionAttributeNames": {
                     "#lease_owner": "lease_owner",
                     "#lease_expires": "lease_expires",
