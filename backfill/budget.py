@@ -1,4 +1,4 @@
-"""A worker's time budget (ARCHITECTURE.md rule 7): stop before the limit, never in a page."""
+"""A worker's time budget (ARCHITECTURE.md rule 7): stop in time, with the position saved."""
 
 from __future__ import annotations
 
@@ -9,20 +9,23 @@ from livemigrate.clock import Clock
 
 @dataclass
 class Budget:
-    """Time left for one worker process, and whether another page fits in it.
+    """Time left for one worker process, and whether another page or write fits in it.
 
     A page is started only if the time left exceeds ``margin`` plus the slowest recent page (an
-    estimate kept as a moving maximum that decays), so a worker ends with its position saved
-    and its lease released rather than being killed mid-page.
+    estimate kept as a moving maximum that decays). The estimate is only a hint: a page slower
+    than any measured so far (the first page, a cap lowered mid-run) is cut at the budget, since
+    the page writer sends no write once ``writes_left()`` is spent and the worker checkpoints the
+    written prefix. So a run ends within its budget plus one write's time (issue 10, item 2).
 
     Parameters
     ----------
     deadline:
-        Clock time at which the worker must have stopped.
+        Monotonic clock time at which the worker must have stopped.
     clock:
         Time source (FakeClock in tests).
     margin:
-        Seconds kept in reserve for releasing leases and reporting.
+        No new page or unit is started in the last ``margin`` seconds (claims, the last
+        checkpoint, releasing leases).
     """
 
     deadline: float
@@ -32,10 +35,18 @@ class Budget:
 
     @classmethod
     def starting_now(cls, seconds: float, clock: Clock, margin: float = 0.5) -> Budget:
-        return cls(deadline=clock.now() + seconds, clock=clock, margin=margin)
+        return cls(deadline=clock.monotonic() + seconds, clock=clock, margin=margin)
 
     def remaining(self) -> float:
-        return self.deadline - self.clock.now()
+        return self.deadline - self.clock.monotonic()
+
+    def writes_left(self) -> float:
+        """Seconds during which reads and writes may still be sent (0 or less: none).
+
+        Up to the deadline itself: the margin is for starting no new page or unit near the
+        end, the writes of a page under way may use it.
+        """
+        return self.remaining()
 
     def record_page(self, seconds: float) -> None:
         """Remember how long a page took (the estimate decays slowly towards faster pages)."""

@@ -2,7 +2,8 @@
 
 The plan is written once per migration and read by every worker on every machine:
 
-- ``PLAN`` {state: planned | running | complete, total_segments, created_at, completed_at}
+- ``PLAN`` {state: planned | running | complete, total_segments, created_at, completed_at,
+  quiet_at, degraded_at, recovered_at, degraded_error}
 - ``SEG#<nnnnnn>`` {state: pending | done, checkpoint, items_read, items_written, superseded,
   dead_lettered, hot_keys_skipped, lease fields}
 - ``SPLIT#<nnnnnn>#<n>`` {state, segment, hot_key, lower (exclusive), upper (inclusive),
@@ -10,6 +11,28 @@ The plan is written once per migration and read by every worker on every machine
 
 Keys and checkpoints are stored as JSON text of DynamoDB's typed form, so they go back into
 ``ExclusiveStartKey`` unchanged.
+
+When the plan completes, PLAN also gets ``quiet_at``: the stream consumer switches from
+tombstones to real deletes only from then on (``Migration.backfill_complete``). Why that is
+enough for no backfill write to land after a real delete (ARCHITECTURE.md rule 11):
+
+- a worker writes only inside its fence: before ``sent + lease_seconds - margin`` on its
+  monotonic clock, where ``sent`` is when its claim or last successful renewal was sent, so
+  before the ``lease_expires`` that claim or renewal recorded (the margin covers clock skew
+  and a write already sent);
+- a unit is taken over only after its ``lease_expires``, and a renewal or checkpoint needs the
+  lease still ours and unexpired, so a stale worker's lease expired before the takeover, and
+  its splits (a transaction conditional on the same) are refused after it too;
+- the plan completes only after every unit is done, so after every takeover: a stale holder
+  of a unit finished by someone else stopped writing before completion;
+- a holder that finished (or stopped at its budget) released its lease only after all its
+  writes were acknowledged; a holder that died after its last checkpoint still has its lease
+  recorded, and so has any other lease still recorded at completion;
+- so ``quiet_at = max(completion time, latest lease_expires still recorded) + margin`` is after
+  every backfill write was sent, and the margin again covers skew and writes in flight.
+
+``state == complete`` keeps its meaning for status and the cutover gates (the backfill gate
+needs no wait: tombstones are purged only after the consumer switched to real deletes).
 """
 
 from __future__ import annotations
@@ -40,6 +63,8 @@ BYTES_PER_SEGMENT = 256 * 1024 * 1024
 # bench/bench_backfill.py). Hot keys are evened out by splits, not by more segments.
 SEGMENTS_PER_WORKER = 2
 MAX_SEGMENTS = 1_000_000
+# quiet_at margin when the caller does not say (the default fence margin of a 30 s lease).
+QUIET_MARGIN_SECONDS = 10.0
 
 
 def seg_sk(segment: int) -> str:
@@ -135,17 +160,45 @@ def mark_running(store: ControlStore) -> None:
     )
 
 
-def mark_complete(store: ControlStore) -> bool:
-    """Set PLAN.state = complete once everything is done; True if the plan is complete."""
-    if not all_done(store):
+def mark_complete(
+    store: ControlStore, margin: float = QUIET_MARGIN_SECONDS, now: float | None = None
+) -> bool:
+    """Set PLAN.state = complete (with ``quiet_at``) once everything is done; True if complete.
+
+    Parameters
+    ----------
+    margin:
+        Seconds added to the latest lease expiry for ``quiet_at`` (clock skew, writes in
+        flight); at least the workers' fence margin.
+    now:
+        Wall time (default: this machine's clock).
+    """
+    segments = list(units(store, SEG_PREFIX))
+    if not all(u.done for u in segments):
         return False
+    splits = list(units(store, SPLIT_PREFIX))
+    if not all(u.done for u in splits):
+        return False
+    now = time.time() if now is None else now
     store.update(
         PLAN,
-        {"state": BACKFILL_COMPLETE, "completed_at": time.time()},
+        {
+            "state": BACKFILL_COMPLETE,
+            "completed_at": now,
+            "quiet_at": max(now, latest_lease_expiry(segments + splits)) + margin,
+        },
         condition="attribute_exists(#state) AND #state <> :complete",
         condition_values={"complete": BACKFILL_COMPLETE},
     )
     return plan_state(store) == BACKFILL_COMPLETE
+
+
+def latest_lease_expiry(held: list[Unit]) -> float:
+    """The latest ``lease_expires`` recorded on any of the units (0 if none holds a lease)."""
+    return max(
+        (float(u.item["lease_expires"]) for u in held if u.item.get("lease_expires") is not None),
+        default=0.0,
+    )
 
 
 def plan_state(store: ControlStore) -> str | None:

@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError
 
 from livemigrate.errors import PreflightError
 from livemigrate.items import TypedItem
-from livemigrate.ratelimit import RateLimiter
+from livemigrate.ratelimit import Deadline, RateLimiter
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -35,6 +35,7 @@ class SegmentReader:
     total: int
     limit: int
     limiter: RateLimiter
+    deadline: Deadline | None = None  # the read cap never waits past it (PastDeadline)
 
     def page(self, start: dict[str, Any] | None) -> Page:
         kwargs: dict[str, Any] = {"TableName": self.table, "Limit": self.limit}
@@ -43,7 +44,9 @@ class SegmentReader:
         if start is not None:
             kwargs["ExclusiveStartKey"] = start
         try:
-            resp = self.limiter.call(self.limit, lambda: self.client.scan(**kwargs))
+            resp = self.limiter.call(
+                self.limit, lambda: self.client.scan(**kwargs), deadline=self.deadline
+            )
         except ClientError as exc:
             crash = emulator_crash(exc, self)
             if crash is None:
@@ -79,6 +82,7 @@ class RangeReader:
     upper: dict[str, Any]
     limit: int
     limiter: RateLimiter
+    deadline: Deadline | None = None  # the read cap never waits past it (PastDeadline)
 
     def page(self, start: dict[str, Any]) -> Page:
         resp = self.limiter.call(
@@ -91,6 +95,7 @@ class RangeReader:
                 ExclusiveStartKey=start,
                 Limit=self.limit,
             ),
+            deadline=self.deadline,
         )
         return Page(list(resp.get("Items", [])), resp.get("LastEvaluatedKey"))
 

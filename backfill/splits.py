@@ -3,7 +3,10 @@
 Order of writes (each step is safe to repeat):
 
 1. the page that revealed the hot key is fully written;
-2. every SPLIT item is put (conditionally; each carries the full list of bounds);
+2. every SPLIT item is put (conditionally; each carries the full list of bounds), in a
+   transaction that also checks that the worker still holds an unexpired lease on the segment,
+   inside the worker's fence: a stale worker (its lease taken over or expired) creates no split,
+   so no split can appear after the plan is complete (issue 10, item 1);
 3. the segment's checkpoint jumps to {hash: hot key, range: its last sort key} and the key is
    added to ``hot_keys_skipped`` (one conditional write with the lease renewal).
 
@@ -19,8 +22,8 @@ from typing import Any
 
 from backfill.hotkey import Attr, attr_id, split_bounds
 from backfill.keys import dump_json, load_json
+from backfill.lease import UnitLease
 from backfill.plan import PENDING, SPLIT_PREFIX, split_sk
-from livemigrate.control import ControlStore
 from livemigrate.items import to_plain
 
 
@@ -40,22 +43,27 @@ def _display(hot: Attr) -> str:
 
 
 def create_splits(
-    store: ControlStore, segment: int, hot: Attr, *, lower: Attr, upper: Attr, ways: int
+    lease: UnitLease, segment: int, hot: Attr, *, lower: Attr, upper: Attr, ways: int
 ) -> Jump:
-    """Put the SPLIT items covering (lower, upper] of ``hot``; returns the segment's jump."""
-    existing = [sk for sk, _ in store.query(f"{SPLIT_PREFIX}{segment:06d}#")]
+    """Put the SPLIT items covering (lower, upper] of ``hot``; returns the segment's jump.
+
+    Raises
+    ------
+    LeaseLost
+        When ``lease`` (on the segment) is no longer held: no split is created.
+    """
+    existing = [sk for sk, _ in lease.store.query(f"{SPLIT_PREFIX}{segment:06d}#")]
     base = 1 + max((int(sk.rsplit("#", 1)[1]) for sk in existing), default=-1)
     bounds = split_bounds(lower, upper, ways)
-    _put_all(store, segment, hot, base, bounds)
+    _put_all(lease, segment, hot, base, bounds)
     return Jump(hot, upper)
 
 
-def _put_all(store: ControlStore, segment: int, hot: Attr, base: int, bounds: list[Attr]) -> None:
+def _put_all(lease: UnitLease, segment: int, hot: Attr, base: int, bounds: list[Attr]) -> None:
     text = dump_json(bounds)
-    for i in range(len(bounds) - 1):
-        store.put(
-            split_sk(segment, base + i),
-            {
+    lease.put_new(
+        {
+            split_sk(segment, base + i): {
                 "state": PENDING,
                 "segment": segment,
                 "hot_key": _display(hot),
@@ -70,15 +78,16 @@ def _put_all(store: ControlStore, segment: int, hot: Attr, base: int, bounds: li
                 "items_written": 0,
                 "superseded": 0,
                 "dead_lettered": 0,
-            },
-            only_if_absent=True,
-        )
+            }
+            for i in range(len(bounds) - 1)
+        }
+    )
 
 
-def unfinished_jumps(store: ControlStore, segment: int, skipped: set[str]) -> list[Jump]:
+def unfinished_jumps(lease: UnitLease, segment: int, skipped: set[str]) -> list[Jump]:
     """Splits of ``segment`` whose jump was not recorded (a crash); missing splits re-created."""
     seen: dict[str, dict[str, Any]] = {}
-    for _, item in store.query(f"{SPLIT_PREFIX}{segment:06d}#"):
+    for _, item in lease.store.query(f"{SPLIT_PREFIX}{segment:06d}#"):
         key_id = str(item["hot_key_id"])
         if key_id not in skipped:
             seen.setdefault(key_id, item)
@@ -86,6 +95,6 @@ def unfinished_jumps(store: ControlStore, segment: int, skipped: set[str]) -> li
     for key_id, item in seen.items():
         hot = load_json(key_id)
         bounds = load_json(str(item["bounds"]))
-        _put_all(store, segment, hot, int(item["base"]), bounds)
+        _put_all(lease, segment, hot, int(item["base"]), bounds)
         jumps.append(Jump(hot, bounds[-1]))
     return jumps

@@ -4,7 +4,12 @@ Any number of workers (threads here, processes or machines elsewhere) share the 
 control table. A unit of work is claimed with one conditional write (free, expired or ours);
 after every page its checkpoint and counters are saved together with the lease renewal, so a
 worker killed at any moment costs at most the page it had in flight. When the budget runs out
-the worker releases its lease and stops; another worker or run continues from the checkpoint.
+the worker checkpoints what it wrote, releases its lease and stops; another worker or run
+continues from the checkpoint.
+
+Leases are fenced (``backfill.lease``): the worker's writes stop before its lease could be
+taken over, it renews the lease while a page is written, and a stale worker's checkpoints and
+splits are refused. Endpoint outages are ridden out (``backfill.health``).
 """
 
 from __future__ import annotations
@@ -18,23 +23,32 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from backfill import plan
 from backfill.budget import Budget
+from backfill.health import AWS_ERRORS, Health, Interrupted
 from backfill.hotkey import HotKeyDetector, attr_id, attr_less, named_key
 from backfill.keys import dump_key, load_json, load_key
+from backfill.lease import UnitLease
 from backfill.reader import Page, RangeReader, SegmentReader, last_sort_key
 from backfill.splits import create_splits, unfinished_jumps
-from backfill.writes import PageWriter, Stats, Tally
+from backfill.writes import PageResult, PageWriter, Stats, Tally
+from livemigrate import fencing
 from livemigrate.clock import Clock, SystemClock
 from livemigrate.errors import LeaseLost
+from livemigrate.items import key_of
 from livemigrate.migration import Migration
-from livemigrate.ratelimit import RateLimiter, RatesFromControl
+from livemigrate.outage import is_transient
+from livemigrate.ratelimit import PastDeadline, RateLimiter, RatesFromControl
 
 log = logging.getLogger(__name__)
 
 COUNTERS = ("items_read", "items_written", "superseded", "dead_lettered")
+# METRICS counter: items of pages cut by the budget, read again by the next run.
+CUT_BY_BUDGET = "items_reread_after_budget"
+
+T = TypeVar("T")
 
 Hook = Callable[[Page, dict[str, Any]], tuple[dict[str, Any], dict[str, Any], int]]
 
@@ -57,10 +71,26 @@ class Options:
     idle_poll_seconds: float = 0.5
     margin_seconds: float = 0.5
     rates_every_seconds: float = 5.0
+    lease_margin_seconds: float | None = None  # None: a third of lease_seconds
+    outage_seconds: float = 300.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.lease_margin < self.lease_seconds:
+            raise ValueError(
+                f"lease margin {self.lease_margin}s must be under the lease ({self.lease_seconds}s)"
+            )
 
     @property
     def ways(self) -> int:
         return self.split_ways or max(4, 2 * self.workers)
+
+    @property
+    def lease_margin(self) -> float:
+        """How long before its lease expires a worker stops writing (clock skew between
+        machines, a write already sent); also added to ``quiet_at``."""
+        if self.lease_margin_seconds is not None:
+            return self.lease_margin_seconds
+        return self.lease_seconds / 3
 
 
 def owner_prefix() -> str:
@@ -92,6 +122,7 @@ class Engine:
             self.clock,
             options.rates_every_seconds,
         )
+        self.health = Health(self.store, self.clock, options.outage_seconds)
         hash_type = migration.source.key_types[migration.source.hash_key]
         self.named = frozenset(attr_id(named_key(k, hash_type)) for k in options.hot_keys)
         self.budget = Budget.starting_now(
@@ -100,6 +131,8 @@ class Engine:
         self.total_segments = 0
         self._running_marked = False
         self._errors: list[BaseException] = []
+        # Every write attempt through this client checks the fence of the thread sending it.
+        fencing.install(migration.clients.dynamodb)
 
     def plan(self) -> int:
         """Write the plan if none exists; returns its TotalSegments."""
@@ -107,7 +140,7 @@ class Engine:
         wanted = self.options.total_segments or plan.choose_total_segments(
             source.item_count, source.size_bytes, self.options.workers
         )
-        self.total_segments = plan.ensure_plan(self.store, wanted)
+        self.total_segments = self.health.call(lambda: plan.ensure_plan(self.store, wanted))
         return self.total_segments
 
     def run(self, budget_seconds: float | None = None) -> bool:
@@ -115,6 +148,11 @@ class Engine:
 
         The budget (``options.budget_seconds`` unless given) starts now, after preflight and
         planning. Returns True when the whole table is copied (PLAN state complete).
+
+        Raises
+        ------
+        ServiceUnreachable
+            The endpoint failed for longer than ``options.outage_seconds`` (positions saved).
         """
         if not self.total_segments:
             self.plan()
@@ -138,7 +176,7 @@ class Engine:
                 t.join()
         if self._errors:
             raise self._errors[0]
-        return plan.plan_state(self.store) == plan.COMPLETE
+        return self.health.call(lambda: plan.plan_state(self.store)) == plan.COMPLETE
 
     def _guarded(self, worker: Worker, stagger: float) -> None:
         try:
@@ -163,6 +201,8 @@ class Worker:
         self.store = engine.store
         self.options = engine.options
         self.clock = engine.clock
+        self.budget = engine.budget
+        self.health = engine.health
         self.source = engine.migration.source
         self.client = engine.migration.clients.dynamodb
         self._pending: dict[str, int] = {}  # METRICS not yet added (sent with the next read)
@@ -170,19 +210,32 @@ class Worker:
     def run(self, stagger: float = 0.0) -> None:
         # Workers started together would all race for the same first units.
         self.clock.sleep(stagger)
-        while not self.engine.budget.expired() and not self.engine._errors:
-            self.engine.rates.maybe_refresh()
-            unit = self._claim()
-            if unit is not None:
-                self._work(unit)
+        try:
+            self._loop()
+        except Interrupted:
+            log.warning("%s: budget spent during an outage; positions are saved", self.owner)
+
+    def _loop(self) -> None:
+        while not self.budget.expired() and not self.engine._errors:
+            self._call(self.engine.rates.maybe_refresh)
+            claimed = self._call(self._claim)
+            if claimed is not None:
+                self._work(*claimed)
                 continue
-            if plan.mark_complete(self.store):
+            if self._call(self._mark_complete):
                 return
             # Others hold the remaining leases: wait for one to finish or expire.
-            wait = min(self.options.idle_poll_seconds, self.engine.budget.remaining())
+            wait = min(self.options.idle_poll_seconds, self.budget.remaining())
             self.clock.sleep(max(0.0, wait))
 
-    def _claim(self) -> plan.Unit | None:
+    def _call(self, fn: Callable[[], T]) -> T:
+        """``fn()`` with outages backed off (until the budget is spent)."""
+        return self.health.call(fn, self.budget.expired)
+
+    def _mark_complete(self) -> bool:
+        return plan.mark_complete(self.store, self.options.lease_margin, self.clock.now())
+
+    def _claim(self) -> tuple[plan.Unit, UnitLease] | None:
         now = self.clock.now()
         splits = [u for u in plan.units(self.store, plan.SPLIT_PREFIX) if self._free(u, now)]
         segments = [u for u in plan.units(self.store, plan.SEG_PREFIX) if self._free(u, now)]
@@ -190,6 +243,8 @@ class Worker:
         random.shuffle(splits)
         random.shuffle(segments)
         for unit in splits + segments:
+            # The fence counts from just before the claim is sent: never later than the lease.
+            sent, now = self.clock.monotonic(), self.clock.now()
             item = self.store.claim(
                 unit.sk,
                 self.owner,
@@ -199,7 +254,16 @@ class Worker:
             )
             if item is not None and self._still_mine(unit.sk):
                 self.engine.claimed()
-                return plan.Unit(unit.sk, item)
+                lease = UnitLease(
+                    self.store,
+                    unit.sk,
+                    self.owner,
+                    clock=self.clock,
+                    ttl=self.options.lease_seconds,
+                    margin=self.options.lease_margin,
+                    sent_at=sent,
+                )
+                return plan.Unit(unit.sk, item), lease
         return None
 
     def _still_mine(self, sk: str) -> bool:
@@ -214,14 +278,17 @@ class Worker:
         held = item.get("lease_owner") not in (None, self.owner)
         return not unit.done and not (held and float(item.get("lease_expires", 0)) >= now)
 
-    def _work(self, unit: plan.Unit) -> None:
-        if unit.is_split:
-            self._work_split(unit)
-        else:
-            self._work_segment(unit)
+    def _work(self, unit: plan.Unit, lease: UnitLease) -> None:
+        try:
+            if unit.is_split:
+                self._work_split(unit, lease)
+            else:
+                self._work_segment(unit, lease)
+        except LeaseLost as exc:
+            log.warning("%s: leaving %s (%s)", self.owner, unit.sk, exc)
 
     # -- segments ---------------------------------------------------------------------------
-    def _work_segment(self, unit: plan.Unit) -> None:
+    def _work_segment(self, unit: plan.Unit, lease: UnitLease) -> None:
         reader = SegmentReader(
             self.client,
             self.source.name,
@@ -229,13 +296,11 @@ class Worker:
             self.engine.total_segments,
             self.options.page_size,
             self.engine.read_limiter,
+            self.budget.writes_left,
         )
         skipped = {str(k) for k in unit.item.get("hot_keys_skipped") or []}
         start = load_key(unit.item.get("checkpoint"))
-        try:
-            start = self._finish_jumps(unit, skipped, start)
-        except LeaseLost:
-            return
+        start = self._call(lambda: self._finish_jumps(unit, lease, skipped, start))
         detector = HotKeyDetector(
             self.options.hot_pages,
             self.options.hot_share,
@@ -244,27 +309,25 @@ class Worker:
             self.options.hot_min_items,
         )
         detector.restore(unit.item)
-        hook = self._detect_hook(unit, detector) if self.source.range_key else None
-        self._drain(unit, reader.page, start, hook)
+        hook = self._detect_hook(unit, lease, detector) if self.source.range_key else None
+        self._drain(unit, lease, reader.page, start, hook)
 
     def _finish_jumps(
-        self, unit: plan.Unit, skipped: set[str], start: dict[str, Any] | None
+        self,
+        unit: plan.Unit,
+        lease: UnitLease,
+        skipped: set[str],
+        start: dict[str, Any] | None,
     ) -> dict[str, Any] | None:
         # Only the last split of a crashed owner can be unfinished; applying it is idempotent.
-        for jump in unfinished_jumps(self.store, unit.segment, skipped):
+        for jump in unfinished_jumps(lease, unit.segment, skipped):
             assert self.source.range_key is not None
             start = jump.key(self.source.hash_key, self.source.range_key)
             skipped.add(attr_id(jump.hot))
-            self.store.renew(
-                unit.sk,
-                self.owner,
-                self.options.lease_seconds,
-                now=self.clock.now(),
-                set_values={"checkpoint": dump_key(start), "hot_keys_skipped": sorted(skipped)},
-            )
+            lease.renew({"checkpoint": dump_key(start), "hot_keys_skipped": sorted(skipped)})
         return start
 
-    def _detect_hook(self, unit: plan.Unit, detector: HotKeyDetector) -> Hook:
+    def _detect_hook(self, unit: plan.Unit, lease: UnitLease, detector: HotKeyDetector) -> Hook:
         hash_name, range_name = self.source.hash_key, self.source.range_key
         assert range_name is not None
 
@@ -285,7 +348,7 @@ class Worker:
             if upper is None or not attr_less(last[range_name], upper):
                 return last, detector.state(), 1
             jump = create_splits(
-                self.store,
+                lease,
                 unit.segment,
                 hot,
                 lower=last[range_name],
@@ -299,7 +362,7 @@ class Worker:
         return after_page
 
     # -- splits -----------------------------------------------------------------------------
-    def _work_split(self, unit: plan.Unit) -> None:
+    def _work_split(self, unit: plan.Unit, lease: UnitLease) -> None:
         hash_name, range_name = self.source.hash_key, self.source.range_key
         assert range_name is not None
         hot = load_json(str(unit.item["hot_key_id"]))
@@ -312,72 +375,136 @@ class Worker:
             load_json(str(unit.item["upper"])),
             self.options.page_size,
             self.engine.read_limiter,
+            self.budget.writes_left,
         )
         start = load_key(unit.item.get("checkpoint")) or {
             hash_name: hot,
             range_name: load_json(str(unit.item["lower"])),
         }
-        self._drain(unit, reader.page, start, None)
+        self._drain(unit, lease, reader.page, start, None)
 
     # -- the page loop ----------------------------------------------------------------------
     def _drain(
         self,
         unit: plan.Unit,
+        lease: UnitLease,
         read: Callable[[Any], Page],
         start: dict[str, Any] | None,
         hook: Hook | None,
     ) -> None:
+        """Read, write and checkpoint pages until the unit is done or the budget is spent, then
+        release the unit; LeaseLost (nothing released) if the lease is lost meanwhile."""
         counters = {k: int(unit.item.get(k, 0)) for k in COUNTERS}
-        while True:
-            if not self.engine.budget.allows_page():
-                self._flush_metrics({})
-                self.store.release(unit.sk, self.owner)
-                return
-            began = self.clock.now()
-            page = read(start)
-            # Reads are counted as soon as they happen (a page re-read after a crash counts
-            # twice); the previous page's write counters ride along in the same update.
-            self._flush_metrics({"items_read": len(page.items)})
-            tally = self.writer.write_page(page.items)
-            tally.read = len(page.items)
-            following: dict[str, Any] | None = page.last_key
-            extra: dict[str, Any] = {}
-            if hook is not None and following is not None:
-                following, extra, extra_reads = hook(page, following)
-                tally.read += extra_reads
-                self._pending["items_read"] = extra_reads
-            if not self._checkpoint(unit, counters, tally, following, extra):
-                return
-            self.engine.budget.record_page(self.clock.now() - began)
-            if following is None:
-                self._flush_metrics({})
-                self.store.release(unit.sk, self.owner)
-                return
-            start = following
+        go_on = True
+        while go_on and self.budget.allows_page():
+            go_on, start = self._page(unit, lease, counters, read=read, start=start, hook=hook)
+        self._stop(lease)
+
+    def _page(
+        self,
+        unit: plan.Unit,
+        lease: UnitLease,
+        counters: dict[str, int],
+        *,
+        read: Callable[[Any], Page],
+        start: dict[str, Any] | None,
+        hook: Hook | None,
+    ) -> tuple[bool, dict[str, Any] | None]:
+        """One page; returns whether to go on, and from where."""
+        began = self.clock.monotonic()
+        try:
+            page = self._call(lambda: read(start))
+        except PastDeadline:  # the read cap would keep us past the budget
+            return False, start
+        # Reads are counted as soon as they happen (a page re-read after a crash counts
+        # twice); the previous page's write counters ride along in the same update.
+        self._call(lambda: self._flush_metrics({"items_read": len(page.items)}))
+        result = self.writer.write_page(page.items, lease, self.budget.writes_left)
+        if result.lost is not None:
+            raise result.lost
+        if result.failure is not None:
+            return self._backed_off(result.failure, start)
+        if result.done < len(page.items):
+            self._checkpoint_prefix(unit, lease, counters, page, result)
+            return False, start
+        try:
+            following = self._following(page, result.tally, hook)
+        except AWS_ERRORS as exc:
+            if not is_transient(exc):
+                raise
+            return self._backed_off(exc, start)
+        self._checkpoint(unit, lease, counters, result.tally, following)
+        self.budget.record_page(self.clock.monotonic() - began)
+        return following is not None, None if following is None else following[0]
+
+    def _backed_off(
+        self, exc: BaseException, start: dict[str, Any] | None
+    ) -> tuple[bool, dict[str, Any] | None]:
+        """The endpoint failed during a page: back off, then read the page again (an outage
+        longer than ``outage_seconds`` raises ServiceUnreachable; positions are saved)."""
+        self.health.failed(exc)
+        return not self.budget.expired(), start
+
+    def _following(
+        self, page: Page, tally: Tally, hook: Hook | None
+    ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """Where the unit continues after a fully written page (None: it is finished), with
+        the values to save beside the checkpoint."""
+        tally.read = len(page.items)
+        if page.last_key is None:
+            return None
+        if hook is None:
+            return page.last_key, {}
+        # Not retried here: a hot key's splits are created once per page (a failure re-reads it).
+        following, extra, extra_reads = hook(page, page.last_key)
+        tally.read += extra_reads
+        self._pending["items_read"] = extra_reads
+        return following, extra
+
+    def _checkpoint_prefix(
+        self,
+        unit: plan.Unit,
+        lease: UnitLease,
+        counters: dict[str, int],
+        page: Page,
+        result: PageResult,
+    ) -> None:
+        """The budget cut the page: save the position after its written prefix (if any).
+
+        The key of the prefix's last item is a valid ExclusiveStartKey for the segment's Scan
+        and for a split's Query alike; the rest of the page is read again by whoever continues.
+        """
+        # The rest is read (and counted) again by whoever continues: it is counted apart, so
+        # items_read stays the table size plus what crashes cost (issue 10, item 2).
+        unread = len(page.items) - result.done
+        self._pending["items_read"] = self._pending.get("items_read", 0) - unread
+        self._pending[CUT_BY_BUDGET] = self._pending.get(CUT_BY_BUDGET, 0) + unread
+        if result.done == 0:
+            return
+        last = key_of(page.items[result.done - 1], self.source.key_names)
+        result.tally.read = result.done
+        self._checkpoint(unit, lease, counters, result.tally, (last, {}))
 
     def _checkpoint(
         self,
         unit: plan.Unit,
+        lease: UnitLease,
         counters: dict[str, int],
         tally: Tally,
-        following: dict[str, Any] | None,
-        extra: dict[str, Any],
-    ) -> bool:
-        """Save the position after the page is written; False if the lease was lost."""
+        following: tuple[dict[str, Any], dict[str, Any]] | None,
+    ) -> None:
+        """Save the position after written items (with a renewal); LeaseLost if it is gone."""
+        totals = dict(counters)
         for name, n in zip(
             COUNTERS, (tally.read, tally.written, tally.superseded, tally.dead), strict=True
         ):
-            counters[name] += n
-        values: dict[str, Any] = {"checkpoint": dump_key(following), **counters, **extra}
+            totals[name] += n
+        key, extra = following if following is not None else (None, {})
+        values: dict[str, Any] = {"checkpoint": dump_key(key), **totals, **extra}
         if following is None:
             values["state"] = plan.DONE
-        try:
-            self.store.renew(
-                unit.sk, self.owner, self.options.lease_seconds, self.clock.now(), values
-            )
-        except LeaseLost:
-            log.warning("%s: lease on %s was taken over; leaving it", self.owner, unit.sk)
-            return False
+        self._call(lambda: lease.renew(values))
+        counters.update(totals)
         self.engine.stats.add(tally)
         for name, n in (
             ("items_written", tally.written),
@@ -385,10 +512,18 @@ class Worker:
             ("dead_letters", tally.dead),
         ):
             self._pending[name] = self._pending.get(name, 0) + n
-        return True
+
+    def _stop(self, lease: UnitLease) -> None:
+        """Leave the unit after every write of ours is acknowledged: counters, then release."""
+        try:
+            self._call(lambda: self._flush_metrics({}))
+            self._call(lease.release)
+        except Interrupted:
+            log.warning("%s: could not release %s; it expires by itself", self.owner, lease.sk)
 
     def _flush_metrics(self, counts: dict[str, int]) -> None:
+        merged = dict(counts)
         for name, n in self._pending.items():
-            counts[name] = counts.get(name, 0) + n
+            merged[name] = merged.get(name, 0) + n
+        self.store.add_metrics(merged)
         self._pending = {}
-        self.store.add_metrics(counts)

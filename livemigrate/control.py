@@ -10,7 +10,10 @@ pk                          sk                          what
                                                         inverse_transform (set by reverse)
 ``MIG#<id>``                ``PLAN``                    backfill plan: state (planned | running
                                                         | complete), total_segments, created_at,
-                                                        completed_at
+                                                        completed_at, quiet_at (real deletes
+                                                        from then on), degraded_at /
+                                                        recovered_at / degraded_error (last
+                                                        endpoint outage a worker rode out)
 ``MIG#<id>``                ``SEG#<nnnnnn>``            segment: state (pending | done), lease,
                                                         checkpoint (JSON LastEvaluatedKey),
                                                         items_read, items_written, superseded,
@@ -76,6 +79,10 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 CONDITION_FAILED = "ConditionalCheckFailedException"
+# Held: ours and not expired by the caller's clock (a stale holder's renewal is refused).
+_HELD = "#lease_owner = :me AND #lease_expires > :now"
+# TransactWriteItems takes 100 actions: one lease check plus this many puts.
+_TRANSACT_PUTS = 99
 
 
 def condition_failed(exc: ClientError) -> bool:
@@ -283,17 +290,87 @@ class ControlStore:
         now: float | None = None,
         set_values: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Extend our lease (optionally writing progress with it); LeaseLost if it is not ours."""
+        """Extend our lease (optionally writing progress with it); LeaseLost if it is not ours.
+
+        The lease must still be ours *and unexpired*: once it has expired anyone may take it
+        over, so a holder that was paused past its expiry must not write a checkpoint or
+        extend it, even when nobody has taken it yet (issue 10, item 1).
+        """
         now = time.time() if now is None else now
         item = self.update(
             sk,
             {"lease_expires": now + ttl_seconds, **(set_values or {})},
-            condition="#lease_owner = :me",
-            condition_values={"me": owner},
+            condition=_HELD,
+            condition_values={"me": owner, "now": now},
         )
         if item is None:
-            raise LeaseLost(f"lease {sk} is no longer held by {owner}")
+            raise LeaseLost(f"lease {sk} is no longer held by {owner} (taken over or expired)")
         return item
+
+    def put_new_while_held(
+        self, lease_sk: str, owner: str, now: float, items: Mapping[str, Mapping[str, Any]]
+    ) -> None:
+        """Put the items of ``items`` (sk -> attributes) that do not exist yet, each only while
+        ``owner`` holds an unexpired lease on ``lease_sk`` (one transaction per chunk).
+
+        Raises
+        ------
+        LeaseLost
+            When the lease is not (or no longer) ours; nothing of a refused chunk is written.
+        """
+        for _ in range(3):
+            missing = self._missing(items)
+            if not missing:
+                return
+            try:
+                for start in range(0, len(missing), _TRANSACT_PUTS):
+                    self._transact_puts(
+                        lease_sk, owner, now, missing[start : start + _TRANSACT_PUTS], items
+                    )
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
+                    raise
+                held = self.get(lease_sk) or {}
+                if held.get("lease_owner") != owner or float(held.get("lease_expires", 0)) <= now:
+                    raise LeaseLost(f"lease {lease_sk} is no longer held by {owner}") from exc
+                # Otherwise a put lost to an item written meanwhile: write what is still missing.
+        if self._missing(items):
+            raise ConflictError(f"could not write {sorted(self._missing(items))} under {lease_sk}")
+
+    def _missing(self, items: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        return [sk for sk in items if self.get(sk) is None]
+
+    def _transact_puts(
+        self,
+        lease_sk: str,
+        owner: str,
+        now: float,
+        sks: list[str],
+        items: Mapping[str, Mapping[str, Any]],
+    ) -> None:
+        check = {
+            "ConditionCheck": {
+                "TableName": self.table,
+                "Key": self._key(lease_sk),
+                "ConditionExpression": _HELD,
+                "ExpressionAttributeNames": {
+                    "#lease_owner": "lease_owner",
+                    "#lease_expires": "lease_expires",
+                },
+                "ExpressionAttributeValues": to_typed({":me": owner, ":now": now}),
+            }
+        }
+        puts = [
+            {
+                "Put": {
+                    "TableName": self.table,
+                    "Item": to_typed({**items[sk], "pk": self.pk, "sk": sk}),
+                    "ConditionExpression": "attribute_not_exists(pk)",
+                }
+            }
+            for sk in sks
+        ]
+        self.client.transact_write_items(TransactItems=[check, *puts])  # type: ignore[list-item]
 
     def release(self, sk: str, owner: str, set_values: Mapping[str, Any] | None = None) -> bool:
         """Give up our lease; False if it was not ours any more."""

@@ -44,10 +44,23 @@ class Migration:
     def id(self) -> str:
         return self.settings.migration_id
 
-    def backfill_complete(self) -> bool:
-        """True once every segment of the backfill is done (then deletes need no tombstone)."""
+    def backfill_complete(self, now: float | None = None) -> bool:
+        """True once the backfill is complete *and quiet*: then deletes need no tombstone.
+
+        Complete means every segment and split is done (PLAN.state). Quiet means wall time
+        ``now`` (default: this machine's clock) has reached PLAN.quiet_at, the time by which
+        every backfill lease that existed at completion has expired, plus a margin: a worker
+        that was paused past its lease stops writing before its lease expires (its fence,
+        ``livemigrate.fencing``), so after ``quiet_at`` no late put-if-absent can follow a real
+        delete and resurrect the item (ARCHITECTURE.md rule 11; reasoning in backfill/plan.py).
+        A plan completed without ``quiet_at`` (older versions) counts as quiet.
+        """
         plan = self.store.get(PLAN)
-        return plan is not None and plan.get("state") == BACKFILL_COMPLETE
+        if plan is None or plan.get("state") != BACKFILL_COMPLETE:
+            return False
+        quiet_at = plan.get("quiet_at")
+        now = time.time() if now is None else now
+        return quiet_at is None or now >= float(quiet_at)
 
     def consumer_started(self) -> dict[str, Any] | None:
         """The recorded start of the source-stream consumer, if one has started.

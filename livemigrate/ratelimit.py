@@ -9,6 +9,10 @@ Throttling (``ProvisionedThroughputExceededException``, ``ThrottlingException`` 
 effective rate multiplicatively and sleeps an exponential backoff with jitter; successes raise
 it back additively (AIMD), so the tool settles just under what the table allows.
 
+A caller with a deadline (a worker's budget) passes ``deadline``, a callable giving the seconds
+it may still wait: a wait or a back-off that would end after it is not slept but refused with
+``PastDeadline`` (the tokens are given back), so no cap makes a worker overrun its budget.
+
 ``RatesFromControl`` re-reads the caps from the control-table item ``RATES`` every few
 seconds, so an operator can change them while a run is going::
 
@@ -45,6 +49,13 @@ THROTTLE_CODES = frozenset(
 )
 
 RATES = "RATES"
+
+Deadline = Callable[[], float]
+"""Seconds the caller may still wait (0 or less: none)."""
+
+
+class PastDeadline(Exception):
+    """Waiting for the cap (or a throttling back-off) would pass the caller's deadline."""
 
 
 def is_throttle(exc: ClientError) -> bool:
@@ -118,9 +129,24 @@ class RateLimiter:
             self._tokens -= items
             return 0.0 if self._tokens >= 0 else -self._tokens / rate
 
-    def acquire(self, items: int = 1) -> float:
-        """Take ``items`` tokens and sleep off any debt; returns the seconds slept."""
+    def refund(self, items: int) -> None:
+        """Give back tokens taken for work that was not done."""
+        with self._lock:
+            self._refill()
+            self._tokens = min(self._capacity(), self._tokens + items)
+
+    def acquire(self, items: int = 1, deadline: Deadline | None = None) -> float:
+        """Take ``items`` tokens and sleep off any debt; returns the seconds slept.
+
+        Raises
+        ------
+        PastDeadline
+            When the wait would end after ``deadline`` (nothing is taken then).
+        """
         wait = self.reserve(items)
+        if wait > 0 and deadline is not None and wait > deadline():
+            self.refund(items)
+            raise PastDeadline(f"waiting {wait:.2f}s for the rate cap would pass the deadline")
         if wait > 0:
             self.clock.sleep(wait)
         return wait
@@ -141,9 +167,19 @@ class RateLimiter:
             if self._factor < 1.0:
                 self._factor = min(1.0, self._factor + 0.02)
 
-    def call(self, items: int, fn: Callable[[], T], max_attempts: int = 12) -> T:
-        """Run ``fn`` under the cap, retrying throttling errors with adaptive backoff."""
-        self.acquire(items)
+    def call(
+        self,
+        items: int,
+        fn: Callable[[], T],
+        max_attempts: int = 12,
+        deadline: Deadline | None = None,
+    ) -> T:
+        """Run ``fn`` under the cap, retrying throttling errors with adaptive backoff.
+
+        With ``deadline``, neither the wait for the cap nor a back-off sleeps past it
+        (``PastDeadline``).
+        """
+        self.acquire(items, deadline)
         for attempt in range(1, max_attempts + 1):
             try:
                 result = fn()
@@ -151,6 +187,8 @@ class RateLimiter:
                 if not is_throttle(exc) or attempt == max_attempts:
                     raise
                 pause = self.throttled()
+                if deadline is not None and pause > deadline():
+                    raise PastDeadline("a throttling back-off would pass the deadline") from exc
                 log.info("throttled (%s); backing off %.2fs", exc.response["Error"]["Code"], pause)
                 self.clock.sleep(pause)
                 continue
