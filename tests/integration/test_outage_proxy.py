@@ -251,11 +251,6 @@ def es() -> Iterator[Elasticsearch]:
     client.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the backfill rides out outages only with the backfill branch (wt-backfill) merged;"
-    " remove this marker when both are merged",
-)
 def test_consumer_backfill_and_search_sink_ride_out_a_30s_outage(
     clients: AwsClients,
     proxies: tuple[FaultProxy, FaultProxy],
@@ -265,21 +260,6 @@ def test_consumer_backfill_and_search_sink_ride_out_a_30s_outage(
     m = make_migration(clients, proxies, tmp_path)
     try:
         run_through_outage(m, proxies, es, backfill=True)
-    finally:
-        for proc in m.procs.values():
-            proc.kill()
-            proc.wait()
-
-
-def test_consumer_and_search_sink_ride_out_a_30s_outage(
-    clients: AwsClients,
-    proxies: tuple[FaultProxy, FaultProxy],
-    es: Elasticsearch,
-    tmp_path: Path,
-) -> None:
-    m = make_migration(clients, proxies, tmp_path)
-    try:
-        run_through_outage(m, proxies, es, backfill=False)
     finally:
         for proc in m.procs.values():
             proc.kill()
