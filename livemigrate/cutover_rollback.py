@@ -18,7 +18,7 @@ The flip back is one conditional write on the flag's epoch, like the cutover. Th
 consumer keeps running: what the application writes to the source again reaches the destination
 (the reverse consumer skips those echoes), so cutting over again later needs no new backfill. If
 the cutover swapped a search alias, it is pointed back at the index it was taken from (one
-``_aliases`` call). Exit codes: 0 rolled back, 1 refused, 2 errors.
+``_aliases`` call). Exit codes: ``livemigrate.exitcodes`` (0 rolled back, 3 refused).
 """
 
 from __future__ import annotations
@@ -36,10 +36,14 @@ from livemigrate.cutover import (
     Drain,
     SearchSwitch,
     inverse_configured,
+    reason_of,
+    require_started,
     search_switch,
 )
+from livemigrate.exitcodes import ExitCode
 from livemigrate.flag import Flag, FlagStore, open_flag_store
 from livemigrate.gates import CONSUMER_REVERSE, reverse_problems
+from livemigrate.interrupts import raise_on_signals
 from livemigrate.transform import load_transform
 
 ROLLBACK_ITEM = "ROLLBACK"
@@ -109,13 +113,13 @@ class Rollback:
         flag = self.flags.read()
         if flag.active != "destination":
             self.out(f"rollback refused: nothing to roll back, {flag.table} (source) is active")
-            return 1
+            return ExitCode.GATES_UNMET
         age = self.clock.now() - flag.flipped_at
         problems = self._reverse_problems() if self.inverse else []
         refusal = self._refusal(age, problems)
         if refusal:
             self.out(refusal)
-            return 1
+            return ExitCode.GATES_UNMET
         for problem in problems:
             self.out(f"warning (--force): {problem}")
         keeps_writes = self.inverse is not None and not problems
@@ -136,7 +140,7 @@ class Rollback:
                 "write_pause": self.write_pause,
             },
         )
-        return 0
+        return ExitCode.OK
 
     def _reverse_problems(self) -> list[str]:
         reverse = self.store.get(CONSUMER_REVERSE)
@@ -171,9 +175,15 @@ class Rollback:
     def _flip_back(self, flag: Flag, keeps_writes: bool) -> Flag:
         drain = Drain(self.store, CONSUMER_REVERSE, self.options, self.clock, self.out)
         fence_at = None
+        before = flag
         if self.options.fenced and keeps_writes:
             flag, fence_at = drain.fence_and_drain(self.flags, flag, "the destination stream")
-        flag = self.flags.write(flag.flipped("source", self.clock.now()), flag.epoch)
+        try:
+            flag = self.flags.write(flag.flipped("source", self.clock.now()), flag.epoch)
+        except BaseException as exc:
+            if fence_at is not None:  # lift the fence, say where the flag is, re-raise
+                drain.abandon(self.flags, before, reason_of(exc))
+            raise
         self.out(f"flag flipped back: active table is now {flag.table} (epoch {flag.epoch})")
         if fence_at is not None:
             self.write_pause = flag.flipped_at - fence_at
@@ -197,7 +207,10 @@ class Rollback:
 
 
 def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> int:
+    """The ``rollback`` command (exit codes: ``livemigrate.exitcodes``)."""
+    raise_on_signals()  # Ctrl-C / SIGTERM lift the fence (Drain.abandon), then exit 130
     store = ControlStore(clients.dynamodb, settings.control_table, settings.migration_id)
+    require_started(store)
     flags = open_flag_store(
         args.flag_store, store, clients.ssm, settings.source_table, settings.destination_table
     )

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from livemigrate.control import ControlStore
@@ -46,13 +49,18 @@ def collect(store: ControlStore, source_items: int | None = None) -> dict[str, A
         "control_table": store.table,
         "spec": meta,
         "phase": _phase(plan, groups, gates),
-        "gates": [{"name": g.name, "met": g.met, "why": g.why, "fix": g.fix} for g in gates],
+        "gates": [gate_dict(g) for g in gates],
         "backfill": backfill,
         "stream": _shards(groups.get("SHARD", []), groups.get("CONSUMER", []), now),
         "dead_letters": DeadLetters(store).count(),
         "flag": dict(groups.get("FLAG", [("", {})])[0][1]),
         "metrics": dict(groups.get("METRICS", [("", {})])[0][1]),
     }
+
+
+def gate_dict(gate: Gate) -> dict[str, Any]:
+    """A gate's verdict as JSON (status and cutover print the same shape)."""
+    return {"name": gate.name, "met": gate.met, "why": gate.why, "fix": gate.fix}
 
 
 def _phase(
@@ -197,3 +205,55 @@ def render(summary: dict[str, Any]) -> str:
         metrics = ", ".join(f"{k}={v}" for k, v in sorted(summary["metrics"].items()))
         lines.append(f"  counters: {metrics}")
     return "\n".join(lines)
+
+
+# Fields that hold a Unix time: ``to_json`` prints them as ISO 8601 (UTC).
+TIME_FIELDS = frozenset(
+    {
+        "at",
+        "created_at",
+        "completed_at",
+        "started_at",
+        "heartbeat_at",
+        "flipped_at",
+        "fenced_at",
+        "fenced_until",
+        "lease_expires",
+        "read_from",
+        "drain_after",
+        "purged_at",
+        "real_deletes_since",
+        "records_lost_at",
+        "delete_marks_since",
+        "unmarked_deletes_at",
+        "updated_at",
+    }
+)
+
+
+def iso(at: float) -> str:
+    """A Unix time as ISO 8601 in UTC, to the millisecond."""
+    return datetime.fromtimestamp(at, tz=UTC).isoformat(timespec="milliseconds")
+
+
+def to_json(value: Any, name: str = "") -> Any:
+    """``collect``'s summary for ``--json``: numbers as numbers, times as ISO 8601 strings.
+
+    DynamoDB gives numbers as ``Decimal``; they become int (integral) or float. A number in a
+    field named in ``TIME_FIELDS`` (0 meaning "never") becomes an ISO 8601 string or None.
+    """
+    if isinstance(value, Mapping):
+        return {str(k): to_json(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        items = [to_json(v) for v in value]
+        return sorted(items, key=str) if isinstance(value, set | frozenset) else items
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, Decimal | int | float):
+        number: int | float = int(value) if value == int(value) else float(value)
+        if name in TIME_FIELDS:
+            return iso(float(number)) if number else None
+        return number
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)
