@@ -158,8 +158,13 @@ def _logging(level: str) -> None:
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
     )
-    for noisy in ("botocore", "boto3", "urllib3", "elastic_transport"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    root = logging.getLogger().level
+    for noisy in ("botocore", "boto3", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root))
+    # The Elasticsearch client logs every retry with a traceback; the command says it once.
+    logging.getLogger("elastic_transport").setLevel(
+        logging.DEBUG if root <= logging.DEBUG else logging.ERROR
+    )
 
 
 def _dispatch(args: argparse.Namespace) -> int:

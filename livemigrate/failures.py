@@ -8,6 +8,7 @@ traceback. Anything else is a bug: its traceback goes to a file whose name is pr
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import traceback
 from dataclasses import dataclass
@@ -84,6 +85,15 @@ def explain(exc: BaseException) -> Failure:
     )
 
 
+def short(exc: BaseException) -> str:
+    """A one-line reason: the OS error inside a chain of wrapped connection errors if any."""
+    text = str(exc)
+    found = re.search(r"\[Errno -?\d+\][^)'\"]*", text)
+    if found:
+        return found.group(0).strip()
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
 def endpoint(exc: BaseException) -> str:
     """The endpoint a botocore error was about, or a description of the default one."""
     if isinstance(exc, EndpointConnectionError):
@@ -116,6 +126,15 @@ def _client_failure(exc: ClientError) -> Failure:
 
 
 def _search_failure(exc: BaseException) -> Failure | None:
+    from livemigrate.search.backend import SearchUnavailable
+
+    if isinstance(exc, SearchUnavailable):
+        return Failure(
+            f"Elasticsearch did not answer ({short(exc)})",
+            "check that the node is up and LIVEMIGRATE_SEARCH_URL points at it "
+            "(`verify --no-search` checks the tables alone)",
+            ExitCode.UNREACHABLE,
+        )
     try:
         from elastic_transport import ConnectionError as SearchConnectionError
         from elastic_transport import ConnectionTimeout
@@ -123,7 +142,7 @@ def _search_failure(exc: BaseException) -> Failure | None:
         return None
     if isinstance(exc, (SearchConnectionError, ConnectionTimeout)):
         return Failure(
-            f"Elasticsearch did not answer ({exc})",
+            f"Elasticsearch did not answer ({short(exc)})",
             "check that the node is up and LIVEMIGRATE_SEARCH_URL points at it "
             "(`verify --no-search` checks the tables alone)",
             ExitCode.UNREACHABLE,

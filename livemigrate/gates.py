@@ -159,7 +159,7 @@ def search_gate(snap: Snapshot, policy: Policy) -> Gate:
         name,
         False,
         f"search is configured but index {snap.search_index!r} does not exist",
-        "run the search sink (`livemigrate search`) so the new index is built",
+        "run the search sink (`livemigrate search sync`) so the new index is built",
     )
 
 

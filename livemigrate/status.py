@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -48,7 +49,7 @@ def collect(store: ControlStore, source_items: int | None = None) -> dict[str, A
         "known": True,
         "control_table": store.table,
         "spec": meta,
-        "phase": _phase(plan, groups, gates),
+        "phase": _stopped(_phase(plan, groups, gates), backfill),
         "gates": [gate_dict(g) for g in gates],
         "backfill": backfill,
         "stream": _shards(groups.get("SHARD", []), groups.get("CONSUMER", []), now),
@@ -83,6 +84,13 @@ def _phase(
     return "ready for cutover"
 
 
+def _stopped(phase: str, backfill: dict[str, Any]) -> str:
+    before_cutover = not phase.startswith(("cut over", "rolled back"))
+    if before_cutover and backfill["workers"] == "stopped":
+        return "backfill stopped: no worker is running (run `livemigrate backfill` to continue)"
+    return phase
+
+
 def _progress(
     plan: dict[str, Any], read: int, source_items: int | None, now: float
 ) -> dict[str, Any]:
@@ -103,8 +111,12 @@ def _backfill(
 ) -> dict[str, Any]:
     states = Counter(str(item.get("state", "pending")) for _, item in segments)
     leased = sum(1 for _, item in segments if float(item.get("lease_expires", 0)) > now)
+    state = str(plan.get("state", "not planned"))
     return {
-        "state": plan.get("state", "not planned"),
+        "state": state,
+        # "stopped": planned or running, but no worker holds a lease (Ctrl-C, budget, crash
+        # past its lease): nothing copies until `livemigrate backfill` runs again.
+        "workers": "working" if leased else ("stopped" if state in ("planned", "running") else "-"),
         "total_segments": plan.get("total_segments"),
         "segments_by_state": dict(states),
         "segments_leased": leased,
@@ -141,11 +153,27 @@ def _shards(
     }
 
 
+def _seconds(value: Any) -> str:
+    """A duration for people: 0.04 -> '0.0s', 75 -> '1m15s', 7300 -> '2h01m'."""
+    if value is None:
+        return "-"
+    seconds = float(value)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+
+
+def _ago(at: Any) -> str:
+    return "never" if not at else f"{_seconds(time.time() - float(at))} ago"
+
+
 def _consumer_lines(consumer: dict[str, Any]) -> list[str]:
     lines = [
-        f"    {consumer.get('name', '?')}: lag {consumer.get('lag_seconds')}s, "
-        f"records behind >= {consumer.get('records_behind')}, "
-        f"last heartbeat {time.time() - float(consumer.get('heartbeat_at', 0)):.0f}s ago"
+        f"    {consumer.get('name', '?'):<8} lag {_seconds(consumer.get('lag_seconds'))}, "
+        f"records behind >= {consumer.get('records_behind', '-')}, "
+        f"last heartbeat {_ago(consumer.get('heartbeat_at'))}"
     ]
     if consumer.get("records_lost_at") is not None:
         lines.append(
@@ -155,8 +183,50 @@ def _consumer_lines(consumer: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _shard_line(shard: dict[str, Any]) -> str:
+    name = str(shard["id"]).split("#")
+    consumer, shard_id = (name[1], name[-1]) if len(name) >= 3 else ("?", name[-1])
+    state = "finished" if shard["finished"] else f"held by {shard['owner'] or 'nobody'}"
+    return (
+        f"    {consumer:<8} {shard_id:<28} {state}, lag {_seconds(shard['lag_seconds'])}, "
+        f"applied {shard['records_applied'] or 0}"
+    )
+
+
+def _backfill_lines(bf: dict[str, Any]) -> list[str]:
+    progress = ""
+    if bf.get("percent") is not None:
+        eta = bf.get("eta_seconds")
+        progress = f", {bf['percent']:.1f}%" + (f", ETA {_seconds(eta)}" if eta else "")
+    by_state = ", ".join(f"{n} {state}" for state, n in sorted(bf["segments_by_state"].items()))
+    lines = [
+        f"  backfill: {bf['state']}{progress}; workers {bf['workers']}",
+        f"    segments {bf['total_segments'] or '?'} ({by_state or 'none yet'}), "
+        f"{bf['segments_leased']} leased; items read {bf['items_read']}, "
+        f"written {bf['items_written']}",
+    ]
+    for split in bf["hot_key_splits"]:
+        part = str(split["id"]).removeprefix("SPLIT#")
+        lines.append(f"    hot-key split {part}: {split['state']} (key {split['hot_key']})")
+    return lines
+
+
+def _flag_line(flag: dict[str, Any]) -> str:
+    now = time.time()
+    fence = "not fenced"
+    until = float(flag.get("fenced_until") or 0)
+    if flag.get("fenced") and until > now:
+        fence = f"FENCED until {iso(until)}"
+    elif flag.get("fenced"):
+        fence = f"fence expired at {iso(until)} (writers no longer wait)"
+    return (
+        f"  flag: active {flag.get('active')} ({flag.get('table')}), epoch {flag.get('epoch')}, "
+        f"{fence}"
+    )
+
+
 def render(summary: dict[str, Any]) -> str:
-    """Human-readable text of ``collect``'s summary."""
+    """Human-readable text of ``collect``'s summary (no Python reprs; rounded durations)."""
     lines = [f"migration {summary['migration_id']} (control table {summary['control_table']})"]
     if not summary["known"]:
         lines.append(f"  {summary['note']}")
@@ -167,43 +237,25 @@ def render(summary: dict[str, Any]) -> str:
         f"via {spec.get('transform')}"
     )
     lines.append(f"  phase: {summary['phase']}")
-    bf = summary["backfill"]
-    progress = "" if bf.get("percent") is None else f" ({bf['percent']}%"
-    if progress:
-        eta = bf.get("eta_seconds")
-        progress += f", ETA {eta}s)" if eta is not None else ")"
-    lines.append(
-        f"  backfill: {bf['state']}{progress}; segments {bf['segments_by_state'] or '-'} of "
-        f"{bf['total_segments'] or '?'}; leased {bf['segments_leased']}; "
-        f"read {bf['items_read']}, written {bf['items_written']}"
-    )
-    for split in bf["hot_key_splits"]:
-        lines.append(f"    hot-key split {split['id']}: {split['state']} ({split['hot_key']})")
+    lines.extend(_backfill_lines(summary["backfill"]))
     stream = summary["stream"]
     lines.append(f"  stream consumers: {len(stream['consumer_started']) or 'not started'}")
     for consumer in stream["consumer_started"]:
         lines.extend(_consumer_lines(consumer))
-    for shard in stream["shards"]:
-        lines.append(
-            f"    {shard['id']}: owner={shard['owner']} checkpoint={shard['checkpoint']} "
-            f"finished={shard['finished']} lag={shard['lag_seconds']}s "
-            f"applied={shard['records_applied']}"
-        )
+    lines.extend(_shard_line(shard) for shard in stream["shards"])
     lines.append(f"  dead letters: {summary['dead_letters']}")
     lines.append("  cutover gates:")
     for gate in summary["gates"]:
-        lines.append(f"    [{'ok' if gate['met'] else 'no'}] {gate['name']}")
-        if not gate["met"]:
-            lines.append(f"         {gate['why']}")
-    flag = summary["flag"]
-    if flag:
-        lines.append(
-            f"  flag: active={flag.get('active')} table={flag.get('table')} "
-            f"epoch={flag.get('epoch')} fenced={flag.get('fenced')}"
-        )
+        mark = "ok" if gate["met"] else "no"
+        note = f": {gate['why']}" if gate["why"] else ""
+        lines.append(f"    [{mark}] {gate['name']}{note}")
+    if summary["flag"]:
+        lines.append(_flag_line(summary["flag"]))
     if summary["metrics"]:
-        metrics = ", ".join(f"{k}={v}" for k, v in sorted(summary["metrics"].items()))
-        lines.append(f"  counters: {metrics}")
+        width = max(len(str(k)) for k in summary["metrics"])
+        lines.append("  counters:")
+        for name, value in sorted(summary["metrics"].items()):
+            lines.append(f"    {name:<{width}}  {to_json(value)}")
     return "\n".join(lines)
 
 
@@ -249,6 +301,8 @@ def to_json(value: Any, name: str = "") -> Any:
         return sorted(items, key=str) if isinstance(value, set | frozenset) else items
     if isinstance(value, bool) or value is None or isinstance(value, str):
         return value
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     if isinstance(value, Decimal | int | float):
         number: int | float = int(value) if value == int(value) else float(value)
         if name in TIME_FIELDS:

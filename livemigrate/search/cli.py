@@ -40,6 +40,7 @@ from livemigrate.control import ControlStore
 from livemigrate.deadletters import DeadLetters
 from livemigrate.errors import ConfigError, ServiceUnreachable
 from livemigrate.exitcodes import ExitCode
+from livemigrate.failures import short
 from livemigrate.flag import open_flag_store
 from livemigrate.process import stop_on_signals, worker_id
 from livemigrate.search.backend import ElasticsearchBackend
@@ -180,7 +181,7 @@ def _ping(backend: ElasticsearchBackend, url: str) -> None:
         backend.client.cluster.health()
     except (TransportError, ApiError) as exc:
         raise ServiceUnreachable(
-            f"Elasticsearch at {url} did not answer: {exc}",
+            f"Elasticsearch at {url} did not answer: {short(exc)}",
             "check that the node is up and reachable, or fix LIVEMIGRATE_SEARCH_URL",
         ) from exc
 

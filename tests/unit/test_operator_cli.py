@@ -1,0 +1,118 @@
+"""The command line as an operator meets it: exit-code table, validation, warnings, JSON form."""
+
+from __future__ import annotations
+
+import logging
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from backfill.cli import options_from
+from livemigrate import cli
+from livemigrate.config import load_settings, unknown_variables
+from livemigrate.exitcodes import ExitCode, table_markdown
+from livemigrate.status import to_json
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_readme_shows_exactly_the_exit_code_table_the_code_uses() -> None:
+    assert table_markdown() in (ROOT / "README.md").read_text()
+
+
+def test_every_documented_outcome_has_its_own_code() -> None:
+    codes = [int(code) for code in ExitCode]
+    assert len(codes) == len(set(codes))
+    names = {code.name for code in ExitCode}
+    assert {"GATES_UNMET", "DIFFERENCES", "INTERNAL", "INCOMPLETE", "INTERRUPTED"} <= names
+    assert {"NOT_MIGRATED", "UNREACHABLE", "BAD_INPUT", "OK"} <= names
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--workers", "0"],
+        ["--workers", "-2"],
+        ["--budget-seconds", "0"],
+        ["--budget-seconds", "-5"],
+        ["--budget-seconds", "nan"],
+        ["--page-size", "0"],
+        ["--processes", "0"],
+    ],
+    ids=" ".join,
+)
+def test_backfill_refuses_a_zero_or_negative_instead_of_using_the_default(
+    flags: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["backfill", *flags])
+    assert exited.value.code == ExitCode.BAD_INPUT
+    assert "must be" in capsys.readouterr().err
+
+
+def test_backfill_flags_given_win_over_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LIVEMIGRATE_MIGRATION_ID", "m")
+    monkeypatch.setenv("LIVEMIGRATE_SOURCE_TABLE", "src")
+    monkeypatch.setenv("LIVEMIGRATE_DESTINATION_TABLE", "dst")
+    args = cli.build_parser("backfill").parse_args(
+        ["backfill", "--workers", "3", "--budget-seconds", "12"]
+    )
+    options = options_from(args, load_settings())
+    assert (options.workers, options.budget_seconds) == (3, 12.0)
+
+
+def test_global_options_are_accepted_after_the_command() -> None:
+    args = cli.build_parser("cutover").parse_args(
+        ["cutover", "--dry-run", "--migration-id", "X", "--log-level", "debug"]
+    )
+    assert (args.migration_id, args.log_level) == ("X", "DEBUG")
+    before = cli.build_parser().parse_args(["--migration-id", "Y", "status"])
+    assert (before.migration_id, before.log_level) == ("Y", "INFO")
+
+
+def test_a_misspelt_variable_is_warned_about_with_the_closest_setting(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("LIVEMIGRATE_MIGRATION_ID", "m")
+    monkeypatch.setenv("LIVEMIGRATE_SOURCE_TABLE", "src")
+    monkeypatch.setenv("LIVEMIGRATE_DESTINATION_TABLE", "dst")
+    monkeypatch.setenv("LIVEMIGRATE_WRITE_RAT", "50")
+    with caplog.at_level(logging.WARNING, "livemigrate.config"):
+        load_settings()
+    assert "LIVEMIGRATE_WRITE_RAT is not a livemigrate setting" in caplog.text
+    assert "did you mean LIVEMIGRATE_WRITE_RATE?" in caplog.text
+    assert unknown_variables({"LIVEMIGRATE_WORKERS": "2", "LIVEMIGRATE_CONFIG": "x"}) == []
+
+
+def test_a_config_variable_naming_a_missing_file_is_warned_about(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    missing = tmp_path / "nope.toml"
+    monkeypatch.setenv("LIVEMIGRATE_CONFIG", str(missing))
+    monkeypatch.setenv("LIVEMIGRATE_MIGRATION_ID", "m")
+    monkeypatch.setenv("LIVEMIGRATE_SOURCE_TABLE", "src")
+    monkeypatch.setenv("LIVEMIGRATE_DESTINATION_TABLE", "dst")
+    with caplog.at_level(logging.WARNING, "livemigrate.config"):
+        load_settings()
+    assert f"LIVEMIGRATE_CONFIG names {missing}, which does not exist" in caplog.text
+
+
+def test_json_form_has_numbers_as_numbers_and_times_as_iso_8601() -> None:
+    summary = {
+        "backfill": {"total_segments": Decimal("8"), "percent": Decimal("12.5")},
+        "flag": {"epoch": Decimal("3"), "flipped_at": Decimal("1764620000.25"), "fenced_at": 0},
+        "lag_seconds": float("inf"),
+    }
+    assert to_json(summary) == {
+        "backfill": {"total_segments": 8, "percent": 12.5},
+        "flag": {"epoch": 3, "flipped_at": "2025-12-01T20:13:20.250+00:00", "fenced_at": None},
+        "lag_seconds": None,
+    }
+
+
+def test_version_is_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out.startswith("livemigrate ")
