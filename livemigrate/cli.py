@@ -27,6 +27,7 @@ from livemigrate.control import ControlStore
 from livemigrate.errors import LivemigrateError
 from livemigrate.exitcodes import ExitCode
 from livemigrate.failures import explain
+from livemigrate.gates import Gate
 from livemigrate.tables import describe
 
 log = logging.getLogger("livemigrate")
@@ -56,6 +57,10 @@ ENGINE_COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("livemigrate.verify", "prove parity of source, destination and search"),
     "cutover": ("livemigrate.cutover", "check the gates and flip the active-table flag"),
     "rollback": ("livemigrate.cutover_rollback", "flip the flag back"),
+    "throttle": (
+        "livemigrate.throttle",
+        "change a running backfill's rate caps, or pause / resume it",
+    ),
     "demo": ("livemigrate.demo", "run a real migration end to end on the local services"),
 }
 
@@ -127,12 +132,37 @@ def run_status(args: argparse.Namespace) -> int:
     settings = _settings(args)
     clients = make_clients(settings)
     store = ControlStore(clients.dynamodb, settings.control_table, settings.migration_id)
-    summary = status.collect(store, _source_items(clients, settings.source_table))
+    summary = status.collect(
+        store, _source_items(clients, settings.source_table), _gate_check(settings, store)
+    )
     if args.json:
         print(json.dumps(status.to_json(summary), indent=2, sort_keys=True))
     else:
         print(status.render(summary))
     return ExitCode.OK
+
+
+def _gate_check(settings: Settings, store: ControlStore) -> status.GateCheck | None:
+    """The cutover's own gate computation (same policy, same search check), for status."""
+    from livemigrate.cutover import evaluate_gates, policy_for, search_switch
+
+    if not store.exists():
+        return None
+    policy = policy_for(settings, store)
+    search = search_switch(settings, store)
+
+    def check(now: float) -> list[Gate]:
+        try:
+            return evaluate_gates(store, policy, search, now)
+        except Exception as exc:  # status still reports; only the search gate is unknown
+            failure = explain(exc)
+            if failure.code != ExitCode.UNREACHABLE or search is None:
+                raise
+            gates = evaluate_gates(store, policy, None, now)
+            down = Gate("search index ready", False, failure.problem, failure.fix)
+            return [down if g.name == down.name else g for g in gates]
+
+    return check
 
 
 def _source_items(clients: AwsClients, table: str) -> int | None:

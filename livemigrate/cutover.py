@@ -287,14 +287,7 @@ class Cutover:
         self.out = out
 
     def gates(self) -> list[Gate]:
-        ready = None if self.search is None else self.search.backend.index_exists(self.search.index)
-        snap = read_snapshot(
-            self.store,
-            now=self.clock.now(),
-            search_index_ready=ready,
-            search_index="" if self.search is None else self.search.index,
-        )
-        return check_all(snap, self.options.policy)
+        return evaluate_gates(self.store, self.options.policy, self.search, self.clock.now())
 
     def run(self) -> CutoverResult:
         gates = self.gates()
@@ -414,6 +407,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--json", action="store_true", help="print the result as JSON on stdout (text on stderr)")
 
 
+def evaluate_gates(
+    store: ControlStore, policy: Policy, search: SearchSwitch | None, now: float
+) -> list[Gate]:
+    """Every gate's verdict: the one computation that ``cutover`` and ``status`` share."""
+    ready = None if search is None else search.backend.index_exists(search.index)
+    snap = read_snapshot(
+        store,
+        now=now,
+        search_index_ready=ready,
+        search_index="" if search is None else search.index,
+    )
+    return check_all(snap, policy)
+
+
+def policy_for(settings: Settings, store: ControlStore, **limits: Any) -> Policy:
+    """The gate policy of a migration (an inverse transform requires the reverse consumer)."""
+    return Policy(**limits, require_reverse=inverse_configured(settings, store) is not None)
+
+
 def inverse_configured(settings: Settings, store: ControlStore) -> str | None:
     """The inverse transform of the migration (see ``migration.inverse_transform``)."""
     return inverse_transform(settings, store.get(META) or {})
@@ -445,11 +457,12 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
     options = CutoverOptions(
         dry_run=args.dry_run,
         fenced=args.fenced,
-        policy=Policy(
-            args.max_lag_seconds,
-            args.max_heartbeat_age,
-            args.ack_dead_letters,
-            require_reverse=inverse_configured(settings, store) is not None,
+        policy=policy_for(
+            settings,
+            store,
+            max_lag_seconds=args.max_lag_seconds,
+            max_heartbeat_age=args.max_heartbeat_age,
+            ack_dead_letters=args.ack_dead_letters,
         ),
         client_ttl=args.client_ttl,
         consumer_margin=args.consumer_margin,

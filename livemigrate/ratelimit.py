@@ -10,11 +10,10 @@ effective rate multiplicatively and sleeps an exponential backoff with jitter; s
 it back additively (AIMD), so the tool settles just under what the table allows.
 
 ``RatesFromControl`` re-reads the caps from the control-table item ``RATES`` every few
-seconds, so an operator can change them while a run is going::
-
-    aws dynamodb update-item --table-name livemigrate-control \\
-        --key '{"pk":{"S":"MIG#<id>"},"sk":{"S":"RATES"}}' \\
-        --update-expression 'SET read_rate = :r' --expression-attribute-values '{":r":{"N":"200"}}'
+seconds (also while a limiter waits), so an operator can change them while a run is going:
+``livemigrate throttle --read-rate 200 --write-rate 100``, ``--pause``, ``--resume``. While
+paused, every read and write waits (checking again every ``PAUSE_POLL`` seconds) until the item
+says resume or the limiter's ``interrupt`` says stop (a backfill's budget ran out, Ctrl-C).
 """
 
 from __future__ import annotations
@@ -68,6 +67,7 @@ class RateLimiter:
     MIN_FACTOR = 0.05
     BASE_BACKOFF = 0.05
     MAX_BACKOFF = 5.0
+    PAUSE_POLL = 0.5
 
     def __init__(
         self, rate: float = 0.0, clock: Clock | None = None, burst_seconds: float = 1.0
@@ -80,6 +80,11 @@ class RateLimiter:
         self._streak = 0
         self._tokens = self._capacity()
         self._stamp = self.clock.now()
+        self.paused = False
+        # Called before every acquire (RatesFromControl re-reads the caps through it), and
+        # asked while paused whether to stop waiting.
+        self.watch: Callable[[], object] | None = None
+        self.interrupt: Callable[[], bool] | None = None
 
     @property
     def rate(self) -> float:
@@ -120,10 +125,21 @@ class RateLimiter:
 
     def acquire(self, items: int = 1) -> float:
         """Take ``items`` tokens and sleep off any debt; returns the seconds slept."""
+        paused = self._while_paused()
         wait = self.reserve(items)
         if wait > 0:
             self.clock.sleep(wait)
-        return wait
+        return paused + wait
+
+    def _while_paused(self) -> float:
+        slept = 0.0
+        while True:
+            if self.watch is not None:
+                self.watch()
+            if not self.paused or (self.interrupt is not None and self.interrupt()):
+                return slept
+            self.clock.sleep(self.PAUSE_POLL)
+            slept += self.PAUSE_POLL
 
     def throttled(self) -> float:
         """Record a throttle: lower the rate and return the backoff to sleep (with jitter)."""
@@ -181,6 +197,7 @@ class RatesFromControl:
         self._defaults = (read.rate, write.rate)
         self._next = 0.0
         self._lock = threading.Lock()
+        read.watch = write.watch = self.maybe_refresh
 
     def maybe_refresh(self) -> bool:
         """Re-read the caps if the interval has passed; True when a read happened."""
@@ -192,6 +209,10 @@ class RatesFromControl:
         item = self.store.get(RATES) or {}
         read = float(item.get("read_rate", self._defaults[0]))
         write = float(item.get("write_rate", self._defaults[1]))
+        paused = bool(item.get("paused", False))
+        if paused != self.read.paused:
+            log.warning("reads and writes %s (RATES item)", "PAUSED" if paused else "resumed")
+        self.read.paused = self.write.paused = paused
         if (read, write) != (self.read.rate, self.write.rate):
             log.info("rate caps now read=%s write=%s items/s (0 = no cap)", read, write)
             self.read.set_rate(read)

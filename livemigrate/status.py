@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -14,11 +14,18 @@ from livemigrate.control import ControlStore
 from livemigrate.deadletters import DeadLetters
 from livemigrate.gates import Gate, Policy, check_all, read_snapshot, unmet
 
+GateCheck = Callable[[float], list[Gate]]
 
-def collect(store: ControlStore, source_items: int | None = None) -> dict[str, Any]:
+
+def collect(
+    store: ControlStore, source_items: int | None = None, gates: GateCheck | None = None
+) -> dict[str, Any]:
     """A JSON-safe summary; ``known: False`` when nothing is recorded yet.
 
     ``source_items`` (DynamoDB's approximate ItemCount of the source) gives progress and ETA.
+    ``gates`` evaluates the cutover gates at a time (the CLI passes ``cutover.evaluate_gates``
+    with the migration's policy and search index, so status and cutover agree); without it
+    the gates are read from the control table with the default policy and no search check.
     """
     if not store.exists():
         return {
@@ -42,20 +49,24 @@ def collect(store: ControlStore, source_items: int | None = None) -> dict[str, A
     plan = dict(groups.get("PLAN", [("", {})])[0][1])
     backfill = _backfill(plan, groups.get("SEG", []), groups.get("SPLIT", []), now)
     backfill.update(_progress(plan, backfill["items_read"], source_items, now))
-    policy = Policy(require_reverse=bool(meta.get("inverse_transform")))
-    gates = check_all(read_snapshot(store, now=now), policy)
+    if gates is None:
+        policy = Policy(require_reverse=bool(meta.get("inverse_transform")))
+        verdicts = check_all(read_snapshot(store, now=now), policy)
+    else:
+        verdicts = gates(now)
     return {
         "migration_id": store.migration_id,
         "known": True,
         "control_table": store.table,
         "spec": meta,
-        "phase": _stopped(_phase(plan, groups, gates), backfill),
-        "gates": [gate_dict(g) for g in gates],
+        "phase": _stopped(_phase(plan, groups, verdicts), backfill),
+        "gates": [gate_dict(g) for g in verdicts],
         "backfill": backfill,
         "stream": _shards(groups.get("SHARD", []), groups.get("CONSUMER", []), now),
         "dead_letters": DeadLetters(store).count(),
         "flag": dict(groups.get("FLAG", [("", {})])[0][1]),
         "metrics": dict(groups.get("METRICS", [("", {})])[0][1]),
+        "rates": rates_of(dict(groups.get("RATES", [("", {})])[0][1])),
     }
 
 
@@ -82,6 +93,25 @@ def _phase(
     if unmet(gates):
         return "backfill complete; cutover gates not yet met"
     return "ready for cutover"
+
+
+def rates_of(item: dict[str, Any]) -> dict[str, Any]:
+    """The live rate caps (``livemigrate throttle``); None: not set, the settings apply."""
+    return {
+        "read_rate": item.get("read_rate"),
+        "write_rate": item.get("write_rate"),
+        "paused": bool(item.get("paused", False)),
+    }
+
+
+def rates_line(rates: dict[str, Any]) -> str:
+    def cap(value: Any) -> str:
+        if value is None:
+            return "from settings"
+        return "no cap" if float(value) == 0 else f"{float(value):g}/s"
+
+    paused = "; PAUSED (livemigrate throttle --resume)" if rates["paused"] else ""
+    return f"  rates: read {cap(rates['read_rate'])}, write {cap(rates['write_rate'])}{paused}"
 
 
 def _stopped(phase: str, backfill: dict[str, Any]) -> str:
@@ -238,6 +268,7 @@ def render(summary: dict[str, Any]) -> str:
     )
     lines.append(f"  phase: {summary['phase']}")
     lines.extend(_backfill_lines(summary["backfill"]))
+    lines.append(rates_line(summary["rates"]))
     stream = summary["stream"]
     lines.append(f"  stream consumers: {len(stream['consumer_started']) or 'not started'}")
     for consumer in stream["consumer_started"]:
