@@ -264,7 +264,7 @@ def render(summary: dict[str, Any]) -> str:
     spec = summary["spec"]
     lines.append(
         f"  {spec.get('source_table')} -> {spec.get('destination_table')} "
-        f"via {spec.get('transform')}"
+        f"via {spec.get('transform') or 'the configured transform'}"
     )
     lines.append(f"  phase: {summary['phase']}")
     lines.extend(_backfill_lines(summary["backfill"]))
