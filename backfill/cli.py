@@ -139,9 +139,13 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
     options = options_from(args, settings)
     engine = Engine(migration, options)
     engine.plan()  # once, before any child process races to it
+
+    def budget_over() -> bool:
+        return engine.budget.expired()  # looked up each time: engine.run() starts a new budget
+
     for limiter in (engine.read_limiter, engine.write_limiter):
         # A paused run (livemigrate throttle --pause) still ends at its budget or on Ctrl-C.
-        limiter.interrupt = lambda: engine.budget.expired()
+        limiter.interrupt = budget_over
     stopped: list[bool] = []
     if args.processes > 1:
         # Each child stops itself on the signal (same process group); the parent waits.
