@@ -24,6 +24,7 @@ from livemigrate.aws import AwsClients
 from livemigrate.config import Settings
 from livemigrate.deadletters import DeadLetters
 from livemigrate.exitcodes import ExitCode
+from livemigrate.hooks import Hooks
 from livemigrate.interrupts import on_first_signal
 from livemigrate.migration import Migration
 
@@ -137,6 +138,7 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
         without_consumer=args.without_consumer,
     )
     options = options_from(args, settings)
+    was_complete = plan.plan_state(migration.store) == plan.COMPLETE
     engine = Engine(migration, options)
     engine.plan()  # once, before any child process races to it
 
@@ -156,7 +158,7 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
         on_first_signal(lambda: _stop(engine, stopped), _say)
         with Progress(engine.stats, migration.source.item_count, already, sys.stderr):
             engine.run()
-    return _verdict(migration, options, interrupted=bool(stopped))
+    return _verdict(migration, options, interrupted=bool(stopped), was_complete=was_complete)
 
 
 def _say(text: str) -> None:
@@ -169,7 +171,14 @@ def _stop(engine: Engine, stopped: list[bool]) -> None:
     engine.budget.deadline = engine.clock.now() - engine.budget.margin - 1.0
 
 
-def _verdict(migration: Migration, options: Options, *, interrupted: bool = False) -> int:
+def _verdict(
+    migration: Migration,
+    options: Options,
+    *,
+    interrupted: bool = False,
+    was_complete: bool = False,
+) -> int:
+    """The exit code, and what to say; ``was_complete``: before this run (no hook then)."""
     store = migration.store
     if plan.plan_state(store) == plan.COMPLETE or plan.mark_complete(store):
         metrics = store.metrics()
@@ -180,6 +189,13 @@ def _verdict(migration: Migration, options: Options, *, interrupted: bool = Fals
             f"superseded by live writes {metrics.get('superseded_by_live_write', 0)}, "
             f"dead letters {dead}"
         )
+        if not was_complete:
+            Hooks.of(migration.settings).fire(
+                "backfill_complete",
+                items_read=metrics.get("items_read", 0),
+                items_written=metrics.get("items_written", 0),
+                dead_letters=dead,
+            )
         if dead:
             print(
                 f"backfill: {dead} item(s) went to dead letters and are NOT in the destination.\n"

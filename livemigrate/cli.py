@@ -16,7 +16,9 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from importlib import metadata
 from typing import Any
 
@@ -99,7 +101,22 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         help="where the migration stands: phase, progress, lag, dead letters, gates",
         description="What the control table knows about the migration (read-only).",
     )
-    st.add_argument("--json", action="store_true", help="print JSON on stdout (see README)")
+    st.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON on stdout (livemigrate/status.schema.json); with --watch one per line",
+    )
+    st.add_argument(
+        "--watch",
+        nargs="?",
+        const=2.0,
+        type=float,
+        metavar="SECONDS",
+        help="refresh every SECONDS (default: 2) until Ctrl-C: a live dashboard",
+    )
+    st.add_argument(
+        "--count", type=int, default=0, help="with --watch: stop after this many refreshes"
+    )
     _global_options(st, argparse.SUPPRESS)
     for name, (module, help_text) in ENGINE_COMMANDS.items():
         cmd = sub.add_parser(
@@ -132,14 +149,34 @@ def run_status(args: argparse.Namespace) -> int:
     settings = _settings(args)
     clients = make_clients(settings)
     store = ControlStore(clients.dynamodb, settings.control_table, settings.migration_id)
-    summary = status.collect(
-        store, _source_items(clients, settings.source_table), _gate_check(settings, store)
-    )
-    if args.json:
-        print(json.dumps(status.to_json(summary), indent=2, sort_keys=True))
-    else:
-        print(status.render(summary))
-    return ExitCode.OK
+    gate_check = _gate_check(settings, store)
+    shown = 0
+    while True:
+        summary = status.collect(store, _source_items(clients, settings.source_table), gate_check)
+        _show(summary, args, refresh=args.watch is not None)
+        shown += 1
+        if args.watch is None or (args.count and shown >= args.count):
+            return ExitCode.OK
+        try:
+            time.sleep(max(0.1, args.watch))
+        except KeyboardInterrupt:  # the way to leave a dashboard: not an interruption
+            return ExitCode.OK
+        if gate_check is None:
+            gate_check = _gate_check(settings, store)  # the migration may have started
+
+
+def _show(summary: dict[str, Any], args: argparse.Namespace, *, refresh: bool) -> None:
+    if args.json:  # one JSON document per line (NDJSON) when watching
+        indent = None if refresh else 2
+        print(json.dumps(status.to_json(summary), indent=indent, sort_keys=True), flush=True)
+        return
+    text = status.render(summary)
+    if refresh and sys.stdout.isatty():
+        stamp = datetime.now(tz=UTC).strftime("%H:%M:%S UTC")
+        text = f"\033[H\033[J{text}\n\n  refreshed {stamp}; Ctrl-C to leave"
+    elif refresh:
+        text += "\n"
+    print(text, flush=True)
 
 
 def _gate_check(settings: Settings, store: ControlStore) -> status.GateCheck | None:

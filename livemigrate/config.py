@@ -56,6 +56,10 @@ _FIXES: dict[str, str] = {
     "search_url": "an http(s) URL of an Elasticsearch node, e.g. http://127.0.0.1:9299",
     "search_alias": "an index alias name in lowercase, e.g. 'orders'",
     "search_document_hook": "give 'package.module:function' mapping an item to its document",
+    "hooks": (
+        "a table of event = command, events backfill_complete, gates_pass, cutover_done, "
+        "cutover_aborted, rollback_done (README: Hooks)"
+    ),
 }
 
 
@@ -101,6 +105,25 @@ class Settings(BaseSettings):
     budget_seconds: float = Field(default=840.0, gt=0)
     total_segments: int | None = Field(default=None, ge=1, le=1_000_000)
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    hooks: dict[str, str] = Field(
+        default_factory=dict, description="event -> shell command (livemigrate.hooks)"
+    )
+    hook_timeout_seconds: float = Field(default=60.0, gt=0)
+
+    @field_validator("hooks")
+    @classmethod
+    def _known_events(cls, value: dict[str, str]) -> dict[str, str]:
+        known = (
+            "backfill_complete",
+            "gates_pass",
+            "cutover_done",
+            "cutover_aborted",
+            "rollback_done",
+        )
+        unknown = sorted(set(value) - set(known))
+        if unknown:
+            raise ValueError(f"unknown hook event(s) {unknown}; known: {', '.join(known)}")
+        return value
 
     @field_validator("source_table", "destination_table")
     @classmethod

@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -41,10 +42,11 @@ from livemigrate.clock import Clock, SystemClock
 from livemigrate.config import Settings
 from livemigrate.control import ControlStore
 from livemigrate.deadletters import DeadLetters
-from livemigrate.errors import LivemigrateError, PreflightError
+from livemigrate.errors import ConfigError, LivemigrateError, PreflightError
 from livemigrate.exitcodes import ExitCode
 from livemigrate.flag import Flag, FlagStore, open_flag_store
 from livemigrate.gates import CONSUMER_SOURCE, Gate, Policy, check_all, read_snapshot, unmet
+from livemigrate.hooks import Hooks
 from livemigrate.interrupts import deferred, raise_on_signals
 from livemigrate.migration import META, inverse_transform
 from livemigrate.status import gate_dict
@@ -405,6 +407,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where the applications read the flag: the control table or SSM (default: control)",
     )
     add("--json", action="store_true", help="print the result as JSON on stdout (text on stderr)")
+    add(
+        "--when-gates-pass",
+        action="store_true",
+        help="wait, checking the gates every --check-every seconds, and cut over once they pass",
+    )
+    add(
+        "--postpone-until-flag",
+        metavar="FILE",
+        help="wait while FILE exists (and the gates pass); cut over once it is removed",
+    )
+    add(
+        "--check-every",
+        type=float,
+        default=10.0,
+        help="seconds between checks while waiting (default: 10)",
+    )
+    add(
+        "--wait-timeout",
+        type=float,
+        default=0.0,
+        help="give up waiting after this many seconds, exit 3 (default: 0, wait forever)",
+    )
 
 
 def evaluate_gates(
@@ -472,7 +496,17 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
     started = time.monotonic()
     out = _stderr if args.json else print
     cutover = Cutover(store, flags, options, search=search_switch(settings, store), out=out)
-    result = cutover.run()
+    hooks = Hooks.of(settings)
+    waiting = Waiting.of(args)
+    if waiting is not None and not waiting.wait(cutover):
+        out(f"cutover gave up after waiting {args.wait_timeout:g}s; nothing was changed")
+        return ExitCode.GATES_UNMET
+    try:
+        result = cutover.run()
+    except BaseException:
+        hooks.fire("cutover_aborted")
+        raise
+    _fire(hooks, result)
     if args.json:
         summary = {
             "code": int(result.code),
@@ -485,6 +519,69 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
         }
         print(json.dumps(summary, sort_keys=True))
     return result.code
+
+
+def _fire(hooks: Hooks, result: CutoverResult) -> None:
+    if not unmet(result.gates):
+        hooks.fire("gates_pass")
+    flag = result.flag
+    # This run flipped (not "already cut over"): a fenced flip measured its pause, an
+    # unfenced one waited for the drain.
+    flipped = result.write_pause is not None or result.drained is not None
+    if result.code == ExitCode.OK and flag is not None and flipped:
+        hooks.fire(
+            "cutover_done",
+            active_table=flag.table,
+            epoch=flag.epoch,
+            write_pause_seconds=result.write_pause,
+        )
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """``--when-gates-pass`` / ``--postpone-until-flag``: when an unattended cutover may go.
+
+    The cutover goes once every gate passes and the postpone file (if named) is gone: the
+    operator schedules it by creating the file first and removing it when the time comes.
+    """
+
+    postpone: Path | None
+    every: float
+    timeout: float
+    clock: Clock = field(default_factory=SystemClock)
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> Waiting | None:
+        if not (args.when_gates_pass or args.postpone_until_flag):
+            return None
+        if not args.check_every > 0:
+            raise ConfigError("--check-every must be above 0 seconds", "e.g. --check-every 10")
+        path = Path(args.postpone_until_flag) if args.postpone_until_flag else None
+        return cls(path, args.check_every, max(0.0, args.wait_timeout))
+
+    def wait(self, cutover: Cutover) -> bool:
+        """Check until the cutover may go (True) or the timeout passed (False)."""
+        deadline = self.clock.now() + self.timeout if self.timeout else None
+        said = ""
+        while True:
+            why = self.reason(cutover)
+            if not why:
+                return True
+            if why != said:
+                cutover.out(f"cutover waiting: {why} (checking every {self.every:g}s)")
+                said = why
+            if deadline is not None and self.clock.now() >= deadline:
+                return False
+            self.clock.sleep(self.every)
+
+    def reason(self, cutover: Cutover) -> str:
+        """Why the cutover must wait now ("" when it may go)."""
+        failing = unmet(cutover.gates())
+        if failing:
+            return "gates unmet: " + ", ".join(g.name for g in failing)
+        if self.postpone is not None and self.postpone.exists():
+            return f"postponed while {self.postpone} exists (remove it to cut over)"
+        return ""
 
 
 def _stderr(line: str) -> None:

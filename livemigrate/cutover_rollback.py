@@ -43,6 +43,7 @@ from livemigrate.cutover import (
 from livemigrate.exitcodes import ExitCode
 from livemigrate.flag import Flag, FlagStore, open_flag_store
 from livemigrate.gates import CONSUMER_REVERSE, reverse_problems
+from livemigrate.hooks import Hooks
 from livemigrate.interrupts import raise_on_signals
 from livemigrate.transform import load_transform
 
@@ -220,7 +221,7 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
         fence_seconds=args.fence_seconds,
         drain_timeout=args.drain_timeout,
     )
-    return Rollback(
+    rollback = Rollback(
         store,
         flags,
         window_seconds=args.window_seconds,
@@ -229,4 +230,12 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
         options=options,
         max_heartbeat_age=args.max_heartbeat_age,
         search=search_switch(settings, store),
-    ).run()
+    )
+    code = rollback.run()
+    if code == ExitCode.OK:
+        Hooks.of(settings).fire(
+            "rollback_done",
+            active_table=settings.source_table,
+            write_pause_seconds=rollback.write_pause,
+        )
+    return code
