@@ -11,10 +11,13 @@ the pages in flight, save their position and release their leases, then the comm
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
 import os
 import subprocess
 import sys
+from typing import Any
 
 from backfill import plan
 from backfill.preflight import WITHOUT_CONSUMER_RISK, dry_run, open_for_backfill
@@ -27,6 +30,7 @@ from livemigrate.exitcodes import ExitCode
 from livemigrate.hooks import Hooks
 from livemigrate.interrupts import on_first_signal
 from livemigrate.migration import Migration
+from livemigrate.status import to_json
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="stop after this long with the position saved (default: `budget_seconds`, 840)",
     )
     add("--dry-run", action="store_true", help="transform a sample, print it; write nothing")
+    add("--json", action="store_true", help="print the outcome as JSON on stdout (text on stderr)")
     add(
         "--total-segments",
         type=positive_int,
@@ -158,7 +163,30 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
         on_first_signal(lambda: _stop(engine, stopped), _say)
         with Progress(engine.stats, migration.source.item_count, already, sys.stderr):
             engine.run()
-    return _verdict(migration, options, interrupted=bool(stopped), was_complete=was_complete)
+    if not args.json:
+        return _verdict(migration, options, interrupted=bool(stopped), was_complete=was_complete)
+    with contextlib.redirect_stdout(sys.stderr):  # --json: only JSON on stdout
+        code = _verdict(migration, options, interrupted=bool(stopped), was_complete=was_complete)
+    print(json.dumps(summary(migration, ExitCode(code)), sort_keys=True))
+    return code
+
+
+def summary(migration: Migration, code: ExitCode) -> dict[str, Any]:
+    """``backfill --json``: the outcome and the migration's counters, numbers as numbers."""
+    store = migration.store
+    units = list(plan.units(store, plan.SEG_PREFIX)) + list(plan.units(store, plan.SPLIT_PREFIX))
+    metrics = to_json(store.metrics())
+    return {
+        "code": int(code),
+        "outcome": code.name,
+        "state": plan.plan_state(store),
+        "segments_done": sum(1 for unit in units if unit.done),
+        "segments_total": len(units),
+        "items_read": metrics.get("items_read", 0),
+        "items_written": metrics.get("items_written", 0),
+        "superseded_by_live_write": metrics.get("superseded_by_live_write", 0),
+        "dead_letters": _backfill_dead_letters(migration),
+    }
 
 
 def _say(text: str) -> None:

@@ -191,6 +191,11 @@ def render(report: VerifyReport) -> str:
         counts = ", ".join(f"{k} {s.get(k, 0)}" for k in KINDS)
         state = "ok" if s.get("passed") else f"FAILED {s.get('error', '')}"
         lines.append(f"  search index {s.get('index')}: {state} ({counts})")
+        if not s.get("passed"):
+            lines.append(
+                "    fix: `livemigrate search resync` rebuilds the index from the destination "
+                "(--repair repairs the destination table only, never the search index)"
+            )
     return "\n".join(lines)
 
 

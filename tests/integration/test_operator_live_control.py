@@ -166,8 +166,10 @@ def test_backfill_complete_hook_and_status_watch(clients: AwsClients, tmp_path: 
     assert code == ExitCode.OK, err
     fired = hook_env(tmp_path / "bf.env")
     assert (fired["LM_HOOK_EVENT"], fired["LM_HOOK_ITEMS_READ"]) == ("backfill_complete", "30")
-    code, _, err = finish(start(["backfill", "--without-consumer"], env))
+    code, out, err = finish(start(["backfill", "--without-consumer", "--json"], env))
     assert code == ExitCode.OK, err
+    assert json.loads(out)["outcome"] == "OK" and json.loads(out)["items_read"] == 30
+    assert "backfill complete" in err  # the text for people went to stderr
     events = (tmp_path / "bf.env").read_text().count("LM_HOOK_EVENT=")
     assert events == 1, "an already complete backfill does not fire the hook again"
 

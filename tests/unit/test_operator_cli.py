@@ -116,3 +116,18 @@ def test_version_is_printed(capsys: pytest.CaptureFixture[str]) -> None:
         cli.main(["--version"])
     assert exited.value.code == 0
     assert capsys.readouterr().out.startswith("livemigrate ")
+
+
+def test_a_bug_is_one_line_plus_a_file_with_the_traceback_and_exit_70(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def broken(args: object) -> int:
+        raise KeyError("surprise")
+
+    monkeypatch.setattr(cli, "run_status", broken)
+    assert cli.main(["status"]) == ExitCode.INTERNAL
+    err = capsys.readouterr().err
+    assert "internal error: KeyError" in err and "Traceback" not in err
+    crash = Path(err.split("the traceback is in ", 1)[1].split()[0])
+    assert "Traceback" in crash.read_text() and "surprise" in crash.read_text()
+    crash.unlink()
