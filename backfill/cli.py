@@ -23,6 +23,7 @@ from backfill import plan
 from backfill.preflight import WITHOUT_CONSUMER_RISK, dry_run, open_for_backfill
 from backfill.progress import Progress
 from backfill.worker import Engine, Options
+from livemigrate.argtypes import non_negative_int, positive_float, positive_int
 from livemigrate.aws import AwsClients
 from livemigrate.config import Settings
 from livemigrate.deadletters import DeadLetters
@@ -36,28 +37,6 @@ log = logging.getLogger(__name__)
 
 EXIT_INCOMPLETE = ExitCode.INCOMPLETE
 DRY_RUN_SAMPLE = 5
-
-
-def positive_int(text: str) -> int:
-    """An argparse type: an integer of at least 1 (0 or less is refused, not defaulted)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    """An argparse type: a number of seconds greater than 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -107,7 +86,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a dead worker's segment is taken over after this (default: 30)",
     )
     add("--write-threads", type=positive_int, default=8, help="concurrent puts per worker (8)")
-    add("--split-ways", type=int, default=0, help="sub-ranges per hot key (default: 2 x workers)")
+    add(
+        "--split-ways",
+        type=non_negative_int,
+        default=0,
+        help="sub-ranges per hot key (default: 2 x workers)",
+    )
     add("--hot-pages", type=positive_int, default=3, help="pages of one key before it is hot (3)")
     add(
         "--hot-min-items",

@@ -23,6 +23,7 @@ from importlib import metadata
 from typing import Any
 
 from livemigrate import status
+from livemigrate.argtypes import non_negative_int, positive_float
 from livemigrate.aws import AwsClients, make_clients
 from livemigrate.config import Settings, load_settings
 from livemigrate.control import ControlStore
@@ -110,12 +111,15 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "--watch",
         nargs="?",
         const=2.0,
-        type=float,
+        type=positive_float,
         metavar="SECONDS",
         help="refresh every SECONDS (default: 2) until Ctrl-C: a live dashboard",
     )
     st.add_argument(
-        "--count", type=int, default=0, help="with --watch: stop after this many refreshes"
+        "--count",
+        type=non_negative_int,
+        default=0,
+        help="with --watch: stop after this many refreshes",
     )
     _global_options(st, argparse.SUPPRESS)
     for name, (module, help_text) in ENGINE_COMMANDS.items():

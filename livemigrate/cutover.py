@@ -37,12 +37,13 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from livemigrate.argtypes import non_negative_float, positive_float
 from livemigrate.aws import AwsClients
 from livemigrate.clock import Clock, SystemClock
 from livemigrate.config import Settings
 from livemigrate.control import ControlStore
 from livemigrate.deadletters import DeadLetters
-from livemigrate.errors import ConfigError, LivemigrateError, PreflightError
+from livemigrate.errors import LivemigrateError, PreflightError
 from livemigrate.exitcodes import ExitCode
 from livemigrate.flag import Flag, FlagStore, open_flag_store
 from livemigrate.gates import CONSUMER_SOURCE, Gate, Policy, check_all, read_snapshot, unmet
@@ -369,10 +370,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="pause writers (livemigrate.client) while the consumer drains, so no write is lost",
     )
-    add("--max-lag-seconds", type=float, default=5.0, help="consumer lag bound (default: 5)")
+    add(
+        "--max-lag-seconds",
+        type=non_negative_float,
+        default=5.0,
+        help="consumer lag bound (default: 5)",
+    )
     add(
         "--max-heartbeat-age",
-        type=float,
+        type=positive_float,
         default=30.0,
         help="a consumer heartbeat older than this means it is not running (default: 30)",
     )
@@ -381,22 +387,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="cut over despite dead letters (they are acknowledged only if the flag flips)",
     )
-    add("--client-ttl", type=float, default=1.0, help="applications' flag cache TTL (default: 1)")
+    add(
+        "--client-ttl",
+        type=non_negative_float,
+        default=1.0,
+        help="applications' flag cache TTL (default: 1)",
+    )
     add(
         "--consumer-margin",
-        type=float,
+        type=non_negative_float,
         default=2.0,
         help="extra seconds a drained heartbeat must postdate the last source write (default: 2)",
     )
     add(
         "--fence-seconds",
-        type=float,
+        type=positive_float,
         default=60.0,
         help="writers wait at most this long, even if this command dies (default: 60)",
     )
     add(
         "--drain-timeout",
-        type=float,
+        type=positive_float,
         default=60.0,
         help="give up (and lift the fence) if the consumer has not drained by then (default: 60)",
     )
@@ -419,13 +430,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     add(
         "--check-every",
-        type=float,
+        type=positive_float,
         default=10.0,
         help="seconds between checks while waiting (default: 10)",
     )
     add(
         "--wait-timeout",
-        type=float,
+        type=non_negative_float,
         default=0.0,
         help="give up waiting after this many seconds, exit 3 (default: 0, wait forever)",
     )
@@ -554,8 +565,6 @@ class Waiting:
     def of(cls, args: argparse.Namespace) -> Waiting | None:
         if not (args.when_gates_pass or args.postpone_until_flag):
             return None
-        if not args.check_every > 0:
-            raise ConfigError("--check-every must be above 0 seconds", "e.g. --check-every 10")
         path = Path(args.postpone_until_flag) if args.postpone_until_flag else None
         return cls(path, args.check_every, max(0.0, args.wait_timeout))
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from livemigrate.argtypes import non_negative_float, positive_float
 from livemigrate.aws import AwsClients
 from livemigrate.clock import Clock, SystemClock
 from livemigrate.config import Settings
@@ -53,7 +54,7 @@ ROLLBACK_ITEM = "ROLLBACK"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--window-seconds",
-        type=float,
+        type=non_negative_float,
         default=3600.0,
         help="without a reverse consumer: refuse once the cutover is older than this "
         "(default 3600)",
@@ -71,14 +72,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--fenced", action="store_true", help="pause writers while the reverse consumer drains"
     )
     parser.add_argument(
-        "--max-heartbeat-age", type=float, default=30.0, help="reverse consumer (default 30)"
+        "--max-heartbeat-age",
+        type=positive_float,
+        default=30.0,
+        help="a reverse-consumer heartbeat older than this means it is not running (default: 30)",
     )
     parser.add_argument(
-        "--client-ttl", type=float, default=1.0, help="applications' flag cache TTL (default 1)"
+        "--client-ttl",
+        type=non_negative_float,
+        default=1.0,
+        help="applications' flag cache TTL (default: 1)",
     )
-    parser.add_argument("--fence-seconds", type=float, default=60.0, help="default 60")
-    parser.add_argument("--drain-timeout", type=float, default=60.0, help="default 60")
-    parser.add_argument("--flag-store", choices=("control", "ssm"), default="control")
+    parser.add_argument(
+        "--fence-seconds",
+        type=positive_float,
+        default=60.0,
+        help="writers wait at most this long, even if this command dies (default: 60)",
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        type=positive_float,
+        default=60.0,
+        help="give up (and lift the fence) if the reverse consumer has not drained (default: 60)",
+    )
+    parser.add_argument(
+        "--flag-store",
+        choices=("control", "ssm"),
+        default="control",
+        help="where the applications read the flag: the control table or SSM (default: control)",
+    )
 
 
 class Rollback:

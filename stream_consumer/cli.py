@@ -27,6 +27,7 @@ import threading
 from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
 
+from livemigrate.argtypes import non_negative_float, positive_float, positive_int
 from livemigrate.aws import AwsClients
 from livemigrate.clock import Clock, SystemClock
 from livemigrate.config import Settings
@@ -61,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--settle-seconds",
-        type=float,
+        type=non_negative_float,
         default=15.0,
         help="finalisation waits this long after the switch to real deletes (default 15)",
     )
@@ -76,24 +77,30 @@ def add_consumer_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--metrics-port",
-        type=int,
+        type=positive_int,
         help="serve Prometheus metrics on this port (default: the `metrics_port` setting)",
     )
     parser.add_argument(
         "--lease-seconds",
-        type=float,
+        type=positive_float,
         default=30.0,
         help="shard lease length: a dead consumer's shards are taken over after it (default 30)",
     )
     parser.add_argument("--worker-id", help="lease owner name (default: host-pid-random)")
     parser.add_argument(
-        "--batch-size", type=int, default=1000, help="GetRecords limit (default: 1000)"
+        "--batch-size", type=positive_int, default=1000, help="GetRecords limit (default: 1000)"
     )
     parser.add_argument(
-        "--poll-interval", type=float, default=0.5, help="idle poll, seconds (default: 0.5)"
+        "--poll-interval",
+        type=positive_float,
+        default=0.5,
+        help="idle poll, seconds (default: 0.5)",
     )
     parser.add_argument(
-        "--apply-threads", type=int, default=8, help="parallel writes per batch (default: 8)"
+        "--apply-threads",
+        type=positive_int,
+        default=8,
+        help="parallel writes per batch (default: 8)",
     )
 
 

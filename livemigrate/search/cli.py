@@ -33,6 +33,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from livemigrate.argtypes import positive_float, positive_int
 from livemigrate.aws import AwsClients
 from livemigrate.clock import SystemClock
 from livemigrate.config import Settings
@@ -68,13 +69,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     sync.add_argument(
         "--lease-seconds",
-        type=float,
+        type=positive_float,
         default=30.0,
         help="a dead sink's shards are taken over after this (default: 30)",
     )
     sync.add_argument("--worker-id", help="lease owner name (default: host-pid-random)")
     sync.add_argument(
-        "--poll-interval", type=float, default=0.5, help="idle poll, seconds (default: 0.5)"
+        "--poll-interval",
+        type=positive_float,
+        default=0.5,
+        help="idle poll, seconds (default: 0.5)",
     )
     resync = sub.add_parser(
         "resync",
@@ -104,11 +108,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             "--document-hook", help="package.module:function mapping an item to its document"
         )
         cmd.add_argument(
-            "--bulk-docs", type=int, default=500, help="documents per bulk request (default: 500)"
+            "--bulk-docs",
+            type=positive_int,
+            default=500,
+            help="documents per bulk request (default: 500)",
         )
         cmd.add_argument(
             "--bulk-bytes",
-            type=int,
+            type=positive_int,
             default=5 * 1024 * 1024,
             help="bytes per bulk request (default: 5 MiB)",
         )

@@ -18,6 +18,7 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
+from livemigrate.argtypes import non_negative_float, non_negative_int, positive_int
 from livemigrate.aws import AwsClients
 from livemigrate.clock import Clock, SystemClock
 from livemigrate.config import Settings
@@ -49,25 +50,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fix missing items and backfill-written differences through the version rule "
         "(the search index is not repaired: run `livemigrate search resync` for it)",
     )
-    add("--buckets", type=int, help="digest buckets (default: chosen from the table size)")
-    add("--segments", type=int, help="parallel scan segments (default: the `workers` setting)")
+    add("--buckets", type=positive_int, help="digest buckets (default: chosen from the table size)")
+    add(
+        "--segments",
+        type=positive_int,
+        help="parallel scan segments (default: the `workers` setting)",
+    )
     add(
         "--recheck-wait",
-        type=float,
+        type=non_negative_float,
         default=2.0,
         help="seconds between rechecks of a difference (default: 2)",
     )
-    add("--recheck-rounds", type=int, default=3, help="rechecks of a difference (default: 3)")
-    add("--examples", type=int, default=5, help="examples shown per kind (default: 5)")
+    add(
+        "--recheck-rounds",
+        type=non_negative_int,
+        default=3,
+        help="rechecks of a difference (default: 3)",
+    )
+    add("--examples", type=non_negative_int, default=5, help="examples shown per kind (default: 5)")
     add(
         "--max-items-in-memory",
-        type=int,
+        type=positive_int,
         default=200_000,
         help="items of differing buckets held at once (default: 200000)",
     )
     add(
         "--consumer-wait",
-        type=float,
+        type=non_negative_float,
         default=30.0,
         help="longest wait for the consumer to pass a difference before a recheck (default: 30)",
     )

@@ -98,6 +98,7 @@ def test_every_command_with_the_services_down_says_so_without_a_traceback() -> N
         assert "Traceback" not in err, (args, err)
         assert code == ExitCode.UNREACHABLE, (args, code, err)
         assert "did not answer" in err or "unreachable" in err, (args, err)
+        assert "make services" not in err, (args, err)  # a developer's hint, not production's
 
 
 @pytest.fixture

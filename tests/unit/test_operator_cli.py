@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import logging
+import re
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
 from backfill.cli import options_from
-from livemigrate import cli
+from livemigrate import cli, tables
 from livemigrate.config import load_settings, unknown_variables
 from livemigrate.exitcodes import ExitCode, table_markdown
+from livemigrate.gates import Policy, Snapshot, search_gate
 from livemigrate.status import to_json
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,25 +32,38 @@ def test_every_documented_outcome_has_its_own_code() -> None:
 
 
 @pytest.mark.parametrize(
-    "flags",
+    "argv",
     [
-        ["--workers", "0"],
-        ["--workers", "-2"],
-        ["--budget-seconds", "0"],
-        ["--budget-seconds", "-5"],
-        ["--budget-seconds", "nan"],
-        ["--page-size", "0"],
-        ["--processes", "0"],
+        ["backfill", "--workers", "0"],
+        ["backfill", "--workers", "-2"],
+        ["backfill", "--budget-seconds", "0"],
+        ["backfill", "--budget-seconds", "-5"],
+        ["backfill", "--budget-seconds", "nan"],
+        ["backfill", "--page-size", "0"],
+        ["backfill", "--processes", "0"],
+        ["consume", "--batch-size", "0"],
+        ["consume", "--lease-seconds", "0"],
+        ["verify", "--segments", "0"],
+        ["verify", "--buckets", "0"],
+        ["verify", "--examples", "-1"],
+        ["cutover", "--fence-seconds", "-1"],
+        ["cutover", "--drain-timeout", "0"],
+        ["cutover", "--when-gates-pass", "--check-every", "-1"],
+        ["rollback", "--window-seconds", "-5"],
+        ["throttle", "--write-rate", "-1"],
+        ["search", "sync", "--bulk-docs", "0"],
+        ["status", "--watch", "0"],
     ],
     ids=" ".join,
 )
-def test_backfill_refuses_a_zero_or_negative_instead_of_using_the_default(
-    flags: list[str], capsys: pytest.CaptureFixture[str]
+def test_zero_or_negative_numbers_are_refused_instead_of_defaulted(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as exited:
-        cli.main(["backfill", *flags])
+        cli.main(argv)
     assert exited.value.code == ExitCode.BAD_INPUT
-    assert "must be" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "must be" in err or "not a finite number" in err, err
 
 
 def test_backfill_flags_given_win_over_settings(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -131,3 +146,16 @@ def test_a_bug_is_one_line_plus_a_file_with_the_traceback_and_exit_70(
     crash = Path(err.split("the traceback is in ", 1)[1].split()[0])
     assert "Traceback" in crash.read_text() and "surprise" in crash.read_text()
     crash.unlink()
+
+
+def test_hints_name_commands_that_exist() -> None:
+    """No `livemigrate init` (there is none) and no bare `livemigrate search` (it needs a
+    subcommand) in what the operator is told to run."""
+    fix = tables._missing_fix("destination")
+    assert "livemigrate init" not in fix and "livemigrate backfill --create-destination" in fix
+    gate = search_gate(Snapshot(now=0.0, search_index_ready=False, search_index="i"), Policy())
+    assert "`livemigrate search sync`" in gate.fix
+    commands = set(cli.ENGINE_COMMANDS) | {"status"}
+    for hint in (fix, gate.fix):
+        for named in re.findall(r"`livemigrate (\w[\w-]*)", hint):
+            assert named in commands, (named, hint)
