@@ -50,7 +50,7 @@ from livemigrate.gates import CONSUMER_SOURCE, Gate, Policy, check_all, read_sna
 from livemigrate.hooks import Hooks
 from livemigrate.interrupts import deferred, raise_on_signals
 from livemigrate.migration import META, inverse_transform
-from livemigrate.status import gate_dict
+from livemigrate.status import gate_dict, iso
 
 if TYPE_CHECKING:
     from livemigrate.search.backend import ElasticsearchBackend
@@ -601,7 +601,7 @@ def flag_json(flag: Flag) -> dict[str, Any]:
     """The flag for ``--json``: numbers as numbers, times as ISO 8601 (UTC)."""
     data = flag.to_dict()
     for name in ("fenced_until", "fenced_at", "flipped_at"):
-        data[name] = _utc(float(data[name])) if data.get(name) else None
+        data[name] = iso(float(data[name])) if data.get(name) else None
     return data
 
 

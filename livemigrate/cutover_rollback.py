@@ -24,6 +24,8 @@ the cutover swapped a search alias, it is pointed back at the index it was taken
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from collections.abc import Callable
 
 from livemigrate.argtypes import non_negative_float, positive_float
@@ -36,6 +38,7 @@ from livemigrate.cutover import (
     CutoverOptions,
     Drain,
     SearchSwitch,
+    flag_json,
     inverse_configured,
     reason_of,
     require_started,
@@ -94,6 +97,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=positive_float,
         default=60.0,
         help="give up (and lift the fence) if the reverse consumer has not drained (default: 60)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print the result as JSON on stdout (text on stderr)"
     )
     parser.add_argument(
         "--flag-store",
@@ -252,8 +258,17 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
         options=options,
         max_heartbeat_age=args.max_heartbeat_age,
         search=search_switch(settings, store),
+        out=_stderr if args.json else print,
     )
     code = rollback.run()
+    if args.json:
+        result = {
+            "code": int(code),
+            "outcome": ExitCode(code).name,
+            "flag": flag_json(flags.read()),
+            "write_pause_seconds": rollback.write_pause,
+        }
+        print(json.dumps(result, sort_keys=True))
     if code == ExitCode.OK:
         Hooks.of(settings).fire(
             "rollback_done",
@@ -261,3 +276,7 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
             write_pause_seconds=rollback.write_pause,
         )
     return code
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)

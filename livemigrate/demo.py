@@ -152,7 +152,10 @@ def _run(demo: Demo) -> int:
     create_like(
         demo.clients.dynamodb, describe(demo.clients.dynamodb, source, "source"), destination
     )
-    demo.say("starting the stream consumer (before the backfill, rule 9)")
+    demo.say(
+        "starting the stream consumer first: it records where the stream starts, so no write "
+        "made during the backfill is missed"
+    )
     demo.background("consume", "--settle-seconds", "3", "--lease-seconds", "10")
     demo.wait_for(
         "the consumer to start",

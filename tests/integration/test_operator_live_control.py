@@ -145,6 +145,12 @@ def test_cutover_when_gates_pass_waits_for_the_last_gate(clients: AwsClients) ->
         code, out, err = finish(proc)
     assert code == ExitCode.OK, out + err
     assert ControlFlagStore(store).read().active == "destination"
+    # and back, as a script would: only JSON on stdout
+    code, out, err = finish(start(["rollback", "--json"], cutover_env(store)))
+    assert code == ExitCode.OK, out + err
+    result = json.loads(out)
+    assert (result["outcome"], result["flag"]["active"]) == ("OK", "source")
+    assert result["flag"]["flipped_at"].endswith("+00:00") and result["flag"]["epoch"] == 2
 
 
 def test_a_wait_that_times_out_changes_nothing(clients: AwsClients) -> None:
