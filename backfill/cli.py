@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 from typing import Any
@@ -140,8 +141,7 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
     stopped: list[bool] = []
     if args.processes > 1:
         # Each child stops itself on the signal (same process group); the parent waits.
-        on_first_signal(lambda: stopped.append(True), _say)
-        _run_children(args, settings, args.processes)
+        _run_children(args, settings, args.processes, stopped)
     else:
         already = int(migration.store.metrics().get("items_read", 0))
         on_first_signal(lambda: _stop(engine, stopped), _say)
@@ -261,14 +261,26 @@ def child_argv(args: argparse.Namespace) -> list[str]:
     return argv
 
 
-def _run_children(args: argparse.Namespace, settings: Settings, count: int) -> None:
+def _run_children(
+    args: argparse.Namespace, settings: Settings, count: int, stopped: list[bool]
+) -> None:
     env = {**os.environ, "LIVEMIGRATE_MIGRATION_ID": settings.migration_id}
     command = [sys.executable, "-m", "backfill", *child_argv(args)]
-    children = [subprocess.Popen(command, env=env) for _ in range(count)]
+    # Own process groups: a terminal's Ctrl-C reaches only this process, which passes ONE
+    # SIGTERM on (a second signal would make a child stop at once, mid-page).
+    children = [subprocess.Popen(command, env=env, start_new_session=True) for _ in range(count)]
+
+    def stop_children() -> None:
+        stopped.append(True)
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    on_first_signal(stop_children, _say)
     for child in children:
         while True:
             try:
                 child.wait()
                 break
-            except KeyboardInterrupt:  # a second Ctrl-C: the children stop on it themselves
+            except KeyboardInterrupt:  # a second signal: the children are already stopping
                 continue

@@ -227,12 +227,14 @@ def test_verify_and_cutover_with_the_search_node_down(
         assert "Elasticsearch did not answer" in err, (args, err)
 
 
+@pytest.mark.parametrize("processes", ["1", "2"])
 def test_ctrl_c_during_backfill_stops_soon_saves_the_position_and_status_says_stopped(
-    clients: AwsClients, tables: tuple[str, str]
+    clients: AwsClients, tables: tuple[str, str], processes: str
 ) -> None:
-    """GIVEN a backfill capped at 100 writes/s over 3000 items (30 s of work) WHEN it gets
-    Ctrl-C while it copies THEN it exits INTERRUPTED long before the work could have ended,
-    says the position is saved, releases every lease, and status shows the workers stopped."""
+    """GIVEN a backfill capped at 50 writes/s per process over 3000 items (30 s or more)
+    WHEN it (the parent alone, with --processes 2) gets Ctrl-C while it copies THEN it exits
+    INTERRUPTED long before the work could have ended, says the position is saved, releases
+    every lease, and status shows the workers stopped."""
     source, destination = tables
     fill(clients.dynamodb, source, outbox_items(3000))
     control = unique("control")
@@ -240,10 +242,11 @@ def test_ctrl_c_during_backfill_stops_soon_saves_the_position_and_status_says_st
         control,
         LIVEMIGRATE_SOURCE_TABLE=source,
         LIVEMIGRATE_DESTINATION_TABLE=destination,
-        LIVEMIGRATE_WRITE_RATE="100",
+        LIVEMIGRATE_WRITE_RATE="50",
     )
     store = ControlStore(clients.dynamodb, control, env["LIVEMIGRATE_MIGRATION_ID"])
-    proc = start(["backfill", "--without-consumer", "--page-size", "50"], env)
+    flags = ["--without-consumer", "--page-size", "50", "--processes", processes]
+    proc = start(["backfill", *flags], env)  # the signal goes to this process only
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if store.exists() and int(store.metrics().get("items_read", 0)) > 0:
@@ -286,3 +289,24 @@ def test_backfill_and_verify_do_not_go_green_while_items_are_missing(
     code, out, err = finish(start(["verify", "--no-search"], env))
     assert code == ExitCode.NOT_MIGRATED, out + err
     assert "PARITY" in out and "6 source item(s) fail the transform" in err
+
+
+def test_consume_warns_when_the_search_sink_would_find_no_destination_stream(
+    clients: AwsClients,
+) -> None:
+    """GIVEN search configured and a destination without a stream WHEN consume starts THEN
+    it warns that the search sink reads the destination's stream, naming the table."""
+    source, destination = unique("src"), unique("dst")
+    create_table(clients.dynamodb, source)
+    create_table(clients.dynamodb, destination, stream=None)
+    env = migration_env(
+        unique("control"),
+        LIVEMIGRATE_SOURCE_TABLE=source,
+        LIVEMIGRATE_DESTINATION_TABLE=destination,
+        LIVEMIGRATE_SEARCH_URL=ES_URL,
+        LIVEMIGRATE_SEARCH_ALIAS="orders",
+    )
+    code, _, err = finish(start(["consume", "--until-caught-up", "--poll-interval", "0.1"], env))
+    assert code == ExitCode.OK, err
+    assert f"the destination table {destination} has no stream" in err
+    assert "the search sink (`livemigrate search sync`)" in err
