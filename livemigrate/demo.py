@@ -292,7 +292,7 @@ def _summary(
         "verification": "passed" if verify.returncode == 0 else "FAILED",
         "verification_report": report,
         "cutover": cutover,
-        "write_pause_seconds": cutover.get("write_pause"),
+        "write_pause_seconds": cutover.get("write_pause_seconds"),
     }
 
 
