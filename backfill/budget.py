@@ -57,3 +57,8 @@ class Budget:
 
     def expired(self) -> bool:
         return self.remaining() <= self.margin
+
+    def end_now(self) -> None:
+        """Spend the budget at once (Ctrl-C): no new page, no new write; the written prefix of
+        each page in flight is checkpointed and the leases are released."""
+        self.deadline = self.clock.monotonic() - self.margin - 1.0

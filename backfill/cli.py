@@ -1,39 +1,66 @@
 """``livemigrate backfill``: copy every source item through the transform, resumably.
 
-Exit status: 0 only when the whole table is copied (PLAN state complete); 4 when the budget ran
-out first (run the command again: it continues from the saved checkpoints); 2 on bad input.
+Exit status (``livemigrate.exitcodes``): 0 only when the whole table is copied (PLAN state
+complete) and no item of it is dead-lettered; 5 when it is complete but items went to dead
+letters (they are not in the destination); 4 when the budget ran out first (run the command
+again: it continues from the saved checkpoints); 130 on Ctrl-C / SIGTERM (the workers finish
+the pages in flight, save their position and release their leases, then the command exits);
+2 on bad input.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+from typing import Any
 
 from backfill import plan
 from backfill.preflight import WITHOUT_CONSUMER_RISK, dry_run, open_for_backfill
 from backfill.progress import Progress
 from backfill.worker import Engine, Options
+from livemigrate.argtypes import non_negative_int, positive_float, positive_int
 from livemigrate.aws import AwsClients
 from livemigrate.config import Settings
+from livemigrate.deadletters import DeadLetters
+from livemigrate.exitcodes import ExitCode
+from livemigrate.hooks import Hooks
+from livemigrate.interrupts import on_first_signal
 from livemigrate.migration import Migration
+from livemigrate.status import to_json
 
 log = logging.getLogger(__name__)
 
-EXIT_INCOMPLETE = 4
+EXIT_INCOMPLETE = ExitCode.INCOMPLETE
 DRY_RUN_SAMPLE = 5
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The backfill command's flags (defaults come from the settings)."""
     add = parser.add_argument
-    add("--workers", type=int, help="worker threads in this process (default: settings.workers)")
-    add("--processes", type=int, default=1, help="run this many worker processes (default 1)")
-    add("--budget-seconds", type=float, help="stop and save position after this long (840)")
+    add(
+        "--workers",
+        type=positive_int,
+        help="worker threads in this process (default: the `workers` setting, 4)",
+    )
+    add("--processes", type=positive_int, default=1, help="worker processes to run (default: 1)")
+    add(
+        "--budget-seconds",
+        type=positive_float,
+        help="stop after this long with the position saved (default: `budget_seconds`, 840)",
+    )
     add("--dry-run", action="store_true", help="transform a sample, print it; write nothing")
-    add("--total-segments", type=int, help="Scan segments of a new plan (default: by size)")
+    add("--json", action="store_true", help="print the outcome as JSON on stdout (text on stderr)")
+    add(
+        "--total-segments",
+        type=positive_int,
+        help="Scan segments of a new plan (default: chosen from the table size)",
+    )
     add(
         "--hot-key",
         action="append",
@@ -47,12 +74,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help=f"start although no stream consumer has started; {WITHOUT_CONSUMER_RISK}",
     )
-    add("--page-size", type=int, default=1000, help="items per Scan/Query page (checkpoint unit)")
-    add("--lease-seconds", type=float, default=30.0, help="lease time-to-live (default 30)")
-    add("--write-threads", type=int, default=8, help="concurrent puts per worker (default 8)")
-    add("--split-ways", type=int, default=0, help="sub-ranges per hot key (default 2x workers)")
-    add("--hot-pages", type=int, default=3, help="pages of one key before it counts as hot")
-    add("--hot-min-items", type=int, default=2000, help="items of one key before it is hot")
+    add(
+        "--page-size",
+        type=positive_int,
+        default=1000,
+        help="items per Scan/Query page, the checkpoint unit (default: 1000)",
+    )
+    add(
+        "--lease-seconds",
+        type=positive_float,
+        default=30.0,
+        help="a dead worker's segment is taken over after this (default: 30)",
+    )
+    add("--write-threads", type=positive_int, default=8, help="concurrent puts per worker (8)")
+    add(
+        "--split-ways",
+        type=non_negative_int,
+        default=0,
+        help="sub-ranges per hot key (default: 2 x workers)",
+    )
+    add("--hot-pages", type=positive_int, default=3, help="pages of one key before it is hot (3)")
+    add(
+        "--hot-min-items",
+        type=positive_int,
+        default=2000,
+        help="items of one key before it is hot (default: 2000)",
+    )
 
 
 def options_from(args: argparse.Namespace, settings: Settings) -> Options:
@@ -81,41 +128,121 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
         without_consumer=args.without_consumer,
     )
     options = options_from(args, settings)
+    was_complete = plan.plan_state(migration.store) == plan.COMPLETE
+    engine = Engine(migration, options)
+    engine.plan()  # once, before any child process races to it
+
+    def budget_over() -> bool:
+        return engine.budget.expired()  # looked up each time: engine.run() starts a new budget
+
+    for limiter in (engine.read_limiter, engine.write_limiter):
+        # A paused run (livemigrate throttle --pause) still ends at its budget or on Ctrl-C.
+        limiter.interrupt = budget_over
+    stopped: list[bool] = []
     if args.processes > 1:
-        engine = Engine(migration, options)
-        engine.plan()  # once, before the children race to it
-        _run_children(args, settings, args.processes)
+        # Each child stops itself on the signal (same process group); the parent waits.
+        _run_children(args, settings, args.processes, stopped)
     else:
-        engine = Engine(migration, options)
-        engine.plan()
         already = int(migration.store.metrics().get("items_read", 0))
+        on_first_signal(lambda: _stop(engine, stopped), _say)
         with Progress(engine.stats, migration.source.item_count, already, sys.stderr):
             engine.run()
-    return _verdict(migration, options)
+    if not args.json:
+        return _verdict(migration, options, interrupted=bool(stopped), was_complete=was_complete)
+    with contextlib.redirect_stdout(sys.stderr):  # --json: only JSON on stdout
+        code = _verdict(migration, options, interrupted=bool(stopped), was_complete=was_complete)
+    print(json.dumps(summary(migration, ExitCode(code)), sort_keys=True))
+    return code
 
 
-def _verdict(migration: Migration, options: Options) -> int:
+def summary(migration: Migration, code: ExitCode) -> dict[str, Any]:
+    """``backfill --json``: the outcome and the migration's counters, numbers as numbers."""
+    store = migration.store
+    units = list(plan.units(store, plan.SEG_PREFIX)) + list(plan.units(store, plan.SPLIT_PREFIX))
+    metrics = to_json(store.metrics())
+    return {
+        "code": int(code),
+        "outcome": code.name,
+        "state": plan.plan_state(store),
+        "segments_done": sum(1 for unit in units if unit.done),
+        "segments_total": len(units),
+        "items_read": metrics.get("items_read", 0),
+        "items_written": metrics.get("items_written", 0),
+        "superseded_by_live_write": metrics.get("superseded_by_live_write", 0),
+        "dead_letters": _backfill_dead_letters(migration),
+    }
+
+
+def _say(text: str) -> None:
+    print(f"livemigrate backfill: {text}", file=sys.stderr, flush=True)
+
+
+def _stop(engine: Engine, stopped: list[bool]) -> None:
+    """End the budget now: each worker finishes its page, checkpoints, releases its lease."""
+    stopped.append(True)
+    engine.budget.end_now()
+
+
+def _verdict(
+    migration: Migration,
+    options: Options,
+    *,
+    interrupted: bool = False,
+    was_complete: bool = False,
+) -> int:
+    """The exit code, and what to say; ``was_complete``: before this run (no hook then)."""
     store = migration.store
     if plan.plan_state(store) == plan.COMPLETE or plan.mark_complete(store):
         metrics = store.metrics()
+        dead = _backfill_dead_letters(migration)
         print(
             f"backfill complete: {migration.source.name} -> {migration.destination.name}; "
             f"read {metrics.get('items_read', 0)}, written {metrics.get('items_written', 0)}, "
             f"superseded by live writes {metrics.get('superseded_by_live_write', 0)}, "
-            f"dead letters {metrics.get('dead_letters', 0)}"
+            f"dead letters {dead}"
         )
-        return 0
+        if not was_complete:
+            Hooks.of(migration.settings).fire(
+                "backfill_complete",
+                items_read=metrics.get("items_read", 0),
+                items_written=metrics.get("items_written", 0),
+                dead_letters=dead,
+            )
+        if dead:
+            print(
+                f"backfill: {dead} item(s) went to dead letters and are NOT in the destination.\n"
+                "  fix: see them with `livemigrate status`; fix the transform or the items and "
+                "replay them, or acknowledge them at the cutover (--ack-dead-letters)",
+                file=sys.stderr,
+            )
+            return ExitCode.NOT_MIGRATED
+        return ExitCode.OK
     segs = list(plan.units(store, plan.SEG_PREFIX))
     splits = list(plan.units(store, plan.SPLIT_PREFIX))
     done = sum(u.done for u in segs) + sum(u.done for u in splits)
+    total = len(segs) + len(splits)
+    if interrupted:
+        print(
+            f"backfill interrupted: {done} of {total} segments/splits done; position saved, "
+            "leases released.\n  fix: run `livemigrate backfill` again to continue from the "
+            "checkpoints",
+            file=sys.stderr,
+        )
+        return ExitCode.INTERRUPTED
     print(
         f"backfill not complete: the budget of {options.budget_seconds:g}s ran out with "
-        f"{done} of {len(segs) + len(splits)} segments/splits done (position saved).\n"
+        f"{done} of {total} segments/splits done (position saved).\n"
         "  fix: run `livemigrate backfill` again (any number of times, from any machine) to "
         "continue from the checkpoints; `livemigrate status` shows progress",
         file=sys.stderr,
     )
-    return EXIT_INCOMPLETE
+    return ExitCode.INCOMPLETE
+
+
+def _backfill_dead_letters(migration: Migration) -> int:
+    """Unacknowledged dead letters the backfill wrote (those items are not in the destination)."""
+    letters = DeadLetters(migration.store).list()
+    return sum(1 for letter in letters if letter.origin == "backfill" and not letter.acknowledged)
 
 
 def child_argv(args: argparse.Namespace) -> list[str]:
@@ -134,9 +261,26 @@ def child_argv(args: argparse.Namespace) -> list[str]:
     return argv
 
 
-def _run_children(args: argparse.Namespace, settings: Settings, count: int) -> None:
+def _run_children(
+    args: argparse.Namespace, settings: Settings, count: int, stopped: list[bool]
+) -> None:
     env = {**os.environ, "LIVEMIGRATE_MIGRATION_ID": settings.migration_id}
     command = [sys.executable, "-m", "backfill", *child_argv(args)]
-    children = [subprocess.Popen(command, env=env) for _ in range(count)]
+    # Own process groups: a terminal's Ctrl-C reaches only this process, which passes ONE
+    # SIGTERM on (a second signal would make a child stop at once, mid-page).
+    children = [subprocess.Popen(command, env=env, start_new_session=True) for _ in range(count)]
+
+    def stop_children() -> None:
+        stopped.append(True)
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    on_first_signal(stop_children, _say)
     for child in children:
-        child.wait()
+        while True:
+            try:
+                child.wait()
+                break
+            except KeyboardInterrupt:  # a second signal: the children are already stopping
+                continue

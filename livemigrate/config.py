@@ -8,7 +8,11 @@ credentials follow boto3's own standard variables (``AWS_ENDPOINT_URL``, ``AWS_R
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
+import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,20 @@ from pydantic_settings import (
 )
 
 from livemigrate.errors import ConfigError
+
+log = logging.getLogger("livemigrate.config")
+
+# LIVEMIGRATE_* variables that are not settings but are read elsewhere (tests, make, services).
+_OTHER_VARIABLES = frozenset(
+    {
+        "LIVEMIGRATE_CONFIG",
+        "LIVEMIGRATE_MOTO_PORT",
+        "LIVEMIGRATE_ES_PORT",
+        "LIVEMIGRATE_ES_VERSION",
+        "LIVEMIGRATE_ES_HEAP",
+        "LIVEMIGRATE_TEST_LOG_LEVEL",
+    }
+)
 
 _NAME = r"^[A-Za-z0-9_.-]{3,255}$"
 
@@ -38,6 +56,10 @@ _FIXES: dict[str, str] = {
     "search_url": "an http(s) URL of an Elasticsearch node, e.g. http://127.0.0.1:9299",
     "search_alias": "an index alias name in lowercase, e.g. 'orders'",
     "search_document_hook": "give 'package.module:function' mapping an item to its document",
+    "hooks": (
+        "a table of event = command, events backfill_complete, gates_pass, cutover_done, "
+        "cutover_aborted, rollback_done (README: Hooks)"
+    ),
 }
 
 
@@ -83,6 +105,25 @@ class Settings(BaseSettings):
     budget_seconds: float = Field(default=840.0, gt=0)
     total_segments: int | None = Field(default=None, ge=1, le=1_000_000)
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    hooks: dict[str, str] = Field(
+        default_factory=dict, description="event -> shell command (livemigrate.hooks)"
+    )
+    hook_timeout_seconds: float = Field(default=60.0, gt=0)
+
+    @field_validator("hooks")
+    @classmethod
+    def _known_events(cls, value: dict[str, str]) -> dict[str, str]:
+        known = (
+            "backfill_complete",
+            "gates_pass",
+            "cutover_done",
+            "cutover_aborted",
+            "rollback_done",
+        )
+        unknown = sorted(set(value) - set(known))
+        if unknown:
+            raise ValueError(f"unknown hook event(s) {unknown}; known: {', '.join(known)}")
+        return value
 
     @field_validator("source_table", "destination_table")
     @classmethod
@@ -103,11 +144,57 @@ class Settings(BaseSettings):
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Read settings, turning validation errors into one message naming each field and its fix."""
+    """Read settings, turning validation errors into one message naming each field and its fix.
+
+    Before reading: a ``LIVEMIGRATE_CONFIG`` naming a missing file, or a misspelt
+    ``LIVEMIGRATE_*`` variable, is warned about (naming the closest setting); a TOML syntax
+    error is a ``ConfigError`` naming the file and the line.
+    """
+    warn_about_environment(os.environ)
+    _check_toml(config_path())
     try:
         return Settings(**overrides)
     except ValidationError as exc:
         raise ConfigError(*_describe(exc)) from exc
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """``LIVEMIGRATE_*`` variables that name no setting, each with the closest known one."""
+    known = {f"LIVEMIGRATE_{name.upper()}" for name in Settings.model_fields}
+    found = []
+    for name in sorted(environ):
+        if not name.startswith("LIVEMIGRATE_") or name in known or name in _OTHER_VARIABLES:
+            continue
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+        found.append((name, close[0] if close else None))
+    return found
+
+
+def warn_about_environment(environ: Mapping[str, str]) -> None:
+    """Log a warning per unknown ``LIVEMIGRATE_*`` variable and for a missing config file."""
+    for name, close in unknown_variables(environ):
+        hint = f"; did you mean {close}?" if close else ""
+        log.warning("%s is not a livemigrate setting and is ignored%s", name, hint)
+    named = environ.get("LIVEMIGRATE_CONFIG")
+    if named and not Path(named).is_file():
+        log.warning(
+            "LIVEMIGRATE_CONFIG names %s, which does not exist: no settings file is read", named
+        )
+
+
+def _check_toml(path: Path) -> None:
+    if not path.is_file():
+        return
+    try:
+        with path.open("rb") as handle:
+            tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            f"{path} is not valid TOML: {exc}",
+            f'fix the syntax of {path} (strings need quotes: name = "value")',
+        ) from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc}", f"check the file {path}") from exc
 
 
 def _describe(exc: ValidationError) -> tuple[str, str]:

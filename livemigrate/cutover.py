@@ -15,28 +15,43 @@
    quiet) or ``--drain-timeout`` passes.
 
 What it did is recorded in the ``CUTOVER`` control-table item (rollback reads it).
-Exit codes: 0 flipped (or already cut over), 1 gates unmet, 2 errors.
+Exit codes (``livemigrate.exitcodes``): 0 flipped (or already cut over), 3 gates unmet or the
+consumer did not drain (the fence is lifted), 130 interrupted (the fence is lifted), 6 a service
+did not answer. An aborted run changes nothing but the flag's epoch: fencing is a flag write, and
+so is lifting the fence, so the epoch moves on by two (it never goes back, or a concurrent
+operator's stale compare-and-set could succeed); dead letters are acknowledged only after the
+flip and the CUTOVER item is written only then.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
+from livemigrate.argtypes import non_negative_float, positive_float
 from livemigrate.aws import AwsClients
 from livemigrate.clock import Clock, SystemClock
 from livemigrate.config import Settings
 from livemigrate.control import ControlStore
 from livemigrate.deadletters import DeadLetters
-from livemigrate.errors import LivemigrateError
+from livemigrate.errors import LivemigrateError, PreflightError
+from livemigrate.exitcodes import ExitCode
 from livemigrate.flag import Flag, FlagStore, open_flag_store
 from livemigrate.gates import CONSUMER_SOURCE, Gate, Policy, check_all, read_snapshot, unmet
+from livemigrate.hooks import Hooks
+from livemigrate.interrupts import deferred, raise_on_signals
 from livemigrate.migration import META, inverse_transform
 from livemigrate.replication import ARM_WAIT
+from livemigrate.status import gate_dict, iso
 
 if TYPE_CHECKING:
     from livemigrate.search.backend import ElasticsearchBackend
@@ -46,6 +61,28 @@ CUTOVER_ITEM = "CUTOVER"
 
 class DrainTimeout(LivemigrateError):
     """The consumer did not catch up in time (a fenced cutover is then abandoned)."""
+
+    exit_code = ExitCode.GATES_UNMET
+
+
+def describe_flag(flag: Flag, now: float) -> str:
+    """One line for people: which table is active, the epoch and the fence."""
+    fence = "not fenced"
+    if flag.fenced and flag.is_fenced(now):
+        fence = f"FENCED until {_utc(flag.fenced_until)}"
+    elif flag.fenced:
+        fence = f"fence expired at {_utc(flag.fenced_until)} (writers no longer wait)"
+    return f"active={flag.active} table={flag.table} epoch={flag.epoch}, {fence}"
+
+
+def _utc(at: float) -> str:
+    return datetime.fromtimestamp(at, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def reason_of(exc: BaseException) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return f"interrupted ({str(exc) or 'SIGINT'})"
+    return f"stopped by an error ({type(exc).__name__})"
 
 
 @dataclass(frozen=True)
@@ -144,24 +181,58 @@ class Drain:
         self.out = out
 
     def fence_and_drain(self, flags: FlagStore, flag: Flag, stream: str) -> tuple[Flag, float]:
-        """Fence writers, wait for the consumer to drain; the fenced flag and the fence time."""
+        """Fence writers, wait for the consumer to drain; the fenced flag and the fence time.
+
+        Any way out but success (drain timeout, Ctrl-C, SIGTERM, an error) lifts the fence
+        before it returns (``abandon``).
+        """
         now = self.clock.now()
-        flag = flags.write(flag.fence(now, self.options.fence_seconds), flag.epoch)
-        self.out(
-            f"writers fenced at epoch {flag.epoch} (for at most {self.options.fence_seconds}s)"
-        )
-        since = now + self.quiet_after()
-        deadline = min(now + self.options.drain_timeout, flag.fenced_until - 1.0)
-        if self.wait(since, deadline):
-            self.out(f"consumer drained {stream}: the {flag.active} is quiet ({flag.table})")
-            return flag, now
-        flags.write(flag.unfence(), flag.epoch)
+        unfenced = flag
+        try:
+            flag = flags.write(flag.fence(now, self.options.fence_seconds), flag.epoch)
+            self.out(
+                f"writers fenced at epoch {flag.epoch} (for at most {self.options.fence_seconds}s)"
+            )
+            since = now + self.quiet_after()
+            deadline = min(now + self.options.drain_timeout, flag.fenced_until - 1.0)
+            if self.wait(since, deadline):
+                self.out(f"consumer drained {stream}: the {flag.active} is quiet ({flag.table})")
+                return flag, now
+        except BaseException as exc:
+            self.abandon(flags, unfenced, reason_of(exc))
+            raise
+        self.abandon(flags, unfenced, "the consumer did not drain in time")
         raise DrainTimeout(
             f"the consumer did not drain {stream} before the fence deadline; the fence was "
             f"lifted, writers continue on {flag.table}, nothing was flipped",
             "check `livemigrate status` (is the consumer running and caught up?) and run the "
             "command again, or raise --drain-timeout / --fence-seconds",
         )
+
+    def abandon(self, flags: FlagStore, before: Flag, reason: str) -> Flag | None:
+        """Lift this run's fence (if it is still there) and say what state the flag is in.
+
+        ``before`` is the flag this run read before fencing. The flag is read back, because an
+        interrupted write may or may not have landed: the fence is lifted only if it is this
+        run's (the epoch right after ``before``, same side active). Signals are held back
+        meanwhile. Returns the flag as left, None if it could not be read or written.
+        """
+        with deferred():
+            try:
+                now = flags.read()
+                if now.epoch == before.epoch + 1 and now.fenced and now.active == before.active:
+                    now = flags.write(now.unfence(), now.epoch)
+                    self.out(f"{reason}: the fence was lifted")
+                self.out(f"flag: {describe_flag(now, self.clock.now())}")
+                return now
+            except (LivemigrateError, BotoCoreError, ClientError) as exc:  # caller re-raises
+                until = before.fenced_until or self.clock.now() + self.options.fence_seconds
+                self.out(
+                    f"{reason}: the fence could NOT be lifted ({exc}); writers wait until it "
+                    f"expires by itself, at most {self.options.fence_seconds:g}s after it was "
+                    f"set (by {_utc(until)}); check `livemigrate status`"
+                )
+                return None
 
     def after_flip(self, flag: Flag, command: str) -> bool:
         """Wait until the consumer applied what writers with a stale flag wrote; False: late."""
@@ -231,14 +302,7 @@ class Cutover:
         self.out = out
 
     def gates(self) -> list[Gate]:
-        ready = None if self.search is None else self.search.backend.index_exists(self.search.index)
-        snap = read_snapshot(
-            self.store,
-            now=self.clock.now(),
-            search_index_ready=ready,
-            search_index="" if self.search is None else self.search.index,
-        )
-        return check_all(snap, self.options.policy)
+        return evaluate_gates(self.store, self.options.policy, self.search, self.clock.now())
 
     def run(self) -> CutoverResult:
         gates = self.gates()
@@ -249,7 +313,7 @@ class Cutover:
         if failing:
             names = ", ".join(g.name for g in failing)
             self.out(f"cutover refused: {len(failing)} gate(s) unmet: {names}")
-            return CutoverResult(1, gates)
+            return CutoverResult(ExitCode.GATES_UNMET, gates)
         if self.options.dry_run:
             self.out("dry run: every gate is met; nothing was changed")
             return CutoverResult(0, gates)
@@ -260,20 +324,27 @@ class Cutover:
         return self._switch(gates, flag)
 
     def _switch(self, gates: list[Gate], flag: Flag) -> CutoverResult:
-        if self.options.policy.ack_dead_letters:
-            acked = DeadLetters(self.store).acknowledge_all("cutover --ack-dead-letters")
-            self.out(f"acknowledged {acked} dead letter(s)")
         fence_at = None
         drain = Drain(self.store, CONSUMER_SOURCE, self.options, self.clock, self.out)
         if self.options.policy.require_reverse:
             flag = self._arm(flag)
+        before = flag
         if self.options.fenced:
             flag, fence_at = drain.fence_and_drain(self.flags, flag, "the source stream")
-        now = self.clock.now()
-        frozen = drain.frozen_after(fence_at, now)
-        flag = self.flags.write(flag.flipped("destination", now, frozen), flag.epoch)
+        try:
+            now = self.clock.now()
+            frozen = drain.frozen_after(fence_at, now)
+            flag = self.flags.write(flag.flipped("destination", now, frozen), flag.epoch)
+        except BaseException as exc:
+            if fence_at is not None:
+                drain.abandon(self.flags, before, reason_of(exc))
+            raise
         result = CutoverResult(0, gates, flag)
         self.out(f"flag flipped: active table is now {flag.table} (epoch {flag.epoch})")
+        # Only now, when the flip happened: an aborted cutover leaves dead letters as they were.
+        if self.options.policy.ack_dead_letters:
+            acked = DeadLetters(self.store).acknowledge_all("cutover --ack-dead-letters")
+            self.out(f"acknowledged {acked} dead letter(s)")
         if fence_at is not None:
             result.write_pause = flag.flipped_at - fence_at
             self.out(f"write pause (fence to flip): {result.write_pause:.3f}s")
@@ -283,7 +354,7 @@ class Cutover:
             )
             self.out(
                 f"search alias {self.search.alias!r} -> {self.search.index} "
-                f"(was {result.search_previous or 'unset'})"
+                f"(was {', '.join(result.search_previous) or 'unset'})"
             )
         if fence_at is None:
             result.drained = drain.after_flip(flag, "`livemigrate consume`")
@@ -323,34 +394,108 @@ class Cutover:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dry-run", action="store_true", help="check the gates only")
-    parser.add_argument("--fenced", action="store_true", help="pause writers while draining")
-    parser.add_argument("--max-lag-seconds", type=float, default=5.0, help="default 5")
-    parser.add_argument(
-        "--max-heartbeat-age", type=float, default=30.0, help="consumer heartbeat age (default 30)"
+    add = parser.add_argument
+    add("--dry-run", action="store_true", help="check the gates only; change nothing")
+    add(
+        "--fenced",
+        action="store_true",
+        help="pause writers (livemigrate.client) while the consumer drains, so no write is lost",
     )
-    parser.add_argument(
-        "--ack-dead-letters", action="store_true", help="cut over despite dead letters"
+    add(
+        "--max-lag-seconds",
+        type=non_negative_float,
+        default=5.0,
+        help="consumer lag bound (default: 5)",
     )
-    parser.add_argument(
-        "--client-ttl", type=float, default=1.0, help="applications' flag cache TTL (default 1)"
+    add(
+        "--max-heartbeat-age",
+        type=positive_float,
+        default=30.0,
+        help="a consumer heartbeat older than this means it is not running (default: 30)",
     )
-    parser.add_argument(
+    add(
+        "--ack-dead-letters",
+        action="store_true",
+        help="cut over despite dead letters (they are acknowledged only if the flag flips)",
+    )
+    add(
+        "--client-ttl",
+        type=non_negative_float,
+        default=1.0,
+        help="applications' flag cache TTL (default: 1)",
+    )
+    add(
         "--consumer-margin",
-        type=float,
+        type=non_negative_float,
         default=2.0,
-        help="extra seconds a drained heartbeat must postdate the last source write (default 2)",
+        help="extra seconds a drained heartbeat must postdate the last source write (default: 2)",
     )
-    parser.add_argument(
+    add(
         "--checked-writes",
         action="store_true",
         help="every writer uses the client's checked writes (put/delete/update/transact): the "
         "fence stops them at once, so the write pause skips --client-ttl and its margin",
     )
-    parser.add_argument("--fence-seconds", type=float, default=60.0, help="default 60")
-    parser.add_argument("--drain-timeout", type=float, default=60.0, help="default 60")
-    parser.add_argument("--flag-store", choices=("control", "ssm"), default="control")
-    parser.add_argument("--json", action="store_true", help="also print the result as JSON")
+    add(
+        "--fence-seconds",
+        type=positive_float,
+        default=60.0,
+        help="writers wait at most this long, even if this command dies (default: 60)",
+    )
+    add(
+        "--drain-timeout",
+        type=positive_float,
+        default=60.0,
+        help="give up (and lift the fence) if the consumer has not drained by then (default: 60)",
+    )
+    add(
+        "--flag-store",
+        choices=("control", "ssm"),
+        default="control",
+        help="where the applications read the flag: the control table or SSM (default: control)",
+    )
+    add("--json", action="store_true", help="print the result as JSON on stdout (text on stderr)")
+    add(
+        "--when-gates-pass",
+        action="store_true",
+        help="wait, checking the gates every --check-every seconds, and cut over once they pass",
+    )
+    add(
+        "--postpone-until-flag",
+        metavar="FILE",
+        help="wait while FILE exists (and the gates pass); cut over once it is removed",
+    )
+    add(
+        "--check-every",
+        type=positive_float,
+        default=10.0,
+        help="seconds between checks while waiting (default: 10)",
+    )
+    add(
+        "--wait-timeout",
+        type=non_negative_float,
+        default=0.0,
+        help="give up waiting after this many seconds, exit 3 (default: 0, wait forever)",
+    )
+
+
+def evaluate_gates(
+    store: ControlStore, policy: Policy, search: SearchSwitch | None, now: float
+) -> list[Gate]:
+    """Every gate's verdict: the one computation that ``cutover`` and ``status`` share."""
+    ready = None if search is None else search.backend.index_exists(search.index)
+    snap = read_snapshot(
+        store,
+        now=now,
+        search_index_ready=ready,
+        search_index="" if search is None else search.index,
+    )
+    return check_all(snap, policy)
+
+
+def policy_for(settings: Settings, store: ControlStore, **limits: Any) -> Policy:
+    """The gate policy of a migration (an inverse transform requires the reverse consumer)."""
+    return Policy(**limits, require_reverse=inverse_configured(settings, store) is not None)
 
 
 def inverse_configured(settings: Settings, store: ControlStore) -> str | None:
@@ -374,18 +519,22 @@ def search_switch(settings: Settings, store: ControlStore) -> SearchSwitch | Non
 
 
 def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> int:
+    """The ``cutover`` command (exit codes: ``livemigrate.exitcodes``)."""
+    raise_on_signals()  # Ctrl-C / SIGTERM lift the fence (Drain.abandon), then exit 130
     store = ControlStore(clients.dynamodb, settings.control_table, settings.migration_id)
+    require_started(store)
     flags = open_flag_store(
         args.flag_store, store, clients.ssm, settings.source_table, settings.destination_table
     )
     options = CutoverOptions(
         dry_run=args.dry_run,
         fenced=args.fenced,
-        policy=Policy(
-            args.max_lag_seconds,
-            args.max_heartbeat_age,
-            args.ack_dead_letters,
-            require_reverse=inverse_configured(settings, store) is not None,
+        policy=policy_for(
+            settings,
+            store,
+            max_lag_seconds=args.max_lag_seconds,
+            max_heartbeat_age=args.max_heartbeat_age,
+            ack_dead_letters=args.ack_dead_letters,
         ),
         client_ttl=args.client_ttl,
         consumer_margin=args.consumer_margin,
@@ -394,15 +543,115 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
         drain_timeout=args.drain_timeout,
     )
     started = time.monotonic()
-    result = Cutover(store, flags, options, search=search_switch(settings, store)).run()
+    out = _stderr if args.json else print
+    cutover = Cutover(store, flags, options, search=search_switch(settings, store), out=out)
+    hooks = Hooks.of(settings)
+    waiting = Waiting.of(args)
+    if waiting is not None and not waiting.wait(cutover):
+        out(f"cutover gave up after waiting {args.wait_timeout:g}s; nothing was changed")
+        return ExitCode.GATES_UNMET
+    try:
+        result = cutover.run()
+    except BaseException:
+        hooks.fire("cutover_aborted")
+        raise
+    _fire(hooks, result)
     if args.json:
         summary = {
-            "code": result.code,
+            "code": int(result.code),
+            "gates": [gate_dict(g) for g in result.gates],
             "unmet": [g.name for g in unmet(result.gates)],
-            "flag": result.flag.to_dict() if result.flag else None,
-            "write_pause": result.write_pause,
+            "flag": flag_json(result.flag) if result.flag else None,
+            "write_pause_seconds": result.write_pause,
             "drained": result.drained,
             "seconds": round(time.monotonic() - started, 3),
         }
         print(json.dumps(summary, sort_keys=True))
     return result.code
+
+
+def _fire(hooks: Hooks, result: CutoverResult) -> None:
+    if not unmet(result.gates):
+        hooks.fire("gates_pass")
+    flag = result.flag
+    # This run flipped (not "already cut over"): a fenced flip measured its pause, an
+    # unfenced one waited for the drain.
+    flipped = result.write_pause is not None or result.drained is not None
+    if result.code == ExitCode.OK and flag is not None and flipped:
+        hooks.fire(
+            "cutover_done",
+            active_table=flag.table,
+            epoch=flag.epoch,
+            write_pause_seconds=result.write_pause,
+        )
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """``--when-gates-pass`` / ``--postpone-until-flag``: when an unattended cutover may go.
+
+    The cutover goes once every gate passes and the postpone file (if named) is gone: the
+    operator schedules it by creating the file first and removing it when the time comes.
+    """
+
+    postpone: Path | None
+    every: float
+    timeout: float
+    clock: Clock = field(default_factory=SystemClock)
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> Waiting | None:
+        if not (args.when_gates_pass or args.postpone_until_flag):
+            return None
+        path = Path(args.postpone_until_flag) if args.postpone_until_flag else None
+        return cls(path, args.check_every, max(0.0, args.wait_timeout))
+
+    def wait(self, cutover: Cutover) -> bool:
+        """Check until the cutover may go (True) or the timeout passed (False)."""
+        deadline = self.clock.now() + self.timeout if self.timeout else None
+        said = ""
+        while True:
+            why = self.reason(cutover)
+            if not why:
+                return True
+            if why != said:
+                cutover.out(f"cutover waiting: {why} (checking every {self.every:g}s)")
+                said = why
+            if deadline is not None and self.clock.now() >= deadline:
+                return False
+            self.clock.sleep(self.every)
+
+    def reason(self, cutover: Cutover) -> str:
+        """Why the cutover must wait now ("" when it may go)."""
+        failing = unmet(cutover.gates())
+        if failing:
+            return "gates unmet: " + ", ".join(g.name for g in failing)
+        if self.postpone is not None and self.postpone.exists():
+            return f"postponed while {self.postpone} exists (remove it to cut over)"
+        return ""
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def flag_json(flag: Flag) -> dict[str, Any]:
+    """The flag for ``--json``: numbers as numbers, times as ISO 8601 (UTC)."""
+    data = flag.to_dict()
+    for name in ("fenced_until", "fenced_at", "flipped_at"):
+        data[name] = iso(float(data[name])) if data.get(name) else None
+    return data
+
+
+def require_started(store: ControlStore) -> None:
+    """A clear error when nothing has run for this migration (the control table is missing).
+
+    Read-only: the control table is never created here.
+    """
+    if not store.exists():
+        raise PreflightError(
+            f"nothing has run for migration {store.migration_id!r}: the control table "
+            f"{store.table!r} does not exist",
+            "start the migration first: `livemigrate consume`, then `livemigrate backfill` "
+            "(check the migration id and LIVEMIGRATE_CONTROL_TABLE if it did run)",
+        )

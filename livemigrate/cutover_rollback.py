@@ -18,14 +18,17 @@ The flip back is one conditional write on the flag's epoch, like the cutover. Th
 consumer keeps running: what the application writes to the source again reaches the destination
 (the reverse consumer skips those echoes), so cutting over again later needs no new backfill. If
 the cutover swapped a search alias, it is pointed back at the index it was taken from (one
-``_aliases`` call). Exit codes: 0 rolled back, 1 refused, 2 errors.
+``_aliases`` call). Exit codes: ``livemigrate.exitcodes`` (0 rolled back, 3 refused).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from collections.abc import Callable
 
+from livemigrate.argtypes import non_negative_float, positive_float
 from livemigrate.aws import AwsClients
 from livemigrate.clock import Clock, SystemClock
 from livemigrate.config import Settings
@@ -35,11 +38,17 @@ from livemigrate.cutover import (
     CutoverOptions,
     Drain,
     SearchSwitch,
+    flag_json,
     inverse_configured,
+    reason_of,
+    require_started,
     search_switch,
 )
+from livemigrate.exitcodes import ExitCode
 from livemigrate.flag import Flag, FlagStore, open_flag_store
 from livemigrate.gates import CONSUMER_REVERSE, reverse_problems
+from livemigrate.hooks import Hooks
+from livemigrate.interrupts import raise_on_signals
 from livemigrate.transform import load_transform
 
 ROLLBACK_ITEM = "ROLLBACK"
@@ -48,7 +57,7 @@ ROLLBACK_ITEM = "ROLLBACK"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--window-seconds",
-        type=float,
+        type=non_negative_float,
         default=3600.0,
         help="without a reverse consumer: refuse once the cutover is older than this "
         "(default 3600)",
@@ -66,10 +75,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--fenced", action="store_true", help="pause writers while the reverse consumer drains"
     )
     parser.add_argument(
-        "--max-heartbeat-age", type=float, default=30.0, help="reverse consumer (default 30)"
+        "--max-heartbeat-age",
+        type=positive_float,
+        default=30.0,
+        help="a reverse-consumer heartbeat older than this means it is not running (default: 30)",
     )
     parser.add_argument(
-        "--client-ttl", type=float, default=1.0, help="applications' flag cache TTL (default 1)"
+        "--client-ttl",
+        type=non_negative_float,
+        default=1.0,
+        help="applications' flag cache TTL (default: 1)",
+    )
+    parser.add_argument(
+        "--fence-seconds",
+        type=positive_float,
+        default=60.0,
+        help="writers wait at most this long, even if this command dies (default: 60)",
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        type=positive_float,
+        default=60.0,
+        help="give up (and lift the fence) if the reverse consumer has not drained (default: 60)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print the result as JSON on stdout (text on stderr)"
+    )
+    parser.add_argument(
+        "--flag-store",
+        choices=("control", "ssm"),
+        default="control",
+        help="where the applications read the flag: the control table or SSM (default: control)",
     )
     parser.add_argument(
         "--checked-writes",
@@ -78,13 +114,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--consumer-margin",
-        type=float,
+        type=non_negative_float,
         default=2.0,
-        help="seconds a drained report must postdate the fence (stream propagation; default 2)",
+        help="seconds a drained report must postdate the fence (stream propagation; default: 2)",
     )
-    parser.add_argument("--fence-seconds", type=float, default=60.0, help="default 60")
-    parser.add_argument("--drain-timeout", type=float, default=60.0, help="default 60")
-    parser.add_argument("--flag-store", choices=("control", "ssm"), default="control")
 
 
 class Rollback:
@@ -120,13 +153,13 @@ class Rollback:
         flag = self.flags.read()
         if flag.active != "destination":
             self.out(f"rollback refused: nothing to roll back, {flag.table} (source) is active")
-            return 1
+            return ExitCode.GATES_UNMET
         age = self.clock.now() - flag.flipped_at
         problems = self._reverse_problems() if self.inverse else []
         refusal = self._refusal(age, problems)
         if refusal:
             self.out(refusal)
-            return 1
+            return ExitCode.GATES_UNMET
         for problem in problems:
             self.out(f"warning (--force): {problem}")
         keeps_writes = self.inverse is not None and not problems
@@ -147,7 +180,7 @@ class Rollback:
                 "write_pause": self.write_pause,
             },
         )
-        return 0
+        return ExitCode.OK
 
     def _reverse_problems(self) -> list[str]:
         reverse = self.store.get(CONSUMER_REVERSE)
@@ -182,11 +215,17 @@ class Rollback:
     def _flip_back(self, flag: Flag, keeps_writes: bool) -> Flag:
         drain = Drain(self.store, CONSUMER_REVERSE, self.options, self.clock, self.out)
         fence_at = None
+        before = flag
         if self.options.fenced and keeps_writes:
             flag, fence_at = drain.fence_and_drain(self.flags, flag, "the destination stream")
-        now = self.clock.now()
-        frozen = drain.frozen_after(fence_at, now)
-        flag = self.flags.write(flag.flipped("source", now, frozen), flag.epoch)
+        try:
+            now = self.clock.now()
+            frozen = drain.frozen_after(fence_at, now)
+            flag = self.flags.write(flag.flipped("source", now, frozen), flag.epoch)
+        except BaseException as exc:
+            if fence_at is not None:  # lift the fence, say where the flag is, re-raise
+                drain.abandon(self.flags, before, reason_of(exc))
+            raise
         self.out(f"flag flipped back: active table is now {flag.table} (epoch {flag.epoch})")
         if fence_at is not None:
             self.write_pause = flag.flipped_at - fence_at
@@ -210,7 +249,10 @@ class Rollback:
 
 
 def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> int:
+    """The ``rollback`` command (exit codes: ``livemigrate.exitcodes``)."""
+    raise_on_signals()  # Ctrl-C / SIGTERM lift the fence (Drain.abandon), then exit 130
     store = ControlStore(clients.dynamodb, settings.control_table, settings.migration_id)
+    require_started(store)
     flags = open_flag_store(
         args.flag_store, store, clients.ssm, settings.source_table, settings.destination_table
     )
@@ -222,7 +264,7 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
         fence_seconds=args.fence_seconds,
         drain_timeout=args.drain_timeout,
     )
-    return Rollback(
+    rollback = Rollback(
         store,
         flags,
         window_seconds=args.window_seconds,
@@ -231,4 +273,25 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
         options=options,
         max_heartbeat_age=args.max_heartbeat_age,
         search=search_switch(settings, store),
-    ).run()
+        out=_stderr if args.json else print,
+    )
+    code = rollback.run()
+    if args.json:
+        result = {
+            "code": int(code),
+            "outcome": ExitCode(code).name,
+            "flag": flag_json(flags.read()),
+            "write_pause_seconds": rollback.write_pause,
+        }
+        print(json.dumps(result, sort_keys=True))
+    if code == ExitCode.OK:
+        Hooks.of(settings).fire(
+            "rollback_done",
+            active_table=settings.source_table,
+            write_pause_seconds=rollback.write_pause,
+        )
+    return code
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)

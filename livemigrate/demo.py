@@ -154,7 +154,10 @@ def _run(demo: Demo) -> int:
     create_like(
         demo.clients.dynamodb, describe(demo.clients.dynamodb, source, "source"), destination
     )
-    demo.say("starting the stream consumer (before the backfill, rule 9)")
+    demo.say(
+        "starting the stream consumer first: it records where the stream starts, so no write "
+        "made during the backfill is missed"
+    )
     demo.background("consume", "--settle-seconds", "3", "--lease-seconds", "10")
     demo.wait_for(
         "the consumer to start",
@@ -326,7 +329,7 @@ def _summary(
         "verification": "passed" if verify.returncode == 0 else "FAILED",
         "verification_report": report,
         "cutover": cutover,
-        "write_pause_seconds": cutover.get("write_pause"),
+        "write_pause_seconds": cutover.get("write_pause_seconds"),
     }
 
 

@@ -186,6 +186,10 @@ def verify_gate(snap: Snapshot, policy: Policy) -> Gate:
     if snap.verify is None:
         return Gate(name, False, "no verification has run", fix)
     if not snap.verify.get("passed"):
+        if snap.verify.get("search_passed") is False:  # the tables may well be at parity
+            index = snap.verify.get("search_index")
+            why = f"the last verification failed on the search index {index}"
+            return Gate(name, False, why, fix + "; for the index: `livemigrate search resync`")
         counts = ", ".join(
             f"{k} {int(_num(snap.verify, k))}" for k in ("missing", "extra", "different")
         )
@@ -209,7 +213,7 @@ def search_gate(snap: Snapshot, policy: Policy) -> Gate:
         name,
         False,
         f"search is configured but index {snap.search_index!r} does not exist",
-        "run the search sink (`livemigrate search`) so the new index is built",
+        "run the search sink (`livemigrate search sync`) so the new index is built",
     )
 
 

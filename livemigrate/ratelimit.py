@@ -14,11 +14,10 @@ it may still wait: a wait or a back-off that would end after it is not slept but
 ``PastDeadline`` (the tokens are given back), so no cap makes a worker overrun its budget.
 
 ``RatesFromControl`` re-reads the caps from the control-table item ``RATES`` every few
-seconds, so an operator can change them while a run is going::
-
-    aws dynamodb update-item --table-name livemigrate-control \\
-        --key '{"pk":{"S":"MIG#<id>"},"sk":{"S":"RATES"}}' \\
-        --update-expression 'SET read_rate = :r' --expression-attribute-values '{":r":{"N":"200"}}'
+seconds (also while a limiter waits), so an operator can change them while a run is going:
+``livemigrate throttle --read-rate 200 --write-rate 100``, ``--pause``, ``--resume``. While
+paused, every read and write waits (checking again every ``PAUSE_POLL`` seconds) until the item
+says resume or the limiter's ``interrupt`` says stop (a backfill's budget ran out, Ctrl-C).
 """
 
 from __future__ import annotations
@@ -79,6 +78,7 @@ class RateLimiter:
     MIN_FACTOR = 0.05
     BASE_BACKOFF = 0.05
     MAX_BACKOFF = 5.0
+    PAUSE_POLL = 0.5
 
     def __init__(
         self, rate: float = 0.0, clock: Clock | None = None, burst_seconds: float = 1.0
@@ -91,6 +91,11 @@ class RateLimiter:
         self._streak = 0
         self._tokens = self._capacity()
         self._stamp = self.clock.now()
+        self.paused = False
+        # Called before every acquire (RatesFromControl re-reads the caps through it), and
+        # asked while paused whether to stop waiting.
+        self.watch: Callable[[], object] | None = None
+        self.interrupt: Callable[[], bool] | None = None
 
     @property
     def rate(self) -> float:
@@ -136,20 +141,33 @@ class RateLimiter:
             self._tokens = min(self._capacity(), self._tokens + items)
 
     def acquire(self, items: int = 1, deadline: Deadline | None = None) -> float:
-        """Take ``items`` tokens and sleep off any debt; returns the seconds slept.
+        """Wait out a pause, take ``items`` tokens and sleep off any debt; the seconds slept.
 
         Raises
         ------
         PastDeadline
-            When the wait would end after ``deadline`` (nothing is taken then).
+            When the pause or the wait would end after ``deadline`` (nothing is taken then).
         """
+        paused = self._while_paused(deadline)
         wait = self.reserve(items)
         if wait > 0 and deadline is not None and wait > deadline():
             self.refund(items)
             raise PastDeadline(f"waiting {wait:.2f}s for the rate cap would pass the deadline")
         if wait > 0:
             self.clock.sleep(wait)
-        return wait
+        return paused + wait
+
+    def _while_paused(self, deadline: Deadline | None = None) -> float:
+        slept = 0.0
+        while True:
+            if self.watch is not None:
+                self.watch()
+            if not self.paused or (self.interrupt is not None and self.interrupt()):
+                return slept
+            if deadline is not None and deadline() <= self.PAUSE_POLL:
+                raise PastDeadline("the backfill is paused (livemigrate throttle) past its budget")
+            self.clock.sleep(self.PAUSE_POLL)
+            slept += self.PAUSE_POLL
 
     def throttled(self) -> float:
         """Record a throttle: lower the rate and return the backoff to sleep (with jitter)."""
@@ -219,6 +237,7 @@ class RatesFromControl:
         self._defaults = (read.rate, write.rate)
         self._next = 0.0
         self._lock = threading.Lock()
+        read.watch = write.watch = self.maybe_refresh
 
     def maybe_refresh(self) -> bool:
         """Re-read the caps if the interval has passed; True when a read happened."""
@@ -230,6 +249,10 @@ class RatesFromControl:
         item = self.store.get(RATES) or {}
         read = float(item.get("read_rate", self._defaults[0]))
         write = float(item.get("write_rate", self._defaults[1]))
+        paused = bool(item.get("paused", False))
+        if paused != self.read.paused:
+            log.warning("reads and writes %s (RATES item)", "PAUSED" if paused else "resumed")
+        self.read.paused = self.write.paused = paused
         if (read, write) != (self.read.rate, self.write.rate):
             log.info("rate caps now read=%s write=%s items/s (0 = no cap)", read, write)
             self.read.set_rate(read)

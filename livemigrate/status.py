@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from livemigrate.control import ControlStore
 from livemigrate.deadletters import DeadLetters
 from livemigrate.gates import Gate, Policy, check_all, read_snapshot, unmet
 
+GateCheck = Callable[[float], list[Gate]]
 
-def collect(store: ControlStore, source_items: int | None = None) -> dict[str, Any]:
+
+def collect(
+    store: ControlStore, source_items: int | None = None, gates: GateCheck | None = None
+) -> dict[str, Any]:
     """A JSON-safe summary; ``known: False`` when nothing is recorded yet.
 
     ``source_items`` (DynamoDB's approximate ItemCount of the source) gives progress and ETA.
+    ``gates`` evaluates the cutover gates at a time (the CLI passes ``cutover.evaluate_gates``
+    with the migration's policy and search index, so status and cutover agree); without it
+    the gates are read from the control table with the default policy and no search check.
     """
     if not store.exists():
         return {
@@ -38,22 +49,31 @@ def collect(store: ControlStore, source_items: int | None = None) -> dict[str, A
     plan = dict(groups.get("PLAN", [("", {})])[0][1])
     backfill = _backfill(plan, groups.get("SEG", []), groups.get("SPLIT", []), now)
     backfill.update(_progress(plan, backfill["items_read"], source_items, now))
-    policy = Policy(require_reverse=bool(meta.get("inverse_transform")))
-    gates = check_all(read_snapshot(store, now=now), policy)
+    if gates is None:
+        policy = Policy(require_reverse=bool(meta.get("inverse_transform")))
+        verdicts = check_all(read_snapshot(store, now=now), policy)
+    else:
+        verdicts = gates(now)
     return {
         "migration_id": store.migration_id,
         "known": True,
         "control_table": store.table,
         "spec": meta,
-        "phase": _phase(plan, groups, gates),
-        "gates": [{"name": g.name, "met": g.met, "why": g.why, "fix": g.fix} for g in gates],
+        "phase": _stopped(_phase(plan, groups, verdicts), backfill),
+        "gates": [gate_dict(g) for g in verdicts],
         "backfill": backfill,
         "stream": _shards(groups.get("SHARD", []), groups.get("CONSUMER", []), now),
         "dead_letters": DeadLetters(store).count(),
         "dead_letters_unresolved": DeadLetters(store).unresolved(),
         "flag": dict(groups.get("FLAG", [("", {})])[0][1]),
         "metrics": dict(groups.get("METRICS", [("", {})])[0][1]),
+        "rates": rates_of(dict(groups.get("RATES", [("", {})])[0][1])),
     }
+
+
+def gate_dict(gate: Gate) -> dict[str, Any]:
+    """A gate's verdict as JSON (status and cutover print the same shape)."""
+    return {"name": gate.name, "met": gate.met, "why": gate.why, "fix": gate.fix}
 
 
 def _phase(
@@ -76,6 +96,32 @@ def _phase(
     return "ready for cutover"
 
 
+def rates_of(item: dict[str, Any]) -> dict[str, Any]:
+    """The live rate caps (``livemigrate throttle``); None: not set, the settings apply."""
+    return {
+        "read_rate": item.get("read_rate"),
+        "write_rate": item.get("write_rate"),
+        "paused": bool(item.get("paused", False)),
+    }
+
+
+def rates_line(rates: dict[str, Any]) -> str:
+    def cap(value: Any) -> str:
+        if value is None:
+            return "from settings"
+        return "no cap" if float(value) == 0 else f"{float(value):g}/s"
+
+    paused = "; PAUSED (livemigrate throttle --resume)" if rates["paused"] else ""
+    return f"  rates: read {cap(rates['read_rate'])}, write {cap(rates['write_rate'])}{paused}"
+
+
+def _stopped(phase: str, backfill: dict[str, Any]) -> str:
+    before_cutover = not phase.startswith(("cut over", "rolled back"))
+    if before_cutover and backfill["workers"] == "stopped":
+        return "backfill stopped: no worker is running (run `livemigrate backfill` to continue)"
+    return phase
+
+
 def _progress(
     plan: dict[str, Any], read: int, source_items: int | None, now: float
 ) -> dict[str, Any]:
@@ -96,8 +142,12 @@ def _backfill(
 ) -> dict[str, Any]:
     states = Counter(str(item.get("state", "pending")) for _, item in segments)
     leased = sum(1 for _, item in segments if float(item.get("lease_expires", 0)) > now)
+    state = str(plan.get("state", "not planned"))
     return {
-        "state": plan.get("state", "not planned"),
+        "state": state,
+        # "stopped": planned or running, but no worker holds a lease (Ctrl-C, budget, crash
+        # past its lease): nothing copies until `livemigrate backfill` runs again.
+        "workers": "working" if leased else ("stopped" if state in ("planned", "running") else "-"),
         "total_segments": plan.get("total_segments"),
         "segments_by_state": dict(states),
         "segments_leased": leased,
@@ -107,6 +157,8 @@ def _backfill(
         ],
         "items_read": sum(int(item.get("items_read", 0)) for _, item in segments + splits),
         "items_written": sum(int(item.get("items_written", 0)) for _, item in segments + splits),
+        # A worker records the start and the end of an outage on PLAN (backfill/health.py).
+        "degraded": float(plan.get("degraded_at") or 0) > float(plan.get("recovered_at") or 0),
     }
 
 
@@ -134,16 +186,45 @@ def _shards(
     }
 
 
+def _seconds(value: Any) -> str:
+    """A duration for people: 0.04 -> '0.0s', 75 -> '1m15s', 7300 -> '2h01m'."""
+    if value is None:
+        return "-"
+    seconds = float(value)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+    return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
+
+
+def _ago(at: Any) -> str:
+    return "never" if not at else f"{_seconds(time.time() - float(at))} ago"
+
+
 def _consumer_lines(consumer: dict[str, Any]) -> list[str]:
     lines = [
-        f"    {consumer.get('name', '?')}: lag {consumer.get('lag_seconds')}s, "
-        f"records behind >= {consumer.get('records_behind')}, "
-        f"last heartbeat {time.time() - float(consumer.get('heartbeat_at', 0)):.0f}s ago"
+        f"    {consumer.get('name', '?'):<8} lag {_seconds(consumer.get('lag_seconds'))}, "
+        f"records behind >= {consumer.get('records_behind', '-')}, "
+        f"last heartbeat {_ago(consumer.get('heartbeat_at'))}"
     ]
     if consumer.get("records_lost_at") is not None:
         lines.append(
             f"      RECORDS LOST: shard {consumer.get('records_lost_shard')} was trimmed "
             "before it was read; verify (and repair) before relying on this table"
+        )
+    if consumer.get("degraded_since") is not None:
+        lines.append(
+            f"      DEGRADED since {_ago(consumer.get('degraded_since'))}: the service does not "
+            "answer; it retries and carries on when it does"
+        )
+    if consumer.get("retired_writes"):
+        keys = ", ".join(str(k) for k in consumer.get("retired_last_keys") or [])
+        latest = _ago(consumer.get("retired_last_at"))
+        lines.append(
+            f"      RETIRED TABLE WRITTEN: {consumer['retired_writes']} change(s) made to the "
+            f"retired table after the flip were not applied (latest {latest}: {keys}); find "
+            "the writer that still uses the old table"
         )
     return lines
 
@@ -158,8 +239,51 @@ def _dead_letter_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _shard_line(shard: dict[str, Any]) -> str:
+    name = str(shard["id"]).split("#")
+    consumer, shard_id = (name[1], name[-1]) if len(name) >= 3 else ("?", name[-1])
+    state = "finished" if shard["finished"] else f"held by {shard['owner'] or 'nobody'}"
+    return (
+        f"    {consumer:<8} {shard_id:<28} {state}, lag {_seconds(shard['lag_seconds'])}, "
+        f"applied {shard['records_applied'] or 0}"
+    )
+
+
+def _backfill_lines(bf: dict[str, Any]) -> list[str]:
+    progress = ""
+    if bf.get("percent") is not None:
+        eta = bf.get("eta_seconds")
+        progress = f", {bf['percent']:.1f}%" + (f", ETA {_seconds(eta)}" if eta else "")
+    by_state = ", ".join(f"{n} {state}" for state, n in sorted(bf["segments_by_state"].items()))
+    degraded = " (DEGRADED: the service does not answer; workers retry)" if bf["degraded"] else ""
+    lines = [
+        f"  backfill: {bf['state']}{progress}; workers {bf['workers']}{degraded}",
+        f"    segments {bf['total_segments'] or '?'} ({by_state or 'none yet'}), "
+        f"{bf['segments_leased']} leased; items read {bf['items_read']}, "
+        f"written {bf['items_written']}",
+    ]
+    for split in bf["hot_key_splits"]:
+        part = str(split["id"]).removeprefix("SPLIT#")
+        lines.append(f"    hot-key split {part}: {split['state']} (key {split['hot_key']})")
+    return lines
+
+
+def _flag_line(flag: dict[str, Any]) -> str:
+    now = time.time()
+    fence = "not fenced"
+    until = float(flag.get("fenced_until") or 0)
+    if flag.get("fenced") and until > now:
+        fence = f"FENCED until {iso(until)}"
+    elif flag.get("fenced"):
+        fence = f"fence expired at {iso(until)} (writers no longer wait)"
+    return (
+        f"  flag: active {flag.get('active')} ({flag.get('table')}), epoch {flag.get('epoch')}, "
+        f"{fence}"
+    )
+
+
 def render(summary: dict[str, Any]) -> str:
-    """Human-readable text of ``collect``'s summary."""
+    """Human-readable text of ``collect``'s summary (no Python reprs; rounded durations)."""
     lines = [f"migration {summary['migration_id']} (control table {summary['control_table']})"]
     if not summary["known"]:
         lines.append(f"  {summary['note']}")
@@ -167,44 +291,81 @@ def render(summary: dict[str, Any]) -> str:
     spec = summary["spec"]
     lines.append(
         f"  {spec.get('source_table')} -> {spec.get('destination_table')} "
-        f"via {spec.get('transform')}"
+        f"via {spec.get('transform') or 'the configured transform'}"
     )
     lines.append(f"  phase: {summary['phase']}")
-    bf = summary["backfill"]
-    progress = "" if bf.get("percent") is None else f" ({bf['percent']}%"
-    if progress:
-        eta = bf.get("eta_seconds")
-        progress += f", ETA {eta}s)" if eta is not None else ")"
-    lines.append(
-        f"  backfill: {bf['state']}{progress}; segments {bf['segments_by_state'] or '-'} of "
-        f"{bf['total_segments'] or '?'}; leased {bf['segments_leased']}; "
-        f"read {bf['items_read']}, written {bf['items_written']}"
-    )
-    for split in bf["hot_key_splits"]:
-        lines.append(f"    hot-key split {split['id']}: {split['state']} ({split['hot_key']})")
+    lines.extend(_backfill_lines(summary["backfill"]))
+    lines.append(rates_line(summary["rates"]))
     stream = summary["stream"]
     lines.append(f"  stream consumers: {len(stream['consumer_started']) or 'not started'}")
     for consumer in stream["consumer_started"]:
         lines.extend(_consumer_lines(consumer))
-    for shard in stream["shards"]:
-        lines.append(
-            f"    {shard['id']}: owner={shard['owner']} checkpoint={shard['checkpoint']} "
-            f"finished={shard['finished']} lag={shard['lag_seconds']}s "
-            f"applied={shard['records_applied']}"
-        )
+    lines.extend(_shard_line(shard) for shard in stream["shards"])
     lines.extend(_dead_letter_lines(summary))
     lines.append("  cutover gates:")
     for gate in summary["gates"]:
-        lines.append(f"    [{'ok' if gate['met'] else 'no'}] {gate['name']}")
-        if not gate["met"]:
-            lines.append(f"         {gate['why']}")
-    flag = summary["flag"]
-    if flag:
-        lines.append(
-            f"  flag: active={flag.get('active')} table={flag.get('table')} "
-            f"epoch={flag.get('epoch')} fenced={flag.get('fenced')}"
-        )
+        mark = "ok" if gate["met"] else "no"
+        note = f": {gate['why']}" if gate["why"] else ""
+        lines.append(f"    [{mark}] {gate['name']}{note}")
+    if summary["flag"]:
+        lines.append(_flag_line(summary["flag"]))
     if summary["metrics"]:
-        metrics = ", ".join(f"{k}={v}" for k, v in sorted(summary["metrics"].items()))
-        lines.append(f"  counters: {metrics}")
+        width = max(len(str(k)) for k in summary["metrics"])
+        lines.append("  counters:")
+        for name, value in sorted(summary["metrics"].items()):
+            lines.append(f"    {name:<{width}}  {to_json(value)}")
     return "\n".join(lines)
+
+
+# Fields that hold a Unix time: ``to_json`` prints them as ISO 8601 (UTC).
+TIME_FIELDS = frozenset(
+    {
+        "at",
+        "created_at",
+        "completed_at",
+        "started_at",
+        "heartbeat_at",
+        "flipped_at",
+        "fenced_at",
+        "fenced_until",
+        "lease_expires",
+        "read_from",
+        "drain_after",
+        "purged_at",
+        "real_deletes_since",
+        "records_lost_at",
+        "delete_marks_since",
+        "unmarked_deletes_at",
+        "updated_at",
+    }
+)
+
+
+def iso(at: float) -> str:
+    """A Unix time as ISO 8601 in UTC, to the millisecond."""
+    return datetime.fromtimestamp(at, tz=UTC).isoformat(timespec="milliseconds")
+
+
+def to_json(value: Any, name: str = "") -> Any:
+    """``collect``'s summary for ``--json``: numbers as numbers, times as ISO 8601 strings.
+
+    DynamoDB gives numbers as ``Decimal``; they become int (integral) or float. A number in a
+    field named in ``TIME_FIELDS`` (0 meaning "never") becomes an ISO 8601 string or None.
+    """
+    if isinstance(value, Mapping):
+        return {str(k): to_json(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        items = [to_json(v) for v in value]
+        return sorted(items, key=str) if isinstance(value, set | frozenset) else items
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Decimal | int | float):
+        number: int | float = int(value) if value == int(value) else float(value)
+        if name in TIME_FIELDS:
+            return iso(float(number)) if number else None
+        return number
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)

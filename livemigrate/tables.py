@@ -46,7 +46,8 @@ def describe(client: DynamoDBClient, name: str, role: str) -> TableInfo:
     except EndpointConnectionError as exc:
         raise ServiceUnreachable(
             f"DynamoDB endpoint {client.meta.endpoint_url} is unreachable: {exc}",
-            "start the local services (make services) or set AWS_ENDPOINT_URL / region",
+            "check that the endpoint is up and reachable (AWS_ENDPOINT_URL / "
+            "LIVEMIGRATE_ENDPOINT_URL, region, network), then run the command again",
         ) from exc
     return _info(table)
 
@@ -54,8 +55,8 @@ def describe(client: DynamoDBClient, name: str, role: str) -> TableInfo:
 def _missing_fix(role: str) -> str:
     if role == "destination":
         return (
-            "create it (e.g. with the source's key schema: livemigrate init "
-            "--create-destination) or set LIVEMIGRATE_DESTINATION_TABLE"
+            "create it (`livemigrate backfill --create-destination` creates it with the "
+            "source's key schema and a stream) or set LIVEMIGRATE_DESTINATION_TABLE"
         )
     return f"check LIVEMIGRATE_{role.upper()}_TABLE, the region and the endpoint"
 

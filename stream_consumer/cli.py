@@ -10,20 +10,31 @@ Usage::
 
 Everything is checked (stream with NEW_AND_OLD_IMAGES, destination present, transform
 importable) before anything is read. Run several processes to share the shards.
+
+Exit codes (``livemigrate.exitcodes``): 0 when a continuous consumer is stopped by SIGTERM /
+Ctrl-C (checkpoints saved, leases released: that is how it ends) or ``--until-caught-up``
+caught up; with ``--until-caught-up``, 130 when stopped by a signal first and 4 when it stopped
+otherwise before catching up; 2 bad input (a metrics port in use, ...); 6 a service did not
+answer for too long.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import threading
 from dataclasses import dataclass
+from http.server import ThreadingHTTPServer
 
+from livemigrate.argtypes import non_negative_float, positive_float, positive_int
 from livemigrate.aws import AwsClients
 from livemigrate.clock import Clock, SystemClock
 from livemigrate.config import Settings
 from livemigrate.control import ControlStore
 from livemigrate.deadletters import DeadLetters, Origin
+from livemigrate.errors import ConfigError
+from livemigrate.exitcodes import ExitCode
 from livemigrate.migration import Migration, open_migration
 from livemigrate.process import stop_on_signals, worker_id
 from livemigrate.tables import require_stream
@@ -51,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--settle-seconds",
-        type=float,
+        type=non_negative_float,
         default=15.0,
         help="finalisation waits this long after the switch to real deletes (default 15)",
     )
@@ -64,23 +75,42 @@ def add_consumer_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="exit 0 once every open shard is read to its current end (scripts, tests)",
     )
-    parser.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    parser.add_argument(
+        "--metrics-port",
+        type=positive_int,
+        help="serve Prometheus metrics on this port (default: the `metrics_port` setting)",
+    )
     parser.add_argument(
         "--lease-seconds",
-        type=float,
+        type=positive_float,
         default=30.0,
         help="shard lease length: a dead consumer's shards are taken over after it (default 30)",
     )
-    parser.add_argument("--worker-id", help="lease owner name (default host-pid-random)")
-    parser.add_argument("--batch-size", type=int, default=1000, help="GetRecords limit")
-    parser.add_argument("--poll-interval", type=float, default=0.5, help="idle poll, seconds")
-    parser.add_argument("--apply-threads", type=int, default=8, help="parallel writes per batch")
+    parser.add_argument("--worker-id", help="lease owner name (default: host-pid-random)")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=1000, help="GetRecords limit (default: 1000)"
+    )
+    parser.add_argument(
+        "--poll-interval",
+        type=positive_float,
+        default=0.5,
+        help="idle poll, seconds (default: 0.5)",
+    )
+    parser.add_argument(
+        "--apply-threads",
+        type=positive_int,
+        default=8,
+        help="parallel writes per batch (default: 8)",
+    )
 
 
 def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> int:
     """The ``consume`` command; returns the exit status."""
     migration = open_migration(settings, clients)  # every check before anything is read
     stream_arn = require_stream(migration.source)
+    if args.metrics_port is None:
+        args.metrics_port = settings.metrics_port
+    _warn_without_destination_stream(migration)
     clock = SystemClock()
     if args.finalize_tombstones:
         purged = finalize_tombstones(migration, clock, settle_seconds=args.settle_seconds)
@@ -122,7 +152,7 @@ class ConsumerRun:
         metrics: Metrics,
     ) -> int:
         """Run until stopped (or caught up); the exit status. Serves metrics if asked."""
-        server = serve(metrics, args.metrics_port) if args.metrics_port else None
+        server = _serve(metrics, args.metrics_port) if args.metrics_port else None
         try:
             caught_up = run_consumer(
                 source,
@@ -143,9 +173,43 @@ class ConsumerRun:
             applier.close()
             if server is not None:
                 server.shutdown()
-        if args.until_caught_up and not caught_up:
-            return 130
-        return 0
+        if not args.until_caught_up or caught_up:
+            return ExitCode.OK  # a continuous consumer has no end: a stop by signal is success
+        if self.stop.is_set():
+            return ExitCode.INTERRUPTED
+        return ExitCode.INCOMPLETE
+
+
+def _serve(metrics: Metrics, port: int) -> ThreadingHTTPServer:
+    """The metrics server; a port already in use is the operator's to fix, not a crash."""
+    try:
+        return serve(metrics, port)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise ConfigError(
+            f"metrics port {port} is already in use",
+            "choose another --metrics-port (or LIVEMIGRATE_METRICS_PORT), or stop the process "
+            "that listens on it",
+        ) from exc
+
+
+def _warn_without_destination_stream(migration: Migration) -> None:
+    """The search sink and the reverse consumer read D's stream: say so if it has none."""
+    settings = migration.settings
+    readers = []
+    if settings.search_url and settings.search_alias:
+        readers.append("the search sink (`livemigrate search sync`)")
+    if settings.inverse_transform:
+        readers.append("the reverse consumer (`livemigrate reverse`)")
+    if readers and not migration.destination.stream_arn:
+        log.warning(
+            "the destination table %s has no stream, but %s reads it: enable a "
+            "NEW_AND_OLD_IMAGES stream on %s",
+            migration.destination.name,
+            " and ".join(readers),
+            migration.destination.name,
+        )
 
 
 def _auto_finalize(migration: Migration, settle: float, stop: threading.Event) -> None:

@@ -3,7 +3,7 @@
 Usage::
 
     livemigrate search sync [--until-caught-up]   # apply D's stream to <alias>-<migration id>
-    livemigrate search resync                     # rebuild from a scan of D, then move the alias
+    livemigrate search resync                     # rebuild from a scan of D (alias: see below)
     livemigrate search swap-alias [--index NAME]  # point the alias at the live index (cutover)
     livemigrate search cleanup                    # delete this migration's indices not in use
 
@@ -12,6 +12,12 @@ Options shared by all: ``--index-config FILE`` (JSON ``{"settings": {...}, "mapp
 plain item to its document, or None to leave it out; default: the item, JSON-safe). Settings
 used: ``search_url``, ``search_alias``, ``migration_id``, ``destination_table``,
 ``control_table``.
+
+``resync`` moves the application's alias to the rebuilt index only after the cutover (or when
+the alias already points at this migration's index); before it, the rebuilt index becomes the
+sink's live index and the cutover points the alias at it. ``--move-alias-before-cutover`` moves
+it anyway: the application then reads the new schema's documents while it still writes the
+source table.
 
 ``sync`` runs the shared consumer engine (leases, shard lineage, checkpoints) on the
 destination's stream under the consumer name ``search``: run several processes to share the
@@ -27,26 +33,30 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from livemigrate.argtypes import positive_float, positive_int
 from livemigrate.aws import AwsClients
 from livemigrate.clock import SystemClock
 from livemigrate.config import Settings
 from livemigrate.control import ControlStore
 from livemigrate.deadletters import DeadLetters
 from livemigrate.errors import ConfigError, ServiceUnreachable
+from livemigrate.exitcodes import ExitCode
+from livemigrate.failures import short
+from livemigrate.flag import open_flag_store
 from livemigrate.process import stop_on_signals, worker_id
 from livemigrate.search.backend import ElasticsearchBackend
 from livemigrate.search.batcher import BatchPolicy
 from livemigrate.search.documents import load_hook
 from livemigrate.search.indices import IndexConfig, live_index, load_index_config
 from livemigrate.search.resync import Resync, TableSource, cleanup, swap_to_live
-from livemigrate.search.sink import SearchSink, retention_warning
+from livemigrate.search.sink import SearchSink, SinkStats, retention_warning
 from livemigrate.search.targets import ControlTargets
 from livemigrate.tables import TableInfo, describe, require_stream
 
 log = logging.getLogger("livemigrate.search")
 
 CONSUMER = "search"
-EXIT_NOT_CAUGHT_UP = 130
+EXIT_NOT_CAUGHT_UP = ExitCode.INCOMPLETE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,19 +67,57 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="exit 0 once the destination stream has been read to its current end",
     )
-    sync.add_argument("--lease-seconds", type=float, default=30.0, help="shard lease (s)")
-    sync.add_argument("--worker-id", help="lease owner name (default host-pid-random)")
-    sync.add_argument("--poll-interval", type=float, default=0.5, help="idle poll, seconds")
-    sub.add_parser("resync", help="rebuild a fresh index from a scan of D, then move the alias")
+    sync.add_argument(
+        "--lease-seconds",
+        type=positive_float,
+        default=30.0,
+        help="a dead sink's shards are taken over after this (default: 30)",
+    )
+    sync.add_argument("--worker-id", help="lease owner name (default: host-pid-random)")
+    sync.add_argument(
+        "--poll-interval",
+        type=positive_float,
+        default=0.5,
+        help="idle poll, seconds (default: 0.5)",
+    )
+    resync = sub.add_parser(
+        "resync",
+        help="rebuild a fresh index from a scan of D (the alias moves only after the cutover)",
+    )
+    resync.add_argument(
+        "--move-alias-before-cutover",
+        action="store_true",
+        help="also point the application's alias at the rebuilt index before the cutover: the "
+        "application then reads new-schema documents while it still writes the source",
+    )
+    resync.add_argument(
+        "--flag-store",
+        choices=("control", "ssm"),
+        default="control",
+        help="where the cutover flag lives, to tell whether the cutover happened "
+        "(default: control)",
+    )
     swap = sub.add_parser("swap-alias", help="point the alias at the live index (one request)")
     swap.add_argument("--index", help="the index to point at (default: the sink's live index)")
     sub.add_parser("cleanup", help="delete this migration's indices the alias does not use")
-    for cmd in sub.choices.values():
-        cmd.add_argument("--index-config", help='JSON file {"settings": {}, "mappings": {}}')
-        cmd.add_argument("--document-hook", help="package.module:function, item -> document")
-        cmd.add_argument("--bulk-docs", type=int, default=500, help="documents per bulk request")
+    for cmd in (sync, resync):
         cmd.add_argument(
-            "--bulk-bytes", type=int, default=5 * 1024 * 1024, help="bytes per bulk request"
+            "--index-config", help='JSON file {"settings": {}, "mappings": {}} for a new index'
+        )
+        cmd.add_argument(
+            "--document-hook", help="package.module:function mapping an item to its document"
+        )
+        cmd.add_argument(
+            "--bulk-docs",
+            type=positive_int,
+            default=500,
+            help="documents per bulk request (default: 500)",
+        )
+        cmd.add_argument(
+            "--bulk-bytes",
+            type=positive_int,
+            default=5 * 1024 * 1024,
+            help="bytes per bulk request (default: 5 MiB)",
         )
 
 
@@ -123,8 +171,13 @@ def _context(args: argparse.Namespace, settings: Settings, clients: AwsClients) 
         store=store,
         backend=backend,
         targets=ControlTargets(store, live_index(settings.search_alias, settings.migration_id)),
-        config=load_index_config(args.index_config or settings.search_index_config),
-        policy=BatchPolicy(max_count=args.bulk_docs, max_bytes=args.bulk_bytes),
+        config=load_index_config(
+            getattr(args, "index_config", None) or settings.search_index_config
+        ),
+        policy=BatchPolicy(
+            max_count=getattr(args, "bulk_docs", 500),
+            max_bytes=getattr(args, "bulk_bytes", 5 * 1024 * 1024),
+        ),
     )
 
 
@@ -135,8 +188,8 @@ def _ping(backend: ElasticsearchBackend, url: str) -> None:
         backend.client.cluster.health()
     except (TransportError, ApiError) as exc:
         raise ServiceUnreachable(
-            f"Elasticsearch at {url} did not answer: {exc}",
-            "start it (make services) or fix LIVEMIGRATE_SEARCH_URL",
+            f"Elasticsearch at {url} did not answer: {short(exc)}",
+            "check that the node is up and reachable, or fix LIVEMIGRATE_SEARCH_URL",
         ) from exc
 
 
@@ -173,10 +226,18 @@ def _sync(args: argparse.Namespace, ctx: Context) -> int:
         caught_up = _consume(args, ctx, sink, stream_arn, metrics=metrics, stop=stop)
     finally:
         sink.close()
-    print(f"search sync stopped ({'caught up' if caught_up else 'stopped'}): {sink.stats}")
+    print(f"search sync stopped ({'caught up' if caught_up else 'stopped'}): {_stats(sink.stats)}")
     if args.until_caught_up and not caught_up:
         return EXIT_NOT_CAUGHT_UP
     return 0
+
+
+def _stats(stats: SinkStats) -> str:
+    return (
+        f"indexed {stats.indexed}, deleted {stats.deleted}, tombstones {stats.tombstoned}, "
+        f"stale skipped {stats.stale}, dead-lettered {stats.dead_lettered}, retried "
+        f"{stats.retried}, lag {stats.lag_seconds:.1f}s"
+    )
 
 
 def _consume(
@@ -233,12 +294,40 @@ def _resync(args: argparse.Namespace, ctx: Context) -> int:
         config=ctx.config,
         policy=ctx.policy,
     )
-    report = resync.run(TableSource(ctx.clients.dynamodb, dest.name, dest.key_names))
+    cut_over = _cut_over(args, ctx)
+    move = True if (cut_over or args.move_alias_before_cutover) else None
+    report = resync.run(
+        TableSource(ctx.clients.dynamodb, dest.name, dest.key_names), move_alias=move
+    )
     print(
-        f"resync: alias {ctx.alias} -> {report.index}; scanned {report.scanned}, created "
-        f"{report.created}, superseded by live writes {report.superseded}, skipped "
-        f"{report.skipped}, dead-lettered {report.dead_lettered}, tombstones purged "
-        f"{report.tombstones_purged}; previous index kept: {', '.join(report.previous) or '-'} "
+        f"resync: built {report.index}; scanned {report.scanned}, created {report.created}, "
+        f"superseded by live writes {report.superseded}, skipped {report.skipped}, "
+        f"dead-lettered {report.dead_lettered}, tombstones purged {report.tombstones_purged}"
+    )
+    behind = ", ".join(report.alias_indices) or "nothing"
+    if report.alias_moved:
+        print(f"  alias {ctx.alias} -> {report.index}")
+    else:
+        print(
+            f"  alias {ctx.alias} left on {behind}: the cutover has not happened, so the "
+            f"application keeps reading it; the cutover points it at {report.index} "
+            "(--move-alias-before-cutover moves it now)"
+        )
+    print(
+        f"  previous index kept: {', '.join(report.previous) or '-'} "
         "(delete with `livemigrate search cleanup`)"
     )
-    return 0
+    return ExitCode.OK if not report.dead_lettered else ExitCode.NOT_MIGRATED
+
+
+def _cut_over(args: argparse.Namespace, ctx: Context) -> bool:
+    """Whether the flag names the destination (the application reads new-schema documents)."""
+    settings = ctx.settings
+    flags = open_flag_store(
+        args.flag_store,
+        ctx.store,
+        ctx.clients.ssm,
+        settings.source_table,
+        settings.destination_table,
+    )
+    return flags.read().active == "destination"

@@ -16,8 +16,15 @@ index is lost or mis-mapped. It applies the backfill's rules to documents:
    documents with ``_delete_by_query`` (conditional per document, a newer write survives);
    a sink batch that read ``scanning`` before the mark purges its own tombstones afterwards
    (see ``SearchSink._settle_tombstones``);
-5. point the alias at the new index in one atomic ``_aliases`` request, and make it the
-   sink's only live index. The previous index is kept until ``livemigrate search cleanup``.
+5. make it the sink's only live index and, only when that is safe, point the alias at it in
+   one atomic ``_aliases`` request. The previous index is kept until ``livemigrate search
+   cleanup``.
+
+The alias is the application's: before the cutover it serves the old schema's documents, so a
+resync never moves it then (the cutover points it at the sink's live index, which is now the
+new one). It moves when the alias already points at one of this migration's indices (after the
+cutover, or a ``swap-alias``), or when the caller says so (``move_alias=True``: the CLI passes
+it after the cutover or with ``--move-alias-before-cutover``).
 
 Why it is complete: every change committed to the destination before step 2 is seen by the
 scan (it reads after step 2), and every stream record a sink reads after step 2 is applied to
@@ -59,6 +66,8 @@ class ResyncReport:
     dead_lettered: int = 0
     tombstones_purged: int = 0
     previous: tuple[str, ...] = ()  # indices replaced (the alias's and the sink's): kept
+    alias_moved: bool = False
+    alias_indices: tuple[str, ...] = ()  # what the alias points at after the resync
 
 
 @dataclass(frozen=True)
@@ -112,7 +121,11 @@ class Resync:
         self.retry = retry or RetryPolicy()
         self.clock = clock or SystemClock()
 
-    def run(self, source: TableSource, epoch: int | None = None) -> ResyncReport:
+    def run(
+        self, source: TableSource, epoch: int | None = None, *, move_alias: bool | None = None
+    ) -> ResyncReport:
+        """Rebuild the index; ``move_alias`` None: move it only if it is already this
+        migration's (see the module docstring), True: move it, False: leave it."""
         epoch = int(time.time()) if epoch is None else epoch
         report = ResyncReport(resync_index(self.alias, self.migration_id, epoch))
         self.backend.create_index(report.index, self.config.settings, self.config.mappings)
@@ -121,12 +134,24 @@ class Resync:
         self.load(source, report)
         self.targets.record(building_state=READY)
         report.tombstones_purged = self.backend.delete_tombstones(report.index)
-        replaced = set(self.backend.swap_alias(self.alias, report.index))
-        replaced.add(self.targets.current().indices[0])  # the sink's live index until now
+        replaced = {self.targets.current().indices[0]}  # the sink's live index until now
+        if move_alias is None:
+            move_alias = self._alias_is_ours()
+        if move_alias:
+            replaced.update(self.backend.swap_alias(self.alias, report.index))
+            report.alias_moved = True
         report.previous = tuple(sorted(replaced - {report.index}))
         self.targets.clear_building(report.index)
-        log.info("resync: alias %s -> %s (%s)", self.alias, report.index, report)
+        report.alias_indices = tuple(self.backend.alias_indices(self.alias))
+        log.info("resync: %s built (alias moved: %s)", report.index, report.alias_moved)
         return report
+
+    def _alias_is_ours(self) -> bool:
+        """The alias points only at this migration's indices (the application reads them)."""
+        current = self.backend.alias_indices(self.alias)
+        return bool(current) and all(
+            owned_by(name, self.alias, self.migration_id) for name in current
+        )
 
     # -- put-if-absent load ----------------------------------------------------------------
     def load(self, source: TableSource, report: ResyncReport) -> None:

@@ -4,21 +4,33 @@ See ``livemigrate.verify.engine`` for the method (bucket digests, item diffs onl
 buckets, consistent rechecks) and ``livemigrate.verify.repair`` for the ``--repair`` rule. The
 result is written to the control table (``VERIFY`` item), where the cutover gate reads it.
 
-Exit codes: 0 parity, 1 differences, 2 errors.
+Exit codes (``livemigrate.exitcodes``): 0 parity, 1 differences, 5 parity of what transforms
+but source items whose transform fails (they are not in the destination), 2 bad input, 6 a
+service did not answer. Without ``--repair`` the command is read-only apart from its ``VERIFY``
+result: it never creates the control table or records the migration.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import asdict
 from typing import Any
 
+from livemigrate.argtypes import non_negative_float, non_negative_int, positive_int
 from livemigrate.aws import AwsClients
 from livemigrate.clock import Clock, SystemClock
 from livemigrate.config import Settings
 from livemigrate.control import ControlStore
-from livemigrate.migration import Migration, open_migration
+from livemigrate.deadletters import DeadLetters
+from livemigrate.destination import DestinationWriter
+from livemigrate.errors import PreflightError
+from livemigrate.exitcodes import ExitCode
+from livemigrate.migration import META, Migration, inverse_transform, open_migration
+from livemigrate.status import to_json
+from livemigrate.tables import describe
+from livemigrate.transform import Transformer, load_transform
 from livemigrate.verify.engine import KINDS, Hooks, Verifier, VerifyOptions, VerifyReport
 from livemigrate.verify.repair import Repairer
 
@@ -30,30 +42,46 @@ __all__ = ["Hooks", "VerifyOptions", "VerifyReport", "add_arguments", "run", "ve
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument(
+    add = parser.add_argument
+    add("--json", action="store_true", help="print the report as JSON on stdout")
+    add(
         "--repair",
         action="store_true",
-        help="fix missing items and backfill-written differences through the version rule",
+        help="fix missing items and backfill-written differences through the version rule "
+        "(the search index is not repaired: run `livemigrate search resync` for it)",
     )
-    parser.add_argument("--buckets", type=int, help="digest buckets (default: from table size)")
-    parser.add_argument("--segments", type=int, help="parallel scan segments (default: workers)")
-    parser.add_argument("--recheck-wait", type=float, default=2.0, help="seconds (default 2)")
-    parser.add_argument("--recheck-rounds", type=int, default=3, help="default 3")
-    parser.add_argument("--examples", type=int, default=5, help="examples per kind (default 5)")
-    parser.add_argument(
+    add("--buckets", type=positive_int, help="digest buckets (default: chosen from the table size)")
+    add(
+        "--segments",
+        type=positive_int,
+        help="parallel scan segments (default: the `workers` setting)",
+    )
+    add(
+        "--recheck-wait",
+        type=non_negative_float,
+        default=2.0,
+        help="seconds between rechecks of a difference (default: 2)",
+    )
+    add(
+        "--recheck-rounds",
+        type=non_negative_int,
+        default=3,
+        help="rechecks of a difference (default: 3)",
+    )
+    add("--examples", type=non_negative_int, default=5, help="examples shown per kind (default: 5)")
+    add(
         "--max-items-in-memory",
-        type=int,
+        type=positive_int,
         default=200_000,
-        help="items of differing buckets held at once (default 200000)",
+        help="items of differing buckets held at once (default: 200000)",
     )
-    parser.add_argument(
+    add(
         "--consumer-wait",
-        type=float,
+        type=non_negative_float,
         default=30.0,
-        help="longest wait for the consumer to pass a difference before a recheck (default 30)",
+        help="longest wait for the consumer to pass a difference before a recheck (default: 30)",
     )
-    parser.add_argument("--no-search", action="store_true", help="skip the search index check")
+    add("--no-search", action="store_true", help="skip the search index check")
 
 
 def options_from(args: argparse.Namespace, settings: Settings) -> VerifyOptions:
@@ -174,17 +202,72 @@ def render(report: VerifyReport) -> str:
         counts = ", ".join(f"{k} {s.get(k, 0)}" for k in KINDS)
         state = "ok" if s.get("passed") else f"FAILED {s.get('error', '')}"
         lines.append(f"  search index {s.get('index')}: {state} ({counts})")
+        if not s.get("passed"):
+            lines.append(
+                "    fix: `livemigrate search resync` rebuilds the index from the destination "
+                "(--repair repairs the destination table only, never the search index)"
+            )
     return "\n".join(lines)
 
 
+def open_for_verify(settings: Settings, clients: AwsClients) -> Migration:
+    """The migration to verify, read without writing (no control table created, no META).
+
+    Raises ``PreflightError`` when nothing has run for the migration yet.
+    """
+    store = ControlStore(clients.dynamodb, settings.control_table, settings.migration_id)
+    if not store.exists() or store.get(META) is None:
+        raise PreflightError(
+            f"nothing to verify: migration {settings.migration_id!r} has not started (no record "
+            f"in control table {settings.control_table!r})",
+            "start it with `livemigrate consume` and `livemigrate backfill`, then verify "
+            "(check the migration id and LIVEMIGRATE_CONTROL_TABLE if it did run)",
+        )
+    source = describe(clients.dynamodb, settings.source_table, "source")
+    destination = describe(clients.dynamodb, settings.destination_table, "destination")
+    transformer = Transformer(
+        load_transform(settings.transform), destination.key_names, destination.key_types
+    )
+    writer = DestinationWriter(
+        clients.dynamodb,
+        settings.destination_table,
+        destination.key_names,
+        settings.migration_id,
+        mark_deletes=inverse_transform(settings, store.get(META) or {}) is not None,
+    )
+    return Migration(
+        settings, clients, store, DeadLetters(store), source, destination, transformer, writer
+    )
+
+
+def exit_code(report: VerifyReport) -> ExitCode:
+    """Differences first; then items that exist in the source but could not be migrated."""
+    if not report.passed:
+        return ExitCode.DIFFERENCES
+    if report.transform_errors:
+        return ExitCode.NOT_MIGRATED
+    return ExitCode.OK
+
+
 def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> int:
-    """CLI entry: 0 on parity, 1 on differences."""
-    migration = open_migration(settings, clients, require_source_stream=False)
+    """CLI entry; see the module docstring for exit codes."""
+    if args.repair:
+        migration = open_migration(settings, clients, require_source_stream=False)
+    else:
+        migration = open_for_verify(settings, clients)
     report = verify(
         migration, options_from(args, settings), repair=args.repair, search=not args.no_search
     )
+    code = exit_code(report)
     if args.json:
-        print(json.dumps(asdict(report), indent=2, sort_keys=True, default=str))
+        print(json.dumps(to_json(asdict(report)), indent=2, sort_keys=True))
     else:
         print(render(report))
-    return 0 if report.passed else 1
+    if code == ExitCode.NOT_MIGRATED:
+        print(
+            f"verify: {report.transform_errors} source item(s) fail the transform and are NOT "
+            "in the destination (they are dead letters).\n  fix: see them with `livemigrate "
+            "status`, fix the transform or the items, or acknowledge them at the cutover",
+            file=sys.stderr,
+        )
+    return code

@@ -13,6 +13,7 @@ from livemigrate.cli import main
 from livemigrate.config import Settings
 from livemigrate.control import ControlStore
 from livemigrate.deadletters import DeadLetters
+from livemigrate.exitcodes import ExitCode
 from tests.integration.test_backfill_support import (
     destination,
     fill,
@@ -82,7 +83,9 @@ def test_transform_that_raises_dead_letters_the_item_and_the_run_continues(
     clients: AwsClients, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = tables(clients, 40, transform=f"{SUPPORT}:raising_transform")
-    assert command(monkeypatch, settings, *FAST) == 0
+    assert (
+        command(monkeypatch, settings, *FAST) == ExitCode.NOT_MIGRATED
+    )  # complete, items not migrated
     letters = list(DeadLetters(store_of(settings, clients)).list())
     failing = [i for i in range(40) if i % 7 == 0]
     assert len(letters) == len(failing)
@@ -97,7 +100,9 @@ def test_output_without_destination_keys_is_dead_lettered(
     clients: AwsClients, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settings = tables(clients, 30, transform=f"{SUPPORT}:keyless_transform")
-    assert command(monkeypatch, settings, *FAST) == 0
+    assert (
+        command(monkeypatch, settings, *FAST) == ExitCode.NOT_MIGRATED
+    )  # complete, items not migrated
     letters = list(DeadLetters(store_of(settings, clients)).list())
     assert len(letters) == 6  # every 5th of 30
     assert all("lacks destination key attribute 'sk'" in x.reason for x in letters)
@@ -110,7 +115,9 @@ def test_oversized_output_is_dead_lettered_with_its_size(
     settings = tables(clients, 10, transform=f"{SUPPORT}:bloating_transform")
     big = {"pk": "section-outbox|big", "sk": "msg-999999", "createdAt": Decimal(1), "big": True}
     fill(clients.dynamodb, settings.source_table, [big])
-    assert command(monkeypatch, settings, *FAST) == 0
+    assert (
+        command(monkeypatch, settings, *FAST) == ExitCode.NOT_MIGRATED
+    )  # complete, items not migrated
     (letter,) = DeadLetters(store_of(settings, clients)).list()
     assert "bytes; DynamoDB's limit is 409600 bytes" in letter.reason
     assert '"msg-999999"' in letter.key

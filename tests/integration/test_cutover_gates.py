@@ -13,6 +13,7 @@ from livemigrate import cli
 from livemigrate.aws import AwsClients
 from livemigrate.control import ControlStore
 from livemigrate.deadletters import DeadLetters
+from livemigrate.exitcodes import ExitCode
 from livemigrate.flag import ControlFlagStore, FlagConflict, SsmFlagStore
 from tests.services import unique
 
@@ -109,7 +110,7 @@ def test_each_unmet_gate_refuses_the_cutover_with_its_reason(
     message: str,
 ) -> None:
     breaks(store)
-    assert cli.main(["cutover"]) == 1
+    assert cli.main(["cutover"]) == ExitCode.GATES_UNMET
     out = capsys.readouterr().out
     assert message in out
     assert "cutover refused: 1 gate(s) unmet" in out
@@ -121,7 +122,7 @@ def test_every_unmet_gate_is_listed(
 ) -> None:
     for _, breaks, _ in GATES:
         breaks(store)
-    assert cli.main(["cutover", "--dry-run"]) == 1
+    assert cli.main(["cutover", "--dry-run"]) == ExitCode.GATES_UNMET
     out = capsys.readouterr().out
     assert "cutover refused: 5 gate(s) unmet" in out
     for _, _, message in GATES:
@@ -133,7 +134,7 @@ def test_stale_heartbeat_and_verify_before_backfill_end_are_refused(
 ) -> None:
     store.update("CONSUMER#source", {"heartbeat_at": time.time() - 120})
     store.update("VERIFY", {"at": time.time() - 3600})
-    assert cli.main(["cutover", "--dry-run"]) == 1
+    assert cli.main(["cutover", "--dry-run"]) == ExitCode.GATES_UNMET
     out = capsys.readouterr().out
     assert "it is not running" in out
     assert "ran before the backfill completed" in out
@@ -224,7 +225,7 @@ def test_rollback_within_the_window_flips_back_and_warns(
     assert "active table is now orders (epoch 2)" in out
     assert "not in the source table" in out
     assert flags.read().active == "source"
-    assert cli.main(["rollback"]) == 1  # nothing left to roll back
+    assert cli.main(["rollback"]) == ExitCode.GATES_UNMET  # nothing left to roll back
     assert "nothing to roll back" in capsys.readouterr().out
 
 
@@ -234,12 +235,12 @@ def test_rollback_outside_the_window_is_refused_unless_forced(
     flags = ControlFlagStore(store)
     flag = flags.read()
     flags.write(flag.flipped("destination", time.time() - 7200), flag.epoch)
-    assert cli.main(["rollback"]) == 1
+    assert cli.main(["rollback"]) == ExitCode.GATES_UNMET
     assert "outside the 3600s window" in capsys.readouterr().out
     assert flags.read().active == "destination"
     inverse = ["--inverse-transform", "livemigrate.examples.hot_outbox:inverse"]
     # An inverse transform without a running reverse consumer would lose writes: refused too.
-    assert cli.main(["rollback", *inverse]) == 1
+    assert cli.main(["rollback", *inverse]) == ExitCode.GATES_UNMET
     assert "the reverse consumer has never run" in capsys.readouterr().out
     assert flags.read().active == "destination"
     assert cli.main(["rollback", "--force", *inverse]) == 0
@@ -254,7 +255,7 @@ def test_fenced_cutover_whose_consumer_does_not_drain_lifts_the_fence_and_flips_
 ) -> None:
     # GIVEN a consumer that heartbeated once (gates pass) and then stopped
     args = ["cutover", "--fenced", "--client-ttl", "0.1", "--consumer-margin", "0"]
-    assert cli.main([*args, "--drain-timeout", "0.5"]) == 2
+    assert cli.main([*args, "--drain-timeout", "0.5"]) == ExitCode.GATES_UNMET
     captured = capsys.readouterr()
     assert "writers fenced at epoch 1" in captured.out
     assert "did not drain" in captured.err

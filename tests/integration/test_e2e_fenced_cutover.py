@@ -168,9 +168,10 @@ def backfill_verify_cut_over(env: dict[str, str], store: ControlStore) -> dict[s
     assert verify.returncode == 0, verify.stdout[-3000:] + verify.stderr[-2000:]
     cutover = cli(env, "cutover", "--fenced", "--checked-writes", "--json")
     assert cutover.returncode == 0, cutover.stdout + cutover.stderr[-3000:]
-    assert "[ok]   reverse consumer (lossless rollback)\n" in cutover.stdout
-    result: dict[str, Any] = json.loads(cutover.stdout.strip().splitlines()[-1])
-    assert result["write_pause"] is not None and result["write_pause"] > 0
+    # --json: only the JSON result on stdout; the gate lines for people went to stderr
+    assert "[ok]   reverse consumer (lossless rollback)\n" in cutover.stderr
+    result: dict[str, Any] = json.loads(cutover.stdout)
+    assert result["write_pause_seconds"] is not None and result["write_pause_seconds"] > 0
     return result
 
 

@@ -11,6 +11,7 @@ from elasticsearch import Elasticsearch
 from livemigrate.aws import AwsClients
 from livemigrate.cutover import Cutover, CutoverOptions, search_switch
 from livemigrate.cutover_rollback import Rollback
+from livemigrate.exitcodes import ExitCode
 from livemigrate.flag import ControlFlagStore
 from livemigrate.items import to_plain
 from livemigrate.migration import Migration, open_migration
@@ -117,7 +118,7 @@ def test_cutover_swaps_the_alias_atomically_and_rollback_swaps_it_back(
 
     # GIVEN the new index does not exist: the search gate refuses
     refused = Cutover(store, flags, options, search=switch, out=lines.append).run()
-    assert refused.code == 1
+    assert refused.code == ExitCode.GATES_UNMET
     assert any("does not exist" in line for line in lines)
 
     backend.create_index(switch.index, {"number_of_shards": 1, "number_of_replicas": 0}, {})

@@ -16,6 +16,7 @@ from livemigrate.cutover import CutoverOptions
 from livemigrate.cutover_rollback import ROLLBACK_ITEM, Rollback
 from livemigrate.errors import PreflightError
 from livemigrate.examples.hot_outbox import inverse, transform
+from livemigrate.exitcodes import ExitCode
 from livemigrate.flag import Flag
 from livemigrate.gates import CONSUMER_REVERSE, Policy, Snapshot, reverse_gate, reverse_problems
 from livemigrate.items import to_typed
@@ -253,7 +254,7 @@ def rollback(
 
 def test_rollback_with_an_inverse_but_no_reverse_consumer_is_refused() -> None:
     code, flags, store, out = rollback(inverse_transform=INVERSE_FN)
-    assert code == 1
+    assert code == ExitCode.GATES_UNMET
     assert flags.flag == CUT_OVER  # not flipped
     assert ROLLBACK_ITEM not in store.items
     assert "reverse consumer has never run" in "\n".join(out)
@@ -282,7 +283,7 @@ def test_rollback_with_a_running_reverse_consumer_keeps_the_writes() -> None:
 
 def test_fenced_rollback_needs_an_inverse() -> None:
     code, flags, store, out = rollback(options=CutoverOptions(fenced=True))
-    assert code == 1
+    assert code == ExitCode.GATES_UNMET
     assert flags.flag == CUT_OVER
     assert ROLLBACK_ITEM not in store.items
     assert "--fenced" in out[0] and "no inverse transform" in out[0]
