@@ -32,6 +32,7 @@ from typing import Any, Final
 from livemigrate.records import StreamRecord
 from livemigrate.versioning import (
     DELETE_ATTR,
+    OWNER_ATTR,
     REVERSE_DELETE_ATTR,
     REVERSE_SEQ_ATTR,
     SEQ_ATTR,
@@ -47,9 +48,10 @@ class Marks:
     seq_attr: str
     delete_attr: str
     tombstone_attr: str | None = None  # only the forward direction writes tombstones
+    owner_attr: str | None = None  # only forward items record their source item (rule 12)
 
 
-FORWARD: Final = Marks("forward", SEQ_ATTR, DELETE_ATTR, TOMBSTONE_ATTR)
+FORWARD: Final = Marks("forward", SEQ_ATTR, DELETE_ATTR, TOMBSTONE_ATTR, OWNER_ATTR)
 REVERSE: Final = Marks("reverse", REVERSE_SEQ_ATTR, REVERSE_DELETE_ATTR)
 
 
