@@ -1,0 +1,238 @@
+"""Hypothesis: a destination key handed between source items on different shards (rule 12).
+
+The migration is a by-email lookup table (``livemigrate.examples.by_email``): the destination
+key comes from the ``email`` attribute, so one shared address passes from user to user. The
+users live on different shards of a ``ScriptedStream`` whose shards number their records
+independently (``seq_offsets``: either shard's numbers may be the higher ones), so sequence
+numbers of two users order nothing.
+
+A scenario is a history of source writes (a user takes the shared address while nobody holds
+it, gives it up for a private one, is updated, deleted, or gets an address the transform
+refuses and later a valid one again) interleaved with the consumer applying each shard's
+records in batches (either shard lagging arbitrarily), with crashes before the checkpoint (the
+batch comes again), in tombstone mode, real-delete mode, or switching between them. The real
+``DestinationApplier`` reads the source as it is when it applies (never older than the records
+it applied). Expected: the destination equals the transform of the final source exactly, and
+the only dead letters are the records whose new image the transform refuses.
+
+``ModelWriter`` (tests/unit/test_consumer_model.py) holds the destination here;
+tests/integration/test_consumer_handoff.py runs the same scenarios against moto.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from livemigrate.clock import FakeClock
+from livemigrate.destination import DestinationWriter
+from livemigrate.examples.by_email import transform
+from livemigrate.items import TypedItem, key_id, to_plain, to_typed
+from livemigrate.ownership import OwnershipRecords
+from livemigrate.records import ApplyFailure, StreamRecord
+from livemigrate.transform import Transformer
+from stream_consumer.applier import DestinationApplier
+from stream_consumer.metrics import Metrics
+from stream_consumer.scripted import ScriptedStream, ScriptedTable
+from tests.unit.test_consumer_model import ModelWriter, SwitchableMode
+
+TRANSFORM = Transformer(transform, ("pk", "sk"), {"pk": "S", "sk": "S"})
+WRITES = ("take", "take", "give", "touch", "delete", "bad", "fix")
+
+
+class MemoryOwnership(OwnershipRecords):
+    """``OwnershipRecords`` in a dict (the control table is not what these tests are about)."""
+
+    def __init__(self) -> None:
+        self.keys: dict[str, list[TypedItem]] = {}
+        self.collisions = 0
+
+    def remember(self, owner: str, keys: Any, seq: str) -> None:
+        self.keys[owner] = list(keys)
+
+    def owned(self, owner: str) -> list[TypedItem]:
+        return list(self.keys.get(owner, []))
+
+    def count_collision(self) -> None:
+        self.collisions += 1
+
+
+@dataclass(frozen=True)
+class Scenario:
+    offsets: tuple[int, int]  # per shard: how far its sequence numbers start above the other's
+    steps: list[tuple[str, int, int, bool]]  # ("write", user, what, _) | ("apply", shard, n, crash)
+    mode: str  # "tombstones" | "deletes" | "switch"
+    switch_at: int
+
+
+def scenarios() -> st.SearchStrategy[Scenario]:
+    write = st.tuples(
+        st.just("write"), st.integers(0, 2), st.integers(0, len(WRITES) - 1), st.just(False)
+    )
+    apply = st.tuples(st.just("apply"), st.integers(0, 1), st.integers(1, 4), st.booleans())
+    return st.builds(
+        Scenario,
+        offsets=st.tuples(st.integers(0, 8), st.integers(0, 8)),
+        steps=st.lists(st.one_of(write, apply), min_size=2, max_size=30),
+        mode=st.sampled_from(["tombstones", "deletes", "switch"]),
+        switch_at=st.integers(0, 30),
+    )
+
+
+def users_on_both_shards(stream: ScriptedStream, tag: str) -> list[TypedItem]:
+    """Three user keys: the first two on different shards, the third anywhere."""
+    found: dict[str, TypedItem] = {}
+    extra: list[TypedItem] = []
+    for n in itertools.count():
+        key = to_typed({"pk": f"user|{tag}|{n}", "sk": "profile"})
+        shard = stream.shard_for(key)
+        if shard not in found:
+            found[shard] = key
+        elif not extra:
+            extra.append(key)
+        if len(found) == 2 and extra:
+            return [*found.values(), *extra]
+    raise AssertionError("unreachable")
+
+
+class Harness:
+    """The source, its scripted stream, and the consumer's per-shard positions."""
+
+    def __init__(
+        self,
+        writer: DestinationWriter,
+        s: Scenario,
+        tag: str = "",
+        source_reader: Callable[[TypedItem], TypedItem | None] | None = None,
+    ) -> None:
+        self.stream = ScriptedStream(FakeClock(), shards=2, seq_offsets=s.offsets)
+        self.table = ScriptedTable(self.stream)
+        self.tag = tag or uuid.uuid4().hex[:8]
+        self.shared = f"shared-{self.tag}@x"
+        self.users = users_on_both_shards(self.stream, self.tag)
+        self.shards = self.stream.open_shards()
+        self.positions = dict.fromkeys(self.shards, 0)
+        self.real = False
+        self.dead: list[str] = []
+        self.ownership = MemoryOwnership()
+        self.applier = DestinationApplier(
+            TRANSFORM,
+            writer,
+            SwitchableMode(lambda: self.real),
+            Metrics("source"),
+            threads=2,
+            source=source_reader or self.table.get,
+            ownership=self.ownership,
+        )
+        self.version = 0
+
+    # -- the application ------------------------------------------------------------------
+    def holder(self) -> int | None:
+        for n, key in enumerate(self.users):
+            item = self.table.get(key)
+            if item is not None and item.get("email") == {"S": self.shared}:
+                return n
+        return None
+
+    def write(self, user: int, what: str) -> None:
+        """One application write, only where it keeps one holder of the shared address."""
+        key = self.users[user]
+        item = self.table.get(key)
+        self.version += 1
+        private = f"own-{user}-{self.tag}@x"
+        emails = {
+            "take": self.shared if self.holder() is None else None,
+            "give": private if self.holder() == user else None,
+            "touch": None if item is None else to_plain(item).get("email", private),
+            "bad": "not-an-address",
+            "fix": private if item is not None and "@" not in str(item.get("email")) else None,
+        }
+        if what == "delete":
+            self.table.delete(key)
+            return
+        email = emails[what]
+        if email is not None:
+            self.table.put(to_typed({**to_plain(key), "email": email, "v": self.version}))
+
+    def fix_all(self) -> None:
+        for user in range(len(self.users)):
+            self.write(user, "fix")
+
+    # -- the consumer ---------------------------------------------------------------------
+    def records(self, shard: str) -> list[StreamRecord]:
+        page = self.stream.get_records(self.stream.iterator(shard, None), 100_000)
+        return [StreamRecord.from_boto(r, shard) for r in page.records]
+
+    def pump(self, shard: str, n: int, crash: bool) -> None:
+        batch = self.records(shard)[self.positions[shard] : self.positions[shard] + n]
+        if not batch:
+            return
+        if crash:  # died before the checkpoint: the batch comes again
+            self.deliver(batch, count=False)
+        self.deliver(batch)
+        self.positions[shard] += len(batch)
+
+    def deliver(self, batch: list[StreamRecord], *, count: bool = True) -> None:
+        """What the engine does: dead-letter a record that cannot be retried, go on after it."""
+        pending = list(batch)
+        while pending:
+            try:
+                self.applier.apply(pending)
+                return
+            except ApplyFailure as failure:
+                assert not failure.retryable, failure.reason
+                if count:
+                    self.dead.append(failure.reason)
+                pending = pending[failure.index + 1 :]
+
+    def drain(self) -> None:
+        for shard in self.shards:
+            self.pump(shard, 100_000, False)
+
+    def expected(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for item in self.table.scan():
+            for typed in TRANSFORM.run(to_plain(item)):
+                out[key_id({"pk": typed["pk"], "sk": typed["sk"]})] = to_plain(typed)
+        return out
+
+
+def play(
+    s: Scenario,
+    writer: DestinationWriter,
+    tombstones: Callable[[], Iterator[tuple[TypedItem, str]]],
+    harness: Harness | None = None,
+) -> Harness:
+    h = harness or Harness(writer, s)
+    h.real = s.mode == "deletes"
+    try:
+        for n, (what, a, b, crash) in enumerate(s.steps):
+            if s.mode == "switch" and n == s.switch_at:
+                h.real = True
+            if what == "write":
+                h.write(a, WRITES[b])
+            else:
+                h.pump(h.shards[a], b, crash)
+        h.fix_all()
+        h.drain()
+        h.real = True
+        for key, seq in list(tombstones()):
+            writer.purge_tombstone(key, seq)
+    finally:
+        h.applier.close()
+    return h
+
+
+@given(scenarios())
+def test_a_key_handed_between_shards_ends_as_the_transform_of_the_source(s: Scenario) -> None:
+    writer = ModelWriter()
+    h = play(s, writer, lambda: iter(writer.tombstones()))
+    assert writer.visible() == h.expected()
+    assert all(reason.startswith("transform failed") for reason in h.dead), h.dead
+    assert h.ownership.collisions == 0
