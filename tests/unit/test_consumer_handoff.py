@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from livemigrate.clock import FakeClock
@@ -43,7 +43,8 @@ from stream_consumer.scripted import ScriptedStream, ScriptedTable
 from tests.unit.test_consumer_model import ModelWriter, SwitchableMode
 
 TRANSFORM = Transformer(transform, ("pk", "sk"), {"pk": "S", "sk": "S"})
-WRITES = ("take", "take", "give", "touch", "delete", "bad", "fix")
+# Handoffs are what this is about: most writes move the shared address.
+WRITES = ("take", "give", "take", "give", "take", "give", "touch", "delete", "bad", "fix")
 
 
 class MemoryOwnership(OwnershipRecords):
@@ -69,6 +70,7 @@ class Scenario:
     steps: list[tuple[str, int, int, bool]]  # ("write", user, what, _) | ("apply", shard, n, crash)
     mode: str  # "tombstones" | "deletes" | "switch"
     switch_at: int
+    drain_first: int = 0  # which shard the final catch-up reads first
 
 
 def scenarios() -> st.SearchStrategy[Scenario]:
@@ -82,6 +84,7 @@ def scenarios() -> st.SearchStrategy[Scenario]:
         steps=st.lists(st.one_of(write, apply), min_size=2, max_size=30),
         mode=st.sampled_from(["tombstones", "deletes", "switch"]),
         switch_at=st.integers(0, 30),
+        drain_first=st.integers(0, 1),
     )
 
 
@@ -141,14 +144,23 @@ class Harness:
         return None
 
     def write(self, user: int, what: str) -> None:
-        """One application write, only where it keeps one holder of the shared address."""
+        """One application write, only where it keeps one holder of the shared address.
+
+        "give" is the holder's (if any): ``user`` 0 takes a private address, 1 deletes the
+        holder, 2 gives it an address the transform refuses.
+        """
+        if what == "give":
+            holder = self.holder()
+            if holder is not None:
+                self.write(holder, ("give_private", "delete", "bad")[user])
+            return
         key = self.users[user]
         item = self.table.get(key)
         self.version += 1
         private = f"own-{user}-{self.tag}@x"
         emails = {
             "take": self.shared if self.holder() is None else None,
-            "give": private if self.holder() == user else None,
+            "give_private": private,
             "touch": None if item is None else to_plain(item).get("email", private),
             "bad": "not-an-address",
             "fix": private if item is not None and "@" not in str(item.get("email")) else None,
@@ -191,8 +203,8 @@ class Harness:
                     self.dead.append(failure.reason)
                 pending = pending[failure.index + 1 :]
 
-    def drain(self) -> None:
-        for shard in self.shards:
+    def drain(self, first: int = 0) -> None:
+        for shard in (self.shards[first], self.shards[1 - first]):
             self.pump(shard, 100_000, False)
 
     def expected(self) -> dict[str, dict[str, Any]]:
@@ -220,7 +232,7 @@ def play(
             else:
                 h.pump(h.shards[a], b, crash)
         h.fix_all()
-        h.drain()
+        h.drain(s.drain_first)
         h.real = True
         for key, seq in list(tombstones()):
             writer.purge_tombstone(key, seq)
@@ -229,6 +241,17 @@ def play(
     return h
 
 
+# u0 (shard 0, numbering 8 records higher) gives the address up, u1 (shard 1) takes it; the
+# tombstone u0 leaves has the higher sequence number.
+GIVE_AND_TAKE = Scenario(
+    offsets=(8, 0),
+    steps=[("write", 0, 0, False), ("write", 0, 1, False), ("write", 1, 0, False)],
+    mode="tombstones",
+    switch_at=0,
+)
+
+
+@example(GIVE_AND_TAKE)
 @given(scenarios())
 def test_a_key_handed_between_shards_ends_as_the_transform_of_the_source(s: Scenario) -> None:
     writer = ModelWriter()

@@ -12,7 +12,7 @@ never undone, and after the purge no tombstone is left.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -60,7 +60,9 @@ class ModelWriter(DestinationWriter):
         stamps = {SEQ_ATTR: {"S": seq}} | ({} if owner is None else {OWNER_ATTR: {"S": owner}})
         self.items[key_id(self.key(item))] = {**item, **stamps, **extra}
 
-    def put_if_absent(self, item: TypedItem, source_key: dict[str, Any] | None = None) -> Outcome:
+    def put_if_absent(
+        self, item: TypedItem, source_key: Mapping[str, Any] | None = None
+    ) -> Outcome:
         if key_id(self.key(item)) in self.items:
             return Outcome.SUPERSEDED
         self._set(item, BACKFILL_SEQ, None if source_key is None else owner_id(source_key))
