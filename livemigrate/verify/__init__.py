@@ -144,6 +144,7 @@ def record(store: ControlStore, report: VerifyReport) -> None:
         "destination_items": report.destination_items,
         "transform_errors": report.transform_errors,
         **report.counts,
+        "collisions": report.collisions,
     }
     if report.search is not None:
         values["search_passed"] = bool(report.search.get("passed"))
@@ -161,7 +162,9 @@ def render(report: VerifyReport) -> str:
         f"differences {report.first_pass_differences}, resolved by recheck "
         f"{report.resolved_by_recheck}",
         "  " + ", ".join(f"{kind} {report.counts[kind]}" for kind in KINDS),
+        f"  collisions {report.collisions} (destination keys two source items map to)",
     ]
+    lines += [f"    collision: {json.dumps(c, sort_keys=True)}" for c in report.collision_examples]
     for kind in KINDS:
         for example in report.examples[kind]:
             lines.append(f"    {kind}: {json.dumps(example, sort_keys=True)}")
