@@ -80,7 +80,10 @@ class PageWriter:
         tally = Tally()
         for out in outputs:
             try:
-                outcome = self.limiter.call(1, partial(self.migration.writer.put_if_absent, out))
+                write = partial(
+                    self.migration.writer.put_if_absent, out, key_of(raw, self.source_keys)
+                )
+                outcome = self.limiter.call(1, write)
             except ClientError as exc:
                 if is_throttle(exc):
                     raise  # retries exhausted: fail the page, the checkpoint stays behind it

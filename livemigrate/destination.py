@@ -225,17 +225,19 @@ class DestinationWriter:
         )
         names = {"#seq": self.marks.seq_attr, "#del": self.marks.delete_attr}
         values = {":seq": {"S": seq}, ":true": {"BOOL": True}}
+        if also:
+            condition += f" AND ({also})"
         extra_names: dict[str, str] = {}
         extra_values: dict[str, Any] = dict(also_values or {})
         if owner is not None:
-            also = f"{also} AND {_OWNED}" if also else _OWNED
+            condition += f" AND {_OWNED}"
             extra_names["#src"] = str(self.marks.owner_attr)
             extra_values[":src"] = {"S": owner}
         refused = self._attempt(
             self.client.update_item,
             Key=dict(key),
             UpdateExpression="SET #seq = :seq, #del = :true, #mid = :mid",
-            ConditionExpression=condition + (f" AND ({also})" if also else ""),
+            ConditionExpression=condition,
             ExpressionAttributeNames={
                 **names,
                 "#k0": self.key_names[0],

@@ -302,14 +302,15 @@ class DestinationApplier:
     def _fold(self, queue: list[Op], op: Op) -> None:
         """Queue ``op`` behind the earlier ops of its key in this batch.
 
-        Without a guard the events of one target key come from one item of the other table,
-        in order on one shard, so the newest op alone is the end state (the version rule makes
-        the others invisible). With a guard (the reverse consumer) several destination keys
-        map to one source key and a removal depends on what the earlier put left: every op
-        runs, in order.
+        Without a guard, consecutive ops of one source item on a key are in order on one
+        shard, so the newest alone is the end state (the version rule makes the others
+        invisible). Ops of different source items on one key (a key handed from one to
+        another within the batch, rule 12) each decide by ownership: they run in order. With
+        a guard (the reverse consumer) several destination keys map to one source key and a
+        removal depends on what the earlier put left: every op runs, in order.
         """
-        if queue and self.guard is None:
-            queue[0] = replace(op, first_index=queue[0].first_index)
+        if queue and self.guard is None and queue[-1].origin == op.origin:
+            queue[-1] = replace(op, first_index=queue[-1].first_index)
         else:
             queue.append(op)
 
