@@ -19,10 +19,11 @@ from hypothesis import HealthCheck, given, settings
 
 from livemigrate.aws import AwsClients
 from livemigrate.clock import SystemClock
-from livemigrate.destination import DestinationWriter
+from livemigrate.destination import DestinationWriter, Outcome
 from livemigrate.items import TypedItem, key_id, to_plain, to_typed
 from livemigrate.migration import Migration, open_migration
 from livemigrate.ownership import COLLISIONS_COUNTER, owner_id
+from livemigrate.replication import FORWARD, REVERSE, written_by
 from livemigrate.status import collect
 from livemigrate.verify import VerifyOptions, verify
 from livemigrate.versioning import OWNER_ATTR, pad_seq
@@ -31,7 +32,7 @@ from stream_consumer.engine import Consumer, Tuning
 from stream_consumer.metrics import Metrics
 from stream_consumer.source import BotoShardSource
 from stream_consumer.tombstones import tombstones
-from tests.services import create_table, scan_all, settings_for, unique
+from tests.services import StreamTail, create_table, scan_all, settings_for, unique
 from tests.unit.test_consumer_handoff import Harness, Scenario, play, scenarios
 
 BY_EMAIL = "livemigrate.examples.by_email:transform"
@@ -209,3 +210,30 @@ def test_two_live_items_on_one_key_are_a_collision_dead_lettered_and_reported(
 def _status_counters(migration: Migration) -> str:
     summary = collect(migration.store)
     return ", ".join(f"{k}={v}" for k, v in sorted(summary["metrics"].items()))
+
+
+def test_handoffs_with_a_lower_stamp_are_still_echoes_of_the_forward_consumer(
+    clients: AwsClients,
+) -> None:
+    # GIVEN a destination with a stream (a reverse consumer reads it after the cutover)
+    table = unique("echo")
+    create_table(clients.dynamodb, table)
+    writer = DestinationWriter(clients.dynamodb, table, ("pk", "sk"), "m1")
+    tail = StreamTail(clients, table)
+    key = to_typed({"pk": "email|e@x", "sk": "user"})
+    u, v = (owner_id(to_typed({"pk": f"user|{n}", "sk": "profile"})) for n in ("u", "v"))
+    # WHEN the key passes from v (stamp 900) to u (stamp 100, another shard), u removes it
+    # (a tombstone), and v takes it again with stamp 50
+    assert writer.claim({**key, "by": {"S": "v"}}, pad_seq("900"), v)[0] is Outcome.APPLIED
+    outcome, held = writer.claim({**key, "by": {"S": "u"}}, pad_seq("100"), u)
+    assert outcome is Outcome.OWNED_BY_OTHER and held is not None
+    assert writer.claim({**key, "by": {"S": "u"}}, pad_seq("100"), u, held)[0] is Outcome.APPLIED
+    assert writer.remove(key, pad_seq("200"), tombstone=True, owner=u) is Outcome.TOMBSTONED
+    outcome, held = writer.claim({**key, "by": {"S": "v"}}, pad_seq("50"), v)
+    assert outcome is Outcome.OWNED_BY_OTHER and held is not None and held.removed
+    assert writer.claim({**key, "by": {"S": "v"}}, pad_seq("50"), v, held)[0] is Outcome.APPLIED
+    # THEN every record on the destination's stream is the forward consumer's echo, never the
+    # application's (the reverse consumer would write it back into the source)
+    records = tail.drain()
+    assert len(records) == 4
+    assert all(written_by(FORWARD, r) and not written_by(REVERSE, r) for r in records), records
