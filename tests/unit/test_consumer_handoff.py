@@ -10,7 +10,9 @@ A scenario is a history of source writes (a user takes the shared address while 
 it, gives it up for a private one, is updated, deleted, or gets an address the transform
 refuses and later a valid one again) interleaved with the consumer applying each shard's
 records in batches (either shard lagging arbitrarily), with crashes before the checkpoint (the
-batch comes again), in tombstone mode, real-delete mode, or switching between them. The real
+batch comes again), in tombstone mode, real-delete mode, or switching between them, and
+optionally a backfill that read the source at one step and writes that stale copy
+(put-if-absent, owner recorded) at a later one. The real
 ``DestinationApplier`` reads the source as it is when it applies (never older than the records
 it applied). Expected: the destination equals the transform of the final source exactly, and
 the only dead letters are the records whose new image the transform refuses.
@@ -32,6 +34,7 @@ from hypothesis import strategies as st
 
 from livemigrate.clock import FakeClock
 from livemigrate.destination import DestinationWriter
+from livemigrate.errors import TransformOutputError
 from livemigrate.examples.by_email import transform
 from livemigrate.items import TypedItem, key_id, to_plain, to_typed
 from livemigrate.ownership import OwnershipRecords
@@ -72,6 +75,9 @@ class Scenario:
     switch_at: int
     drain_first: int = 0  # which shard the final catch-up reads first
     third: int = 0  # the shard of the third user (the first two are on shards 0 and 1)
+    # The backfill: (step it reads the source at, step it writes that stale copy at). Real
+    # deletes start only after it wrote (rule 2): not with mode "deletes".
+    backfill: tuple[int, int] | None = None
 
 
 def scenarios() -> st.SearchStrategy[Scenario]:
@@ -87,7 +93,10 @@ def scenarios() -> st.SearchStrategy[Scenario]:
         switch_at=st.integers(0, 30),
         drain_first=st.integers(0, 1),
         third=st.integers(0, 1),
-    )
+        backfill=st.one_of(
+            st.none(), st.tuples(st.integers(0, 30), st.integers(0, 30)).map(sorted).map(tuple)
+        ),
+    ).filter(lambda s: s.backfill is None or s.mode != "deletes")
 
 
 def users_on_shards(stream: ScriptedStream, tag: str, third: int) -> list[TypedItem]:
@@ -177,6 +186,17 @@ class Harness:
         if email is not None:
             self.table.put(to_typed({**to_plain(key), "email": email, "v": self.version}))
 
+    def backfill(self, snapshot: list[TypedItem]) -> None:
+        """What the backfill does with a stale read: transform, put-if-absent with the owner."""
+        writer = self.applier.writer
+        for item in snapshot:
+            try:
+                outputs = TRANSFORM.run(to_plain(item))
+            except TransformOutputError:
+                continue  # its dead letter
+            for out in outputs:
+                writer.put_if_absent(out, {name: item[name] for name in ("pk", "sk")})
+
     def fix_all(self) -> None:
         for user in range(len(self.users)):
             self.write(user, "fix")
@@ -228,14 +248,22 @@ def play(
 ) -> Harness:
     h = harness or Harness(writer, s)
     h.real = s.mode == "deletes"
+    snapshot, backfilled = None, s.backfill is None
     try:
         for n, (what, a, b, crash) in enumerate(s.steps):
-            if s.mode == "switch" and n == s.switch_at:
+            if s.backfill is not None and n == s.backfill[0]:
+                snapshot = h.table.scan()
+            if s.backfill is not None and n == s.backfill[1] and snapshot is not None:
+                h.backfill(snapshot)
+                backfilled = True
+            if s.mode == "switch" and n >= s.switch_at and backfilled:
                 h.real = True
             if what == "write":
                 h.write(a, WRITES[b])
             else:
                 h.pump(h.shards[a], b, crash)
+        if not backfilled:
+            h.backfill(h.table.scan() if snapshot is None else snapshot)
         h.fix_all()
         h.drain(s.drain_first)
         h.real = True

@@ -216,7 +216,7 @@ def play(s: Scenario, writer: DestinationWriter, tombstones: Callable[[], list[A
     def backfill() -> None:
         for item in snapshot:
             for out in TRANSFORM.run(item):
-                writer.put_if_absent(out)
+                writer.put_if_absent(out, to_typed({"pk": item["pk"], "sk": item["sk"]}))
         state["backfilled"] = True
 
     try:
