@@ -30,10 +30,11 @@ from livemigrate.versioning import OWNER_ATTR, pad_seq
 from stream_consumer.applier import DestinationApplier
 from stream_consumer.engine import Consumer, Tuning
 from stream_consumer.metrics import Metrics
+from stream_consumer.scripted import ScriptedStream, ScriptedTable
 from stream_consumer.source import BotoShardSource
 from stream_consumer.tombstones import tombstones
 from tests.services import StreamTail, create_table, scan_all, settings_for, unique
-from tests.unit.test_consumer_handoff import Harness, Scenario, play, scenarios
+from tests.unit.test_consumer_handoff import Harness, Scenario, play, scenarios, users_on_shards
 
 BY_EMAIL = "livemigrate.examples.by_email:transform"
 FAST = Tuning(batch_size=10, poll_interval=0.02, discover_interval=0.1, heartbeat_interval=0.1)
@@ -238,3 +239,51 @@ def test_handoffs_with_a_lower_stamp_are_still_echoes_of_the_forward_consumer(
     records = tail.drain()
     assert len(records) == 4
     assert all(written_by(FORWARD, r) and not written_by(REVERSE, r) for r in records), records
+
+
+def test_the_consumer_engine_hands_keys_over_between_scripted_shards(
+    migration: Migration,
+) -> None:
+    # GIVEN the by-email migration fed by a two-shard scripted stream whose shards number their
+    # records independently (shard 0's numbers run 8 records higher)
+    stream = ScriptedStream(shards=2, seq_offsets=(8, 0))
+    table = ScriptedTable(stream)
+    shards = stream.open_shards()
+    users = users_on_shards(stream, "engine", 0)
+    # WHEN the address passes u0 -> u1 -> u0 -> u1, with a refused version on the way
+    moves = [(0, "a@x"), (0, "own0@x"), (1, "a@x"), (1, "bad"), (0, "a@x"), (0, "gone")]
+    moves += [(1, "b@x"), (1, "own1@x"), (1, "a@x")]
+    for n, (who, email) in enumerate(moves):
+        if email == "gone":
+            table.delete(users[who])
+        else:
+            table.put({**users[who], **to_typed({"email": email, "v": n})})
+    metrics = Metrics("source")
+    applier = DestinationApplier.for_migration(
+        migration, metrics, threads=2, refresh_seconds=0.0, source=table.get
+    )
+    consumer = Consumer(
+        stream,
+        migration.store,
+        "source",
+        applier,
+        worker_id="w1",
+        lease_seconds=5,
+        clock=stream.clock,
+        dead_letters=migration.dead_letters,
+        origin="stream",
+        tuning=FAST,
+        metrics=metrics,
+    )
+    assert consumer.run(until_caught_up=True)
+    # THEN the destination is the transform of the source: a@x is u1's, nothing else is left
+    held = {
+        raw["pk"]["S"]: raw
+        for raw in scan_all(migration.clients.dynamodb, migration.destination.name)
+        if "_lm_tomb" not in raw
+    }
+    assert set(held) == {"email|a@x"}
+    assert held["email|a@x"]["user"] == users[1]["pk"]
+    assert {stream.shard_for(u) for u in users[:2]} == set(shards)
+    (letter,) = list(migration.dead_letters.list())
+    assert "transform failed" in letter.reason
