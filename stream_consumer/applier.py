@@ -44,7 +44,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from livemigrate.clock import Clock, SystemClock
 from livemigrate.control import ControlStore
-from livemigrate.destination import DestinationWriter, Outcome
+from livemigrate.destination import DestinationWriter, Held, Outcome
 from livemigrate.errors import TransformOutputError
 from livemigrate.items import TypedItem, key_id, to_plain
 from livemigrate.ownership import OwnershipRecords, SourceReader, TableReader, owner_id
@@ -434,13 +434,7 @@ class DestinationApplier:
                     self.metrics.inc("handoffs_total")
                 return outcome
             assert found is not None
-            verdict = (
-                self.handoff.verdict(op.key, op.origin, found)
-                if self.handoff is not None
-                else Verdict.HAND_OVER
-                if found.removed
-                else Verdict.COLLISION  # undecidable without reading the source
-            )
+            verdict = self._verdict(op.key, op.origin, found)
             if verdict is Verdict.COLLISION:
                 raise Collision(collision_reason(op.key, op.origin, found))
             if verdict is Verdict.SKIP:
@@ -448,6 +442,12 @@ class DestinationApplier:
                 return None
             held = found
         return Outcome.CHANGED
+
+    def _verdict(self, key: TypedItem, claimant: TypedItem, held: Held) -> Verdict:
+        if self.handoff is not None:
+            return self.handoff.verdict(key, claimant, held)
+        # Without a source reader only a removal in progress can be decided.
+        return Verdict.HAND_OVER if held.removed else Verdict.COLLISION
 
     def _collided(self, op: Op, exc: Collision) -> ApplyFailure:
         """Dead-letter the record (not retryable) and count it where status shows it."""
