@@ -309,8 +309,11 @@ class Verifier:
         repair: Callable[[Difference], str] | None,
     ) -> None:
         diffs, collisions = self._item_diffs_and_collisions(n, wanted)
-        for collision in self.recheck_collisions(collisions):
+        confirmed = self.recheck_collisions(collisions)
+        for collision in confirmed:
             report.record_collision(collision, self.options.examples)
+        # A key seen with two source items while it changed hands is an ordinary key again.
+        diffs += self._as_differences([c for c in collisions if c not in confirmed])
         report.first_pass_differences += len(diffs)
         remaining = self._recheck_extras(n, self.recheck(diffs))
         report.resolved_by_recheck += len(diffs) - len(remaining)
@@ -390,6 +393,20 @@ class Verifier:
             self.clock.sleep(self.options.recheck_wait)
             pending = [c for c in pending if self._still_colliding(c)]
         return pending
+
+    def _as_differences(self, resolved: Sequence[Collision]) -> list[Difference]:
+        """What a resolved collision's key is now: a difference against the item mapping to
+        it (if any), or nothing."""
+        out = []
+        for collision in resolved:
+            mapping = [k for k in collision.source_keys if self.expected_for(k, collision.kid)]
+            skey = mapping[0] if mapping else None
+            fresh = self.reread(
+                Difference("missing", collision.kid, collision.key, skey, None, None)
+            )
+            if fresh is not None:
+                out.append(fresh)
+        return out
 
     def _still_colliding(self, collision: Collision) -> bool:
         mapping = [k for k in collision.source_keys if self.expected_for(k, collision.kid)]

@@ -287,3 +287,31 @@ def test_the_consumer_engine_hands_keys_over_between_scripted_shards(
     assert {stream.shard_for(u) for u in users[:2]} == set(shards)
     (letter,) = list(migration.dead_letters.list())
     assert "transform failed" in letter.reason
+
+
+class HandingOverClock(SystemClock):
+    """Hands the address over in the source during verify's first recheck wait."""
+
+    def __init__(self, migration: Migration) -> None:
+        self.migration = migration
+
+    def sleep(self, seconds: float) -> None:
+        put(self.migration, user(1, "own1@x", 9))
+
+
+def test_a_collision_seen_only_while_a_key_changes_hands_is_not_reported(
+    migration: Migration,
+) -> None:
+    # GIVEN both users at one address when verify scans the source (u1 is about to give it up)
+    put(migration, user(1, "same@x"))
+    put(migration, user(2, "same@x"))
+    # WHEN u1 moves on before the recheck re-reads both source items
+    report = verify(migration, VERIFY, search=False, clock=HandingOverClock(migration))
+    # THEN no collision is reported; the key is an ordinary difference again: nothing was
+    # applied, so u2's same@x is missing (u1's new address came after the scan)
+    assert report.collisions == 0
+    assert report.counts == {"missing": 1, "extra": 0, "different": 0}
+    (missing,) = report.examples["missing"]
+    assert missing["key"]["pk"] == "email|same@x"
+    assert missing["source_key"]["pk"] == "user|2"
+    assert not report.passed
