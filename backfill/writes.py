@@ -151,7 +151,8 @@ class PageWriter:
             holder.keep_alive()
             holder.fence.check()
             try:
-                outcome = self.limiter.call(1, partial(self._put, out, holder), deadline=time_left)
+                put = partial(self._put, out, holder, key_of(raw, self.source_keys))
+                outcome = self.limiter.call(1, put, deadline=time_left)
             except ClientError as exc:
                 if is_transient(exc):
                     raise  # an outage, or retries exhausted: the page is read again
@@ -165,10 +166,10 @@ class PageWriter:
                 tally.written += 1
         return tally
 
-    def _put(self, out: TypedItem, holder: Holder) -> Outcome:
+    def _put(self, out: TypedItem, holder: Holder, source_key: TypedItem) -> Outcome:
         holder.keep_alive()
         with fencing.guarded(holder.fence):
-            return self.migration.writer.put_if_absent(out)
+            return self.migration.writer.put_if_absent(out, source_key)
 
     def _dead(self, reason: str, plain: dict[str, Any], raw: TypedItem) -> Tally:
         key = to_plain(key_of(raw, self.source_keys))

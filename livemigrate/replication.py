@@ -16,7 +16,10 @@ item, and a "being deleted" mark set just before a replicated delete):
   deletes it on that mark, so the delete's stream record carries the mark in its OldImage;
 - a stream record is an echo of a consumer when its NewImage holds that consumer's delete mark
   or a stamp strictly newer than its OldImage's (a consumer only ever writes a newer stamp), or
-  when it is a REMOVE whose OldImage holds the delete mark.
+  when it is a REMOVE whose OldImage holds the delete mark;
+- the forward consumer also hands a key from one source item to another (rule 12): the stamps
+  of two items come from different shards and may go down, so a NewImage recording another
+  owner (``_lm_src``) than its OldImage is the forward consumer's too.
 
 An application's write never looks like an echo: a put of its own item carries no stamp, an
 update keeps the stamp it found (equal, not newer), and a delete of an unmarked item carries no
@@ -45,6 +48,7 @@ from livemigrate.flag import Flag, FlagView
 from livemigrate.records import CLOCK_SKEW, STREAM_TIME_PRECISION, StreamRecord
 from livemigrate.versioning import (
     DELETE_ATTR,
+    OWNER_ATTR,
     REVERSE_DELETE_ATTR,
     REVERSE_SEQ_ATTR,
     SEQ_ATTR,
@@ -60,9 +64,10 @@ class Marks:
     seq_attr: str
     delete_attr: str
     tombstone_attr: str | None = None  # only the forward direction writes tombstones
+    owner_attr: str | None = None  # only forward items record their source item (rule 12)
 
 
-FORWARD: Final = Marks("forward", SEQ_ATTR, DELETE_ATTR, TOMBSTONE_ATTR)
+FORWARD: Final = Marks("forward", SEQ_ATTR, DELETE_ATTR, TOMBSTONE_ATTR, OWNER_ATTR)
 REVERSE: Final = Marks("reverse", REVERSE_SEQ_ATTR, REVERSE_DELETE_ATTR)
 
 
@@ -87,6 +92,9 @@ def written_by(marks: Marks, record: StreamRecord) -> bool:
         return _flagged(old, marks.delete_attr) or _flagged(old, marks.tombstone_attr)
     new = record.new_image
     if _flagged(new, marks.delete_attr) or _flagged(new, marks.tombstone_attr):
+        return True
+    new_owner = None if marks.owner_attr is None else _string(new, marks.owner_attr)
+    if new_owner is not None and new_owner != _string(record.old_image, marks.owner_attr or ""):
         return True
     new_seq = _string(new, marks.seq_attr)
     if new_seq is None:

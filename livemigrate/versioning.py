@@ -17,6 +17,9 @@ BACKFILL_SEQ: Final = "0" * SEQ_WIDTH
 SEQ_ATTR: Final = "_lm_seq"
 TOMBSTONE_ATTR: Final = "_lm_tomb"
 MIGRATION_ATTR: Final = "_lm_mid"
+# The source item a forward destination item came from (``livemigrate.ownership.owner_id`` of
+# its key): removals and puts of other source items are decided by it (rule 12).
+OWNER_ATTR: Final = "_lm_src"
 RESERVED_PREFIX: Final = "_lm_"
 
 

@@ -12,7 +12,11 @@ For each record (ARCHITECTURE.md rules 2, 3, 5):
   waits for it);
 - a transform failure on NewImage cannot be retried: ``ApplyFailure(retryable=False)`` and the
   engine dead-letters the raw record. A failing OldImage cannot have reached D (the same
-  deterministic transform failed for the backfill too), so it simply removes nothing.
+  deterministic transform failed for the backfill too); the keys its item still owns are the
+  ones remembered when that version's own record failed (``OwnershipRecords``, issue 10 item 8);
+- forward writes record their source item (rule 12): a removal derived from u's OldImage
+  removes a key only while u owns it; a put over a key another item owns is decided by reading
+  the source (``stream_consumer.handoff``), a genuine collision is dead-lettered.
 
 Records the other direction's consumer produced (``echo_of``: the reverse consumer's writes to
 the source, or, for the reverse consumer, the forward consumer's writes to the destination) are
@@ -33,7 +37,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Protocol
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -41,15 +45,17 @@ from botocore.exceptions import BotoCoreError, ClientError
 from livemigrate import fencing
 from livemigrate.clock import Clock, SystemClock
 from livemigrate.control import ControlStore
-from livemigrate.destination import DestinationWriter, Outcome
+from livemigrate.destination import DestinationWriter, Held, Outcome
 from livemigrate.errors import TransformOutputError
 from livemigrate.flag import ControlFlagStore, FlagView
 from livemigrate.items import TypedItem, key_id, to_plain
 from livemigrate.outage import is_transient
+from livemigrate.ownership import OwnershipRecords, SourceReader, TableReader, owner_id
 from livemigrate.records import ApplyFailure, StreamRecord
 from livemigrate.replication import REVERSE, DeleteMarking, Marks, written_by
 from livemigrate.retired import RetiredTable
 from livemigrate.transform import Transformer
+from stream_consumer.handoff import Collision, Handoff, Verdict, collision_reason
 from stream_consumer.metrics import Metrics
 from stream_consumer.tombstones import SETTLE_SECONDS, TombstoneWindow
 
@@ -63,7 +69,10 @@ _OUTCOME_METRIC = {
     Outcome.STALE: "writes_stale_total",
     Outcome.TOMBSTONED: "tombstones_written_total",
     Outcome.DELETED: "deletes_total",
+    Outcome.NOT_OWNER: "removals_not_owner_total",
 }
+# A handoff whose key changed hands again before it landed is decided afresh, a few times.
+_CLAIM_ROUNDS = 4
 
 
 @dataclass(frozen=True)
@@ -75,7 +84,9 @@ class Op:
     item: TypedItem | None  # None: remove
     first_index: int  # earliest record in the batch folded into this op
     orphan: bool = False  # a key the change moved away from (rule 5)
-    origin: TypedItem | None = None  # for a removal: the key of the record's own table
+    origin: TypedItem | None = None  # the key of the record's own table
+    owner: str | None = None  # owner_id(origin) when the writer records owners (rule 12)
+    index: int = 0  # the record this op's item or removal comes from
 
 
 class RemovalGuard(Protocol):
@@ -200,6 +211,11 @@ class DestinationApplier:
     marking:
         Decides per batch whether deletes are marked (the forward consumer); None leaves it to
         the writer's ``mark_deletes``.
+    source:
+        Reads a source item now (consistent), to decide a key another item owns (rule 12);
+        without it such a put is dead-lettered.
+    ownership:
+        Where keys owned before a failing version and collisions are recorded (item 8).
     """
 
     def __init__(
@@ -215,6 +231,8 @@ class DestinationApplier:
         guard: RemovalGuard | None = None,
         retired: RetiredTable | None = None,
         marking: DeleteMarking | None = None,
+        source: SourceReader | None = None,
+        ownership: OwnershipRecords | None = None,
     ) -> None:
         self.transformer = transformer
         self.writer = writer
@@ -225,6 +243,11 @@ class DestinationApplier:
         self.guard = guard
         self.retired = retired
         self.marking = marking
+        self.ownership = ownership
+        self.owned = writer.marks.owner_attr is not None
+        self.handoff = (
+            None if source is None else Handoff(source, transformer, tuple(writer.key_names))
+        )
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="apply")
         if getattr(writer, "client", None) is not None:  # lease fences guard our writes (rule 11)
             fencing.install(writer.client)
@@ -240,7 +263,9 @@ class DestinationApplier:
         threads: int = 8,
         refresh_seconds: float = 5.0,
         settle_seconds: float = SETTLE_SECONDS,
+        source: SourceReader | None = None,
     ) -> DestinationApplier:
+        """The source consumer's applier; ``source`` defaults to the source table."""
         clock = clock or SystemClock()
         mode = DeleteMode(
             migration.backfill_complete,
@@ -260,6 +285,8 @@ class DestinationApplier:
             threads,
             retired=RetiredTable(view, "source", migration.store, consumer),
             marking=DeleteMarking(view),
+            source=source or TableReader(migration.clients.dynamodb, migration.source.name),
+            ownership=OwnershipRecords(migration.store),
         )
 
     def close(self) -> None:
@@ -311,15 +338,15 @@ class DestinationApplier:
     def _fold(self, queue: list[Op], op: Op) -> None:
         """Queue ``op`` behind the earlier ops of its key in this batch.
 
-        Without a guard the events of one target key come from one item of the other table,
-        in order on one shard, so the newest op alone is the end state (the version rule makes
-        the others invisible). With a guard (the reverse consumer) several destination keys
-        map to one source key and a removal depends on what the earlier put left: every op
-        runs, in order.
+        Without a guard, consecutive ops of one source item on a key are in order on one
+        shard, so the newest alone is the end state (the version rule makes the others
+        invisible). Ops of different source items on one key (a key handed from one to
+        another within the batch, rule 12) each decide by ownership: they run in order. With
+        a guard (the reverse consumer) several destination keys map to one source key and a
+        removal depends on what the earlier put left: every op runs, in order.
         """
-        if queue and self.guard is None:
-            held = queue[0]
-            queue[0] = Op(op.key, op.seq, op.item, held.first_index, op.orphan, op.origin)
+        if queue and self.guard is None and queue[-1].origin == op.origin:
+            queue[-1] = replace(op, first_index=queue[-1].first_index)
         else:
             queue.append(op)
 
@@ -329,29 +356,56 @@ class DestinationApplier:
             self.metrics.inc("echoes_skipped_total")
             return []
         seq = record.sequence_number
-        new_items = self.transformer.run(to_plain(record.new_image)) if record.new_image else []
+        owner = owner_id(record.keys) if self.owned else None
         ops = [
-            Op(self.writer.key(item), seq, item, index, origin=record.keys) for item in new_items
+            Op(self.writer.key(item), seq, item, index, False, record.keys, owner, index)
+            for item in self._new_outputs(record, owner)
         ]
         kept = {key_id(op.key) for op in ops}
-        for old in self._old_outputs(record):
-            key = self.writer.key(old)
+        orphan = record.new_image is not None
+        for key in self._old_keys(record, owner):
             if key_id(key) not in kept:
                 kept.add(key_id(key))
-                orphan = record.new_image is not None
-                ops.append(Op(key, seq, None, index, orphan=orphan, origin=record.keys))
+                ops.append(Op(key, seq, None, index, orphan, record.keys, owner, index))
         return ops
 
-    def _old_outputs(self, record: StreamRecord) -> list[TypedItem]:
+    def _new_outputs(self, record: StreamRecord, owner: str | None) -> list[TypedItem]:
+        if record.new_image is None:
+            return []
+        try:
+            return self.transformer.run(to_plain(record.new_image))
+        except TransformOutputError:
+            self._remember_owned(record, owner)
+            raise
+
+    def _remember_owned(self, record: StreamRecord, owner: str | None) -> None:
+        """This version fails the transform (its record is dead-lettered): remember the keys
+        its item owns until a version transforms again, which the next record's OldImage (this
+        version) cannot tell (issue 10 item 8). Only on this rare path, never per write."""
+        if owner is None or self.ownership is None:
+            return
+        keys: list[TypedItem] = []
+        if record.old_image is not None:
+            try:
+                keys = [
+                    self.writer.key(o) for o in self.transformer.run(to_plain(record.old_image))
+                ]
+            except TransformOutputError:
+                return  # the record that made that version failing remembered them already
+        self.ownership.remember(owner, keys, record.sequence_number)
+
+    def _old_keys(self, record: StreamRecord, owner: str | None) -> list[TypedItem]:
         if record.old_image is None:
             return []
         try:
-            return self.transformer.run(to_plain(record.old_image))
+            return [self.writer.key(o) for o in self.transformer.run(to_plain(record.old_image))]
         except TransformOutputError as exc:
-            # The same deterministic transform failed for this version everywhere, so it was
-            # never written to D: there is nothing to remove.
             log.debug("old image of %s does not transform (%s)", record.keys, exc.reason)
+        # That version was never written to D (the same deterministic transform failed
+        # everywhere); what its item owns is what the version before it mapped to.
+        if owner is None or self.ownership is None:
             return []
+        return self.ownership.owned(owner)
 
     def _write(
         self, queues: list[list[Op]], fence: fencing.Fence | None = None
@@ -363,10 +417,9 @@ class DestinationApplier:
         failures = [failure for failure in results if failure is not None]
         if not failures:
             return None
-        index, reason = min(failures)
-        return ApplyFailure(index, reason, retryable=True)
+        return min(failures, key=lambda failure: failure.index)
 
-    def _run_guarded(self, queue: list[Op], fence: fencing.Fence | None) -> tuple[int, str] | None:
+    def _run_guarded(self, queue: list[Op], fence: fencing.Fence | None) -> ApplyFailure | None:
         """One key's queue under the caller's ``fence`` (rule 11). A removal decides tombstone
         or delete when its queue starts, and a tombstone is written only within the window of
         that decision (``stream_consumer.tombstones``)."""
@@ -375,40 +428,92 @@ class DestinationApplier:
         with fencing.guarded(decision.fence(self.mode.clock, fence)):
             return self._run_queue(queue, not decision.real)
 
-    def _run_queue(self, queue: list[Op], tombstone: bool) -> tuple[int, str] | None:
+    def _run_queue(self, queue: list[Op], tombstone: bool) -> ApplyFailure | None:
         for op in queue:
-            why = self._one(op, tombstone)
-            if why is not None:
-                return op.first_index, why
+            failure = self._one(op, tombstone)
+            if failure is not None:
+                return failure
         return None
 
     def _remove(self, op: Op, tombstone: bool) -> Outcome:
-        """A removal by the version rule; a real delete is marked when the flag asks for it,
-        and sent unmarked only while the flag read that allows it is fresh (a fence)."""
+        """A removal by the version and ownership rules; a real delete is marked when the flag
+        asks for it, and sent unmarked only while the flag read that allows it is fresh."""
         if tombstone or self.marking is None:
-            return self.writer.remove(op.key, op.seq, tombstone=tombstone)
+            return self.writer.remove(op.key, op.seq, tombstone=tombstone, owner=op.owner)
         mark, fence = self.marking.decide()
         with fencing.guarded(fence):
-            return self.writer.remove(op.key, op.seq, tombstone=False, mark=mark)
+            return self.writer.remove(op.key, op.seq, tombstone=False, owner=op.owner, mark=mark)
 
-    def _one(self, op: Op, tombstone: bool) -> str | None:
-        """Run one write; the failure reason, or None when it is durably done."""
+    def _one(self, op: Op, tombstone: bool) -> ApplyFailure | None:
+        """Run one write; the failure, or None when it is durably done."""
         try:
-            if op.item is not None:
-                outcome = self.writer.put_if_newer(op.item, op.seq)
-            elif self.guard is not None and op.origin is not None:
-                verdict = self.guard(op.key, op.origin)
-                if not verdict.proceed:
-                    self.metrics.inc("removals_kept_total")
-                    return None
-                outcome = self.writer.remove_unchanged(op.key, op.seq, verdict.held)
-            else:
-                outcome = self._remove(op, tombstone)
+            outcome = self._write_op(op, tombstone)
+        except Collision as exc:
+            return self._collided(op, exc)
         except (ClientError, BotoCoreError) as exc:
             if is_transient(exc):
                 raise  # an outage: the engine rides it out (never a dead letter)
-            return f"destination write failed: {exc}"
+            return ApplyFailure(op.first_index, f"destination write failed: {exc}")
+        if outcome is Outcome.CHANGED:
+            return ApplyFailure(op.first_index, "destination key kept changing hands; retried")
+        if outcome is None:
+            return None
         self.metrics.inc(_OUTCOME_METRIC[outcome])
-        if op.orphan and outcome is not Outcome.STALE:
+        if op.orphan and outcome in (Outcome.TOMBSTONED, Outcome.DELETED):
             self.metrics.inc("orphans_removed_total")
         return None
+
+    def _write_op(self, op: Op, tombstone: bool) -> Outcome | None:
+        """One op's write; None when it was skipped (and counted) without a write."""
+        if op.item is not None:
+            return (
+                self.writer.put_if_newer(op.item, op.seq) if op.owner is None else self._claim(op)
+            )
+        if self.guard is not None and op.origin is not None:
+            verdict = self.guard(op.key, op.origin)
+            if not verdict.proceed:
+                self.metrics.inc("removals_kept_total")
+                return None
+            return self.writer.remove_unchanged(op.key, op.seq, verdict.held)
+        return self._remove(op, tombstone)
+
+    def _claim(self, op: Op) -> Outcome | None:
+        """A put of source item ``op.owner``'s output, handing the key over from another item
+        that no longer maps to it (rule 12, ``stream_consumer.handoff``)."""
+        assert op.item is not None and op.owner is not None and op.origin is not None
+        held = None
+        for _ in range(_CLAIM_ROUNDS):
+            outcome, found = self.writer.claim(op.item, op.seq, op.owner, held)
+            if outcome is Outcome.CHANGED:
+                held = None  # decided on an item that is gone: try the plain claim again
+                continue
+            if outcome is not Outcome.OWNED_BY_OTHER:
+                if held is not None and outcome is Outcome.APPLIED:
+                    self.metrics.inc("handoffs_total")
+                return outcome
+            assert found is not None
+            verdict = self._verdict(op.key, op.origin, found)
+            if verdict is Verdict.COLLISION:
+                raise Collision(collision_reason(op.key, op.origin, found))
+            if verdict is Verdict.SKIP:
+                self.metrics.inc("claims_skipped_total")
+                return None
+            held = found
+        return Outcome.CHANGED
+
+    def _verdict(self, key: TypedItem, claimant: TypedItem, held: Held) -> Verdict:
+        if self.handoff is not None:
+            return self.handoff.verdict(key, claimant, held)
+        # Without a source reader only a removal in progress can be decided.
+        return Verdict.HAND_OVER if held.removed else Verdict.COLLISION
+
+    def _collided(self, op: Op, exc: Collision) -> ApplyFailure:
+        """Dead-letter the record (not retryable) and count it where status shows it."""
+        try:
+            if self.ownership is not None:
+                self.ownership.count_collision()
+        except (ClientError, BotoCoreError) as error:
+            return ApplyFailure(op.first_index, f"control table write failed: {error}")
+        self.metrics.inc("collisions_total")
+        log.error("%s", exc.reason)
+        return ApplyFailure(op.index, exc.reason, retryable=False)

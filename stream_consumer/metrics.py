@@ -27,6 +27,13 @@ METRICS: Final[Mapping[str, tuple[str, str]]] = {
     "echoes_skipped_total": ("counter", "records the other direction's consumer wrote (skipped)"),
     "retired_writes_total": ("counter", "changes to the retired table after the flip: not applied"),
     "removals_kept_total": ("counter", "removals skipped: the item now lives under another key"),
+    "removals_not_owner_total": ("counter", "removals skipped: another source item owns the key"),
+    "handoffs_total": ("counter", "destination keys handed over from a source item to another"),
+    "claims_skipped_total": (
+        "counter",
+        "puts skipped: the key's owner still maps to it and this record's item moved on",
+    ),
+    "collisions_total": ("counter", "records dead-lettered: two source items map to one key"),
     "throttled_total": ("counter", "stream reads throttled (backed off)"),
     "read_errors_total": ("counter", "stream reads that failed otherwise (backed off, retried)"),
     "iterators_expired_total": ("counter", "shard iterators that expired and were reopened"),

@@ -7,6 +7,11 @@ merged into a child with several parents, trimmed from the listing (past retenti
 can be injected (expired iterators, throttling). ``ScriptedTable`` is the source table on top of
 it: put/delete produce INSERT/MODIFY/REMOVE records with NEW_AND_OLD_IMAGES.
 
+Each shard numbers its records itself, as DynamoDB Streams does: numbers grow within a shard
+and from a parent to its children (so one item's records stay ordered), but records of two
+shards are NOT ordered by time; which shard's numbers are higher is arbitrary (``seq_offsets``
+lets a test choose). Shard ``j``'s numbers are ``j`` modulo ``SEQ_STRIDE``, so they are unique.
+
 It is a ``ShardSource`` (see ``stream_consumer.source``) and is used *in addition to* moto.
 """
 
@@ -14,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +38,8 @@ from stream_consumer.source import (
 )
 
 _SPACE = 1 << 32
+SEQ_BASE = 10**20
+SEQ_STRIDE = 1000  # the number of a shard's next record grows by this much
 
 
 @dataclass
@@ -44,6 +51,7 @@ class _Shard:
     records: list[dict[str, Any]] = field(default_factory=list)
     closed: bool = False
     trimmed_before: int = 0  # records at positions below this are past retention
+    next_seq: int = SEQ_BASE
 
 
 def _hash(keys: Mapping[str, Any]) -> int:
@@ -59,27 +67,42 @@ class ScriptedStream:
         Stamps ``ApproximateCreationDateTime``.
     shards:
         How many open shards to start with (hash space cut evenly).
+    seq_offsets:
+        Per initial shard, how many records' worth of numbers it starts above the others
+        (default 0 each: the n-th record of every shard gets about the same number).
     """
 
-    def __init__(self, clock: Clock | None = None, shards: int = 1, arn: str = "") -> None:
+    def __init__(
+        self,
+        clock: Clock | None = None,
+        shards: int = 1,
+        arn: str = "",
+        seq_offsets: Sequence[int] | None = None,
+    ) -> None:
         self.clock = clock or SystemClock()
         self._arn = arn or "arn:aws:dynamodb:scripted:000000000000:table/scripted/stream/1"
         self._lock = threading.Lock()
         self._shards: dict[str, _Shard] = {}
         self._listed: set[str] = set()
-        self._next_seq = 10**20
         self._epoch = 0
         self._faults: list[str] = []
         self.calls = {"describe": 0, "get_records": 0}
+        offsets = list(seq_offsets or [0] * shards)
         step = _SPACE // shards
         for i in range(shards):
             hi = _SPACE if i == shards - 1 else (i + 1) * step
-            self._new_shard((), i * step, hi)
+            self._new_shard((), i * step, hi, SEQ_BASE + offsets[i] * SEQ_STRIDE)
 
     # -- scripting ------------------------------------------------------------------------
-    def _new_shard(self, parents: tuple[str, ...], lo: int, hi: int) -> str:
-        shard_id = f"shardId-{len(self._shards):05d}-{lo:08x}"
-        self._shards[shard_id] = _Shard(shard_id, parents, lo, hi)
+    def _new_shard(self, parents: tuple[str, ...], lo: int, hi: int, floor: int = 0) -> str:
+        """A shard numbering from above ``floor`` and above every parent's numbers."""
+        number = len(self._shards)
+        if number >= SEQ_STRIDE:
+            raise ValueError(f"a scripted stream holds at most {SEQ_STRIDE} shards")
+        floor = max([floor, *(self._shards[p].next_seq for p in parents)])
+        first = -(-floor // SEQ_STRIDE) * SEQ_STRIDE + number
+        shard_id = f"shardId-{number:05d}-{lo:08x}"
+        self._shards[shard_id] = _Shard(shard_id, parents, lo, hi, next_seq=first)
         self._listed.add(shard_id)
         return shard_id
 
@@ -137,10 +160,9 @@ class ScriptedStream:
     ) -> str:
         """Append one record to the open shard that owns the key; returns its sequence number."""
         with self._lock:
-            h = _hash(keys)
-            shard = next(s for s in self._shards.values() if not s.closed and s.lo <= h < s.hi)
-            seq = str(self._next_seq)
-            self._next_seq += 1
+            shard = self._open_shard_of(keys)
+            seq = str(shard.next_seq)
+            shard.next_seq += SEQ_STRIDE
             body: dict[str, Any] = {
                 "Keys": dict(keys),
                 "SequenceNumber": seq,
@@ -153,6 +175,15 @@ class ScriptedStream:
                 body["OldImage"] = dict(old_image)
             shard.records.append({"eventName": event_name, "dynamodb": body})
             return seq
+
+    def _open_shard_of(self, keys: Mapping[str, Any]) -> _Shard:
+        h = _hash(keys)
+        return next(s for s in self._shards.values() if not s.closed and s.lo <= h < s.hi)
+
+    def shard_for(self, keys: Mapping[str, Any]) -> str:
+        """The open shard that a write of ``keys`` goes to now."""
+        with self._lock:
+            return self._open_shard_of(keys).shard_id
 
     def shard_of(self, seq: str) -> str:
         with self._lock:
@@ -243,6 +274,12 @@ class ScriptedTable:
             if old is None:
                 return None
             return self.stream.emit("REMOVE", dict(keys), None, old)
+
+    def get(self, keys: Mapping[str, Any]) -> TypedItem | None:
+        """The item now (a ``SourceReader``: what a consistent GetItem returns)."""
+        with self._lock:
+            held = self.items.get(key_id({k: keys[k] for k in self.key_names}))
+            return None if held is None else dict(held)
 
     def scan(self) -> list[TypedItem]:
         with self._lock:

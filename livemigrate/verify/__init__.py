@@ -173,6 +173,7 @@ def record(store: ControlStore, report: VerifyReport) -> None:
         "transform_errors": report.transform_errors,
         "tombstones": report.tombstones,  # the tombstone gate wants 0 after the purge
         **report.counts,
+        "collisions": report.collisions,
     }
     if report.search is not None:
         values["search_passed"] = bool(report.search.get("passed"))
@@ -190,7 +191,9 @@ def render(report: VerifyReport) -> str:
         f"differences {report.first_pass_differences}, resolved by recheck "
         f"{report.resolved_by_recheck}",
         "  " + ", ".join(f"{kind} {report.counts[kind]}" for kind in KINDS),
+        f"  collisions {report.collisions} (destination keys two source items map to)",
     ]
+    lines += [f"    collision: {json.dumps(c, sort_keys=True)}" for c in report.collision_examples]
     for kind in KINDS:
         for example in report.examples[kind]:
             lines.append(f"    {kind}: {json.dumps(example, sort_keys=True)}")

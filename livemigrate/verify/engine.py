@@ -14,6 +14,10 @@
    ``recheck_rounds`` rounds is reported.
 
 Tombstones in the destination count as absent; ``_lm_*`` attributes are ignored.
+
+A destination key that two source items map to is a collision (rule 12): it is reported apart
+(``collisions``, with both source keys), fails the verification, and is never repaired; it is
+confirmed like a difference, by consistent re-reads of both source items after waiting.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from livemigrate.verify.digest import (
     key_id,
     strip_reserved,
 )
-from livemigrate.versioning import SEQ_ATTR, TOMBSTONE_ATTR
+from livemigrate.versioning import OWNER_ATTR, SEQ_ATTR, TOMBSTONE_ATTR
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -64,19 +68,34 @@ class Difference:
     expected: TypedItem | None  # transform(source), or None
     actual: TypedItem | None  # the destination item without _lm_*, or None
     held_seq: str | None = None  # the destination's _lm_seq
+    held_owner: str | None = None  # the destination's _lm_src (the source item it came from)
 
     def example(self) -> dict[str, Any]:
-        def safe(item: TypedItem | None) -> Any:
-            return None if item is None else json.loads(to_json(to_plain(item)))
-
         return {
             "kind": self.kind,
-            "key": safe(self.key),
-            "source_key": safe(self.source_key),
-            "expected": safe(self.expected),
-            "actual": safe(self.actual),
+            "key": _safe(self.key),
+            "source_key": _safe(self.source_key),
+            "expected": _safe(self.expected),
+            "actual": _safe(self.actual),
             "held_seq": self.held_seq,
+            "held_owner": self.held_owner,
         }
+
+
+def _safe(item: Mapping[str, Any] | None) -> Any:
+    return None if item is None else json.loads(to_json(to_plain(item)))
+
+
+@dataclass(frozen=True)
+class Collision:
+    """One destination key that several source items map to (rule 12)."""
+
+    kid: str
+    key: TypedItem
+    source_keys: tuple[TypedItem, ...]
+
+    def example(self) -> dict[str, Any]:
+        return {"key": _safe(self.key), "source_keys": [_safe(k) for k in self.source_keys]}
 
 
 def classify(
@@ -88,6 +107,7 @@ def classify(
 ) -> Difference | None:
     """The difference at one key, or None when both sides agree (absent on both is agreement)."""
     held = None if actual_raw is None else actual_raw.get(SEQ_ATTR, {}).get("S")
+    owner = None if actual_raw is None else actual_raw.get(OWNER_ATTR, {}).get("S")
     actual = None if actual_raw is None or is_tombstone(actual_raw) else strip_reserved(actual_raw)
     if expected is None and actual is None:
         return None
@@ -97,7 +117,7 @@ def classify(
         kind: Kind = "different"
     else:
         kind = "missing" if actual is None else "extra"
-    return Difference(kind, kid, key, source_key, expected, actual, held)
+    return Difference(kind, kid, key, source_key, expected, actual, held, owner)
 
 
 @dataclass(frozen=True)
@@ -142,11 +162,18 @@ class VerifyReport:
     )
     repairs: dict[str, int] = field(default_factory=dict)
     search: dict[str, Any] | None = None
+    collisions: int = 0  # destination keys two source items map to (rule 12)
+    collision_examples: list[dict[str, Any]] = field(default_factory=list)
 
     def record(self, diff: Difference, limit: int) -> None:
         self.counts[diff.kind] += 1
         if len(self.examples[diff.kind]) < limit:
             self.examples[diff.kind].append(diff.example())
+
+    def record_collision(self, collision: Collision, limit: int) -> None:
+        self.collisions += 1
+        if len(self.collision_examples) < limit:
+            self.collision_examples.append(collision.example())
 
 
 @dataclass
@@ -157,6 +184,8 @@ class _Acc:
     found: dict[str, tuple[TypedItem, TypedItem | None]] = field(default_factory=dict)
     errors: int = 0
     tombstones: int = 0
+    # Source keys beyond the first that map to one destination key (a collision).
+    also: dict[str, list[TypedItem]] = field(default_factory=dict)
 
 
 class Verifier:
@@ -219,7 +248,7 @@ class Verifier:
         sizes = [max(a, b) for a, b in zip(src.counts, dest.counts, strict=True)]
         for group in batches(differing, sizes, self.options.max_items_in_memory):
             self._diff_batch(n, set(group), report, repair)
-        report.passed = not any(report.counts.values())
+        report.passed = not any(report.counts.values()) and not report.collisions
         report.seconds = round(time.monotonic() - started, 3)
         return report
 
@@ -284,7 +313,12 @@ class Verifier:
         report: VerifyReport,
         repair: Callable[[Difference], str] | None,
     ) -> None:
-        diffs = self._item_diffs(n, wanted)
+        diffs, collisions = self._item_diffs_and_collisions(n, wanted)
+        confirmed = self.recheck_collisions(collisions)
+        for collision in confirmed:
+            report.record_collision(collision, self.options.examples)
+        # A key seen with two source items while it changed hands is an ordinary key again.
+        diffs += self._as_differences([c for c in collisions if c not in confirmed])
         report.first_pass_differences += len(diffs)
         remaining = self._recheck_extras(n, self.recheck(diffs))
         report.resolved_by_recheck += len(diffs) - len(remaining)
@@ -297,7 +331,13 @@ class Verifier:
             report.repairs[name] = report.repairs.get(name, 0) + count
 
     def _item_diffs(self, n: int, wanted: set[int]) -> list[Difference]:
-        """Item-level differences in the ``wanted`` buckets (destination scanned first)."""
+        return self._item_diffs_and_collisions(n, wanted)[0]
+
+    def _item_diffs_and_collisions(
+        self, n: int, wanted: set[int]
+    ) -> tuple[list[Difference], list[Collision]]:
+        """Item-level differences in the ``wanted`` buckets (destination scanned first), and
+        the keys there that several source items map to (not differences: never repaired)."""
 
         def visit_dest(acc: _Acc, item: TypedItem) -> None:
             kid = key_id(item, self.dkeys)
@@ -308,22 +348,32 @@ class Verifier:
             skey = {name: item[name] for name in self.source.key_names}
             for out in self._outputs(item) or []:
                 kid = key_id(out, self.dkeys)
-                if bucket_of(kid, n) in wanted:
+                if bucket_of(kid, n) not in wanted:
+                    continue
+                if kid in acc.found:
+                    acc.also.setdefault(kid, []).append(skey)
+                else:
                     acc.found[kid] = (out, skey)
 
         empty = lambda: _Acc(Digests(1))  # noqa: E731 - only ``found`` is used here
         actual = _merge_found(self._scan(self.destination.name, empty, visit_dest))
         self.hooks.after_destination_scan("diff")
-        expected = _merge_found(self._scan(self.source.name, empty, visit_source))
+        expected, collisions = _merge_sources(self._scan(self.source.name, empty, visit_source))
         diffs = []
         for kid in sorted(expected.keys() | actual.keys()):
+            if kid in collisions:
+                continue
             exp, skey = expected.get(kid, (None, None))
             act = actual.get(kid, (None, None))[0]
             key = {name: (exp or act or {})[name] for name in self.dkeys}
             diff = classify(kid, key, skey, exp, act)
             if diff is not None:
                 diffs.append(diff)
-        return diffs
+        found = [
+            Collision(kid, {name: expected[kid][0][name] for name in self.dkeys}, tuple(keys))
+            for kid, keys in sorted(collisions.items())
+        ]
+        return diffs, found
 
     # -- recheck ----------------------------------------------------------------------------
     def recheck(self, diffs: Sequence[Difference]) -> list[Difference]:
@@ -337,6 +387,35 @@ class Verifier:
             self.await_consumer(seen_at)
             pending = [d for d in (self.reread(d) for d in pending) if d is not None]
         return pending
+
+    def recheck_collisions(self, collisions: Sequence[Collision]) -> list[Collision]:
+        """The collisions that persist: at least two of the source items still map to the key
+        after each wait (a key handed from one item to another during the scan resolves)."""
+        pending = list(collisions)
+        for _ in range(self.options.recheck_rounds):
+            if not pending:
+                break
+            self.clock.sleep(self.options.recheck_wait)
+            pending = [c for c in pending if self._still_colliding(c)]
+        return pending
+
+    def _as_differences(self, resolved: Sequence[Collision]) -> list[Difference]:
+        """What a resolved collision's key is now: a difference against the item mapping to
+        it (if any), or nothing."""
+        out = []
+        for collision in resolved:
+            mapping = [k for k in collision.source_keys if self.expected_for(k, collision.kid)]
+            skey = mapping[0] if mapping else None
+            fresh = self.reread(
+                Difference("missing", collision.kid, collision.key, skey, None, None)
+            )
+            if fresh is not None:
+                out.append(fresh)
+        return out
+
+    def _still_colliding(self, collision: Collision) -> bool:
+        mapping = [k for k in collision.source_keys if self.expected_for(k, collision.kid)]
+        return len(mapping) >= 2
 
     def _recheck_extras(self, n: int, remaining: list[Difference]) -> list[Difference]:
         """Give extras without a known source item one fresh pass over their buckets.
@@ -387,16 +466,26 @@ class Verifier:
 
     def expected_for(self, source_key: Mapping[str, Any], kid: str) -> TypedItem | None:
         """transform(source item now) at destination key ``kid``, or None."""
+        for out in self.source_outputs(source_key) or []:
+            if key_id(out, self.dkeys) == kid:
+                return out
+        return None
+
+    def source_outputs(self, source_key: Mapping[str, Any]) -> list[TypedItem] | None:
+        """transform(source item now): [] when the item is absent, None when the transform
+        rejects it."""
         resp = self.dynamodb.get_item(
             TableName=self.source.name, Key=dict(source_key), ConsistentRead=True
         )
         item = resp.get("Item")
-        if item is None:
+        return [] if item is None else self._outputs(item)
+
+    def maps_to(self, source_key: Mapping[str, Any], kid: str) -> bool | None:
+        """Whether the source item now maps to ``kid``; None when its transform fails."""
+        outputs = self.source_outputs(source_key)
+        if outputs is None:
             return None
-        for out in self._outputs(item) or []:
-            if key_id(out, self.dkeys) == kid:
-                return out
-        return None
+        return any(key_id(out, self.dkeys) == kid for out in outputs)
 
 
 def _merge_digests(accs: list[_Acc], n: int) -> Digests:
@@ -404,6 +493,26 @@ def _merge_digests(accs: list[_Acc], n: int) -> Digests:
     for acc in accs:
         total.merge(acc.digests)
     return total
+
+
+def _merge_sources(
+    accs: list[_Acc],
+) -> tuple[dict[str, tuple[TypedItem, TypedItem | None]], dict[str, list[TypedItem]]]:
+    """Merged source outputs, and the source keys of each destination key several map to."""
+    merged: dict[str, tuple[TypedItem, TypedItem | None]] = {}
+    collisions: dict[str, list[TypedItem]] = {}
+    for acc in accs:
+        for kid, (out, skey) in acc.found.items():
+            if kid in merged:
+                collisions.setdefault(kid, []).append(skey or {})
+            else:
+                merged[kid] = (out, skey)
+        for kid, keys in acc.also.items():
+            collisions.setdefault(kid, []).extend(keys)
+    for kid, keys in collisions.items():
+        first = merged[kid][1]
+        collisions[kid] = [first or {}, *keys]
+    return merged, collisions
 
 
 def _merge_found(accs: list[_Acc]) -> dict[str, tuple[TypedItem, TypedItem | None]]:

@@ -13,8 +13,16 @@ different
     a missing item. An item a stream event wrote (newer sequence number) is never overwritten:
     it is reported as ``skipped_stream_written`` (the consumer, not verify, owns it).
 extra
-    Left alone and reported: no source item produces it, and deleting by scan result could race
-    a live insert. The stream consumer deletes what the source deletes.
+    Deleted only when it is provably an orphan (issue 10 item 8): it records the source item it
+    came from (``_lm_src``), and that item, read again (consistently), is absent or transforms
+    to keys that do not include it. The delete is conditioned on the item being exactly the one
+    read (owner and ``_lm_seq`` unchanged; marked first when the writer marks deletes), so a
+    live write in between keeps it. Every other extra (no owner recorded, the owner's transform
+    fails, or it maps there after all) is left alone and reported: deleting by scan result
+    could race a live insert. The stream consumer deletes what the source deletes.
+collision
+    Never repaired: two live source items map to one key (rule 12); the data or the transform
+    must change.
 
 After a repair write lands, the source item is read again: if it was deleted (or no longer maps
 to this key) in between, the stream consumer may already have applied that delete before our
@@ -29,6 +37,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from livemigrate.destination import DestinationWriter, Outcome
+from livemigrate.ownership import key_from_id
 from livemigrate.verify.engine import Difference, Verifier
 from livemigrate.versioning import BACKFILL_SEQ
 
@@ -42,7 +51,7 @@ class Repairer:
 
     def __call__(self, diff: Difference) -> str:
         if diff.kind == "extra" or diff.source_key is None:
-            return "extra_left_alone"
+            return self._extra(diff)
         if diff.kind == "different":
             if diff.held_seq != BACKFILL_SEQ:
                 return "skipped_stream_written"
@@ -50,11 +59,23 @@ class Repairer:
                 return "skipped_changed_meanwhile"
         return self._write(diff.source_key, diff.kid, diff.key)
 
+    def _extra(self, diff: Difference) -> str:
+        """Delete an extra item only if it is provably an orphan (see the module docstring)."""
+        owner = diff.held_owner
+        source_key = None if owner is None else key_from_id(owner)
+        if owner is None or source_key is None or diff.held_seq is None:
+            return "extra_left_alone"
+        if self.verifier.maps_to(source_key, diff.kid) is not False:
+            return "extra_left_alone"  # maps there after all, or cannot be proved
+        if self.writer.delete_orphan(dict(diff.key), owner, diff.held_seq):
+            return "orphan_removed"
+        return "skipped_changed_meanwhile"
+
     def _write(self, source_key: Mapping[str, Any], kid: str, key: Mapping[str, Any]) -> str:
         expected = self.verifier.expected_for(source_key, kid)
         if expected is None:
             return "gone_from_source"
-        if self.writer.put_if_absent(expected) is Outcome.SUPERSEDED:
+        if self.writer.put_if_absent(expected, source_key) is Outcome.SUPERSEDED:
             return "superseded_by_live_write"
         if self.verifier.expected_for(source_key, kid) is None:
             self.delete_backfill_copy(key)

@@ -235,10 +235,17 @@ def test_a_tombstone_write_delayed_past_the_purge_is_refused_and_the_delete_is_r
     writer = applier.writer
     remove = writer.remove
 
-    def stalling_remove(key: Any, seq: str, *, tombstone: bool, mark: bool | None = None) -> Any:
+    def stalling_remove(
+        key: Any,
+        seq: str,
+        *,
+        tombstone: bool,
+        owner: str | None = None,
+        mark: bool | None = None,
+    ) -> Any:
         if tombstone:
             stall()
-        return remove(key, seq, tombstone=tombstone, mark=mark)
+        return remove(key, seq, tombstone=tombstone, owner=owner, mark=mark)
 
     writer.remove = stalling_remove  # type: ignore[method-assign]
     source_delete(migration)

@@ -26,7 +26,7 @@ from stream_consumer.applier import DestinationApplier
 from stream_consumer.engine import Consumer, Tuning
 from stream_consumer.lambda_handler import handle
 from stream_consumer.metrics import Metrics, serve
-from stream_consumer.scripted import ScriptedStream, ScriptedTable
+from stream_consumer.scripted import SEQ_BASE, SEQ_STRIDE, ScriptedStream, ScriptedTable
 from stream_consumer.source import BotoShardSource
 from stream_consumer.tombstones import tombstones
 from tests.integration.test_backfill_support import settings_env
@@ -302,7 +302,7 @@ def test_checkpoint_past_retention_restarts_at_the_trim_horizon_loudly(
     assert any("past the stream retention" in r.getMessage() for r in caplog.records)
     state = migration.store.get(f"SHARD#source#{shard}")
     assert state is not None
-    assert str(state["checkpoint"]).lstrip("0") == str(10**20 + 24)
+    assert str(state["checkpoint"]).lstrip("0") == str(SEQ_BASE + 24 * SEQ_STRIDE)
 
 
 def test_moto_stream_seq_is_stored_with_every_applied_item(

@@ -116,7 +116,13 @@ class World:
         clock = clock or SystemClock()
         metrics = Metrics("source")
         applier = DestinationApplier.for_migration(
-            self.migration, metrics, clock=clock, threads=4, refresh_seconds=0.0
+            self.migration,
+            metrics,
+            clock=clock,
+            threads=4,
+            refresh_seconds=0.0,
+            # The scripted world's source items live in the ScriptedTable, not in moto.
+            source=None if self.table is None else self.table.get,
         )
         sink = RecordingSink(applier)
         self.sinks.append(sink)
@@ -137,8 +143,9 @@ class World:
     def backfill_write(self, items: list[dict[str, Any]]) -> None:
         """What the backfill does with items it read: transform, put-if-absent."""
         for item in items:
+            source_key = to_typed({"pk": item["pk"], "sk": item["sk"]})
             for out in self.migration.transformer.run(item):
-                self.migration.writer.put_if_absent(out)
+                self.migration.writer.put_if_absent(out, source_key)
 
     def complete_backfill(self) -> None:
         self.migration.store.put("PLAN", {"state": "complete", "completed_at": time.time()})

@@ -131,3 +131,46 @@ def test_scripted_stream_faults() -> None:
         stream.iterator(shard, "0" * 39 + "1")
     horizon = stream.get_records(stream.iterator(shard, None), 10)
     assert len(horizon.records) == 1
+
+
+@given(
+    offsets=st.tuples(st.integers(0, 5), st.integers(0, 5)),
+    writes=st.lists(st.tuples(st.integers(0, 7), st.booleans()), min_size=1, max_size=40),
+)
+def test_scripted_shards_number_their_records_independently(
+    offsets: tuple[int, int], writes: list[tuple[int, bool]]
+) -> None:
+    # GIVEN two shards numbering from their own offsets; some writes split a shard first
+    stream = ScriptedStream(FakeClock(), shards=2, seq_offsets=offsets)
+    table = ScriptedTable(stream)
+    emitted: list[tuple[str, int]] = []  # (shard, number) in time order
+    for n, (key, split) in enumerate(writes):
+        item = to_typed({"pk": f"k{key}", "sk": "s", "v": n})
+        if split and len(stream.open_shards()) < 8:
+            stream.split(stream.shard_for(item))
+        seq = table.put(item)
+        emitted.append((stream.shard_of(seq), int(seq)))
+    # THEN numbers are unique, grow within a shard, and a child's exceed its parents'
+    numbers = [number for _, number in emitted]
+    assert len(set(numbers)) == len(numbers)
+    last: dict[str, int] = {}
+    for shard, number in emitted:
+        assert number > last.get(shard, 0)
+        for parent in stream.parents_of(shard):
+            assert number > last.get(parent, 0)
+        last[shard] = number
+
+
+def test_scripted_shard_numbers_do_not_follow_time_across_shards() -> None:
+    # GIVEN shard 0 numbering three records above shard 1
+    stream = ScriptedStream(FakeClock(), shards=2, seq_offsets=(3, 0))
+    table = ScriptedTable(stream)
+    keys = [to_typed({"pk": f"k{n}", "sk": "s"}) for n in range(40)]
+    first = next(k for k in keys if stream.shard_for(k) == stream.open_shards()[0])
+    second = next(k for k in keys if stream.shard_for(k) == stream.open_shards()[1])
+    # WHEN shard 0 gets a record, then shard 1 gets two
+    earlier = int(table.put(first))
+    later = [int(table.put({**second, "v": to_typed({"v": n})["v"]})) for n in range(2)]
+    # THEN the later records carry lower numbers (as on DynamoDB, across shards)
+    assert all(number < earlier for number in later)
+    assert later[0] < later[1]

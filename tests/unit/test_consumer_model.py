@@ -12,7 +12,7 @@ never undone, and after the purge no tombstone is left.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -21,11 +21,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from livemigrate.clock import FakeClock
-from livemigrate.destination import DestinationWriter, Outcome
+from livemigrate.destination import DestinationWriter, Held, Outcome
 from livemigrate.items import TypedItem, key_id, to_plain, to_typed
+from livemigrate.ownership import owner_id
 from livemigrate.records import EventName, StreamRecord
+from livemigrate.replication import FORWARD
 from livemigrate.transform import Transformer, load_transform
-from livemigrate.versioning import BACKFILL_SEQ, SEQ_ATTR, TOMBSTONE_ATTR, pad_seq
+from livemigrate.versioning import BACKFILL_SEQ, OWNER_ATTR, SEQ_ATTR, TOMBSTONE_ATTR, pad_seq
 from stream_consumer.applier import DeleteMode, DestinationApplier
 from stream_consumer.metrics import Metrics
 
@@ -39,40 +41,75 @@ TRANSFORM = Transformer(
 
 
 class ModelWriter(DestinationWriter):
-    """An in-memory destination with DestinationWriter's conditions (rules 1-3)."""
+    """An in-memory destination with DestinationWriter's conditions (rules 1-3, 12)."""
 
     def __init__(self) -> None:
         self.key_names = ("pk", "sk")
+        self.marks = FORWARD
         self.items: dict[str, TypedItem] = {}
 
     def _held_seq(self, key: TypedItem) -> str | None:
         held = self.items.get(key_id(self.key(key)))
         return None if held is None else held.get(SEQ_ATTR, {}).get("S")
 
-    def put_if_absent(self, item: TypedItem) -> Outcome:
+    def _found(self, key: TypedItem) -> Held | None:
+        held = self.items.get(key_id(self.key(key)))
+        return None if held is None else self._held({"Item": held})
+
+    def _set(self, item: TypedItem, seq: str, owner: str | None, **extra: Any) -> None:
+        stamps = {SEQ_ATTR: {"S": seq}} | ({} if owner is None else {OWNER_ATTR: {"S": owner}})
+        self.items[key_id(self.key(item))] = {**item, **stamps, **extra}
+
+    def put_if_absent(
+        self, item: TypedItem, source_key: Mapping[str, Any] | None = None
+    ) -> Outcome:
         if key_id(self.key(item)) in self.items:
             return Outcome.SUPERSEDED
-        self.items[key_id(self.key(item))] = {**item, SEQ_ATTR: {"S": BACKFILL_SEQ}}
+        self._set(item, BACKFILL_SEQ, None if source_key is None else owner_id(source_key))
         return Outcome.WRITTEN
 
     def _is_newer(self, key: TypedItem, seq: str) -> bool:
         held = self._held_seq(key)
         return held is None or held < seq
 
+    def _other_owner(self, key: TypedItem, owner: str | None) -> bool:
+        held = self._found(key)
+        return owner is not None and held is not None and held.owner not in (None, owner)
+
     def put_if_newer(self, item: TypedItem, seq: str) -> Outcome:
         if not self._is_newer(item, seq):
             return Outcome.STALE
-        self.items[key_id(self.key(item))] = {**item, SEQ_ATTR: {"S": seq}}
+        self._set(item, seq, None)
         return Outcome.APPLIED
 
+    def claim(
+        self, item: TypedItem, seq: str, owner: str, replacing: Held | None = None
+    ) -> tuple[Outcome, Held | None]:
+        held = self._found(item)
+        if replacing is not None:
+            if held is None or (held.owner, held.seq) != (replacing.owner, replacing.seq):
+                return Outcome.CHANGED, held
+        elif held is not None and (self._other_owner(item, owner) or not self._is_newer(item, seq)):
+            other = self._other_owner(item, owner)
+            return (Outcome.OWNED_BY_OTHER if other else Outcome.STALE), held
+        self._set(item, seq, owner)
+        return Outcome.APPLIED, None
+
     def remove(
-        self, key: TypedItem, seq: str, *, tombstone: bool, mark: bool | None = None
+        self,
+        key: TypedItem,
+        seq: str,
+        *,
+        tombstone: bool,
+        owner: str | None = None,
+        mark: bool | None = None,
     ) -> Outcome:
+        if self._other_owner(key, owner):
+            return Outcome.NOT_OWNER
         if not self._is_newer(key, seq):
             return Outcome.STALE
         if tombstone:
-            marker = {**key, SEQ_ATTR: {"S": seq}, TOMBSTONE_ATTR: {"BOOL": True}}
-            self.items[key_id(self.key(key))] = marker
+            self._set(key, seq, owner, **{TOMBSTONE_ATTR: {"BOOL": True}})
             return Outcome.TOMBSTONED
         self.items.pop(key_id(self.key(key)), None)
         return Outcome.DELETED
@@ -185,7 +222,7 @@ def play(s: Scenario, writer: DestinationWriter, tombstones: Callable[[], list[A
     def backfill() -> None:
         for item in snapshot:
             for out in TRANSFORM.run(item):
-                writer.put_if_absent(out)
+                writer.put_if_absent(out, to_typed({"pk": item["pk"], "sk": item["sk"]}))
         state["backfilled"] = True
 
     try:
