@@ -169,6 +169,7 @@ def summary(migration: Migration, code: ExitCode) -> dict[str, Any]:
         "items_read": metrics.get("items_read", 0),
         "items_written": metrics.get("items_written", 0),
         "superseded_by_live_write": metrics.get("superseded_by_live_write", 0),
+        "items_already_copied": metrics.get("items_already_copied", 0),
         "dead_letters": _backfill_dead_letters(migration),
     }
 
@@ -199,6 +200,7 @@ def _verdict(
             f"backfill complete: {migration.source.name} -> {migration.destination.name}; "
             f"read {metrics.get('items_read', 0)}, written {metrics.get('items_written', 0)}, "
             f"superseded by live writes {metrics.get('superseded_by_live_write', 0)}, "
+            f"already copied (pages read again) {metrics.get('items_already_copied', 0)}, "
             f"dead letters {dead}"
         )
         if not was_complete:

@@ -509,6 +509,7 @@ class Worker:
         for name, n in (
             ("items_written", tally.written),
             ("superseded_by_live_write", tally.superseded),
+            ("items_already_copied", tally.recopied),
             ("dead_letters", tally.dead),
         ):
             self._pending[name] = self._pending.get(name, 0) + n

@@ -52,12 +52,14 @@ class Tally:
     written: int = 0
     superseded: int = 0
     dead: int = 0
+    recopied: int = 0  # already held the backfill's own earlier copy (a page read again)
 
     def add(self, other: Tally) -> None:
         self.read += other.read
         self.written += other.written
         self.superseded += other.superseded
         self.dead += other.dead
+        self.recopied += other.recopied
 
 
 @dataclass
@@ -74,7 +76,7 @@ class Stats:
     def snapshot(self) -> Tally:
         with self._lock:
             t = self.total
-            return Tally(t.read, t.written, t.superseded, t.dead)
+            return Tally(t.read, t.written, t.superseded, t.dead, t.recopied)
 
 
 @dataclass
@@ -162,6 +164,8 @@ class PageWriter:
                 continue
             if outcome is Outcome.SUPERSEDED:
                 tally.superseded += 1
+            elif outcome is Outcome.ALREADY_COPIED:
+                tally.recopied += 1
             else:
                 tally.written += 1
         return tally

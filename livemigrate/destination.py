@@ -48,6 +48,7 @@ _NEWER = "(attribute_not_exists(#seq) OR #seq < :seq)"
 class Outcome(enum.Enum):
     WRITTEN = "written"  # backfill put landed
     SUPERSEDED = "superseded"  # backfill put lost to a live write or tombstone
+    ALREADY_COPIED = "already_copied"  # backfill put found the backfill's own earlier copy
     APPLIED = "applied"  # stream write landed
     STALE = "stale"  # stream write skipped: the destination holds a newer or equal version
     TOMBSTONED = "tombstoned"
@@ -137,8 +138,17 @@ class DestinationWriter:
             Item=self._stamp(item, BACKFILL_SEQ, owner),
             ConditionExpression="attribute_not_exists(#k0)",
             ExpressionAttributeNames={"#k0": self.key_names[0]},
+            ReturnValuesOnConditionCheckFailure="ALL_OLD",
         )
-        return Outcome.WRITTEN if refused is None else Outcome.SUPERSEDED
+        if refused is None:
+            return Outcome.WRITTEN
+        # A page read again (after a budget stop or a crash) finds the backfill's own copy: no
+        # live write is involved, so it is not counted as one (issue 12, true counters).
+        held = refused.get("Item") or {}
+        own = held.get(self.marks.seq_attr, {}).get("S") == BACKFILL_SEQ
+        if own and TOMBSTONE_ATTR not in held and self.marks.delete_attr not in held:
+            return Outcome.ALREADY_COPIED
+        return Outcome.SUPERSEDED
 
     def put_if_newer(self, item: TypedItem, seq: str) -> Outcome:
         """Stream write: lands only if ``seq`` is newer than the held version (rule 3)."""

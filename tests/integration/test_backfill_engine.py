@@ -16,6 +16,7 @@ from livemigrate.aws import AwsClients
 from livemigrate.clock import FakeClock
 from livemigrate.config import Settings
 from livemigrate.control import ControlStore
+from livemigrate.destination import Outcome
 from livemigrate.items import to_plain
 from livemigrate.migration import open_migration
 from livemigrate.versioning import TOMBSTONE_ATTR, pad_seq
@@ -250,3 +251,41 @@ def test_worker_processes_share_one_plan(
     assert destination(clients.dynamodb, settings.destination_table) == expected(
         clients.dynamodb, settings.source_table
     )
+
+
+def test_pages_read_again_count_as_already_copied_not_as_live_conflicts(
+    clients: AwsClients,
+) -> None:
+    # GIVEN a table copied in full, with no live write at all (issue 12: true counters)
+    items = outbox_items(60)
+    settings = tables(clients, items)
+    assert backfill(settings, clients, "--page-size", "20", "--total-segments", "2") == 0
+    store = store_of(settings, clients)
+    # WHEN every segment is read again from its start (as after a crash before a checkpoint)
+    for unit in plan.units(store, plan.SEG_PREFIX):
+        store.update(unit.sk, {"state": plan.PENDING, "checkpoint": None})
+    store.update("PLAN", {"state": plan.RUNNING})
+    assert backfill(settings, clients, "--page-size", "20", "--total-segments", "2") == 0
+    # THEN the second copies are the backfill's own: none is counted as a live write's
+    metrics = store.metrics()
+    assert int(metrics["items_written"]) == 60
+    assert int(metrics.get("items_already_copied", 0)) == 60
+    assert int(metrics.get("superseded_by_live_write", 0)) == 0
+    assert destination(clients.dynamodb, settings.destination_table) == expected(
+        clients.dynamodb, settings.source_table
+    )
+
+
+def test_a_backfill_put_that_meets_a_live_write_or_a_tombstone_is_superseded(
+    clients: AwsClients,
+) -> None:
+    settings = tables(clients, outbox_items(1))
+    writer = open_migration(settings, clients).writer
+    live = {"pk": {"S": "user|live"}, "sk": {"S": "x"}}
+    assert writer.put_if_absent(live) is Outcome.WRITTEN
+    assert writer.put_if_absent(live) is Outcome.ALREADY_COPIED
+    writer.put_if_newer(live, pad_seq("12345678901234567890"))
+    assert writer.put_if_absent(live) is Outcome.SUPERSEDED
+    gone = {"pk": {"S": "user|gone"}, "sk": {"S": "x"}}
+    writer.remove(gone, pad_seq("12345678901234567891"), tombstone=True)
+    assert writer.put_if_absent(gone) is Outcome.SUPERSEDED
