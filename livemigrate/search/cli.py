@@ -28,9 +28,12 @@ after ``--lease-seconds``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
+import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from livemigrate.argtypes import positive_float, positive_int
@@ -99,7 +102,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     swap = sub.add_parser("swap-alias", help="point the alias at the live index (one request)")
     swap.add_argument("--index", help="the index to point at (default: the sink's live index)")
-    sub.add_parser("cleanup", help="delete this migration's indices the alias does not use")
+    clean = sub.add_parser("cleanup", help="delete this migration's indices the alias does not use")
+    for cmd in (sync, resync, swap, clean):
+        cmd.add_argument(
+            "--json",
+            action="store_true",
+            help="print the result as JSON on stdout (text on stderr)",
+        )
     for cmd in (sync, resync):
         cmd.add_argument(
             "--index-config", help='JSON file {"settings": {}, "mappings": {}} for a new index'
@@ -134,18 +143,33 @@ class Context:
 
 
 def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> int:
-    """The ``search`` command; returns the exit status."""
+    """The ``search`` command; returns the exit status. With ``--json`` the result is one JSON
+    object on stdout and the text goes to stderr."""
+    result: dict[str, Any] = {"command": args.search_command}
+    if not getattr(args, "json", False):
+        return _run(args, settings, clients, result)
+    with contextlib.redirect_stdout(sys.stderr):
+        code = _run(args, settings, clients, result)
+    print(json.dumps({**result, "code": int(code)}, sort_keys=True))
+    return code
+
+
+def _run(
+    args: argparse.Namespace, settings: Settings, clients: AwsClients, result: dict[str, Any]
+) -> int:
     ctx = _context(args, settings, clients)
     command = args.search_command
     if command == "sync":
-        return _sync(args, ctx)
+        return _sync(args, ctx, result)
     if command == "resync":
-        return _resync(args, ctx)
+        return _resync(args, ctx, result)
     if command == "swap-alias":
         index, previous = swap_to_live(ctx.backend, ctx.targets, ctx.alias, args.index)
+        result.update(alias=ctx.alias, index=index, previous=list(previous))
         print(f"alias {ctx.alias} -> {index} (was: {', '.join(previous) or 'nothing'})")
         return 0
     deleted = cleanup(ctx.backend, ctx.alias, settings.migration_id, ctx.targets.current().indices)
+    result.update(deleted=list(deleted))
     print(f"deleted indices: {', '.join(deleted) or 'none'}")
     return 0
 
@@ -208,7 +232,7 @@ def _sink(args: argparse.Namespace, ctx: Context, on_idle: Any = None) -> Search
     )
 
 
-def _sync(args: argparse.Namespace, ctx: Context) -> int:
+def _sync(args: argparse.Namespace, ctx: Context, result: dict[str, Any]) -> int:
     try:
         from stream_consumer.metrics import Metrics
     except ImportError as exc:  # the engine ships in the same distribution; say so if not
@@ -226,6 +250,7 @@ def _sync(args: argparse.Namespace, ctx: Context) -> int:
         caught_up = _consume(args, ctx, sink, stream_arn, metrics=metrics, stop=stop)
     finally:
         sink.close()
+    result.update(caught_up=caught_up, **asdict(sink.stats))
     print(f"search sync stopped ({'caught up' if caught_up else 'stopped'}): {_stats(sink.stats)}")
     if args.until_caught_up and not caught_up:
         return EXIT_NOT_CAUGHT_UP
@@ -282,7 +307,7 @@ def _retention_watch(metrics: Any) -> None:
         log.error("%s", retention_warning(lag))
 
 
-def _resync(args: argparse.Namespace, ctx: Context) -> int:
+def _resync(args: argparse.Namespace, ctx: Context, result: dict[str, Any]) -> int:
     dest = _destination(ctx)
     resync = Resync(
         ctx.backend,
@@ -299,6 +324,7 @@ def _resync(args: argparse.Namespace, ctx: Context) -> int:
     report = resync.run(
         TableSource(ctx.clients.dynamodb, dest.name, dest.key_names), move_alias=move
     )
+    result.update({k: list(v) if isinstance(v, tuple) else v for k, v in asdict(report).items()})
     print(
         f"resync: built {report.index}; scanned {report.scanned}, created {report.created}, "
         f"superseded by live writes {report.superseded}, skipped {report.skipped}, "

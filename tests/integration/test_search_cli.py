@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -142,7 +143,13 @@ def test_sync_swap_resync_and_cleanup_through_the_cli(
     assert now.startswith(live_index(alias, mid) + "-r")
     assert f"previous index kept: {live_index(alias, mid)}" in resynced.stdout.decode()
     assert index_state(es, alias) == table_state(clients, table)
-    cleaned = run_cli(cli("cleanup"), env)
+    cleaned = run_cli(cli("cleanup", "--json"), env)
     assert cleaned.returncode == 0, cleaned.stderr.decode()
+    # --json: one JSON object on stdout, numbers as numbers (issue 12)
+    assert json.loads(cleaned.stdout) == {
+        "command": "cleanup",
+        "code": 0,
+        "deleted": [live_index(alias, mid)],
+    }
     assert not es.indices.exists(index=live_index(alias, mid))
     assert es.indices.exists(index=now)
