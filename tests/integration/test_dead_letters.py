@@ -18,6 +18,7 @@ from livemigrate.config import Settings
 from livemigrate.control import ControlStore
 from livemigrate.deadletters import DeadLetters, record_to_json
 from livemigrate.demo_data import enable_stream
+from livemigrate.exitcodes import ExitCode
 from livemigrate.gates import Policy, dead_letters_gate, read_snapshot
 from livemigrate.migration import open_migration
 from livemigrate.values import canonical_text, from_dynamodb_json, key_text
@@ -70,7 +71,9 @@ def test_a_backfill_dead_letter_shows_its_input_exactly_in_dynamodb_json(
     create_table(clients.dynamodb, dest, stream=None)
     put_all(clients, source, [EXACT])
     s = settings_for(source, dest, transform="tests.integration.test_dead_letters:always_raises")
-    assert command(s, clients, "backfill", "--without-consumer", "--total-segments", "1") == 0
+    # dead letters: the backfill finishes with "items not migrated" (issue 12's exit codes)
+    done = command(s, clients, "backfill", "--without-consumer", "--total-segments", "1")
+    assert done == ExitCode.NOT_MIGRATED
     (letter,) = DeadLetters(store_of(s, clients)).list()
     capsys.readouterr()
     assert command(s, clients, "dead-letters", "show", letter.id) == 0
@@ -154,7 +157,8 @@ def test_fix_the_transform_then_replay_brings_exact_parity_and_passes_the_gate(
     store = store_of(s, clients)
 
     assert command(s, clients, *CONSUME) == 0  # the consumer starts first (rule 9)
-    assert command(s, clients, "backfill", "--total-segments", "1", "--workers", "2") == 0
+    backfilled = command(s, clients, "backfill", "--total-segments", "1", "--workers", "2")
+    assert backfilled == ExitCode.NOT_MIGRATED  # 4 items dead-lettered
     # live writes: 001 fails then is superseded by a newer write; 002 fails; 050 is new and
     # fails; 020 (a backfill letter) is deleted from the source
     put_all(clients, source, [item(1, "boom"), item(1, "newer"), item(2, "boom"), item(50, "boom")])
