@@ -44,7 +44,7 @@ from livemigrate.ratelimit import PastDeadline, RateLimiter, RatesFromControl
 
 log = logging.getLogger(__name__)
 
-COUNTERS = ("items_read", "items_written", "superseded", "dead_lettered")
+COUNTERS = ("items_read", "items_written", "superseded", "dead_lettered", "already_copied")
 # METRICS counter: items of pages cut by the budget, read again by the next run.
 CUT_BY_BUDGET = "items_reread_after_budget"
 
@@ -496,7 +496,9 @@ class Worker:
         """Save the position after written items (with a renewal); LeaseLost if it is gone."""
         totals = dict(counters)
         for name, n in zip(
-            COUNTERS, (tally.read, tally.written, tally.superseded, tally.dead), strict=True
+            COUNTERS,
+            (tally.read, tally.written, tally.superseded, tally.dead, tally.recopied),
+            strict=True,
         ):
             totals[name] += n
         key, extra = following if following is not None else (None, {})
