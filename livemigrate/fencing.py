@@ -126,20 +126,9 @@ def current() -> Fence | None:
 
 
 def active() -> tuple[Fence, ...]:
-    """Every fence guarding this thread's writes (to carry them into a worker thread)."""
+    """Every fence guarding this thread's writes (a write checks each of them)."""
     fences: tuple[Fence, ...] = getattr(_local, "fences", ())
     return fences
-
-
-@contextmanager
-def carried(fences: tuple[Fence, ...]) -> Iterator[None]:
-    """Re-enter, in a worker thread, the fences ``active()`` returned in the calling thread."""
-    previous: tuple[Fence, ...] = getattr(_local, "fences", ())
-    _local.fences = (*previous, *fences)
-    try:
-        yield
-    finally:
-        _local.fences = previous
 
 
 _installed: weakref.WeakSet[Any] = weakref.WeakSet()

@@ -165,8 +165,8 @@ class FlagView:
         """A flag current for every record made up to ``newest_made``."""
         with self._lock:
             flag = self._flag
-            quiet = flag is not None and not flag.fenced and flag.flipped_at == 0
-            quiet = quiet and not (flag is not None and flag.marks_since)
+            # Only a flag that names no fence, flip or arm can vouch for records made earlier.
+            quiet = flag is not None and not (flag.fenced or flag.flipped_at or flag.marks_since)
             if flag is not None and quiet and newest_made + _STALE <= self._read_at:
                 return flag
             return self._read()
