@@ -20,6 +20,10 @@ export LIVEMIGRATE_SEARCH_URL ?= http://127.0.0.1:$(LIVEMIGRATE_ES_PORT)
 endif
 LIVEMIGRATE := $(VENV)/bin/livemigrate
 PYTEST_ARGS ?=
+# The suite runs in parallel workers (pytest-xdist), each against a moto server of its own on
+# LIVEMIGRATE_MOTO_PORT + worker index; Elasticsearch is shared (tests use unique index names).
+TEST_WORKERS ?= 2
+TEST_MOTO_PORTS := $(shell seq $(LIVEMIGRATE_MOTO_PORT) $$(( $(LIVEMIGRATE_MOTO_PORT) + $(TEST_WORKERS) - 1 )))
 DEMO_ARGS ?=
 
 .PHONY: help install services services-down status-services test check lint typecheck bench \
@@ -50,8 +54,10 @@ services-down:
 status-services:
 	bash infra/services.sh status
 
-test: services
-	$(PY) -m pytest $(PYTEST_ARGS)
+test: install
+	LIVEMIGRATE_MOTO_EXTRA_PORTS="$(wordlist 2,99,$(TEST_MOTO_PORTS))" bash infra/services.sh up
+	LIVEMIGRATE_TEST_MOTO_PORTS="$(TEST_MOTO_PORTS)" $(PY) -m pytest -n $(TEST_WORKERS) \
+	  --dist loadfile $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

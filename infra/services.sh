@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Start, stop and health-check the local services livemigrate runs against:
-#   - moto's server (DynamoDB, DynamoDB Streams, SSM) on 127.0.0.1:$LIVEMIGRATE_MOTO_PORT
+#   - moto's server (DynamoDB, DynamoDB Streams, SSM) on 127.0.0.1:$LIVEMIGRATE_MOTO_PORT, plus one
+#     more per extra port in $LIVEMIGRATE_MOTO_EXTRA_PORTS (the test suite gives each of its
+#     parallel workers a moto of its own: one emulator process is single-threaded in effect)
 #   - a real Elasticsearch node (integ-test-zip from Maven Central) on 127.0.0.1:$LIVEMIGRATE_ES_PORT
 # Usage: infra/services.sh up|down|status [moto|es]
 # Idempotent: `up` leaves a healthy running service alone. Logs: $LIVEMIGRATE_SERVICES_DIR/logs/.
@@ -8,6 +10,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 MOTO_PORT=${LIVEMIGRATE_MOTO_PORT:-4599}
+MOTO_EXTRA_PORTS=${LIVEMIGRATE_MOTO_EXTRA_PORTS:-}
 ES_PORT=${LIVEMIGRATE_ES_PORT:-9299}
 ES_VERSION=${LIVEMIGRATE_ES_VERSION:-8.19.21}
 ES_HEAP=${LIVEMIGRATE_ES_HEAP:-512m}
@@ -43,15 +46,34 @@ wait_for() { # name url seconds
 
 pid_alive() { [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
 
-moto_up() {
-  if curl -fsS -m 2 "http://127.0.0.1:$MOTO_PORT/moto-api/" >/dev/null 2>&1; then
-    say "moto is already up on port $MOTO_PORT"; return 0
+moto_name() { # port -> the name of its pid and log files
+  if [ "$1" = "$MOTO_PORT" ]; then echo moto; else echo "moto-$1"; fi
+}
+
+moto_up_one() { # port
+  local port=$1 name
+  name=$(moto_name "$port")
+  if curl -fsS -m 2 "http://127.0.0.1:$port/moto-api/" >/dev/null 2>&1; then
+    say "moto is already up on port $port"; return 0
   fi
   [ -x "$VENV/bin/moto_server" ] || { say "ERROR: moto_server missing in $VENV; run 'make install'"; return 1; }
   # moto's server with its cancelled-transaction bug fixed (see infra/moto_server.py).
-  nohup "$VENV/bin/python" "$here/infra/moto_server.py" -H 127.0.0.1 -p "$MOTO_PORT" >"$LOGS/moto.log" 2>&1 &
-  echo $! >"$RUN/moto.pid"
-  wait_for moto "http://127.0.0.1:$MOTO_PORT/moto-api/" 30
+  nohup "$VENV/bin/python" "$here/infra/moto_server.py" -H 127.0.0.1 -p "$port" >"$LOGS/$name.log" 2>&1 &
+  echo $! >"$RUN/$name.pid"
+  wait_for "$name" "http://127.0.0.1:$port/moto-api/" 30
+}
+
+moto_up() {
+  local port
+  for port in $MOTO_PORT $MOTO_EXTRA_PORTS; do moto_up_one "$port"; done
+}
+
+moto_down() {
+  local f
+  for f in "$RUN"/moto-*.pid; do
+    if [ -e "$f" ]; then stop "$(basename "$f" .pid)"; fi
+  done
+  stop moto
 }
 
 es_fetch() {
@@ -143,7 +165,7 @@ case "$cmd" in
     if [ "$which" = all ] || [ "$which" = es ]; then es_up; fi ;;
   down)
     if [ "$which" = all ] || [ "$which" = es ]; then stop es; fi
-    if [ "$which" = all ] || [ "$which" = moto ]; then stop moto; fi ;;
+    if [ "$which" = all ] || [ "$which" = moto ]; then moto_down; fi ;;
   status) status ;;
   *) echo "usage: $0 up|down|status [moto|es|all]" >&2; exit 2 ;;
 esac

@@ -23,9 +23,18 @@ from livemigrate.tables import PK_SK
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
-MOTO_URL = os.environ.get(
-    "AWS_ENDPOINT_URL", f"http://127.0.0.1:{os.environ.get('LIVEMIGRATE_MOTO_PORT', '4599')}"
-)
+
+def _moto_url() -> str:
+    """This process's moto: under pytest-xdist each worker has a server of its own (Makefile)."""
+    ports = os.environ.get("LIVEMIGRATE_TEST_MOTO_PORTS", "").split()
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if ports and worker.startswith("gw"):
+        return f"http://127.0.0.1:{ports[int(worker[2:]) % len(ports)]}"
+    port = os.environ.get("LIVEMIGRATE_MOTO_PORT", "4599")
+    return os.environ.get("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+
+
+MOTO_URL = _moto_url()
 ES_URL = os.environ.get(
     "LIVEMIGRATE_SEARCH_URL",
     f"http://127.0.0.1:{os.environ.get('LIVEMIGRATE_ES_PORT', '9299')}",
