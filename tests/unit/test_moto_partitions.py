@@ -44,7 +44,7 @@ def fast_switching() -> Iterator[None]:
 
 
 def _table() -> Table:
-    return Table(
+    return Table(  # type: ignore[abstract]
         "t",
         account_id="123456789012",
         region="us-east-1",
