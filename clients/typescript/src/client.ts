@@ -1,5 +1,12 @@
 import { DynamoDBClient, TransactWriteItemsCommand } from "@aws-sdk/client-dynamodb";
-import type { TransactWriteItem } from "@aws-sdk/client-dynamodb";
+import type {
+  AttributeValue,
+  ConditionCheck,
+  Delete,
+  Put,
+  TransactWriteItem,
+  Update,
+} from "@aws-sdk/client-dynamodb";
 
 import { type Clock, systemClock } from "./clock.js";
 import { type Flag, isFenced } from "./flag.js";
@@ -42,8 +49,21 @@ export class NotCheckable extends Error {
   override name = "NotCheckable";
 }
 
-/** One TransactWriteItems entry without `TableName` (the client fills it in). */
-export type WriteEntry = Record<string, Record<string, unknown>>;
+/** One TransactWriteItems entry (`Put`, `Delete`, `Update` or `ConditionCheck`); the client
+ * fills in `TableName` where it is missing. */
+export type WriteEntry =
+  | { Put: WithoutTable<Put> }
+  | { Delete: WithoutTable<Delete> }
+  | { Update: WithoutTable<Update> }
+  | { ConditionCheck: WithoutTable<ConditionCheck> };
+
+/** An SDK entry type whose `TableName` may be left out. */
+export type WithoutTable<T extends { TableName: string | undefined }> = Omit<T, "TableName"> & {
+  TableName?: string;
+};
+
+/** A typed item or key, as the SDK takes it. */
+export type TypedItem = Record<string, AttributeValue>;
 
 /** Builds a checked write's entries for the table the flag names (item shapes may differ). */
 export type Builder = (table: string) => WriteEntry[] | Promise<WriteEntry[]>;
@@ -81,12 +101,13 @@ export function classifyFailure(
 }
 
 function withTable(entry: WriteEntry, table: string): TransactWriteItem {
-  const kinds = Object.keys(entry);
-  if (kinds.length !== 1) {
-    throw new TypeError(`a write entry has exactly one kind (Put, Delete, ...): ${kinds}`);
+  const parts = Object.entries(entry).filter(([, body]) => body !== undefined);
+  if (parts.length !== 1) {
+    const kinds = parts.map(([kind]) => kind).join(", ");
+    throw new TypeError(`a write entry has exactly one kind (Put, Delete, ...), not: ${kinds}`);
   }
-  const kind = kinds[0] as string;
-  return { [kind]: { TableName: table, ...entry[kind] } } as TransactWriteItem;
+  const [kind, body] = parts[0] as [string, object];
+  return { [kind]: { TableName: table, ...body } } as TransactWriteItem;
 }
 
 function failureOf(error: unknown): { code?: string; reasons: CancellationReason[] } {
@@ -199,7 +220,7 @@ export class ActiveTable {
     for (let attempt = 0; attempt < this.maxRaces; attempt++) {
       const flag = await this.unfencedFlag(fresh);
       const entries = (await build(flag.table)).map((entry) => withTable(entry, flag.table));
-      const check = store.conditionCheck(flag) as unknown as TransactWriteItem;
+      const check: TransactWriteItem = store.conditionCheck(flag);
       try {
         await client.send(new TransactWriteItemsCommand({ TransactItems: [...entries, check] }));
       } catch (error) {
@@ -221,22 +242,22 @@ export class ActiveTable {
 
   /** Checked PutItem of `itemFor(table)` (a typed item); `options` go into the Put. */
   async put(
-    itemFor: (table: string) => Record<string, unknown>,
-    options: Record<string, unknown> = {},
+    itemFor: (table: string) => TypedItem,
+    options: Omit<Put, "Item" | "TableName"> = {},
   ): Promise<string> {
     return this.transact((table) => [{ Put: { Item: itemFor(table), ...options } }]);
   }
 
   /** Checked DeleteItem of `keyFor(table)` (a typed key); `options` go into the Delete. */
   async delete(
-    keyFor: (table: string) => Record<string, unknown>,
-    options: Record<string, unknown> = {},
+    keyFor: (table: string) => TypedItem,
+    options: Omit<Delete, "Key" | "TableName"> = {},
   ): Promise<string> {
     return this.transact((table) => [{ Delete: { Key: keyFor(table), ...options } }]);
   }
 
   /** Checked UpdateItem: `paramsFor(table)` gives Key, UpdateExpression and the rest. */
-  async update(paramsFor: (table: string) => Record<string, unknown>): Promise<string> {
+  async update(paramsFor: (table: string) => WithoutTable<Update>): Promise<string> {
     return this.transact((table) => [{ Update: paramsFor(table) }]);
   }
 

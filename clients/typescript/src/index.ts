@@ -16,6 +16,8 @@ export {
   FenceTimeout,
   LostRace,
   NotCheckable,
+  type TypedItem,
+  type WithoutTable,
   type WriteEntry,
   WriteRejected,
 } from "./client.js";
