@@ -65,8 +65,12 @@ class PythonWriter:
         n = 0
         while not self.stop.is_set():
             key = f"py-{n:05d}"
+
+            def item(_table: str, key: str = key) -> dict[str, Any]:
+                return {"pk": {"S": key}, "sk": {"S": "v"}}
+
             try:
-                table = self.active.put(lambda _t, key=key: {"pk": {"S": key}, "sk": {"S": "v"}})
+                table = self.active.put(item)
             except LostRace:
                 continue  # nothing written, nothing acknowledged
             self.acks.append((key, table))

@@ -41,7 +41,7 @@ ERRORS: dict[type[Exception], str] = {
 }
 
 
-def _named(section: str) -> Any:
+def _named(section: str) -> pytest.MarkDecorator:
     return pytest.mark.parametrize("vector", VECTORS[section], ids=lambda v: v["name"])
 
 
@@ -146,7 +146,9 @@ class ScriptedDynamo:
         if flag_holds and app_holds:
             return {}
         attempt["outcome"] = "rejected" if flag_holds else "flag_moved"
-        reasons = [{"Code": "None" if ok else "ConditionalCheckFailed"} for ok in (app_holds, flag_holds)]
+        reasons = [
+            {"Code": "None" if ok else "ConditionalCheckFailed"} for ok in (app_holds, flag_holds)
+        ]
         raise _cancelled("TransactionCanceledException", reasons)
 
 
