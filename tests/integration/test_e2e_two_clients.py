@@ -25,7 +25,8 @@ import pytest
 
 from livemigrate.aws import AwsClients
 from livemigrate.client import ActiveTable, LostRace
-from tests.integration.test_client_fenced import Copier, Tables
+from livemigrate.flag import ControlFlagStore
+from tests.integration.test_client_fenced import Tables
 from tests.integration.test_cutover_gates import ready_store
 from tests.services import TEST_ENV, create_table, scan_all, unique
 
@@ -53,6 +54,36 @@ def tables(clients: AwsClients) -> Iterator[Tables]:
         create_table(clients.dynamodb, name, stream=None)
     store.put("META", {"source_table": src, "destination_table": dst})
     yield Tables(store, src, dst)
+
+
+@dataclass
+class Copier:
+    """A stand-in consumer: copies new source items into the destination, then heartbeats.
+
+    The heartbeat carries the time the copy pass STARTED, so "heartbeat after t" means every
+    source write before t is in the destination. Each key is written once by the writers, so
+    each is copied once (a pass stays short however long the writers ran). It stops once the
+    flag has flipped: a write that reached the source after the drain stays missing from D.
+    """
+
+    clients: AwsClients
+    t: Tables
+    stop: threading.Event = field(default_factory=threading.Event)
+    copied: set[str] = field(default_factory=set)
+
+    def run(self) -> None:
+        flags = ControlFlagStore(self.t.store)
+        while not self.stop.is_set() and flags.read().active == "source":
+            started = time.time()
+            for item in scan_all(self.clients.dynamodb, self.t.source):
+                if item["pk"]["S"] not in self.copied:
+                    self.clients.dynamodb.put_item(TableName=self.t.destination, Item=item)
+                    self.copied.add(item["pk"]["S"])
+            self.t.store.update(
+                "CONSUMER#source",
+                {"heartbeat_at": started, "lag_seconds": 0, "records_behind": 0},
+            )
+            self.stop.wait(0.05)
 
 
 @dataclass
@@ -171,6 +202,7 @@ def test_node_and_python_writers_lose_nothing_through_a_fenced_cutover(
         process.wait(timeout=30)
         for thread in threads:
             thread.join(timeout=30)
+        process.stdout.close()
 
     assert process.returncode == 0 and node.summary.get("done"), node.summary
     pause = result["write_pause_seconds"]

@@ -129,10 +129,12 @@ export async function readyMigration(): Promise<Migration> {
 /**
  * A stand-in consumer: copies the source into the destination, then reports a heartbeat that
  * carries the time the copy pass STARTED (so "heartbeat after t" means every source write
- * before t is in the destination). It stops once the flag has flipped.
+ * before t is in the destination). It stops once the flag has flipped. The writers write each
+ * key once, so each key is copied once (a pass stays short however long the test writes).
  */
 export async function copier(m: Migration, stop: { stopped: boolean }): Promise<void> {
   const key = { pk: { S: `MIG#${m.migrationId}` } };
+  const copied = new Set<string>();
   while (!stop.stopped) {
     const flag = await m.client.send(
       new GetItemCommand({
@@ -149,7 +151,10 @@ export async function copier(m: Migration, stop: { stopped: boolean }): Promise<
         new ScanCommand({ TableName: m.source, ConsistentRead: true, ExclusiveStartKey: start }),
       );
       for (const item of page.Items ?? []) {
+        const key = item.pk?.S ?? "";
+        if (copied.has(key)) continue; // every key is written once: copy each once
         await m.client.send(new PutItemCommand({ TableName: m.destination, Item: item }));
+        copied.add(key);
       }
       start = page.LastEvaluatedKey;
     } while (start);
