@@ -14,6 +14,8 @@ from typing import Any, cast
 
 import pytest
 from botocore.exceptions import ClientError
+from hypothesis import given
+from hypothesis import strategies as st
 
 from livemigrate.client import (
     ActiveTable,
@@ -203,3 +205,55 @@ def test_scenario(vector: dict[str, Any]) -> None:
         assert active.races == expect.get("races", active.races), what
         assert dynamo.attempts == expect.get("attempts", dynamo.attempts), what
         assert clock.now() == pytest.approx(expect.get("now", clock.now()), abs=1e-6), what
+
+
+# -- beyond the fixed vectors: any timeline ------------------------------------------------------
+
+_VERSION = st.tuples(
+    st.floats(min_value=0.01, max_value=0.5),  # seconds after the previous version
+    st.sampled_from(["source", "destination"]),
+    st.booleans(),  # fenced
+    st.floats(min_value=0.0, max_value=1.0),  # fence length
+)
+
+
+@given(
+    versions=st.lists(_VERSION, max_size=8),
+    latencies=st.lists(st.floats(min_value=0.0, max_value=0.4), max_size=6),
+    ttl=st.sampled_from([0.0, 0.3, 1.0]),
+    warm=st.booleans(),
+    delay=st.floats(min_value=0.0, max_value=2.0),
+)
+def test_a_checked_write_lands_only_where_the_flag_points_when_it_lands(
+    versions: list[tuple[float, str, bool, float]],
+    latencies: list[float],
+    ttl: float,
+    warm: bool,
+    delay: float,
+) -> None:
+    """Whatever the flag does while a checked write is on its way, a write that succeeds
+    landed on the table the flag named at that moment, with that flag's epoch."""
+    start = 1000.0
+    timeline: list[dict[str, Any]] = [{"at": 0, "flag": None}]
+    at = start
+    for epoch, (gap, side, fenced, length) in enumerate(versions, start=1):
+        at += gap
+        table = DESTINATION if side == "destination" else SOURCE
+        flag = {"active": side, "table": table, "epoch": epoch, "fenced": fenced}
+        timeline.append({"at": at, "flag": {**flag, "fenced_until": at + length}})
+    clock = FakeClock(start=start)
+    store = CheckableStore(timeline, clock)
+    dynamo = ScriptedDynamo(clock, store)
+    dynamo.script = [{"latency": latency} for latency in latencies]
+    active = ActiveTable(store, ttl=ttl, max_races=6, clock=clock, dynamodb=cast(Any, dynamo))
+    if warm:  # the application read the flag before: the write starts from a cached flag
+        active.active_table()
+    clock.advance(delay)
+    got = _call(active, "checked_write")
+    landed = [a for a in dynamo.attempts if a["outcome"] == "ok"]
+    if "table" not in got:
+        assert got["error"] == "LostRace" and not landed
+        return
+    held = store.read()  # the flag in effect when the write landed (the clock stopped there)
+    assert landed == [{"table": got["table"], "epoch": held.epoch, "outcome": "ok"}]
+    assert got["table"] == held.table and not held.is_fenced(clock.now())
