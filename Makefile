@@ -27,7 +27,7 @@ TEST_MOTO_PORTS := $(shell seq $(LIVEMIGRATE_MOTO_PORT) $$(( $(LIVEMIGRATE_MOTO_
 DEMO_ARGS ?=
 
 .PHONY: help install services services-down status-services test check lint typecheck bench \
-        demo backfill consume reverse cutover status clean
+        demo backfill consume reverse cutover status clean ts-test
 
 help:
 	@echo "make demo      run a real migration end to end on the local services"
@@ -54,10 +54,26 @@ services-down:
 status-services:
 	bash infra/services.sh status
 
-test: install
+test: install ts-test
 	LIVEMIGRATE_MOTO_EXTRA_PORTS="$(wordlist 2,99,$(TEST_MOTO_PORTS))" bash infra/services.sh up
 	LIVEMIGRATE_TEST_MOTO_PORTS="$(TEST_MOTO_PORTS)" $(PY) -m pytest -n $(TEST_WORKERS) \
 	  --dist loadfile $(PYTEST_ARGS)
+
+# The TypeScript client (clients/typescript): npm ci from the committed lockfile, build, the
+# shared flag vectors, then its integration tests against the local services and the CLI.
+# Without node/npm it is skipped with a warning; with CI=true that fails.
+NPM ?= npm
+TS_DIR := clients/typescript
+ts-test: services
+	@if ! command -v node >/dev/null 2>&1 || ! command -v $(NPM) >/dev/null 2>&1; then \
+	  if [ "$$CI" = "true" ]; then \
+	    echo "error: node and npm are required (CI=true): install Node.js 20+" >&2; exit 1; \
+	  fi; \
+	  echo "warning: node/npm not found: the TypeScript client (clients/typescript) is NOT tested" >&2; \
+	else \
+	  cd $(TS_DIR) && $(NPM) ci --no-audit --no-fund && $(NPM) run build && $(NPM) test \
+	    && LIVEMIGRATE_CLI=$(abspath $(LIVEMIGRATE)) $(NPM) run test:integration; \
+	fi
 
 lint: install
 	$(VENV)/bin/ruff check .
