@@ -103,6 +103,8 @@ class Settings(BaseSettings):
     write_rate: float = Field(default=0.0, ge=0, description="destination items/s, 0 = no cap")
     workers: int = Field(default=4, ge=1, le=256)
     budget_seconds: float = Field(default=840.0, gt=0)
+    # Time the backfill leaves before the stream's retention (rule 9); None: a sixth of it.
+    retention_margin_seconds: float | None = Field(default=None, ge=0)
     total_segments: int | None = Field(default=None, ge=1, le=1_000_000)
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     hooks: dict[str, str] = Field(

@@ -37,9 +37,12 @@ from livemigrate.errors import ConfigError
 from livemigrate.exitcodes import ExitCode
 from livemigrate.migration import Migration, open_migration
 from livemigrate.process import stop_on_signals, worker_id
+from livemigrate.retention import DYNAMODB_STREAMS_RETENTION, Retention, source_retention
+from livemigrate.retention import record as record_retention
 from livemigrate.tables import require_stream
 from stream_consumer.applier import DestinationApplier
 from stream_consumer.engine import Tuning, run_consumer
+from stream_consumer.kcl import daemon as kcl_daemon
 from stream_consumer.metrics import Metrics, serve
 from stream_consumer.source import BotoShardSource
 from stream_consumer.tombstones import (
@@ -55,6 +58,7 @@ NAME = "source"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_consumer_arguments(parser)
+    kcl_daemon.add_arguments(parser)  # --engine kcl, --kcl-property
     parser.add_argument(
         "--finalize-tombstones",
         action="store_true",
@@ -106,6 +110,8 @@ def add_consumer_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> int:
     """The ``consume`` command; returns the exit status."""
+    if args.engine == "kcl":
+        return kcl_daemon.run_kcl(args, settings, clients)
     migration = open_migration(settings, clients)  # every check before anything is read
     stream_arn = require_stream(migration.source)
     if args.metrics_port is None:
@@ -129,7 +135,11 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
     stop_on_signals(stop)
     if not args.until_caught_up:
         _auto_finalize(migration, args.settle_seconds, stop)
-    run = ConsumerRun(migration.store, NAME, migration.dead_letters, "stream", clock, stop)
+    retention = source_retention(settings, clients)
+    record_retention(migration.store, retention)  # what status and the gates show
+    run = ConsumerRun(
+        migration.store, NAME, migration.dead_letters, "stream", clock, stop, retention
+    )
     return run.drive(args, BotoShardSource(clients.streams, stream_arn), applier, metrics)
 
 
@@ -143,6 +153,8 @@ class ConsumerRun:
     origin: Origin
     clock: Clock
     stop: threading.Event
+    # The stream's retention: the lag thresholds (rule 9, livemigrate.retention).
+    retention: Retention = DYNAMODB_STREAMS_RETENTION
 
     def drive(
         self,
@@ -164,7 +176,11 @@ class ConsumerRun:
                 clock=self.clock,
                 dead_letters=self.dead_letters,
                 origin=self.origin,
-                tuning=Tuning(batch_size=args.batch_size, poll_interval=args.poll_interval),
+                tuning=Tuning(
+                    batch_size=args.batch_size,
+                    poll_interval=args.poll_interval,
+                    retention=self.retention,
+                ),
                 metrics=metrics,
                 until_caught_up=args.until_caught_up,
                 stop_event=self.stop,

@@ -78,6 +78,7 @@ from livemigrate.errors import LeaseLost
 from livemigrate.fencing import Fence, LeaseExpired, WindowClosed
 from livemigrate.outage import Outage, is_transient
 from livemigrate.records import ApplyFailure, RecordSink, StreamRecord
+from livemigrate.retention import DYNAMODB_STREAMS_RETENTION, Retention, lag_message
 from stream_consumer.leases import BalancePolicy, ShardLeases
 from stream_consumer.lineage import resolve
 from stream_consumer.metrics import Metrics
@@ -108,8 +109,8 @@ class Tuning:
     backoff_base: float = 0.1
     backoff_cap: float = 5.0
     shard_threads: int = 4  # held shards read in parallel
-    lag_warn_seconds: float = 12 * HOUR  # retention is 24 h (rule 9)
-    lag_error_seconds: float = 20 * HOUR
+    # The source's retention and the lag thresholds derived from it (rule 9).
+    retention: Retention = DYNAMODB_STREAMS_RETENTION
     # A lease holder stops writing this long before its lease expires (default: a third of
     # the lease): covers clock skew between machines and a write already sent (rule 11).
     lease_margin: float | None = None
@@ -134,12 +135,8 @@ def transient(exc: BaseException) -> bool:
 
 
 def retention_level(lag_seconds: float, tuning: Tuning) -> str:
-    """ "ok", "warn" or "error" for a lag against the 24 h stream retention (rule 9)."""
-    if lag_seconds >= tuning.lag_error_seconds:
-        return "error"
-    if lag_seconds >= tuning.lag_warn_seconds:
-        return "warn"
-    return "ok"
+    """ "ok", "warn" or "error" for a lag against the stream's retention (rule 9)."""
+    return tuning.retention.level(lag_seconds)
 
 
 @runtime_checkable
@@ -439,7 +436,7 @@ class Consumer:
         lineage = resolve(self.listed, self.states)
         for parent in sorted(lineage.lost_parents):
             log.error(
-                "shard %s of consumer %s was trimmed (past the 24 h retention) before it was "
+                "shard %s of consumer %s was trimmed (past the stream's retention) before it was "
                 "read to its end: its remaining records are LOST; verify and repair before "
                 "cutover",
                 parent,
@@ -808,16 +805,12 @@ class Consumer:
             },
         )
         self.metrics.set("records_behind", behind)
-        level = retention_level(lag, self.tuning)
-        if level == "error":
-            log.error(
-                "consumer %s lags %.1f h behind the stream; records older than 24 h are "
-                "trimmed and LOST: add consumers or capacity now",
-                self.name,
-                lag / HOUR,
+        message = lag_message(f"consumer {self.name}", lag, self.tuning.retention)
+        if message is not None:
+            log_level = (
+                logging.ERROR if retention_level(lag, self.tuning) == "error" else logging.WARNING
             )
-        elif level == "warn":
-            log.warning("consumer %s lags %.1f h (retention is 24 h)", self.name, lag / HOUR)
+            log.log(log_level, "%s", message)
         self._report_shards(now)
         if isinstance(self.sink, IdleAware):
             self.sink.on_idle()
