@@ -89,6 +89,7 @@ from stream_consumer.source import (
     ShardInfo,
     ShardSource,
     Throttled,
+    parser_of,
 )
 
 log = logging.getLogger("livemigrate.consumer")
@@ -235,6 +236,7 @@ class Consumer:
         self.tuning = tuning or Tuning()
         self.metrics = metrics or Metrics(name)
         self.leases = ShardLeases(store, name, source.stream_arn)
+        self._parse = parser_of(source)
         self.policy = BalancePolicy()
         self.readers: dict[str, _Reader] = {}
         self.listed: list[ShardInfo] = []
@@ -536,9 +538,9 @@ class Consumer:
         page = self._get_page(reader)
         if page is None:
             return False
-        records = [StreamRecord.from_boto(raw, reader.shard_id) for raw in page.records]
+        records = [self._parse(raw, reader.shard_id) for raw in page.records]
         if reader.checkpoint is not None:
-            records = [r for r in records if r.sequence_number > reader.checkpoint]
+            records = [r for r in records if r.at > reader.checkpoint]
         self.metrics.inc("records_read_total", len(page.records), shard=reader.shard_id)
         try:
             delivered = not records or self._deliver(reader, records)
@@ -739,7 +741,7 @@ class Consumer:
             self.ttl,
             now,
             {
-                "checkpoint": last.sequence_number,
+                "checkpoint": last.at,
                 "records_applied": reader.records_applied + applied,
                 "last_applied_at": now,
                 "lag_seconds": lag,
@@ -748,7 +750,7 @@ class Consumer:
         self._extend(reader, sent)
         reader.records_applied += applied
         reader.lag = lag
-        reader.checkpoint = last.sequence_number
+        reader.checkpoint = last.at
         reader.last_renew = now
         self.metrics.inc("records_applied_total", applied, shard=reader.shard_id)
 
