@@ -44,6 +44,7 @@ WARN_FRACTION = 1 / 2
 ERROR_FRACTION = 5 / 6
 MARGIN_FRACTION = 1 / 6
 RETENTION_ITEM = "RETENTION"
+RECORD_SECONDS = 60.0  # how often a running backfill's ETA is written for status
 
 
 @dataclass(frozen=True)
@@ -291,6 +292,7 @@ class BackfillGuard:
         self.refusal: str | None = None
         self.measured = False
         self._warned = False
+        self._recorded: tuple[Verdict | None, float] = (None, 0.0)
 
     def check(self) -> Verdict | None:
         """One look at the rate (None: not measured yet, too few items read)."""
@@ -313,8 +315,12 @@ class BackfillGuard:
         return verdict
 
     def _record(self, eta: Eta, verdict: Verdict) -> None:
-        if self.store is not None:
+        """Keep the ETA for status: at a new verdict, else at most every RECORD_SECONDS."""
+        now = self.clock.monotonic()
+        due = verdict != self._recorded[0] or now - self._recorded[1] >= RECORD_SECONDS
+        if self.store is not None and due:
             record(self.store, self.retention, eta=eta, verdict=verdict)
+            self._recorded = (verdict, now)
 
     def watch(self, done: threading.Event, interval: float = 5.0) -> threading.Thread:
         """Check every ``interval`` seconds until ``done`` is set or the run is refused."""

@@ -45,6 +45,7 @@ DAEMON_CLASS = "software.amazon.kinesis.multilang.MultiLangDaemon"
 # every endpoint (moto included) speaks.
 JVM_FLAGS = ("-Daws.cborEnabled=false",)
 JAVA_MAJOR = 17
+SHUTDOWN_GRACE_MILLIS = 20_000
 KCLPY_VERSION = "3.1.3"
 INSTALL_FIX = (
     f"install the optional extra: pip install 'livemigrate[kcl]' (amazon-kclpy=={KCLPY_VERSION}, "
@@ -89,6 +90,9 @@ def properties(options: KclOptions) -> dict[str, str]:
         "maxRecords": str(options.batch_size),
         "parentShardPollIntervalMillis": str(min(10_000, failover)),
         "shardSyncIntervalMillis": str(max(1_000, min(60_000, failover))),
+        # On SIGTERM the daemon waits this long for its processors to shut down and for its
+        # leases to be released (the default, 0, gives up at once).
+        "shutdownGraceMillis": str(SHUTDOWN_GRACE_MILLIS),
     }
     if options.worker:
         values["workerId"] = options.worker
@@ -198,6 +202,8 @@ LOGBACK = """<configuration>
   </appender>
   <logger name="software.amazon.kinesis.leases" level="INFO"/>
   <logger name="software.amazon.kinesis.multilang.MultiLangDaemon" level="INFO"/>
+  <!-- The processors' stderr is passed through as it is; not logged a second time. -->
+  <logger name="software.amazon.kinesis.multilang.DrainChildSTDERRTask" level="OFF"/>
   <root level="WARN"><appender-ref ref="ERR"/></root>
 </configuration>
 """

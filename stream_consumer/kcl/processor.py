@@ -194,8 +194,9 @@ def _build() -> tuple[ShardWork, Callable[[], None]]:
 def main() -> None:
     """Run one shard's processor under the MultiLangDaemon (stdin/stdout protocol)."""
     logging.basicConfig(
-        stream=sys.stderr, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+        stream=sys.stderr, level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    log.setLevel(logging.INFO)  # shard starts and ends
     from stream_consumer.kcl.adapter import run_processor
 
     try:

@@ -16,6 +16,7 @@ worker takes expired leases itself: a killed worker's shards move in seconds. In
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -28,11 +29,11 @@ from typing import Any
 
 import boto3
 import pytest
-from stream_consumer.kinesis.records import change_record
 
 from livemigrate.aws import client_config
-from livemigrate.items import to_plain
+from livemigrate.items import to_plain, to_typed
 from livemigrate.versioning import TOMBSTONE_ATTR
+from stream_consumer.kinesis.records import change_record
 from tests.services import TEST_ENV, create_table, unique
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -108,15 +109,20 @@ class Changes:
         self.micros += 1
         keys = {"pk": pk, "sk": "v"}
         old = self.expected.get(pk)
+        typed_old = None if old is None else to_typed(old)
         if value is None:
-            record = change_record("REMOVE", keys, None, old, self.micros, table_name=self.table)
+            record = change_record(
+                "REMOVE", to_typed(keys), None, typed_old, self.micros, table_name=self.table
+            )
             self.expected.pop(pk, None)
         else:
             new = {**keys, "value": value}
             event = "MODIFY" if old else "INSERT"
-            record = change_record(event, keys, new, old, self.micros, table_name=self.table)
+            record = change_record(
+                event, to_typed(keys), to_typed(new), typed_old, self.micros, table_name=self.table
+            )
             self.expected[pk] = new
-        data = __import__("json").dumps(record).encode()
+        data = json.dumps(record).encode()
         self.kinesis.put_record(StreamName=self.stream, Data=data, PartitionKey=pk)
 
 
@@ -154,11 +160,19 @@ def _worker(env: dict[str, str], name: str, log: Path) -> subprocess.Popen[bytes
         )
 
 
+def _phase(started: float, what: str) -> None:
+    print(f"KCL test: {what} at {time.monotonic() - started:.0f}s", flush=True)
+
+
 def test_kcl_workers_share_a_stream_and_take_over_a_killed_workers_shards(
     http2_moto: str, tmp_path: Path
 ) -> None:
     started = time.monotonic()
-    aws: dict[str, Any] = {"endpoint_url": http2_moto, "region_name": "us-east-1", "config": client_config(4)}
+    aws: dict[str, Any] = {
+        "endpoint_url": http2_moto,
+        "region_name": "us-east-1",
+        "config": client_config(4),
+    }
     dynamodb = boto3.client("dynamodb", **aws)
     kinesis = boto3.client("kinesis", **aws)
     source, dest, stream = unique("src"), unique("dst"), unique("kcl")
@@ -187,6 +201,7 @@ def test_kcl_workers_share_a_stream_and_take_over_a_killed_workers_shards(
     b: subprocess.Popen[bytes] | None = None
     try:
         _wait(lambda: _live(dynamodb, dest) == changes.expected, 120, "worker a applied batch 1")
+        _phase(started, "worker a applied the first changes")
         b = _worker(env, "worker-b", tmp_path / "b.log")
         # Both workers hold a shard: the KCL balanced the leases.
         _wait(
@@ -194,6 +209,7 @@ def test_kcl_workers_share_a_stream_and_take_over_a_killed_workers_shards(
             90,
             "leases balanced",
         )
+        _phase(started, "leases balanced over both workers")
         for pid in [*_children(a.pid), a.pid]:  # the daemon (Java) first: no lease released
             os.kill(pid, signal.SIGKILL)
         a.wait(10)
@@ -202,7 +218,9 @@ def test_kcl_workers_share_a_stream_and_take_over_a_killed_workers_shards(
         for n in range(20, 30):
             changes.put(f"item-{n}", n)
         _wait(lambda: set(_owners(dynamodb, application).values()) == {"worker-b"}, 60, "takeover")
+        _phase(started, "worker a killed; worker b took its shard over")
         _wait(lambda: _live(dynamodb, dest) == changes.expected, 60, "worker b applied batch 2")
+        _phase(started, "worker b applied the later changes")
         b.send_signal(signal.SIGTERM)
         assert b.wait(60) == 0  # SIGTERM passed through: the daemon shut down cleanly
     finally:
@@ -210,4 +228,4 @@ def test_kcl_workers_share_a_stream_and_take_over_a_killed_workers_shards(
             if worker is not None and worker.poll() is None:
                 worker.kill()
                 worker.wait(10)
-    print(f"KCL end-to-end test took {time.monotonic() - started:.0f}s")
+    _phase(started, "worker b stopped by SIGTERM with exit 0")

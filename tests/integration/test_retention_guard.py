@@ -39,7 +39,7 @@ def test_a_slow_backfill_is_refused_naming_the_eta_and_the_retention_then_forced
     settings = tables(clients, count=60)
     monkeypatch.setenv("LIVEMIGRATE_READ_RATE", "20")
     monkeypatch.setenv("LIVEMIGRATE_RETENTION_MARGIN_SECONDS", MARGIN)
-    monkeypatch.setattr(eta_guard, "CHECK_SECONDS", 0.2)
+    monkeypatch.setattr(eta_guard, "CHECK_SECONDS", 0.5)
     # WHEN the backfill starts THEN it stops after its first pages with exit 7
     assert int(ExitCode.RETENTION_RISK) == 7
     assert command(monkeypatch, settings, *SLOW) == ExitCode.RETENTION_RISK
