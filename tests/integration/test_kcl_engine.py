@@ -197,13 +197,12 @@ def test_kcl_workers_share_a_stream_and_take_over_a_killed_workers_shards(
     for n in range(20):
         changes.put(f"item-{n}", n)
     application = f"livemigrate-kcl-{migration}"
+    # Both workers start together (one JVM start-up to wait for, not two).
     a = _worker(env, "worker-a", tmp_path / "a.log")
-    b: subprocess.Popen[bytes] | None = None
+    b = _worker(env, "worker-b", tmp_path / "b.log")
     try:
-        _wait(lambda: _live(dynamodb, dest) == changes.expected, 120, "worker a applied batch 1")
-        _phase(started, "worker a applied the first changes")
-        b = _worker(env, "worker-b", tmp_path / "b.log")
-        # Both workers hold a shard: the KCL balanced the leases.
+        _wait(lambda: _live(dynamodb, dest) == changes.expected, 150, "the first changes applied")
+        _phase(started, "the first changes applied")
         _wait(
             lambda: set(_owners(dynamodb, application).values()) == {"worker-a", "worker-b"},
             90,
@@ -225,7 +224,7 @@ def test_kcl_workers_share_a_stream_and_take_over_a_killed_workers_shards(
         assert b.wait(60) == 0  # SIGTERM passed through: the daemon shut down cleanly
     finally:
         for worker in (a, b):
-            if worker is not None and worker.poll() is None:
+            if worker.poll() is None:
                 worker.kill()
                 worker.wait(10)
     _phase(started, "worker b stopped by SIGTERM with exit 0")

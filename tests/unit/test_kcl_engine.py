@@ -254,3 +254,38 @@ def test_a_daemon_that_ends_by_itself_or_on_a_fatal_error_is_reported(tmp_path: 
     fatal.write_text("a Kinesis record carries MILLISECOND precision")
     refused = daemon.Daemon([sys.executable, "-c", "raise SystemExit(1)"], {}, fatal)
     assert refused.wait() == ExitCode.BAD_INPUT
+
+
+def _kinesis_env(monkeypatch: pytest.MonkeyPatch, source: str = "kinesis") -> None:
+    for name, value in {
+        "LIVEMIGRATE_MIGRATION_ID": "m1",
+        "LIVEMIGRATE_SOURCE_TABLE": "src",
+        "LIVEMIGRATE_DESTINATION_TABLE": "dst",
+        "LIVEMIGRATE_CHANGE_SOURCE": source,
+        "LIVEMIGRATE_KINESIS_STREAM": "orders-changes",
+    }.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_consume_engine_kcl_without_the_extra_says_how_to_install_it_and_exits_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from livemigrate.cli import main
+
+    _kinesis_env(monkeypatch)
+    monkeypatch.setitem(sys.modules, "amazon_kclpy", None)
+    assert main(["consume", "--engine", "kcl"]) == ExitCode.BAD_INPUT == 2
+    err = capsys.readouterr().err
+    assert "needs the Kinesis Client Library, which is not installed" in err
+    assert "pip install 'livemigrate[kcl]'" in err
+    assert "Traceback" not in err
+
+
+def test_consume_engine_kcl_on_a_dynamodb_stream_is_refused_with_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from livemigrate.cli import main
+
+    _kinesis_env(monkeypatch, source="dynamodb-streams")
+    assert main(["consume", "--engine", "kcl"]) == ExitCode.BAD_INPUT
+    assert "reads a Kinesis change source" in capsys.readouterr().err
