@@ -274,7 +274,8 @@ def test_consume_engine_kcl_without_the_extra_says_how_to_install_it_and_exits_2
 
     _kinesis_env(monkeypatch)
     monkeypatch.setitem(sys.modules, "amazon_kclpy", None)
-    assert main(["consume", "--engine", "kcl"]) == ExitCode.BAD_INPUT == 2
+    assert main(["consume", "--engine", "kcl"]) == ExitCode.BAD_INPUT
+    assert int(ExitCode.BAD_INPUT) == 2
     err = capsys.readouterr().err
     assert "needs the Kinesis Client Library, which is not installed" in err
     assert "pip install 'livemigrate[kcl]'" in err
@@ -289,3 +290,31 @@ def test_consume_engine_kcl_on_a_dynamodb_stream_is_refused_with_exit_2(
     _kinesis_env(monkeypatch, source="dynamodb-streams")
     assert main(["consume", "--engine", "kcl"]) == ExitCode.BAD_INPUT
     assert "reads a Kinesis change source" in capsys.readouterr().err
+
+
+def test_a_checkpoint_refused_because_the_lease_moved_stops_writes_and_throttling_is_retried() -> (
+    None
+):
+    from amazon_kclpy.checkpoint_error import CheckpointError
+
+    from stream_consumer.kcl.adapter import checkpoint
+
+    class Refusing:
+        def __init__(self, *errors: str) -> None:
+            self.errors = list(errors)
+            self.done: list[Any] = []
+
+        def checkpoint(self, *args: Any) -> None:
+            if self.errors:
+                raise CheckpointError(self.errors.pop(0))
+            self.done.append(args)
+
+    log: list[str] = []
+    w = work(log)
+    throttled = Refusing("ThrottlingException")
+    checkpoint(w, throttled, "7")
+    assert throttled.done == [("7",)] and not w.lost
+    checkpoint(w, Refusing("ShutdownException"), "8")
+    assert w.lost  # another worker holds the shard: nothing more is written
+    with pytest.raises(CheckpointError):
+        checkpoint(w, Refusing("InvalidStateException"), "9")
