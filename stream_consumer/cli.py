@@ -110,7 +110,7 @@ def add_consumer_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> int:
     """The ``consume`` command; returns the exit status."""
-    if args.engine == "kcl":
+    if args.engine == "kcl" and not args.finalize_tombstones:
         return kcl_daemon.run_kcl(args, settings, clients)
     migration = open_migration(settings, clients)  # every check before anything is read
     stream_arn = require_stream(migration.source)

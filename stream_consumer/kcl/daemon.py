@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import logging
 import os
 import re
 import shlex
@@ -39,6 +40,8 @@ from livemigrate.errors import ConfigError, PreflightError
 from livemigrate.exitcodes import ExitCode
 from livemigrate.process import worker_id
 from stream_consumer.kcl.processor import FATAL_ENV
+
+log = logging.getLogger("livemigrate.kcl")
 
 DAEMON_CLASS = "software.amazon.kinesis.multilang.MultiLangDaemon"
 # The KCL forces HTTP/2 on its Kinesis client; CBOR off keeps the wire format JSON, which
@@ -325,6 +328,16 @@ def run_kcl(args: argparse.Namespace, settings: Any, clients: Any) -> int:
     from livemigrate.migration import open_migration
 
     stream = require_kinesis(settings)
+    if args.until_caught_up:
+        raise ConfigError(
+            "--until-caught-up is not available with --engine kcl (the KCL has no end)",
+            "run the built-in reader (`livemigrate consume --until-caught-up`) for a bounded run",
+        )
+    if args.metrics_port:
+        log.warning(
+            "--metrics-port is served by the built-in reader only; the KCL's own "
+            "metrics are set with --kcl-property metricsLevel=..."
+        )
     jars = kclpy_jars()
     java = find_java()
     open_migration(settings, clients)  # every check before the daemon starts

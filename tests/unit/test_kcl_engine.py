@@ -318,3 +318,13 @@ def test_a_checkpoint_refused_because_the_lease_moved_stops_writes_and_throttlin
     assert w.lost  # another worker holds the shard: nothing more is written
     with pytest.raises(CheckpointError):
         checkpoint(w, Refusing("InvalidStateException"), "9")
+
+
+def test_consume_engine_kcl_has_no_until_caught_up(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from livemigrate.cli import main
+
+    _kinesis_env(monkeypatch)
+    assert main(["consume", "--engine", "kcl", "--until-caught-up"]) == ExitCode.BAD_INPUT
+    assert "--until-caught-up is not available with --engine kcl" in capsys.readouterr().err
