@@ -148,18 +148,17 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
         limiter.interrupt = budget_over
     stopped: list[bool] = []
     already = int(migration.store.metrics().get("items_read", 0))
+    watch = eta_guard.for_run(
+        args, settings, clients, migration=migration, already=already, engine=engine
+    )  # rule 9
     if args.processes > 1:
         # Each child stops itself on the signal (same process group); the parent waits.
-        with _guard(
-            args, settings, clients=clients, migration=migration, already=already, engine=engine
-        ) as guard:
+        with watch as guard:
             _run_children(args, settings, args.processes, stopped, guard)
     else:
         on_first_signal(lambda: _stop(engine, stopped), _say)
         with (
-            _guard(
-                args, settings, clients=clients, migration=migration, already=already, engine=engine
-            ) as guard,
+            watch as guard,
             Progress(engine.stats, migration.source.item_count, already, sys.stderr),
         ):
             engine.run()
@@ -280,45 +279,6 @@ def child_argv(args: argparse.Namespace) -> list[str]:
     if args.without_consumer:
         argv.append("--without-consumer")
     return [*argv, "--guarded-by-parent"]  # the parent watches the ETA of all of them
-
-
-def _guard(
-    args: argparse.Namespace,
-    settings: Settings,
-    *,
-    clients: AwsClients,
-    migration: Migration,
-    already: int,
-    engine: Engine,
-) -> contextlib.AbstractContextManager[BackfillGuard | None]:
-    """The retention guard of this run (rule 9); none in a child the parent watches."""
-    if args.guarded_by_parent:
-        return contextlib.nullcontext()
-    store = migration.store
-    if args.processes > 1:  # the children's counter in the control table
-
-        def progress() -> int:
-            return int(store.metrics().get("items_read", 0)) - already
-    else:
-
-        def progress() -> int:
-            return engine.stats.snapshot().read
-
-    def stop() -> None:
-        if args.processes == 1:
-            engine.budget.end_now()  # pages in flight finish, positions are saved
-
-    return eta_guard.watching(
-        settings,
-        clients,
-        store,
-        progress=progress,
-        total=migration.source.item_count,
-        already=already,
-        page_size=args.page_size,
-        stop=stop,
-        forced=args.force,
-    )
 
 
 def _run_children(

@@ -7,13 +7,17 @@ the control table's counter (``--processes N``: the parent watches, its children
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from backfill.worker import Engine
 from livemigrate.aws import AwsClients
 from livemigrate.config import Settings
 from livemigrate.control import ControlStore
+from livemigrate.migration import Migration
 from livemigrate.retention import BackfillGuard, record, source_retention
 
 # The ETA is first measured once this many pages are read (the first pages are slower or
@@ -56,3 +60,42 @@ def watching(
     finally:
         done.set()
         thread.join()
+
+
+def for_run(
+    args: argparse.Namespace,
+    settings: Settings,
+    clients: AwsClients,
+    *,
+    migration: Migration,
+    already: int,
+    engine: Engine,
+) -> contextlib.AbstractContextManager[BackfillGuard | None]:
+    """The guard of one ``livemigrate backfill`` run; none in a child its parent watches."""
+    if args.guarded_by_parent:
+        return contextlib.nullcontext()
+    store = migration.store
+    if args.processes > 1:  # the children's counter in the control table
+
+        def progress() -> int:
+            return int(store.metrics().get("items_read", 0)) - already
+    else:
+
+        def progress() -> int:
+            return engine.stats.snapshot().read
+
+    def stop() -> None:  # several processes: the parent replaces it by stopping its children
+        if args.processes == 1:
+            engine.budget.end_now()  # pages in flight finish, positions are saved
+
+    return watching(
+        settings,
+        clients,
+        store,
+        progress=progress,
+        total=migration.source.item_count,
+        already=already,
+        page_size=args.page_size,
+        stop=stop,
+        forced=args.force,
+    )

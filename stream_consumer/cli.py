@@ -7,6 +7,7 @@ Usage::
     livemigrate consume --metrics-port 9108    # Prometheus text at :9108/metrics
     livemigrate consume --lease-seconds 30     # takeover time of a dead consumer's shards
     livemigrate consume --finalize-tombstones  # wait for real deletes, purge tombstones, exit
+    livemigrate consume --engine kcl           # Kinesis source: the KCL (stream_consumer/kcl)
 
 Everything is checked (stream with NEW_AND_OLD_IMAGES, destination present, transform
 importable) before anything is read. Run several processes to share the shards.
