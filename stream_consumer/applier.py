@@ -359,8 +359,9 @@ class DestinationApplier:
         """Queue ``op`` behind the earlier ops of its key in this batch.
 
         Without a guard, consecutive ops of one source item on a key are folded into the one
-        with the newest version, the end state (the version rule makes the others invisible). Ops of different source items on one key (a key handed from one to
-        another within the batch, rule 12) each decide by ownership: they run in order. With
+        with the newest version, the end state (the version rule makes the others invisible).
+        Ops of different source items on one key (a key handed from one to another within
+        the batch, rule 12) each decide by ownership: they run in order. With
         a guard (the reverse consumer) several destination keys map to one source key and a
         removal depends on what the earlier put left: every op runs, in order.
         """
