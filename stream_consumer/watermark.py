@@ -22,10 +22,10 @@ made before the fence is applied (``drained_past``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from livemigrate.control import ControlStore
+from livemigrate.watermark import watermark_of
 from stream_consumer.kinesis.records import version_floor
 from stream_consumer.leases import SHARD_PREFIX
 from stream_consumer.tombstones import tombstones
@@ -39,19 +39,6 @@ log = logging.getLogger("livemigrate.consumer.watermark")
 # the streaming destination's delivery (usually under a second) with its retries, and clock
 # skew between DynamoDB and the consumer's machine. The setting is kinesis_delivery_margin.
 DELIVERY_MARGIN = 60.0
-
-
-def watermark_of(shards: Mapping[str, Mapping[str, Any]], margin: float) -> float | None:
-    """The watermark (epoch seconds) from shard items, or None when there is none yet."""
-    open_shards = [s for s in shards.values() if not s.get("finished")]
-    if not shards:
-        return None
-    if not open_shards:
-        return float("inf")  # every shard is read to its end: nothing more can arrive
-    times = [s.get("caught_up_at") for s in open_shards]
-    if any(t is None for t in times):
-        return None
-    return min(float(t) for t in times if t is not None) - margin
 
 
 def watermark(store: ControlStore, consumer: str, margin: float) -> float | None:

@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from stream_consumer.watermark import watermark_of
+from livemigrate.watermark import watermark_of
 
 shard = st.fixed_dictionaries(
     {"finished": st.booleans()},
