@@ -14,7 +14,6 @@ import json
 import os
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from bench.bench_consumer import _clients, _name, _plain_apply, _table
@@ -50,7 +49,8 @@ def _change(n: int, micros: int, table: str) -> dict[str, Any]:
 
 
 def _fill(clients: AwsClients, stream: str, table: str, count: int) -> None:
-    """``count`` INSERT records, put 500 at a time (PutRecords) from 4 threads."""
+    """``count`` INSERT records, put 500 at a time (PutRecords), one call at a time: moto's
+    Kinesis loses records put by concurrent PutRecords calls (seen: 995 of 1,000 with 4)."""
     assert clients.kinesis is not None
     kinesis = clients.kinesis
     start = int(time.time() * 1_000_000) - count
@@ -65,8 +65,8 @@ def _fill(clients: AwsClients, stream: str, table: str, count: int) -> None:
             resp = kinesis.put_records(StreamName=stream, Records=entries)
             entries = [e for e, r in zip(entries, resp["Records"], strict=True) if "ErrorCode" in r]
 
-    with ThreadPoolExecutor(4) as pool:
-        list(pool.map(put, [records[i : i + 500] for i in range(0, count, 500)]))
+    for i in range(0, count, 500):
+        put(records[i : i + 500])
 
 
 def _plain(clients: AwsClients, migration: Migration, stream: str, dest: str) -> int:
