@@ -45,10 +45,10 @@ from livemigrate.errors import LivemigrateError
 from livemigrate.examples.hot_outbox import inverse, transform
 from livemigrate.items import to_plain, to_typed
 from livemigrate.tables import create_like, describe
-from stream_consumer.kinesis.bridge import Chaos
 
-# --source kinesis: the bridge's unfaithfulness, and the delivery margin the watermark allows.
-BRIDGE_CHAOS = Chaos(duplicate_every=10, reorder_window=4, seed=14)
+# --source kinesis: the bridge's unfaithfulness (every 10th record put twice, records shuffled
+# within windows of 4), and the delivery margin the watermark allows.
+DUPLICATE_EVERY, REORDER_WINDOW = 10, 4
 KINESIS_MARGIN = 5.0
 
 NEEDS_SETTINGS = False  # the demo makes its own migration; see cli.main
@@ -229,7 +229,7 @@ def _run(demo: Demo) -> int:
             "stream": env["LIVEMIGRATE_KINESIS_STREAM"],
             "changes": demo.bridge.copied,
             "records": demo.bridge.put,
-            "reorder_window": BRIDGE_CHAOS.reorder_window,
+            "reorder_window": REORDER_WINDOW,
         }
     summary["across_cutover"] = across
     if demo.args.json:
@@ -242,7 +242,7 @@ def _run(demo: Demo) -> int:
 
 def _start_bridge(demo: Demo) -> None:
     """A Kinesis stream and the bridge that feeds it from the table's stream (a thread)."""
-    from stream_consumer.kinesis.bridge import StreamBridge, create_stream
+    from stream_consumer.kinesis.bridge import Chaos, StreamBridge, create_stream
 
     env, clients = demo.env, demo.clients
     if clients.kinesis is None:
@@ -258,15 +258,14 @@ def _start_bridge(demo: Demo) -> None:
         table_stream,
         stream,
         env["LIVEMIGRATE_SOURCE_TABLE"],
-        chaos=BRIDGE_CHAOS,
+        chaos=Chaos(duplicate_every=DUPLICATE_EVERY, reorder_window=REORDER_WINDOW, seed=14),
     )
     threading.Thread(
         target=demo.bridge.run, args=(demo.bridge_stop,), name="kinesis-bridge", daemon=True
     ).start()
     demo.say(
         f"change source: Kinesis stream {stream}, fed from the table's stream by the bridge "
-        f"(every {BRIDGE_CHAOS.duplicate_every}th record twice, shuffled within "
-        f"{BRIDGE_CHAOS.reorder_window})"
+        f"(every {DUPLICATE_EVERY}th record twice, shuffled within {REORDER_WINDOW})"
     )
 
 
