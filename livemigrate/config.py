@@ -127,6 +127,13 @@ class Settings(BaseSettings):
         description="the Kinesis data stream (name or ARN) when change_source is 'kinesis'",
     )
 
+    kinesis_delivery_margin: float = Field(
+        default=60.0,
+        ge=0,
+        description="seconds within which a change is surely in the Kinesis stream (delivery "
+        "delay and clock skew): tombstones and the cutover's drain wait for the watermark",
+    )
+
     @field_validator("kinesis_stream")
     @classmethod
     def _kinesis_named(cls, value: str | None, info: ValidationInfo) -> str | None:

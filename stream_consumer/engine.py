@@ -160,10 +160,18 @@ class _Reader:
     lag: float = 0.0
     behind: int = 0
     read_at: float = 0.0  # when the latest GetRecords of this shard was sent
+    # When the latest GetRecords that found the shard at its end was sent (every record that
+    # arrived before it is applied): the shard's part of the watermark (rule 15).
+    caught_up_at: float | None = None
     backoff: int = 0
     last_renew: float = 0.0
     # The local deadline of our lease: writes of this shard's batches stop once it passes.
     fence: Fence | None = field(default=None, repr=False)
+
+
+def _watermark_report(reader: _Reader) -> dict[str, Any]:
+    """``caught_up_at`` for the shard item, once known (``stream_consumer.watermark``)."""
+    return {} if reader.caught_up_at is None else {"caught_up_at": reader.caught_up_at}
 
 
 class _Dropped(Exception):
@@ -413,7 +421,7 @@ class Consumer:
             if reader.fence is not None:
                 reader.fence.revoke()
             try:
-                if self.leases.release(reader.shard_id, self.me):
+                if self.leases.release(reader.shard_id, self.me, _watermark_report(reader)):
                     log.info("released %s", reader.shard_id)
             except (ClientError, BotoCoreError) as exc:
                 if not is_transient(exc):
@@ -552,6 +560,8 @@ class Consumer:
             return True
         reader.iterator = page.next_iterator
         reader.caught_up = not page.records
+        if reader.caught_up:
+            reader.caught_up_at = reader.read_at
         reader.behind = len(page.records) if len(page.records) >= self.tuning.batch_size else 0
         if reader.caught_up:
             reader.lag = 0.0
@@ -826,6 +836,7 @@ class Consumer:
                 "read_from": reader.read_at,
                 "behind": reader.behind,
                 "lag_seconds": reader.lag,
+                **_watermark_report(reader),
             }
             self._renew(reader, now, report)
 

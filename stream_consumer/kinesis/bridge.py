@@ -32,9 +32,10 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from livemigrate.values import key_text
+from livemigrate.versioning import pad_seq
 from stream_consumer.kinesis.records import change_record
 from stream_consumer.kinesis.source import stream_ref
-from stream_consumer.source import BotoShardSource
+from stream_consumer.source import BotoShardSource, StreamReadError
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodbstreams import DynamoDBStreamsClient
@@ -108,7 +109,10 @@ class StreamBridge:
         self.chaos = chaos or Chaos()
         self._rng = random.Random(self.chaos.seed)
         self._after: dict[str, str | None] = {}
+        self._iterators: dict[str, str | None] = {}
         self._done: set[str] = set()
+        self._shards: list[str] = []
+        self._listed_at = float("-inf")
         self._last_micros = 0
         self._seen = 0
         self._lock = threading.Lock()
@@ -119,9 +123,9 @@ class StreamBridge:
         """Copy every change the table's stream holds now; the number of changes copied."""
         with self._lock:
             changes: list[dict[str, Any]] = []
-            for shard in self.reader.list_shards():
-                if shard.shard_id not in self._done:
-                    changes.extend(self._read_shard(shard.shard_id))
+            for shard_id in self._list():
+                if shard_id not in self._done:
+                    changes.extend(self._read_shard(shard_id))
             self._put(self._scramble(changes))
             self.copied += len(changes)
             return len(changes)
@@ -135,17 +139,31 @@ class StreamBridge:
                 log.exception("bridge pump failed; retrying")
             stop.wait(interval)
 
+    def _list(self) -> list[str]:
+        """The table stream's shards, listed again every few seconds (new shards are rare)."""
+        if time.monotonic() - self._listed_at >= 5.0:
+            self._shards = [s.shard_id for s in self.reader.list_shards()]
+            self._listed_at = time.monotonic()
+        return self._shards
+
     def _read_shard(self, shard_id: str) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
-        iterator: str | None = self.reader.iterator(shard_id, self._after.get(shard_id))
+        iterator = self._iterators.get(shard_id)
+        if iterator is None:
+            iterator = self.reader.iterator(shard_id, self._after.get(shard_id))
         while iterator is not None:
-            page = self.reader.get_records(iterator, 1000)
+            try:
+                page = self.reader.get_records(iterator, 1000)
+            except StreamReadError:
+                self._iterators[shard_id] = None  # reopened after the last copied record
+                return out
             for raw in page.records:
                 out.append(self._convert(raw))
-                self._after[shard_id] = str(raw["dynamodb"]["SequenceNumber"])
+                self._after[shard_id] = pad_seq(str(raw["dynamodb"]["SequenceNumber"]))
             iterator = page.next_iterator
             if not page.records:
                 break
+        self._iterators[shard_id] = iterator
         if iterator is None:
             self._done.add(shard_id)
         return out

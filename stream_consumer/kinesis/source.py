@@ -57,6 +57,8 @@ class KinesisShardSource:
         self.client = client
         self.stream = stream
         self._arn = stream_arn or (stream if stream.startswith("arn:") else None)
+        self._closed: set[str] = set()
+        self._shard_of: dict[str, str] = {}  # open iterator -> its shard
 
     @property
     def stream_arn(self) -> str:
@@ -74,6 +76,8 @@ class KinesisShardSource:
                     p for p in (shard.get("ParentShardId"), shard.get("AdjacentParentShardId")) if p
                 )
                 ending = shard.get("SequenceNumberRange", {}).get("EndingSequenceNumber")
+                if ending is not None:
+                    self._closed.add(shard["ShardId"])
                 shards.setdefault(
                     shard["ShardId"], ShardInfo(shard["ShardId"], parents, ending is not None)
                 )
@@ -89,14 +93,25 @@ class KinesisShardSource:
         else:
             kwargs["ShardIteratorType"] = "AFTER_SEQUENCE_NUMBER"
             kwargs["StartingSequenceNumber"] = raw_sequence(after)
-        return str(self._call(self.client.get_shard_iterator, **kwargs)["ShardIterator"])
+        iterator = str(self._call(self.client.get_shard_iterator, **kwargs)["ShardIterator"])
+        self._shard_of[iterator] = shard_id
+        return iterator
 
     def get_records(self, iterator: str, limit: int) -> Page:
         resp = self._call(
             self.client.get_records, ShardIterator=iterator, Limit=min(limit, MAX_LIMIT)
         )
-        extra = {"millis_behind": resp.get("MillisBehindLatest", 0)}
-        return Page(resp.get("Records", []), resp.get("NextShardIterator"), extra)
+        records = resp.get("Records", [])
+        behind = resp.get("MillisBehindLatest", 0)
+        shard = self._shard_of.pop(iterator, None)
+        following = resp.get("NextShardIterator")
+        if following is not None and not records and behind == 0 and shard in self._closed:
+            # A closed shard read to its end: Kinesis answers a null NextShardIterator, moto
+            # keeps handing out iterators; nothing more can come, so end it either way.
+            following = None
+        if following is not None and shard is not None:
+            self._shard_of[following] = shard
+        return Page(records, following, {"millis_behind": behind})
 
     def parse(self, raw: Mapping[str, Any], shard_id: str) -> StreamRecord:
         """A Kinesis record (boto3 form: ``Data`` bytes, ``SequenceNumber``)."""
