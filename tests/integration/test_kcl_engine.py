@@ -70,14 +70,19 @@ def http2_moto() -> Iterator[str]:
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own group: hypercorn's worker process is stopped with it
     )
     url = f"http://127.0.0.1:{port}"
     try:
         _wait(lambda: _answers(url), 30, "hypercorn moto did not start")
         yield url
     finally:
-        server.terminate()
-        server.wait(10)
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(10)
 
 
 def _answers(url: str) -> bool:
