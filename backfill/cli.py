@@ -20,7 +20,7 @@ import subprocess
 import sys
 from typing import Any
 
-from backfill import plan
+from backfill import eta_guard, plan
 from backfill.preflight import WITHOUT_CONSUMER_RISK, dry_run, open_for_backfill
 from backfill.progress import Progress
 from backfill.worker import Engine, Options
@@ -32,6 +32,7 @@ from livemigrate.exitcodes import ExitCode
 from livemigrate.hooks import Hooks
 from livemigrate.interrupts import on_first_signal
 from livemigrate.migration import Migration
+from livemigrate.retention import BackfillGuard
 from livemigrate.status import to_json
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help=f"start although no stream consumer has started; {WITHOUT_CONSUMER_RISK}",
     )
+    add(
+        "--force",
+        action="store_true",
+        help="go on although the ETA exceeds the stream's retention minus the margin "
+        "(rule 9; changes are then at risk of being trimmed unapplied)",
+    )
+    add("--guarded-by-parent", action="store_true", help=argparse.SUPPRESS)
     add(
         "--page-size",
         type=positive_int,
@@ -139,14 +147,24 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
         # A paused run (livemigrate throttle --pause) still ends at its budget or on Ctrl-C.
         limiter.interrupt = budget_over
     stopped: list[bool] = []
+    already = int(migration.store.metrics().get("items_read", 0))
+    watch = eta_guard.for_run(
+        args, settings, clients, migration=migration, already=already, engine=engine
+    )  # rule 9
     if args.processes > 1:
         # Each child stops itself on the signal (same process group); the parent waits.
-        _run_children(args, settings, args.processes, stopped)
+        with watch as guard:
+            _run_children(args, settings, args.processes, stopped, guard)
     else:
-        already = int(migration.store.metrics().get("items_read", 0))
         on_first_signal(lambda: _stop(engine, stopped), _say)
-        with Progress(engine.stats, migration.source.item_count, already, sys.stderr):
+        with (
+            watch as guard,
+            Progress(engine.stats, migration.source.item_count, already, sys.stderr),
+        ):
             engine.run()
+    if guard is not None and guard.refusal:
+        print(guard.refusal, file=sys.stderr)
+        return ExitCode.RETENTION_RISK
     if not args.json:
         return _verdict(migration, options, interrupted=bool(stopped), was_complete=was_complete)
     with contextlib.redirect_stdout(sys.stderr):  # --json: only JSON on stdout
@@ -260,11 +278,15 @@ def child_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--hot-key", key]
     if args.without_consumer:
         argv.append("--without-consumer")
-    return argv
+    return [*argv, "--guarded-by-parent"]  # the parent watches the ETA of all of them
 
 
 def _run_children(
-    args: argparse.Namespace, settings: Settings, count: int, stopped: list[bool]
+    args: argparse.Namespace,
+    settings: Settings,
+    count: int,
+    stopped: list[bool],
+    guard: BackfillGuard | None = None,
 ) -> None:
     env = {**os.environ, "LIVEMIGRATE_MIGRATION_ID": settings.migration_id}
     command = [sys.executable, "-m", "backfill", *child_argv(args)]
@@ -279,6 +301,8 @@ def _run_children(
                 child.send_signal(signal.SIGTERM)
 
     on_first_signal(stop_children, _say)
+    if guard is not None:
+        guard.stop = stop_children
     for child in children:
         while True:
             try:

@@ -20,6 +20,7 @@ from livemigrate.errors import ConfigError
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_dynamodbstreams import DynamoDBStreamsClient
+    from mypy_boto3_kinesis import KinesisClient
     from mypy_boto3_ssm import SSMClient
 
     from livemigrate.config import Settings
@@ -27,11 +28,13 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class AwsClients:
-    """The three clients livemigrate uses; thread-safe, shared by all worker threads."""
+    """The clients livemigrate uses; thread-safe, shared by all worker threads."""
 
     dynamodb: DynamoDBClient
     streams: DynamoDBStreamsClient
     ssm: SSMClient
+    # The change source when it is a Kinesis data stream (change_source = "kinesis").
+    kinesis: KinesisClient | None = None
 
 
 def client_config(max_pool: int = 50) -> Config:
@@ -65,6 +68,7 @@ def make_clients(settings: Settings | None = None, max_pool: int = 50) -> AwsCli
             dynamodb=session.client("dynamodb", **kwargs),
             streams=session.client("dynamodbstreams", **kwargs),
             ssm=session.client("ssm", **kwargs),
+            kinesis=session.client("kinesis", **kwargs),
         )
     except NoRegionError as exc:
         raise ConfigError(

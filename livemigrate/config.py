@@ -14,9 +14,9 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -56,6 +56,11 @@ _FIXES: dict[str, str] = {
     "search_url": "an http(s) URL of an Elasticsearch node, e.g. http://127.0.0.1:9299",
     "search_alias": "an index alias name in lowercase, e.g. 'orders'",
     "search_document_hook": "give 'package.module:function' mapping an item to its document",
+    "change_source": "'dynamodb-streams' (the table's stream, the default) or 'kinesis'",
+    "kinesis_stream": (
+        "name the Kinesis data stream of the source table's Kinesis streaming destination "
+        "(its name or ARN); needed when change_source is 'kinesis'"
+    ),
     "hooks": (
         "a table of event = command, events backfill_complete, gates_pass, cutover_done, "
         "cutover_aborted, rollback_done (README: Hooks)"
@@ -103,12 +108,38 @@ class Settings(BaseSettings):
     write_rate: float = Field(default=0.0, ge=0, description="destination items/s, 0 = no cap")
     workers: int = Field(default=4, ge=1, le=256)
     budget_seconds: float = Field(default=840.0, gt=0)
+    # Time the backfill leaves before the stream's retention (rule 9); None: a sixth of it.
+    retention_margin_seconds: float | None = Field(default=None, ge=0)
     total_segments: int | None = Field(default=None, ge=1, le=1_000_000)
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     hooks: dict[str, str] = Field(
         default_factory=dict, description="event -> shell command (livemigrate.hooks)"
     )
     hook_timeout_seconds: float = Field(default=60.0, gt=0)
+    change_source: Literal["dynamodb-streams", "kinesis"] = Field(
+        default="dynamodb-streams",
+        description="where the source's changes are read: its DynamoDB stream or a Kinesis "
+        "data stream (the table's Kinesis streaming destination); fixed at the first start",
+    )
+    kinesis_stream: str | None = Field(
+        default=None,
+        pattern=r"^(arn:[\w-]+:kinesis:[\w-]*:\d*:stream/)?[A-Za-z0-9_.-]{1,128}$",
+        description="the Kinesis data stream (name or ARN) when change_source is 'kinesis'",
+    )
+
+    kinesis_delivery_margin: float = Field(
+        default=60.0,
+        ge=0,
+        description="seconds within which a change is surely in the Kinesis stream (delivery "
+        "delay and clock skew): tombstones and the cutover's drain wait for the watermark",
+    )
+
+    @field_validator("kinesis_stream")
+    @classmethod
+    def _kinesis_named(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("change_source") == "kinesis" and not value:
+            raise ValueError("it is needed when change_source is 'kinesis'")
+        return value
 
     @field_validator("hooks")
     @classmethod

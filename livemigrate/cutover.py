@@ -52,6 +52,7 @@ from livemigrate.interrupts import deferred, raise_on_signals
 from livemigrate.migration import META, inverse_transform
 from livemigrate.replication import ARM_WAIT
 from livemigrate.status import gate_dict, iso
+from livemigrate.watermark import watermark_of
 
 if TYPE_CHECKING:
     from livemigrate.search.backend import ElasticsearchBackend
@@ -103,6 +104,10 @@ class CutoverOptions:
     fence_seconds: float = 60.0  # writers wait at most this (a crashed cutover frees them)
     drain_timeout: float = 60.0
     drain_lag: float = 1.0  # lag_seconds counted as drained
+    # A change source that delivers out of order (Kinesis, rule 15): the drain waits for the
+    # consumer's watermark to pass the fence plus this delivery margin (kinesis_delivery_margin)
+    # instead of for reads past the fence; None for DynamoDB Streams.
+    watermark_margin: float | None = None
     poll: float = 0.1
 
 
@@ -250,9 +255,12 @@ class Drain:
 
     def quiet_after(self) -> float:
         """Seconds after a fence or flip until every write to the old table is in its stream."""
+        stream = self.options.consumer_margin
+        if self.options.watermark_margin is not None:
+            stream = max(stream, self.options.watermark_margin)
         if self.options.checked_writes:
-            return self.options.consumer_margin
-        return self.options.client_ttl + self.options.margin + self.options.consumer_margin
+            return stream
+        return self.options.client_ttl + self.options.margin + stream
 
     def frozen_after(self, fence_at: float | None, now: float) -> float:
         """From when changes to the retired table are never replicated (rule 13): the fence
@@ -260,11 +268,17 @@ class Drain:
         return fence_at if fence_at is not None else now + self.quiet_after()
 
     def drained(self, since: float) -> bool:
+        name = self.consumer_sk.split("#", 1)[1]
+        if self.options.watermark_margin is not None:
+            # Every shard read to its end by a read sent after `since` (the fence plus the
+            # delivery margin): every change made before the fence is applied.
+            shards = dict(self.store.query(f"SHARD#{name}#"))
+            mark = watermark_of(shards, 0.0)
+            return mark is not None and mark >= since
         if not drained(self.store.get(self.consumer_sk), since, self.options.drain_lag):
             return False
-        name = self.consumer_sk.split("#", 1)[1]
-        shards = [item for _, item in self.store.query(f"SHARD#{name}#")]
-        return shards_drained(shards, since, self.options.drain_lag, self.clock.now())
+        shards_held = [item for _, item in self.store.query(f"SHARD#{name}#")]
+        return shards_drained(shards_held, since, self.options.drain_lag, self.clock.now())
 
     def wait(self, since: float, deadline: float) -> bool:
         """Poll the consumer's heartbeat until it drained after ``since`` (False at deadline)."""
@@ -541,6 +555,9 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
         checked_writes=args.checked_writes,
         fence_seconds=args.fence_seconds,
         drain_timeout=args.drain_timeout,
+        watermark_margin=(
+            settings.kinesis_delivery_margin if settings.change_source == "kinesis" else None
+        ),
     )
     started = time.monotonic()
     out = _stderr if args.json else print

@@ -5,6 +5,11 @@ write load) and the operator (the same ``livemigrate`` commands a team would run
 processes): start the consumer and the search sink, run the backfill while the load writes,
 wait for tombstones to be purged, verify, cut over with writers fenced, print a summary.
 
+With ``--source kinesis`` the consumer reads a Kinesis data stream instead of the table's
+DynamoDB stream: the bridge (``stream_consumer.kinesis.bridge``, moto has no Kinesis streaming
+destination) copies the table's stream into it on a thread of the demo, putting some records
+twice and shuffling them within small windows, as the real destination may.
+
 With ``--rollback`` it also runs the reverse consumer from the start (an inverse transform
 configured), writes the new schema to the destination after the cutover, rolls back with
 writers fenced and checks that every one of those writes reached the source.
@@ -17,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,6 +46,11 @@ from livemigrate.examples.hot_outbox import inverse, transform
 from livemigrate.items import to_plain, to_typed
 from livemigrate.tables import create_like, describe
 
+# --source kinesis: the bridge's unfaithfulness (every 10th record put twice, records shuffled
+# within windows of 4), and the delivery margin the watermark allows.
+DUPLICATE_EVERY, REORDER_WINDOW = 10, 4
+KINESIS_MARGIN = 5.0
+
 NEEDS_SETTINGS = False  # the demo makes its own migration; see cli.main
 
 
@@ -51,6 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-search", action="store_true", help="skip the search index")
     parser.add_argument("--timeout", type=float, default=600.0, help="give up after (600 s)")
     parser.add_argument("--json", action="store_true", help="print the full summary as JSON")
+    parser.add_argument(
+        "--source",
+        choices=("dynamodb-streams", "kinesis"),
+        default="dynamodb-streams",
+        help="change source: the table's stream, or a Kinesis data stream fed by the bridge",
+    )
     parser.add_argument(
         "--rollback",
         action="store_true",
@@ -67,6 +84,12 @@ class Demo:
     stamp: str = field(default_factory=lambda: time.strftime("%Y%m%d%H%M%S"))
     children: list[subprocess.Popen[bytes]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    bridge: Any = None  # stream_consumer.kinesis.bridge.StreamBridge with --source kinesis
+    bridge_stop: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def kinesis(self) -> bool:
+        return bool(self.args.source == "kinesis")
 
     @property
     def env(self) -> dict[str, str]:
@@ -79,6 +102,11 @@ class Demo:
             "LIVEMIGRATE_TRANSFORM": "livemigrate.examples.hot_outbox:transform",
             "LIVEMIGRATE_WORKERS": str(self.args.workers),
         }
+        if self.kinesis:
+            env["LIVEMIGRATE_CHANGE_SOURCE"] = "kinesis"
+            env["LIVEMIGRATE_KINESIS_STREAM"] = f"demo-app-changes-{self.stamp}"
+            # The bridge pumps every 0.2 s; a loaded machine's moto can take seconds per call.
+            env["LIVEMIGRATE_KINESIS_DELIVERY_MARGIN"] = str(KINESIS_MARGIN)
         if self.args.rollback:
             env["LIVEMIGRATE_INVERSE_TRANSFORM"] = "livemigrate.examples.hot_outbox:inverse"
         if self.search:
@@ -118,6 +146,7 @@ class Demo:
         return result
 
     def stop_children(self) -> None:
+        self.bridge_stop.set()
         for child in self.children:
             child.terminate()
         for child in self.children:
@@ -154,6 +183,8 @@ def _run(demo: Demo) -> int:
     create_like(
         demo.clients.dynamodb, describe(demo.clients.dynamodb, source, "source"), destination
     )
+    if demo.kinesis:
+        _start_bridge(demo)
     demo.say(
         "starting the stream consumer first: it records where the stream starts, so no write "
         "made during the backfill is missed"
@@ -180,7 +211,10 @@ def _run(demo: Demo) -> int:
     demo.say(f"backfill complete in {demo.timings['backfill']:.1f}s; live load stopped")
     demo.wait_for(
         "tombstones to be purged",
-        lambda: (demo.store.get("TOMBSTONES") or {}).get("state") == "purged",
+        lambda: (
+            (demo.store.get("TOMBSTONES") or {}).get("state") == "purged"
+            and (not demo.kinesis or _no_tombstones(demo))
+        ),
         timeout=180,
     )
     verify = demo.foreground("verify", "--json")
@@ -190,6 +224,13 @@ def _run(demo: Demo) -> int:
     rolled_back = _roll_back(demo) if demo.args.rollback and cutover.returncode == 0 else None
     summary = _summary(demo, load_stats.__dict__, verify, result, time.monotonic() - started)
     summary["rollback"] = rolled_back
+    if demo.bridge is not None:
+        summary["bridge"] = {
+            "stream": env["LIVEMIGRATE_KINESIS_STREAM"],
+            "changes": demo.bridge.copied,
+            "records": demo.bridge.put,
+            "reorder_window": REORDER_WINDOW,
+        }
     summary["across_cutover"] = across
     if demo.args.json:
         print(json.dumps(summary, indent=2, sort_keys=True, default=str))
@@ -197,6 +238,48 @@ def _run(demo: Demo) -> int:
         print(render_summary(summary))
     ok = verify.returncode == 0 and cutover.returncode == 0 and across["lost"] == 0
     return 0 if ok and (rolled_back is None or rolled_back["lost"] == 0) else 1
+
+
+def _start_bridge(demo: Demo) -> None:
+    """A Kinesis stream and the bridge that feeds it from the table's stream (a thread)."""
+    from stream_consumer.kinesis.bridge import Chaos, StreamBridge, create_stream
+
+    env, clients = demo.env, demo.clients
+    if clients.kinesis is None:
+        raise LivemigrateError("demo: no Kinesis client", "run the demo through `livemigrate`")
+    stream = env["LIVEMIGRATE_KINESIS_STREAM"]
+    create_stream(clients.kinesis, stream, shards=2)
+    table_stream = describe(clients.dynamodb, env["LIVEMIGRATE_SOURCE_TABLE"], "source").stream_arn
+    if table_stream is None:
+        raise LivemigrateError("demo: the source table has no stream for the bridge")
+    demo.bridge = StreamBridge(
+        clients.streams,
+        clients.kinesis,
+        table_stream,
+        stream,
+        env["LIVEMIGRATE_SOURCE_TABLE"],
+        chaos=Chaos(duplicate_every=DUPLICATE_EVERY, reorder_window=REORDER_WINDOW, seed=14),
+    )
+    threading.Thread(
+        target=demo.bridge.run, args=(demo.bridge_stop,), name="kinesis-bridge", daemon=True
+    ).start()
+    demo.say(
+        f"change source: Kinesis stream {stream}, fed from the table's stream by the bridge "
+        f"(every {DUPLICATE_EVERY}th record twice, shuffled within {REORDER_WINDOW})"
+    )
+
+
+def _no_tombstones(demo: Demo) -> bool:
+    """No tombstone left in the destination (Kinesis: swept below the watermark)."""
+    page = demo.clients.dynamodb.scan(
+        TableName=demo.env["LIVEMIGRATE_DESTINATION_TABLE"],
+        FilterExpression="#t = :true",
+        ExpressionAttributeNames={"#t": "_lm_tomb"},
+        ExpressionAttributeValues={":true": {"BOOL": True}},
+        ConsistentRead=True,
+        Select="COUNT",
+    )
+    return int(page.get("Count", 0)) == 0 and "LastEvaluatedKey" not in page
 
 
 def _cut_over(demo: Demo) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
@@ -369,6 +452,7 @@ def render_summary(summary: dict[str, Any]) -> str:
             else "  write pause  -",
             *_across_line(summary.get("across_cutover")),
             *_rollback_line(summary.get("rollback")),
+            *_bridge_line(summary.get("bridge")),
         ]
     )
 
@@ -392,6 +476,15 @@ def _rollback_line(rollback: dict[str, Any] | None) -> list[str]:
         f"  rollback         exit {rollback['code']}, write pause {rollback['pause']} (fenced); "
         f"{rollback['writes'] - rollback['lost']} of {rollback['writes']} destination writes "
         "in the source"
+    ]
+
+
+def _bridge_line(bridge: dict[str, Any] | None) -> list[str]:
+    if bridge is None:
+        return []
+    return [
+        f"  change source    Kinesis {bridge['stream']}: {bridge['changes']} changes bridged as "
+        f"{bridge['records']} records (duplicates, shuffled within {bridge['reorder_window']})"
     ]
 
 

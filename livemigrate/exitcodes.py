@@ -28,6 +28,7 @@ class ExitCode(enum.IntEnum):
     INCOMPLETE = 4
     NOT_MIGRATED = 5
     UNREACHABLE = 6
+    RETENTION_RISK = 7
     INTERNAL = 70
     INTERRUPTED = 130
 
@@ -81,6 +82,10 @@ MEANINGS: dict[ExitCode, str] = {
     ExitCode.UNREACHABLE: (
         "a service (AWS endpoint, Elasticsearch) did not answer; nothing is lost, run again "
         "once it answers"
+    ),
+    ExitCode.RETENTION_RISK: (
+        "`backfill` refused: its ETA, measured after the first pages, exceeds the change "
+        "source's retention minus the margin (position saved); speed it up, or pass --force"
     ),
     ExitCode.INTERNAL: (
         "a bug in livemigrate: the traceback is written to a file whose name is printed"

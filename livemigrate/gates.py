@@ -16,6 +16,8 @@ from typing import Any
 from livemigrate.control import ControlStore
 from livemigrate.deadletters import DeadLetters
 from livemigrate.migration import BACKFILL_COMPLETE, PLAN
+from livemigrate.retention import DYNAMODB_STREAMS_RETENTION as DDB
+from livemigrate.retention import RETENTION_ITEM, headroom, lag_message
 
 CONSUMER_SOURCE = "CONSUMER#source"
 CONSUMER_REVERSE = "CONSUMER#reverse"
@@ -40,6 +42,7 @@ class Snapshot:
     flag: dict[str, Any] | None = field(default=None)
     reverse: dict[str, Any] | None = None
     rollback: dict[str, Any] | None = None
+    retention: dict[str, Any] | None = None  # livemigrate.retention's RETENTION item
 
 
 @dataclass(frozen=True)
@@ -228,6 +231,9 @@ def reverse_problems(reverse: dict[str, Any] | None, now: float, max_age: float)
     age = now - _num(reverse, "heartbeat_at")
     if age > max_age:
         problems.append(f"the reverse consumer's last heartbeat is {age:.0f}s old: not running")
+    lag = reverse.get("lag_seconds")  # the destination's DynamoDB stream keeps 24 h (rule 9)
+    if lag is not None and (message := lag_message("the reverse consumer", float(lag), DDB)):
+        problems.append(message)
     if reverse.get("records_lost_at") is not None:
         problems.append(
             "the reverse consumer lost records trimmed from the destination stream "
@@ -250,6 +256,14 @@ def reverse_gate(snap: Snapshot, policy: Policy) -> Gate:
     return Gate(name, False, "; ".join(problems), fix)
 
 
+def retention_gate(snap: Snapshot, policy: Policy) -> Gate:
+    """Shows the source's retention, the backfill ETA and the lag against it (rule 9)."""
+    lag = None if snap.consumer is None else snap.consumer.get("lag_seconds")
+    backfilling = (snap.plan or {}).get("state") != BACKFILL_COMPLETE
+    met, why, fix = headroom(snap.retention, None if lag is None else float(lag), backfilling)
+    return Gate("stream retention headroom", met, why, fix)
+
+
 GATES: tuple[Callable[[Snapshot, Policy], Gate], ...] = (
     backfill_gate,
     lag_gate,
@@ -259,6 +273,7 @@ GATES: tuple[Callable[[Snapshot, Policy], Gate], ...] = (
     loss_gate,
     search_gate,
     reverse_gate,
+    retention_gate,
 )
 
 
@@ -291,4 +306,5 @@ def read_snapshot(
         flag=store.get(FLAG),
         reverse=store.get(CONSUMER_REVERSE),
         rollback=store.get("ROLLBACK"),
+        retention=store.get(RETENTION_ITEM),
     )

@@ -25,6 +25,9 @@ PLAN = "PLAN"
 META = "META"
 CONSUMER_PREFIX = "CONSUMER#"
 BACKFILL_COMPLETE = "complete"
+# The change source kinds (ARCHITECTURE.md rule 15); META of a migration recorded before the
+# setting existed has none and is a DynamoDB Streams migration.
+DYNAMODB_STREAMS = "dynamodb-streams"
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,8 @@ def open_migration(
             "migrate into a new table: set LIVEMIGRATE_DESTINATION_TABLE to another name",
         )
     source = describe(clients.dynamodb, settings.source_table, "source")
-    if require_source_stream:
+    # With a Kinesis change source the table's own stream is not read (the destination is).
+    if require_source_stream and settings.change_source == DYNAMODB_STREAMS:
         require_stream(source)
     try:
         destination = describe(clients.dynamodb, settings.destination_table, "destination")
@@ -143,10 +147,12 @@ def _record(store: ControlStore, settings: Settings) -> dict[str, Any]:
         "destination_table": settings.destination_table,
         "transform": settings.transform,
     }
-    if store.put(META, {**spec, "created_at": time.time()}, only_if_absent=True):
-        return dict(spec)
+    first = {**spec, "change_source": settings.change_source, "created_at": time.time()}
+    if store.put(META, first, only_if_absent=True):
+        return dict(first)
     held = store.get(META) or {}
     changed = {k: (held.get(k), v) for k, v in spec.items() if held.get(k) != v}
+    _check_change_source(settings, held)
     if changed:
         detail = ", ".join(
             f"{k}: recorded {a!r}, configured {b!r}" for k, (a, b) in changed.items()
@@ -157,3 +163,20 @@ def _record(store: ControlStore, settings: Settings) -> dict[str, Any]:
             "original settings",
         )
     return held
+
+
+def _check_change_source(settings: Settings, held: dict[str, Any]) -> None:
+    """Refuse another change source kind than the one recorded at the first start: versions
+    of two kinds (sequence numbers, creation times) are never compared (rule 15)."""
+    recorded = str(held.get("change_source") or DYNAMODB_STREAMS)
+    if recorded == settings.change_source:
+        return
+    raise ConflictError(
+        f"migration {settings.migration_id!r} reads its changes from {recorded}, recorded at "
+        f"its first start; this command is configured for {settings.change_source}: the "
+        "destination's versions come from the recorded source and cannot be compared with "
+        f"{settings.change_source} versions",
+        f"set LIVEMIGRATE_CHANGE_SOURCE={recorded} (change_source in livemigrate.toml) for "
+        "this migration, or start a new migration (new LIVEMIGRATE_MIGRATION_ID and destination "
+        "table) to read another source",
+    )

@@ -38,6 +38,16 @@ class StreamRecord:
     approximate_creation: float  # epoch seconds
     shard_id: str = ""
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # Where the record sits in its shard, for checkpoints, when that is not its version: a
+    # Kinesis record's version is its creation time, its position the Kinesis sequence number
+    # (``stream_consumer.kinesis.records``). Empty: the version is the position (DynamoDB
+    # Streams).
+    position: str = ""
+
+    @property
+    def at(self) -> str:
+        """The record's position in its shard (padded: compare as strings within one shard)."""
+        return self.position or self.sequence_number
 
     def made_before(self, moment: float) -> bool:
         """Whether the change was certainly made before ``moment`` (rounding and skew allowed)."""

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from livemigrate import retention
 from livemigrate.control import ControlStore
 from livemigrate.deadletters import DeadLetters
 from livemigrate.gates import Gate, Policy, check_all, read_snapshot, unmet
@@ -68,7 +69,16 @@ def collect(
         "flag": dict(groups.get("FLAG", [("", {})])[0][1]),
         "metrics": dict(groups.get("METRICS", [("", {})])[0][1]),
         "rates": rates_of(dict(groups.get("RATES", [("", {})])[0][1])),
+        "retention": retention.summary(
+            _one(groups, "RETENTION"), _one(groups, "CONSUMER#source").get("lag_seconds")
+        ),
     }
+
+
+def _one(groups: dict[str, list[tuple[str, dict[str, Any]]]], sk: str) -> dict[str, Any]:
+    """The item ``sk`` (empty when absent)."""
+    group = groups.get(sk.split("#", maxsplit=1)[0], [])
+    return next((dict(item) for key, item in group if key == sk), {})
 
 
 def gate_dict(gate: Gate) -> dict[str, Any]:
@@ -296,6 +306,7 @@ def render(summary: dict[str, Any]) -> str:
     lines.append(f"  phase: {summary['phase']}")
     lines.extend(_backfill_lines(summary["backfill"]))
     lines.append(rates_line(summary["rates"]))
+    lines.append(retention.status_line(summary["retention"]))
     stream = summary["stream"]
     lines.append(f"  stream consumers: {len(stream['consumer_started']) or 'not started'}")
     for consumer in stream["consumer_started"]:

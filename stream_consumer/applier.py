@@ -131,6 +131,11 @@ class DeleteMode:
         Tombstone finalisation purges ``settle_seconds`` after the switch: a tombstone
         decision is safe for ``settle_seconds - margin`` (default margin: a third) after the
         check that made it.
+    keep_tombstones:
+        A source that delivers out of order (Kinesis): deletes stay tombstones after the
+        switch too, purged only below the watermark (``stream_consumer.watermark``), so a late
+        older put never finds the item absent (rule 15). The switch is still recorded: the
+        purge waits for it (the backfill is complete and quiet).
     """
 
     def __init__(
@@ -143,7 +148,9 @@ class DeleteMode:
         *,
         settle_seconds: float = SETTLE_SECONDS,
         margin: float | None = None,
+        keep_tombstones: bool = False,
     ) -> None:
+        self.keep_tombstones = keep_tombstones
         self._complete = backfill_complete
         self.store = store
         self.consumer = consumer
@@ -160,18 +167,24 @@ class DeleteMode:
         with the deadline of the check behind the answer."""
         with self._lock:
             if self._real:
-                return DeleteDecision(True)
+                return self._after_switch()
             started = self.clock.monotonic()
             if started - self._checked >= self.refresh_seconds:
                 self._checked = started
                 if self._complete():
                     self._switch(self.clock.now())
-                    return DeleteDecision(True)
+                    return self._after_switch()
             return DeleteDecision(False, self._checked + self.window)
+
+    def _after_switch(self) -> DeleteDecision:
+        # Kept tombstones are purged by the watermark, which only removes tombstones older
+        # than every record still to come: no deadline on writing them.
+        return DeleteDecision(not self.keep_tombstones)
 
     def real_deletes(self) -> bool:
         """True once the backfill is complete (never switches back)."""
-        return self.decide().real
+        self.decide()
+        return self._real
 
     def _switch(self, now: float) -> None:
         self.store.update(
@@ -264,8 +277,10 @@ class DestinationApplier:
         refresh_seconds: float = 5.0,
         settle_seconds: float = SETTLE_SECONDS,
         source: SourceReader | None = None,
+        keep_tombstones: bool | None = None,
     ) -> DestinationApplier:
-        """The source consumer's applier; ``source`` defaults to the source table."""
+        """The source consumer's applier; ``source`` defaults to the source table;
+        ``keep_tombstones`` defaults to whether the change source delivers out of order."""
         clock = clock or SystemClock()
         mode = DeleteMode(
             migration.backfill_complete,
@@ -274,6 +289,11 @@ class DestinationApplier:
             clock,
             refresh_seconds,
             settle_seconds=settle_seconds,
+            keep_tombstones=(
+                migration.settings.change_source == "kinesis"
+                if keep_tombstones is None
+                else keep_tombstones
+            ),
         )
         flags = ControlFlagStore(migration.store, migration.source.name, migration.destination.name)
         view = FlagView(flags, clock)
@@ -338,15 +358,18 @@ class DestinationApplier:
     def _fold(self, queue: list[Op], op: Op) -> None:
         """Queue ``op`` behind the earlier ops of its key in this batch.
 
-        Without a guard, consecutive ops of one source item on a key are in order on one
-        shard, so the newest alone is the end state (the version rule makes the others
-        invisible). Ops of different source items on one key (a key handed from one to
-        another within the batch, rule 12) each decide by ownership: they run in order. With
+        Without a guard, consecutive ops of one source item on a key are folded into the one
+        with the newest version, the end state (the version rule makes the others invisible).
+        Ops of different source items on one key (a key handed from one to another within
+        the batch, rule 12) each decide by ownership: they run in order. With
         a guard (the reverse consumer) several destination keys map to one source key and a
         removal depends on what the earlier put left: every op runs, in order.
         """
         if queue and self.guard is None and queue[-1].origin == op.origin:
-            queue[-1] = replace(op, first_index=queue[-1].first_index)
+            # The newer version, not the later record: a source that delivers out of order
+            # (Kinesis) can put an item's older change after its newer one in a batch.
+            newest = op if op.seq >= queue[-1].seq else queue[-1]
+            queue[-1] = replace(newest, first_index=queue[-1].first_index)
         else:
             queue.append(op)
 

@@ -7,9 +7,12 @@ Usage::
     livemigrate consume --metrics-port 9108    # Prometheus text at :9108/metrics
     livemigrate consume --lease-seconds 30     # takeover time of a dead consumer's shards
     livemigrate consume --finalize-tombstones  # wait for real deletes, purge tombstones, exit
+    livemigrate consume --engine kcl           # Kinesis source: the KCL (stream_consumer/kcl)
 
 Everything is checked (stream with NEW_AND_OLD_IMAGES, destination present, transform
-importable) before anything is read. Run several processes to share the shards.
+importable) before anything is read. Run several processes to share the shards. With
+``change_source = "kinesis"`` the Kinesis data stream ``kinesis_stream`` is read instead
+(``stream_consumer.kinesis``): deletes stay tombstones, purged below the watermark.
 
 Exit codes (``livemigrate.exitcodes``): 0 when a continuous consumer is stopped by SIGTERM /
 Ctrl-C (checkpoints saved, leases released: that is how it ends) or ``--until-caught-up``
@@ -33,18 +36,23 @@ from livemigrate.clock import Clock, SystemClock
 from livemigrate.config import Settings
 from livemigrate.control import ControlStore
 from livemigrate.deadletters import DeadLetters, Origin
-from livemigrate.errors import ConfigError
+from livemigrate.errors import ConfigError, PreflightError
 from livemigrate.exitcodes import ExitCode
 from livemigrate.migration import Migration, open_migration
 from livemigrate.process import stop_on_signals, worker_id
+from livemigrate.retention import DYNAMODB_STREAMS_RETENTION, Retention, source_retention
+from livemigrate.retention import record as record_retention
 from livemigrate.tables import require_stream
 from stream_consumer.applier import DestinationApplier
 from stream_consumer.engine import Tuning, run_consumer
+from stream_consumer.kcl import daemon as kcl_daemon
+from stream_consumer.kinesis.source import stream_ref
 from stream_consumer.metrics import Metrics, serve
-from stream_consumer.source import BotoShardSource
+from stream_consumer.source import BotoShardSource, ShardSource
 from stream_consumer.tombstones import (
     NotSwitched,
     finalize_tombstones,
+    sweep,
     tombstones_purged,
 )
 
@@ -55,6 +63,7 @@ NAME = "source"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_consumer_arguments(parser)
+    kcl_daemon.add_arguments(parser)  # --engine kcl, --kcl-property
     parser.add_argument(
         "--finalize-tombstones",
         action="store_true",
@@ -106,8 +115,10 @@ def add_consumer_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> int:
     """The ``consume`` command; returns the exit status."""
+    if args.engine == "kcl" and not args.finalize_tombstones:
+        return kcl_daemon.run_kcl(args, settings, clients)
     migration = open_migration(settings, clients)  # every check before anything is read
-    stream_arn = require_stream(migration.source)
+    source = change_source(migration)
     if args.metrics_port is None:
         args.metrics_port = settings.metrics_port
     _warn_without_destination_stream(migration)
@@ -129,8 +140,35 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
     stop_on_signals(stop)
     if not args.until_caught_up:
         _auto_finalize(migration, args.settle_seconds, stop)
-    run = ConsumerRun(migration.store, NAME, migration.dead_letters, "stream", clock, stop)
-    return run.drive(args, BotoShardSource(clients.streams, stream_arn), applier, metrics)
+    retention = source_retention(settings, clients)
+    record_retention(migration.store, retention)  # what status and the gates show
+    run = ConsumerRun(
+        migration.store, NAME, migration.dead_letters, "stream", clock, stop, retention
+    )
+    return run.drive(args, source, applier, metrics)
+
+
+def change_source(migration: Migration) -> ShardSource:
+    """The shards the source consumer reads: the table's DynamoDB stream, or the Kinesis data
+    stream of its Kinesis streaming destination (``change_source``, issue 14)."""
+    settings = migration.settings
+    if settings.change_source != "kinesis":
+        return BotoShardSource(migration.clients.streams, require_stream(migration.source))
+    from stream_consumer.kinesis.source import KinesisShardSource
+
+    assert settings.kinesis_stream is not None  # the settings refuse kinesis without one
+    kinesis = migration.clients.kinesis
+    if kinesis is None:
+        raise ConfigError("no Kinesis client was built", "build the clients with make_clients")
+    try:
+        kinesis.describe_stream_summary(**stream_ref(settings.kinesis_stream))
+    except kinesis.exceptions.ResourceNotFoundException as exc:
+        raise PreflightError(
+            f"the Kinesis data stream {settings.kinesis_stream!r} does not exist",
+            "name the stream of the source table's Kinesis streaming destination in "
+            "LIVEMIGRATE_KINESIS_STREAM (name or ARN), or enable the destination first",
+        ) from exc
+    return KinesisShardSource(kinesis, settings.kinesis_stream)
 
 
 @dataclass(frozen=True)
@@ -143,11 +181,13 @@ class ConsumerRun:
     origin: Origin
     clock: Clock
     stop: threading.Event
+    # The stream's retention: the lag thresholds (rule 9, livemigrate.retention).
+    retention: Retention = DYNAMODB_STREAMS_RETENTION
 
     def drive(
         self,
         args: argparse.Namespace,
-        source: BotoShardSource,
+        source: ShardSource,
         applier: DestinationApplier,
         metrics: Metrics,
     ) -> int:
@@ -164,7 +204,11 @@ class ConsumerRun:
                 clock=self.clock,
                 dead_letters=self.dead_letters,
                 origin=self.origin,
-                tuning=Tuning(batch_size=args.batch_size, poll_interval=args.poll_interval),
+                tuning=Tuning(
+                    batch_size=args.batch_size,
+                    poll_interval=args.poll_interval,
+                    retention=self.retention,
+                ),
                 metrics=metrics,
                 until_caught_up=args.until_caught_up,
                 stop_event=self.stop,
@@ -214,15 +258,19 @@ def _warn_without_destination_stream(migration: Migration) -> None:
 
 def _auto_finalize(migration: Migration, settle: float, stop: threading.Event) -> None:
     """Purge tombstones in the background once this consumer deletes for real (item 10)."""
-    if tombstones_purged(migration):
+    kinesis = migration.settings.change_source == "kinesis"
+    if tombstones_purged(migration) and not kinesis:
         return
 
     def work() -> None:
         try:
-            finalize_tombstones(
-                migration, SystemClock(), settle_seconds=settle, timeout_seconds=1e12, stop=stop
-            )
+            if not tombstones_purged(migration):
+                finalize_tombstones(
+                    migration, SystemClock(), settle_seconds=settle, timeout_seconds=1e12, stop=stop
+                )
         except NotSwitched:
             return
+        if kinesis:  # deletes keep leaving tombstones: purge below the watermark from now on
+            sweep(migration, interval=max(1.0, min(30.0, settle)), stop=stop)
 
     threading.Thread(target=work, name="finalize-tombstones", daemon=True).start()

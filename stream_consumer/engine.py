@@ -78,6 +78,7 @@ from livemigrate.errors import LeaseLost
 from livemigrate.fencing import Fence, LeaseExpired, WindowClosed
 from livemigrate.outage import Outage, is_transient
 from livemigrate.records import ApplyFailure, RecordSink, StreamRecord
+from livemigrate.retention import DYNAMODB_STREAMS_RETENTION, Retention, lag_message
 from stream_consumer.leases import BalancePolicy, ShardLeases
 from stream_consumer.lineage import resolve
 from stream_consumer.metrics import Metrics
@@ -88,6 +89,7 @@ from stream_consumer.source import (
     ShardInfo,
     ShardSource,
     Throttled,
+    parser_of,
 )
 
 log = logging.getLogger("livemigrate.consumer")
@@ -108,8 +110,8 @@ class Tuning:
     backoff_base: float = 0.1
     backoff_cap: float = 5.0
     shard_threads: int = 4  # held shards read in parallel
-    lag_warn_seconds: float = 12 * HOUR  # retention is 24 h (rule 9)
-    lag_error_seconds: float = 20 * HOUR
+    # The source's retention and the lag thresholds derived from it (rule 9).
+    retention: Retention = DYNAMODB_STREAMS_RETENTION
     # A lease holder stops writing this long before its lease expires (default: a third of
     # the lease): covers clock skew between machines and a write already sent (rule 11).
     lease_margin: float | None = None
@@ -134,12 +136,8 @@ def transient(exc: BaseException) -> bool:
 
 
 def retention_level(lag_seconds: float, tuning: Tuning) -> str:
-    """ "ok", "warn" or "error" for a lag against the 24 h stream retention (rule 9)."""
-    if lag_seconds >= tuning.lag_error_seconds:
-        return "error"
-    if lag_seconds >= tuning.lag_warn_seconds:
-        return "warn"
-    return "ok"
+    """ "ok", "warn" or "error" for a lag against the stream's retention (rule 9)."""
+    return tuning.retention.level(lag_seconds)
 
 
 @runtime_checkable
@@ -162,10 +160,18 @@ class _Reader:
     lag: float = 0.0
     behind: int = 0
     read_at: float = 0.0  # when the latest GetRecords of this shard was sent
+    # When the latest GetRecords that found the shard at its end was sent (every record that
+    # arrived before it is applied): the shard's part of the watermark (rule 15).
+    caught_up_at: float | None = None
     backoff: int = 0
     last_renew: float = 0.0
     # The local deadline of our lease: writes of this shard's batches stop once it passes.
     fence: Fence | None = field(default=None, repr=False)
+
+
+def _watermark_report(reader: _Reader) -> dict[str, Any]:
+    """``caught_up_at`` for the shard item, once known (``stream_consumer.watermark``)."""
+    return {} if reader.caught_up_at is None else {"caught_up_at": reader.caught_up_at}
 
 
 class _Dropped(Exception):
@@ -238,6 +244,7 @@ class Consumer:
         self.tuning = tuning or Tuning()
         self.metrics = metrics or Metrics(name)
         self.leases = ShardLeases(store, name, source.stream_arn)
+        self._parse = parser_of(source)
         self.policy = BalancePolicy()
         self.readers: dict[str, _Reader] = {}
         self.listed: list[ShardInfo] = []
@@ -414,7 +421,7 @@ class Consumer:
             if reader.fence is not None:
                 reader.fence.revoke()
             try:
-                if self.leases.release(reader.shard_id, self.me):
+                if self.leases.release(reader.shard_id, self.me, _watermark_report(reader)):
                     log.info("released %s", reader.shard_id)
             except (ClientError, BotoCoreError) as exc:
                 if not is_transient(exc):
@@ -439,7 +446,7 @@ class Consumer:
         lineage = resolve(self.listed, self.states)
         for parent in sorted(lineage.lost_parents):
             log.error(
-                "shard %s of consumer %s was trimmed (past the 24 h retention) before it was "
+                "shard %s of consumer %s was trimmed (past the stream's retention) before it was "
                 "read to its end: its remaining records are LOST; verify and repair before "
                 "cutover",
                 parent,
@@ -539,9 +546,9 @@ class Consumer:
         page = self._get_page(reader)
         if page is None:
             return False
-        records = [StreamRecord.from_boto(raw, reader.shard_id) for raw in page.records]
+        records = [self._parse(raw, reader.shard_id) for raw in page.records]
         if reader.checkpoint is not None:
-            records = [r for r in records if r.sequence_number > reader.checkpoint]
+            records = [r for r in records if r.at > reader.checkpoint]
         self.metrics.inc("records_read_total", len(page.records), shard=reader.shard_id)
         try:
             delivered = not records or self._deliver(reader, records)
@@ -553,6 +560,8 @@ class Consumer:
             return True
         reader.iterator = page.next_iterator
         reader.caught_up = not page.records
+        if reader.caught_up:
+            reader.caught_up_at = reader.read_at
         reader.behind = len(page.records) if len(page.records) >= self.tuning.batch_size else 0
         if reader.caught_up:
             reader.lag = 0.0
@@ -742,7 +751,7 @@ class Consumer:
             self.ttl,
             now,
             {
-                "checkpoint": last.sequence_number,
+                "checkpoint": last.at,
                 "records_applied": reader.records_applied + applied,
                 "last_applied_at": now,
                 "lag_seconds": lag,
@@ -751,7 +760,7 @@ class Consumer:
         self._extend(reader, sent)
         reader.records_applied += applied
         reader.lag = lag
-        reader.checkpoint = last.sequence_number
+        reader.checkpoint = last.at
         reader.last_renew = now
         self.metrics.inc("records_applied_total", applied, shard=reader.shard_id)
 
@@ -808,16 +817,12 @@ class Consumer:
             },
         )
         self.metrics.set("records_behind", behind)
-        level = retention_level(lag, self.tuning)
-        if level == "error":
-            log.error(
-                "consumer %s lags %.1f h behind the stream; records older than 24 h are "
-                "trimmed and LOST: add consumers or capacity now",
-                self.name,
-                lag / HOUR,
+        message = lag_message(f"consumer {self.name}", lag, self.tuning.retention)
+        if message is not None:
+            log_level = (
+                logging.ERROR if retention_level(lag, self.tuning) == "error" else logging.WARNING
             )
-        elif level == "warn":
-            log.warning("consumer %s lags %.1f h (retention is 24 h)", self.name, lag / HOUR)
+            log.log(log_level, "%s", message)
         self._report_shards(now)
         if isinstance(self.sink, IdleAware):
             self.sink.on_idle()
@@ -831,6 +836,7 @@ class Consumer:
                 "read_from": reader.read_at,
                 "behind": reader.behind,
                 "lag_seconds": reader.lag,
+                **_watermark_report(reader),
             }
             self._renew(reader, now, report)
 

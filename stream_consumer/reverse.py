@@ -40,6 +40,7 @@ from livemigrate.items import TypedItem, key_id, to_plain
 from livemigrate.migration import Migration, open_migration
 from livemigrate.process import stop_on_signals
 from livemigrate.replication import FORWARD, REVERSE
+from livemigrate.retention import DYNAMODB_STREAMS_RETENTION
 from livemigrate.retired import RetiredTable
 from livemigrate.tables import describe, require_stream
 from livemigrate.transform import Transformer, load_transform
@@ -238,5 +239,14 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
         setup.migration.source.name,
         spec,
     )
-    run = ConsumerRun(store, NAME, setup.migration.dead_letters, "reverse", clock, stop)
+    # The destination's DynamoDB stream keeps 24 h: the reverse consumer's lag window.
+    run = ConsumerRun(
+        store,
+        NAME,
+        setup.migration.dead_letters,
+        "reverse",
+        clock,
+        stop,
+        DYNAMODB_STREAMS_RETENTION,
+    )
     return run.drive(args, BotoShardSource(clients.streams, setup.stream_arn), applier, metrics)

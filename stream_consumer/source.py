@@ -10,11 +10,13 @@ the loop can decide: re-open an iterator, restart from the trim horizon, or back
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from botocore.exceptions import ClientError
+
+from livemigrate.records import StreamRecord
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodbstreams import DynamoDBStreamsClient
@@ -80,17 +82,35 @@ class ShardSource(Protocol):
         ...
 
 
+@runtime_checkable
+class ParsesRecords(Protocol):
+    """A source whose raw records are not DynamoDB Streams records (Kinesis): it parses them."""
+
+    def parse(self, raw: Mapping[str, Any], shard_id: str) -> StreamRecord:
+        """One raw record of ``shard_id`` as a ``StreamRecord`` (``position`` set)."""
+        ...
+
+
+def parser_of(source: object) -> Callable[[Mapping[str, Any], str], StreamRecord]:
+    """How the engine turns ``source``'s raw records into ``StreamRecord``s."""
+    if isinstance(source, ParsesRecords):
+        return source.parse
+    return StreamRecord.from_boto
+
+
 _THROTTLE_CODES = frozenset(
     {
         "LimitExceededException",
         "ProvisionedThroughputExceededException",
         "ThrottlingException",
         "RequestLimitExceeded",
+        "KMSThrottlingException",
     }
 )
 
 
-def _translate(exc: ClientError) -> StreamReadError | None:
+def translate_error(exc: ClientError) -> StreamReadError | None:
+    """The typed error for a service error code shared by DynamoDB Streams and Kinesis."""
     code = exc.response.get("Error", {}).get("Code", "")
     if code == "ExpiredIteratorException":
         return IteratorExpired(str(exc))
@@ -166,7 +186,7 @@ class BotoShardSource:
         try:
             return fn(**kwargs)
         except ClientError as exc:
-            mapped = _translate(exc)
+            mapped = translate_error(exc)
             if mapped is None:
                 raise
             raise mapped from exc

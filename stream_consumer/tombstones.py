@@ -1,5 +1,9 @@
 """Tombstone finalisation (issue item 10, rule 2): purge tombstones once deletes are real.
 
+With a Kinesis change source (rule 15) deletes stay tombstones after the switch, and the purge
+takes only those below the consumer's watermark (``stream_consumer.watermark``); the running
+consumer sweeps again periodically (``sweep``).
+
 While the backfill runs, a delete leaves a tombstone in D so that a late bulk put of the deleted
 item fails its put-if-absent. Once the backfill is complete the source consumer switches to real
 deletes and records ``real_deletes_since`` on ``CONSUMER#source``. Finalisation waits for that
@@ -93,6 +97,21 @@ def tombstones(writer: DestinationWriter) -> Iterator[tuple[TypedItem, str]]:
         if "LastEvaluatedKey" not in page:
             return
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def purge_for(migration: Migration, consumer: str = "source") -> tuple[int, int]:
+    """The purge the migration's change source allows: every tombstone (DynamoDB Streams,
+    in order), or those below the consumer's watermark (Kinesis: out of order, rule 15)."""
+    if migration.settings.change_source != "kinesis":
+        return purge(migration.writer)
+    from stream_consumer.watermark import purge_below, watermark
+
+    margin = migration.settings.kinesis_delivery_margin
+    mark = watermark(migration.store, consumer, margin)
+    if mark is None:
+        log.info("no watermark yet (a shard was never read to its end): no tombstone purged")
+        return 0, 0
+    return purge_below(migration.writer, mark)
 
 
 def purge(writer: DestinationWriter) -> tuple[int, int]:
@@ -192,7 +211,7 @@ def _finalize(
         poll_seconds=poll_seconds,
         stop=stop,
     )
-    purged, kept = purge(migration.writer)
+    purged, kept = purge_for(migration, consumer)
     migration.store.put(
         TOMBSTONES,
         {"state": "purged", "purged_at": clock.now(), "purged_count": purged},
@@ -204,3 +223,25 @@ def _finalize(
 def tombstones_purged(migration: Migration) -> bool:
     held = migration.store.get(TOMBSTONES) or {}
     return held.get("state") == "purged"
+
+
+def sweep(
+    migration: Migration,
+    *,
+    consumer: str = "source",
+    interval: float = 30.0,
+    stop: threading.Event | None = None,
+) -> None:
+    """Purge tombstones below the watermark every ``interval`` seconds until ``stop`` (Kinesis:
+    deletes keep leaving tombstones after finalisation)."""
+    stop = stop or threading.Event()
+    while not stop.wait(interval):
+        try:
+            purged, kept = purge_for(migration, consumer)
+        except (ClientError, BotoCoreError) as exc:
+            if not is_transient(exc):
+                raise
+            log.warning("tombstone sweep failed (%s); retrying in %.0fs", exc, interval)
+            continue
+        if purged:
+            log.info("tombstones below the watermark purged: %d (kept %d)", purged, kept)

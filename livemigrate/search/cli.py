@@ -47,6 +47,7 @@ from livemigrate.exitcodes import ExitCode
 from livemigrate.failures import short
 from livemigrate.flag import open_flag_store
 from livemigrate.process import stop_on_signals, worker_id
+from livemigrate.retention import DYNAMODB_STREAMS_RETENTION, duration
 from livemigrate.search.backend import ElasticsearchBackend
 from livemigrate.search.batcher import BatchPolicy
 from livemigrate.search.documents import load_hook
@@ -295,15 +296,16 @@ def _consume(
 
 
 def _retention_watch(metrics: Any) -> None:
-    """The retention guard for the index: trimmed reads or a lag near 24 h -> resync, loudly."""
+    """The retention guard for the index: trimmed reads or a lag near the retention -> resync."""
     if metrics.value("trimmed_total") > 0:
         log.error(
             "SEARCH SINK MET TRIMMED STREAM DATA: changes older than the destination stream's "
-            "24 h retention were never applied, so the index may be missing changes. Run "
+            f"{duration(DYNAMODB_STREAMS_RETENTION.seconds)} retention were never applied, so "
+            "the index may be missing changes. Run "
             "`livemigrate search resync` now to rebuild it from a scan of the destination table."
         )
     lag = float(metrics.value("lag_seconds"))
-    if lag >= 20 * 3600.0:
+    if DYNAMODB_STREAMS_RETENTION.level(lag) == "error":
         log.error("%s", retention_warning(lag))
 
 

@@ -55,6 +55,7 @@ from typing import Any, Protocol
 
 from livemigrate.clock import Clock, SystemClock
 from livemigrate.records import ApplyFailure, StreamRecord
+from livemigrate.retention import DYNAMODB_STREAMS_RETENTION, duration
 from livemigrate.search.backend import (
     BulkAction,
     BulkResult,
@@ -75,7 +76,8 @@ from livemigrate.versioning import SEQ_ATTR, TOMBSTONE_ATTR, is_newer
 
 log = logging.getLogger("livemigrate.search")
 
-STREAM_RETENTION = 24 * 3600.0
+# The sink reads the destination table's DynamoDB stream: its retention (rule 9).
+STREAM_RETENTION = DYNAMODB_STREAMS_RETENTION.seconds
 # Per-document errors that may pass if retried; anything else in 4xx is permanent.
 TRANSIENT_TYPES = frozenset(
     {
@@ -184,7 +186,7 @@ class SearchSink:
         policy: BatchPolicy | None = None,
         retry: RetryPolicy | None = None,
         clock: Clock | None = None,
-        lag_warning: float = 20 * 3600.0,
+        lag_warning: float = DYNAMODB_STREAMS_RETENTION.error_seconds,
         on_idle: Callable[[], None] | None = None,
     ) -> None:
         self.backend = backend
@@ -446,10 +448,10 @@ class SearchSink:
 
 
 def retention_warning(lag_seconds: float) -> str:
-    """The loud message when the sink nears the stream's 24-hour retention."""
+    """The loud message when the sink nears the destination stream's retention."""
     return (
         f"SEARCH SINK IS {lag_seconds / 3600:.1f} h BEHIND the destination stream, which keeps "
-        f"records for {STREAM_RETENTION / 3600:.0f} h: changes older than that are trimmed and "
+        f"records for {duration(STREAM_RETENTION)}: changes older than that are trimmed and "
         "would be lost to the index. Run `livemigrate search resync` to rebuild the index from "
         "a scan of the destination table (changes made meanwhile are kept)."
     )

@@ -20,12 +20,16 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from livemigrate.aws import AwsClients
 from livemigrate.config import Settings
 from livemigrate.destination import Outcome
 from livemigrate.items import key_id, to_plain, to_typed
 from livemigrate.migration import Migration, open_migration
 from livemigrate.transform import Transformer, load_transform
+from stream_consumer.kinesis.bridge import Chaos as BridgeChaos
+from stream_consumer.kinesis.bridge import StreamBridge, create_stream
 from tests.services import TEST_ENV, create_table, scan_all, settings_for, unique
 
 JAN = 1704067200
@@ -60,7 +64,33 @@ def consumer_env(settings: Settings) -> dict[str, str]:
         "LIVEMIGRATE_DESTINATION_TABLE": settings.destination_table,
         "LIVEMIGRATE_CONTROL_TABLE": settings.control_table,
         "LIVEMIGRATE_TRANSFORM": settings.transform,
+        "LIVEMIGRATE_CHANGE_SOURCE": settings.change_source,
+        **(
+            {
+                "LIVEMIGRATE_KINESIS_STREAM": settings.kinesis_stream,
+                "LIVEMIGRATE_KINESIS_DELIVERY_MARGIN": str(settings.kinesis_delivery_margin),
+            }
+            if settings.kinesis_stream
+            else {}
+        ),
     }
+
+
+def kinesis_settings(clients: AwsClients, source: str, dest: str) -> tuple[Settings, StreamBridge]:
+    """A Kinesis change source fed from the source table's stream by the bridge, duplicating
+    every third record and shuffling within windows of eight (issue 14)."""
+    assert clients.kinesis is not None
+    stream = unique("kin")
+    create_stream(clients.kinesis, stream, shards=2)
+    # The bridge is pumped before every catch-up below: a delivery margin of 0 is exact.
+    settings = settings_for(
+        source, dest, change_source="kinesis", kinesis_stream=stream, kinesis_delivery_margin=0
+    )
+    arn = clients.dynamodb.describe_table(TableName=source)["Table"]["LatestStreamArn"]
+    chaos = BridgeChaos(duplicate_every=3, reorder_window=8, seed=14)
+    return settings, StreamBridge(
+        clients.streams, clients.kinesis, arn, stream, source, chaos=chaos
+    )
 
 
 def source_item(rng: random.Random, n: int) -> dict[str, Any]:
@@ -197,14 +227,17 @@ def run_cli(env: dict[str, str], *extra: str) -> None:
     assert done.returncode == 0, done.stderr.decode()[-3000:]
 
 
+@pytest.mark.parametrize("change_source", ["dynamodb-streams", "kinesis"])
 def test_killed_consumers_and_a_racing_backfill_converge_exactly(
-    clients: AwsClients, tmp_path: Path
+    clients: AwsClients, tmp_path: Path, change_source: str
 ) -> None:
     seed = random.randrange(1_000_000)
     source, dest = unique("src"), unique("dst")
     create_table(clients.dynamodb, source)
     create_table(clients.dynamodb, dest, stream=None)
-    settings = settings_for(source, dest)
+    settings, bridge = settings_for(source, dest), None
+    if change_source == "kinesis":  # records out of order and more than once
+        settings, bridge = kinesis_settings(clients, source, dest)
     chaos = Chaos(clients, open_migration(settings, clients), random.Random(seed), tmp_path)
     env = consumer_env(settings)
     snapshot = chaos.seed(120)  # what the backfill has read, before any change
@@ -213,9 +246,15 @@ def test_killed_consumers_and_a_racing_backfill_converge_exactly(
     early = threading.Thread(target=chaos.backfill, args=(snapshot[: len(snapshot) * 2 // 3],))
     writer.start()
     early.start()
+    stop_bridge = threading.Event()
+    if bridge is not None:
+        threading.Thread(target=bridge.run, args=(stop_bridge, 0.1), daemon=True).start()
     kills = chaos.kill_while(writer, env)
     writer.join()
     early.join()
+    stop_bridge.set()
+    pump = bridge.pump if bridge is not None else lambda: 0
+    pump()
     # the rest of the snapshot arrives late, after a consumer has caught up (taking over the
     # dead ones' leases): every deleted item's put must lose to its tombstone
     run_cli(env, "--until-caught-up")
@@ -224,6 +263,7 @@ def test_killed_consumers_and_a_racing_backfill_converge_exactly(
     late = chaos.outcomes[early_count:]
     chaos.migration.store.put("PLAN", {"state": "complete", "completed_at": time.time()})
     # WHEN a consumer catches up after the backfill is complete, and tombstones are finalised
+    pump()
     run_cli(env, "--until-caught-up")
     run_cli(env, "--finalize-tombstones", "--settle-seconds", "0.2")
     # THEN the destination equals the transformed source exactly

@@ -1,8 +1,12 @@
-"""One consumer test suite, run against moto's stream AND the scripted splitting stream.
+"""One consumer test suite, run against moto's stream, the scripted splitting stream AND
+moto's Kinesis (the source table's stream copied into a Kinesis stream by the bridge, with
+duplicates and reordering on).
 
 moto has one shard and never splits; the scripted stream splits shards (closed parents,
-children, several generations). The destination and control tables are moto in both cases, and
-the comparison is independent: scan the source, run the transform here, scan the destination.
+children, several generations); the Kinesis stream has two shards, and its records arrive out of
+order and more than once. The destination and
+control tables are moto in every case, and the comparison is independent: scan the source, run
+the transform here, scan the destination.
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ from livemigrate.records import StreamRecord
 from livemigrate.transform import Transformer, load_transform
 from stream_consumer.applier import DestinationApplier
 from stream_consumer.engine import Consumer, Tuning
+from stream_consumer.kinesis.bridge import Chaos, StreamBridge, create_stream
+from stream_consumer.kinesis.records import pad_position
+from stream_consumer.kinesis.source import KinesisShardSource
 from stream_consumer.leases import shard_sk
 from stream_consumer.metrics import Metrics
 from stream_consumer.scripted import ScriptedStream, ScriptedTable
@@ -74,6 +81,7 @@ class World:
     table: ScriptedTable | None = None
     stream: ScriptedStream | None = None
     sinks: list[RecordingSink] = field(default_factory=list)
+    bridge: StreamBridge | None = None
 
     @property
     def source_table(self) -> str:
@@ -94,10 +102,16 @@ class World:
             self.clients.dynamodb.delete_item(TableName=self.source_table, Key=key)
 
     def split_all(self) -> None:
-        """A new generation: every open scripted shard splits (moto cannot: no-op)."""
+        """A new generation: every open scripted shard splits (moto cannot: no-op; moto's
+        Kinesis SplitShard keeps routing puts to the closed parent, so the Kinesis stream does
+        not split either: lineage is the scripted stream's part)."""
         if self.stream is not None:
             for shard in self.stream.open_shards():
                 self.stream.split(shard)
+
+    def stream_records(self, changes: int) -> int:
+        """How many stream records ``changes`` source changes made (Kinesis: duplicates)."""
+        return changes if self.bridge is None else self.bridge.put
 
     def source_items(self) -> list[dict[str, Any]]:
         if self.table is not None:
@@ -114,6 +128,8 @@ class World:
         dead_letters: DeadLetters | None = None,
     ) -> Consumer:
         clock = clock or SystemClock()
+        if self.bridge is not None:
+            self.bridge.pump()  # the streaming destination delivers what was written so far
         metrics = Metrics("source")
         applier = DestinationApplier.for_migration(
             self.migration,
@@ -183,11 +199,34 @@ def item(n: int, *, outbox: bool = True, created: int = JAN, **extra: Any) -> di
     return {"pk": pk, "sk": f"i{n:04d}", "createdAt": Decimal(created + n), "n": n, **extra}
 
 
-@pytest.fixture(params=["moto", "scripted"])
+# Every third record is put twice and records are shuffled within windows of eight.
+CHAOS = Chaos(duplicate_every=3, reorder_window=8, seed=14)
+
+
+def kinesis_world(clients: AwsClients, source: str, dest: str) -> World:
+    assert clients.kinesis is not None
+    stream = unique("kin")
+    create_stream(clients.kinesis, stream, shards=2)
+    # The bridge pumps before each consumer starts: a margin of 0 is exact here.
+    settings = settings_for(
+        source, dest, change_source="kinesis", kinesis_stream=stream, kinesis_delivery_margin=0
+    )
+    migration = open_migration(settings, clients)
+    arn = migration.source.stream_arn
+    assert arn is not None
+    bridge = StreamBridge(clients.streams, clients.kinesis, arn, stream, source, chaos=CHAOS)
+    reader = KinesisShardSource(clients.kinesis, stream)
+    return World("kinesis", clients, migration, reader, bridge=bridge)
+
+
+@pytest.fixture(params=["moto", "scripted", "kinesis"])
 def world(request: pytest.FixtureRequest, clients: AwsClients) -> Iterator[World]:
     source, dest = unique("src"), unique("dst")
     create_table(clients.dynamodb, source)
     create_table(clients.dynamodb, dest, stream=None)
+    if request.param == "kinesis":
+        yield kinesis_world(clients, source, dest)
+        return
     migration = open_migration(settings_for(source, dest), clients)
     if request.param == "moto":
         arn = migration.source.stream_arn
@@ -363,7 +402,10 @@ def test_poison_record_is_dead_lettered_before_the_checkpoint_passes_it(world: W
     assert "transform" in letters[0].reason
     assert "poison" in letters[0].raw
     raw = json.loads(letters[0].raw)
-    seq = raw["dynamodb"]["SequenceNumber"].zfill(40)
+    if world.bridge is None:
+        seq = raw["dynamodb"]["SequenceNumber"].zfill(40)
+    else:  # a Kinesis record's position is its Kinesis sequence number
+        seq = pad_position(raw["kinesis"]["sequenceNumber"])
     poisoned = shard_sk("source", raw["shard_id"])
     assert str(checkpoints[poisoned].get("checkpoint") or "") < seq
     final = world.migration.store.get(poisoned)
@@ -391,7 +433,7 @@ def test_lease_items_follow_the_schema(world: World) -> None:
         assert sk == shard_sk("source", sk.split("#", 2)[2])
         assert {"parents", "finished", "stream_arn", "records_applied"} <= set(state)
         assert "lease_owner" not in state  # released at the end of run
-    assert sum(int(s["records_applied"]) for s in shards.values()) == 6
+    assert sum(int(s["records_applied"]) for s in shards.values()) == world.stream_records(6)
 
 
 def test_a_drain_request_is_answered_before_the_next_regular_heartbeat(world: World) -> None:
