@@ -24,12 +24,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from livemigrate import lambda_mode
 from livemigrate.control import ControlStore
-from livemigrate.deadletters import DeadLetters
+from livemigrate.deadletters import DeadLetters, Origin
 from livemigrate.fencing import WindowClosed
-from livemigrate.lambda_mode import MODE, report_seen, watermark_of
+from livemigrate.lambda_mode import MODE, watermark_of
 from livemigrate.records import ApplyFailure, RecordSink, StreamRecord
 from stream_consumer.engine import json_safe_record
 
@@ -41,11 +43,47 @@ PARALLELIZATION_VARIABLE = "LIVEMIGRATE_PARALLELIZATION_FACTOR"
 Response = dict[str, Any]
 
 
+@dataclass(frozen=True)
+class _Batch:
+    """One event's records and where they go."""
+
+    records: list[StreamRecord]
+    sink: RecordSink
+    dead_letters: DeadLetters
+    origin: Origin
+
+    def apply(self, start: int, stop: int) -> int | None:
+        """Apply ``records[start:stop]`` in order; the index of the first record not applied."""
+        while start < stop:
+            try:
+                self.sink.apply(self.records[start:stop])
+            except WindowClosed:
+                continue  # the tombstone decision got too old: apply again with a fresh one
+            except ApplyFailure as failure:
+                at = start + failure.index
+                if failure.retryable:
+                    return at
+                record = self.records[at]
+                self.dead_letters.add(
+                    self.origin, failure.reason, json_safe_record(record), record.keys
+                )
+                start = at + 1
+                continue
+            break
+        return None
+
+    def next_watermark(self, start: int) -> int:
+        """The index of the first watermark record at or after ``start`` (or the end)."""
+        while start < len(self.records) and not watermark_of(self.records[start])[0]:
+            start += 1
+        return start
+
+
 def handle(
     event: Mapping[str, Any],
     sink: RecordSink,
     dead_letters: DeadLetters,
-    origin: str = "stream",
+    origin: Origin = "stream",
     on_watermark: Callable[[str], None] | None = None,
 ) -> Response:
     """Apply one event's records; the ``batchItemFailures`` response.
@@ -54,47 +92,19 @@ def handle(
     the token of each once every record before it in the batch is applied.
     """
     raws = list(event.get("Records", []))
-    records = [StreamRecord.from_boto(raw) for raw in raws]
+    batch = _Batch([StreamRecord.from_boto(raw) for raw in raws], sink, dead_letters, origin)
     start = 0
-    while start < len(records):
-        stop = start
-        while stop < len(records) and not watermark_of(records[stop])[0]:
-            stop += 1
-        failed = _apply_run(raws, records, start, stop, sink, dead_letters, origin)
+    while start < len(raws):
+        stop = batch.next_watermark(start)
+        failed = batch.apply(start, stop)
         if failed is not None:
             return _failures(raws[failed:])
-        if stop < len(records):
-            token = watermark_of(records[stop])[1]
+        if stop < len(raws):
+            token = watermark_of(batch.records[stop])[1]
             if token is not None and on_watermark is not None:
                 on_watermark(token)
         start = stop + 1
     return {"batchItemFailures": []}
-
-
-def _apply_run(
-    raws: Sequence[Mapping[str, Any]],
-    records: list[StreamRecord],
-    start: int,
-    stop: int,
-    sink: RecordSink,
-    dead_letters: DeadLetters,
-    origin: str,
-) -> int | None:
-    """Apply ``records[start:stop]`` in order; the index of the first record not applied."""
-    while start < stop:
-        try:
-            sink.apply(records[start:stop])
-        except WindowClosed:
-            continue  # the tombstone decision got too old: apply again with a fresh one
-        except ApplyFailure as failure:
-            at = start + failure.index
-            if failure.retryable:
-                return at
-            dead_letters.add(origin, failure.reason, json_safe_record(records[at]), records[at].keys)
-            start = at + 1
-            continue
-        break
-    return None
 
 
 def _failures(raws: Sequence[Mapping[str, Any]]) -> Response:
@@ -126,7 +136,7 @@ def forward(event: Mapping[str, Any], state: Mapping[str, Any]) -> Response:
         event,
         state["sink"],
         state["dead_letters"],
-        on_watermark=lambda token: report_seen(store, token, time.time()),
+        on_watermark=lambda token: lambda_mode.report_seen(store, token, time.time()),
     )
     if not response["batchItemFailures"]:
         report(store, event, time.time())
@@ -190,9 +200,7 @@ def search_state() -> dict[str, Any]:
     config = load_index_config(settings.search_index_config)
     backend.create_index(targets.current().indices[0], config.settings, config.mappings)
     dead_letters = DeadLetters(store)
-    sink = SearchSink(
-        backend, targets, dead_letters, hook=load_hook(settings.search_document_hook)
-    )
+    sink = SearchSink(backend, targets, dead_letters, hook=load_hook(settings.search_document_hook))
     return {"sink": sink, "dead_letters": dead_letters}
 
 
