@@ -27,13 +27,14 @@ TEST_MOTO_PORTS := $(shell seq $(LIVEMIGRATE_MOTO_PORT) $$(( $(LIVEMIGRATE_MOTO_
 DEMO_ARGS ?=
 
 .PHONY: help install services services-down status-services test check lint typecheck bench \
-        demo backfill consume reverse cutover status clean ts-test
+        demo backfill consume reverse cutover status clean ts-test package cfn-lint
 
 help:
 	@echo "make demo      run a real migration end to end on the local services"
 	@echo "make test      install, start the services, run the whole test suite"
 	@echo "make check     ruff + mypy --strict + tests"
 	@echo "make bench     benchmarks vs plain baselines -> bench/results.json"
+	@echo "make package   the Lambda deployment package -> build/livemigrate-lambda.zip (LAMBDA_ARCH=x86_64|arm64)"
 	@echo "make install | services | services-down | backfill | consume | reverse | cutover | status"
 
 install: $(VENV)/.installed
@@ -75,9 +76,17 @@ ts-test: services
 	    && LIVEMIGRATE_CLI=$(abspath $(LIVEMIGRATE)) $(NPM) run test:integration; \
 	fi
 
-lint: install
+lint: install cfn-lint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# Every CloudFormation template (issue 15); the moto stack test runs with the tests.
+cfn-lint: install
+	$(VENV)/bin/cfn-lint infra/aws/*.yaml
+
+LAMBDA_ARCH ?= x86_64
+package: install
+	$(PY) infra/aws/package.py $(LAMBDA_ARCH)
 
 typecheck: install
 	$(VENV)/bin/mypy livemigrate backfill stream_consumer tests bench
@@ -106,4 +115,4 @@ status: install
 	$(LIVEMIGRATE) status
 
 clean: services-down
-	rm -rf $(VENV) .services .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .services .mypy_cache .ruff_cache .pytest_cache build

@@ -1,9 +1,14 @@
 """AWS Lambda entry point: process segment work within one invocation, leave the rest.
 
-Use it in a Step Functions loop (or re-invoke) until ``complete`` is true. Settings come from
-the function's ``LIVEMIGRATE_*`` environment. Event fields (all optional): ``workers``,
-``margin_seconds`` (time kept back from the invocation's limit, default 30),
-``page_size``, ``without_consumer``, ``create_destination``.
+Use it in a Step Functions loop (or re-invoke) until ``complete`` is true
+(``infra/aws/livemigrate.yaml``: the state machine plans once, then each Map iteration loops
+``action: work`` until complete). Settings come from the function's ``LIVEMIGRATE_*``
+environment. Event fields (all optional): ``action`` (``plan``: write the plan if none exists
+and return ``{"workers": [0, ..., n-1]}`` for the Map state, n = the event's ``workers``;
+``work``, the default: copy segments until the budget is spent), ``worker`` (the Map item,
+for logs), ``threads`` (reader threads in this invocation, default the ``workers`` setting),
+``margin_seconds`` (time kept back from the invocation's limit, default 30), ``page_size``,
+``without_consumer``, ``create_destination``.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ def invoke(
     """The handler's work with settings and clients injected (tests call this)."""
     margin = float(event.get("margin_seconds", DEFAULT_MARGIN))
     budget = context.get_remaining_time_in_millis() / 1000.0 - margin
-    if budget <= 1.0:
+    planning = event.get("action") == "plan"
+    if budget <= 1.0 and not planning:
         return {"complete": False, "reason": "not enough time left in this invocation"}
     migration = open_for_backfill(
         settings,
@@ -44,13 +50,17 @@ def invoke(
         without_consumer=bool(event.get("without_consumer", False)),
     )
     options = Options(
-        workers=int(event.get("workers", settings.workers)),
-        budget_seconds=budget,
+        workers=int(event.get("threads", settings.workers)),
+        budget_seconds=max(budget, 1.0),
         page_size=int(event.get("page_size", 1000)),
         total_segments=settings.total_segments,
     )
     engine = Engine(migration, options)
-    engine.plan()
+    segments = engine.plan()
+    if planning:
+        # Idempotent: a second start of the state machine finds the plan and resumes it.
+        workers = max(1, int(event.get("workers", 1)))
+        return {"workers": list(range(workers)), "total_segments": segments}
     # What is left of the invocation after preflight and planning is the workers' budget.
     budget = context.get_remaining_time_in_millis() / 1000.0 - margin
     complete = engine.run(budget_seconds=max(0.1, budget)) or plan.mark_complete(migration.store)

@@ -186,16 +186,18 @@ def _show(summary: dict[str, Any], args: argparse.Namespace, *, refresh: bool) -
 
 def _gate_check(settings: Settings, store: ControlStore) -> status.GateCheck | None:
     """The cutover's own gate computation (same policy, same search check), for status."""
-    from livemigrate.cutover import evaluate_gates, policy_for, search_switch
+    from livemigrate.cutover import evaluate_gates, failure_queue, policy_for, search_switch
 
     if not store.exists():
         return None
     policy = policy_for(settings, store)
     search = search_switch(settings, store)
+    queue = failure_queue(settings)
 
     def check(now: float) -> list[Gate]:
+        depth = None if queue is None else queue.depth()
         try:
-            return evaluate_gates(store, policy, search, now)
+            return evaluate_gates(store, policy, search, now, failed_batches=depth)
         except Exception as exc:  # status still reports; only the search gate is unknown
             failure = explain(exc)
             if failure.code != ExitCode.UNREACHABLE or search is None:

@@ -37,6 +37,7 @@ _OTHER_VARIABLES = frozenset(
         "LIVEMIGRATE_ES_VERSION",
         "LIVEMIGRATE_ES_HEAP",
         "LIVEMIGRATE_TEST_LOG_LEVEL",
+        "LIVEMIGRATE_PARALLELIZATION_FACTOR",  # the Lambda consumer's mapping (issue 15)
     }
 )
 
@@ -53,6 +54,7 @@ _FIXES: dict[str, str] = {
         "give 'package.module:function' mapping a destination item back to source items, "
         "e.g. 'livemigrate.examples.hot_outbox:inverse'"
     ),
+    "failure_queue_url": "the OnFailure queue's URL (infra/aws stack output FailureQueueUrl)",
     "search_url": "an http(s) URL of an Elasticsearch node, e.g. http://127.0.0.1:9299",
     "search_alias": "an index alias name in lowercase, e.g. 'orders'",
     "search_document_hook": "give 'package.module:function' mapping an item to its document",
@@ -94,6 +96,11 @@ class Settings(BaseSettings):
         description="destination item -> source items, for the reverse consumer (rollback)",
     )
     search_url: str | None = Field(default=None, pattern=r"^https?://")
+    failure_queue_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="the Lambda consumer's OnFailure queue: its depth is a cutover gate",
+    )
     search_alias: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     search_document_hook: str | None = Field(
         default=None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", description="item -> document"

@@ -46,7 +46,15 @@ from livemigrate.deadletters import DeadLetters
 from livemigrate.errors import LivemigrateError, PreflightError
 from livemigrate.exitcodes import ExitCode
 from livemigrate.flag import Flag, FlagStore, open_flag_store
-from livemigrate.gates import CONSUMER_SOURCE, Gate, Policy, check_all, read_snapshot, unmet
+from livemigrate.gates import (
+    CONSUMER_SOURCE,
+    LAMBDA_MODE,
+    Gate,
+    Policy,
+    check_all,
+    read_snapshot,
+    unmet,
+)
 from livemigrate.hooks import Hooks
 from livemigrate.interrupts import deferred, raise_on_signals
 from livemigrate.migration import META, inverse_transform
@@ -55,6 +63,7 @@ from livemigrate.status import gate_dict, iso
 from livemigrate.watermark import watermark_of
 
 if TYPE_CHECKING:
+    from livemigrate.lambda_mode import FailureQueue, Watermarks
     from livemigrate.search.backend import ElasticsearchBackend
 
 CUTOVER_ITEM = "CUTOVER"
@@ -295,6 +304,30 @@ class Drain:
             self.clock.sleep(self.options.poll)
 
 
+class LambdaDrain(Drain):
+    """The drain when the consumer is a Lambda function behind an event source mapping: no
+    write, no invocation, no heartbeat; a watermark written after the last possible source
+    write, reported by the function once applied, proves it (``livemigrate.lambda_mode``)."""
+
+    def __init__(
+        self,
+        store: ControlStore,
+        watermarks: Watermarks,
+        options: CutoverOptions,
+        clock: Clock,
+        out: Callable[[str], None],
+    ) -> None:
+        super().__init__(store, CONSUMER_SOURCE, options, clock, out)
+        self.watermarks = watermarks
+
+    def wait(self, since: float, deadline: float) -> bool:
+        pause = since - self.clock.now()
+        if pause > 0:
+            self.clock.sleep(pause)
+        self.out("Lambda consumer: writing watermarks into the source, waiting for their report")
+        return self.watermarks.prove_drained(self.clock, deadline, self.options.poll)
+
+
 class Cutover:
     """One cutover run (the CLI builds it; tests drive it directly)."""
 
@@ -307,16 +340,23 @@ class Cutover:
         search: SearchSwitch | None = None,
         clock: Clock | None = None,
         out: Callable[[str], None] = print,
+        watermarks: Watermarks | None = None,
+        failure_queue: FailureQueue | None = None,
     ) -> None:
         self.store = store
         self.flags = flags
         self.options = options
         self.search = search
+        self.watermarks = watermarks
+        self.failure_queue = failure_queue
         self.clock: Clock = clock or SystemClock()
         self.out = out
 
     def gates(self) -> list[Gate]:
-        return evaluate_gates(self.store, self.options.policy, self.search, self.clock.now())
+        depth = None if self.failure_queue is None else self.failure_queue.depth()
+        return evaluate_gates(
+            self.store, self.options.policy, self.search, self.clock.now(), failed_batches=depth
+        )
 
     def run(self) -> CutoverResult:
         gates = self.gates()
@@ -339,7 +379,7 @@ class Cutover:
 
     def _switch(self, gates: list[Gate], flag: Flag) -> CutoverResult:
         fence_at = None
-        drain = Drain(self.store, CONSUMER_SOURCE, self.options, self.clock, self.out)
+        drain = self._drain()
         if self.options.policy.require_reverse:
             flag = self._arm(flag)
         before = flag
@@ -374,6 +414,21 @@ class Cutover:
             result.drained = drain.after_flip(flag, "`livemigrate consume`")
         self._record(result)
         return result
+
+    def _drain(self) -> Drain:
+        """The heartbeat drain, or the watermark drain for a Lambda consumer."""
+        consumer = self.store.get(CONSUMER_SOURCE) or {}
+        if consumer.get("mode") != LAMBDA_MODE:
+            return Drain(self.store, CONSUMER_SOURCE, self.options, self.clock, self.out)
+        if self.watermarks is None:
+            raise PreflightError(
+                "the source consumer runs as a Lambda function (an event source mapping): only "
+                "a watermark written into the source table can prove its drain, and this run "
+                "cannot write one",
+                "run `livemigrate cutover` with credentials that may PutItem/DeleteItem on the "
+                "source table and read its stream (README: Deploy to AWS)",
+            )
+        return LambdaDrain(self.store, self.watermarks, self.options, self.clock, self.out)
 
     def _arm(self, flag: Flag) -> Flag:
         """Ask the consumers to mark their deletes from now on, and wait until no unmarked
@@ -494,7 +549,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def evaluate_gates(
-    store: ControlStore, policy: Policy, search: SearchSwitch | None, now: float
+    store: ControlStore,
+    policy: Policy,
+    search: SearchSwitch | None,
+    now: float,
+    *,
+    failed_batches: int | None = None,
 ) -> list[Gate]:
     """Every gate's verdict: the one computation that ``cutover`` and ``status`` share."""
     ready = None if search is None else search.backend.index_exists(search.index)
@@ -503,6 +563,7 @@ def evaluate_gates(
         now=now,
         search_index_ready=ready,
         search_index="" if search is None else search.index,
+        failed_batches=failed_batches,
     )
     return check_all(snap, policy)
 
@@ -561,7 +622,15 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
     )
     started = time.monotonic()
     out = _stderr if args.json else print
-    cutover = Cutover(store, flags, options, search=search_switch(settings, store), out=out)
+    cutover = Cutover(
+        store,
+        flags,
+        options,
+        search=search_switch(settings, store),
+        out=out,
+        watermarks=lambda_watermarks(settings, clients, store),
+        failure_queue=failure_queue(settings),
+    )
     hooks = Hooks.of(settings)
     waiting = Waiting.of(args)
     if waiting is not None and not waiting.wait(cutover):
@@ -672,3 +741,32 @@ def require_started(store: ControlStore) -> None:
             "start the migration first: `livemigrate consume`, then `livemigrate backfill` "
             "(check the migration id and LIVEMIGRATE_CONTROL_TABLE if it did run)",
         )
+
+
+def lambda_watermarks(
+    settings: Settings, clients: AwsClients, store: ControlStore
+) -> Watermarks | None:
+    """The watermark writer when the source consumer runs as a Lambda function, else None."""
+    if (store.get(CONSUMER_SOURCE) or {}).get("mode") != LAMBDA_MODE:
+        return None
+    from livemigrate.lambda_mode import Watermarks
+    from livemigrate.tables import describe
+
+    source = describe(clients.dynamodb, settings.source_table, "source")
+    return Watermarks(clients.dynamodb, clients.streams, source, store)
+
+
+def failure_queue(settings: Settings) -> FailureQueue | None:
+    """The Lambda consumer's OnFailure queue (``failure_queue_url``), None if not configured."""
+    if not settings.failure_queue_url:
+        return None
+    import boto3
+
+    from livemigrate.lambda_mode import FailureQueue
+
+    kwargs: dict[str, Any] = {}
+    if settings.endpoint_url:
+        kwargs["endpoint_url"] = settings.endpoint_url
+    if settings.region:
+        kwargs["region_name"] = settings.region
+    return FailureQueue(boto3.client("sqs", **kwargs), settings.failure_queue_url)

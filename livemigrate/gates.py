@@ -24,6 +24,7 @@ CONSUMER_REVERSE = "CONSUMER#reverse"
 TOMBSTONES = "TOMBSTONES"
 VERIFY = "VERIFY"
 FLAG = "FLAG"
+LAMBDA_MODE = "lambda"  # CONSUMER#source written by the Lambda handler (livemigrate.lambda_mode)
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class Snapshot:
     reverse: dict[str, Any] | None = None
     rollback: dict[str, Any] | None = None
     retention: dict[str, Any] | None = None  # livemigrate.retention's RETENTION item
+    # None when no failure queue is configured; else the Lambda consumer's OnFailure depth.
+    failed_batches: int | None = None
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,8 @@ def lag_gate(snap: Snapshot, policy: Policy) -> Gate:
     fix = "start or restart `livemigrate consume` and wait until it has caught up"
     if snap.consumer is None:
         return Gate(name, False, "the source-stream consumer has never run", fix)
+    if snap.consumer.get("mode") == LAMBDA_MODE:
+        return _lambda_lag_gate(snap.consumer, policy)
     age = snap.now - _num(snap.consumer, "heartbeat_at")
     if age > policy.max_heartbeat_age:
         why = (
@@ -104,6 +109,51 @@ def lag_gate(snap: Snapshot, policy: Policy) -> Gate:
         why = f"consumer lag is {lag:.1f}s (limit {policy.max_lag_seconds:.1f}s)"
         return Gate(name, False, why, fix + ", or raise --max-lag-seconds")
     return Gate(name, True)
+
+
+def _lambda_lag_gate(consumer: dict[str, Any], policy: Policy) -> Gate:
+    """The consumer is a Lambda function behind an event source mapping: a quiet source sends
+    no invocation, so its heartbeat ages without meaning anything; the cutover's watermark
+    proves the drain (``livemigrate.lambda_mode``), one batch lane per shard."""
+    name = "consumer lag under bound"
+    lanes = int(_num(consumer, "parallelization_factor", 1))
+    if lanes > 1:
+        why = (
+            f"the Lambda consumer's event source mapping runs {lanes} batches per shard at "
+            "once: a cutover watermark proves only its own batch lane, so the drain cannot be "
+            "proven"
+        )
+        fix = (
+            "update the stack with ParallelizationFactor=1 (README: Deploy to AWS), wait until "
+            "the mapping's IteratorAge is 0, then run the cutover again"
+        )
+        return Gate(name, False, why, fix)
+    lag = _num(consumer, "lag_seconds", default=0.0)
+    if lag > policy.max_lag_seconds:
+        why = f"the Lambda consumer's lag at its last batch was {lag:.1f}s"
+        fix = "wait until the event source mapping has caught up (IteratorAge near 0)"
+        return Gate(name, False, why, fix + ", or raise --max-lag-seconds")
+    return Gate(name, True, "Lambda consumer: the fenced drain checks it with a watermark")
+
+
+def failed_batches_gate(snap: Snapshot, policy: Policy) -> Gate:
+    """The Lambda consumer's OnFailure queue is empty: a message there is a batch of source
+    records Lambda gave up on, never applied to the destination."""
+    name = "no failed Lambda batches"
+    if snap.failed_batches is None:
+        return Gate(name, True, "no failure queue configured")
+    if snap.failed_batches == 0:
+        return Gate(name, True)
+    why = (
+        f"the Lambda consumer's failure queue holds {snap.failed_batches} message(s): batches "
+        "of source records that were never applied to the destination"
+    )
+    fix = (
+        "read them (`aws sqs receive-message --queue-url $LIVEMIGRATE_FAILURE_QUEUE_URL`: "
+        "each names a shard and a sequence range), fix the cause, run `livemigrate verify "
+        "--repair` until verify passes, then `aws sqs purge-queue --queue-url ...`"
+    )
+    return Gate(name, False, why, fix)
 
 
 def dead_letters_gate(snap: Snapshot, policy: Policy) -> Gate:
@@ -267,6 +317,7 @@ def retention_gate(snap: Snapshot, policy: Policy) -> Gate:
 GATES: tuple[Callable[[Snapshot, Policy], Gate], ...] = (
     backfill_gate,
     lag_gate,
+    failed_batches_gate,
     dead_letters_gate,
     tombstones_gate,
     verify_gate,
@@ -292,6 +343,7 @@ def read_snapshot(
     now: float | None = None,
     search_index_ready: bool | None = None,
     search_index: str = "",
+    failed_batches: int | None = None,
 ) -> Snapshot:
     """Read the gate items of one migration (a handful of consistent reads)."""
     return Snapshot(
@@ -307,4 +359,5 @@ def read_snapshot(
         reverse=store.get(CONSUMER_REVERSE),
         rollback=store.get("ROLLBACK"),
         retention=store.get(RETENTION_ITEM),
+        failed_batches=failed_batches,
     )

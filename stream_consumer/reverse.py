@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from livemigrate.aws import AwsClients
-from livemigrate.clock import SystemClock
+from livemigrate.clock import Clock, SystemClock
 from livemigrate.config import Settings
 from livemigrate.destination import DestinationWriter
 from livemigrate.errors import ConfigError, PreflightError, TransformOutputError
@@ -203,14 +203,41 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
     clock = SystemClock()
     metrics = Metrics(NAME)
     store = setup.migration.store
+    applier = build_applier(setup, clients, clock, metrics, args.apply_threads)
+    stop = threading.Event()
+    stop_on_signals(stop)
+    log.info(
+        "reverse consumer: %s stream -> %s via %s",
+        setup.migration.destination.name,
+        setup.migration.source.name,
+        spec,
+    )
+    # The destination's DynamoDB stream keeps 24 h: the reverse consumer's lag window.
+    run = ConsumerRun(
+        store,
+        NAME,
+        setup.migration.dead_letters,
+        "reverse",
+        clock,
+        stop,
+        DYNAMODB_STREAMS_RETENTION,
+    )
+    return run.drive(args, BotoShardSource(clients.streams, setup.stream_arn), applier, metrics)
+
+
+def build_applier(
+    setup: ReverseSetup, clients: AwsClients, clock: Clock, metrics: Metrics, threads: int
+) -> DestinationApplier:
+    """The reverse consumer's applier (the CLI's engine and the Lambda handler share it)."""
+    store = setup.migration.store
     # Nothing writes the source in bulk behind the reverse consumer: deletes are real at once.
     mode = DeleteMode(lambda: True, store, NAME, clock)
-    applier = DestinationApplier(
+    return DestinationApplier(
         setup.inverse,
         setup.writer,
         mode,
         metrics,
-        threads=args.apply_threads,
+        threads=threads,
         echo_of=FORWARD,
         guard=StillMapsGuard(
             clients.dynamodb,
@@ -231,22 +258,8 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
             NAME,
         ),
     )
-    stop = threading.Event()
-    stop_on_signals(stop)
-    log.info(
-        "reverse consumer: %s stream -> %s via %s",
-        setup.migration.destination.name,
-        setup.migration.source.name,
-        spec,
-    )
-    # The destination's DynamoDB stream keeps 24 h: the reverse consumer's lag window.
-    run = ConsumerRun(
-        store,
-        NAME,
-        setup.migration.dead_letters,
-        "reverse",
-        clock,
-        stop,
-        DYNAMODB_STREAMS_RETENTION,
-    )
-    return run.drive(args, BotoShardSource(clients.streams, setup.stream_arn), applier, metrics)
+
+
+def lambda_applier(setup: ReverseSetup, clients: AwsClients) -> DestinationApplier:
+    """The applier for ``stream_consumer.lambda_handler.reverse_handler``."""
+    return build_applier(setup, clients, SystemClock(), Metrics(NAME), threads=8)
