@@ -176,6 +176,8 @@ class Engine:
                 t.join()
         if self._errors:
             raise self._errors[0]
+        # The request units spent since the workers' last counter write (claims, completion).
+        self.health.call(lambda: self.store.add_metrics({}))
         return self.health.call(lambda: plan.plan_state(self.store)) == plan.COMPLETE
 
     def _guarded(self, worker: Worker, stagger: float) -> None:
