@@ -12,7 +12,8 @@ values and ``check`` fails the bench, naming the figure, when one grows by more 
    deletes), and of 500 deletes with an inverse transform configured (a reverse consumer's
    marks): destination write requests and units/record, control-table requests/record.
 
-Both run on a ``FakeClock`` (it moves only by the tools' own sleeps), so the requests made on
+The backfill and the puts run on a ``FakeClock`` (it moves only by the tools' own sleeps;
+the deletes need real time), so the requests made on
 a timer (lease renewals every 10 s while a page is written, RATES re-read every 5 s, the
 consumer's heartbeat every 5 s) do not depend on how fast the shared emulator answers: the
 figures count the requests made per item and per page. The timers' own cost is per hour, not
@@ -31,7 +32,7 @@ from backfill.worker import Engine, Options
 from bench import bench_backfill, bench_consumer
 from bench.common import Result
 from livemigrate.aws import AwsClients
-from livemigrate.clock import FakeClock
+from livemigrate.clock import Clock, FakeClock, SystemClock
 from livemigrate.migration import BACKFILL_COMPLETE, PLAN, Migration, open_migration
 from stream_consumer.applier import DestinationApplier
 from stream_consumer.engine import Tuning, run_consumer
@@ -95,14 +96,13 @@ def backfill_figures() -> dict[str, float]:
         "backfill source read units/item": _get(spent, "source", "read_units") / ITEMS,
         "backfill source reads/item": _get(spent, "source", "requests") / ITEMS,
         "backfill destination writes/item": _get(spent, "destination", "requests") / ITEMS,
-        "backfill destination write units/item": _get(spent, "destination", "write_units")
-        / ITEMS,
+        "backfill destination write units/item": _get(spent, "destination", "write_units") / ITEMS,
         "backfill control-table ops/item": _get(spent, "control", "requests") / ITEMS,
     }
 
 
 # -- consumer -------------------------------------------------------------------------------
-def _catch_up(clients: AwsClients, migration: Migration) -> Totals:
+def _catch_up(clients: AwsClients, migration: Migration, clock: Clock) -> Totals:
     arn = str(migration.source.stream_arn)
     metrics = Metrics("source")
     applier = DestinationApplier.for_migration(migration, metrics, threads=16)
@@ -115,7 +115,7 @@ def _catch_up(clients: AwsClients, migration: Migration) -> Totals:
             applier,
             worker_id="bench-costs",
             lease_seconds=30.0,
-            clock=FakeClock(),
+            clock=clock,
             dead_letters=migration.dead_letters,
             origin="stream",
             tuning=Tuning(poll_interval=0.1),
@@ -139,8 +139,7 @@ def _per_record(label: str, spent: Totals) -> dict[str, float]:
             spent, "destination", "write_units"
         )
         / RECORDS,
-        f"consumer {label}: control-table ops/record": _get(spent, "control", "requests")
-        / RECORDS,
+        f"consumer {label}: control-table ops/record": _get(spent, "control", "requests") / RECORDS,
     }
 
 
@@ -149,14 +148,15 @@ def consumer_put_figures(clients: AwsClients) -> dict[str, float]:
     bench_consumer._table(clients, source, stream=True)
     bench_consumer._backlog(clients, source, RECORDS)
     migration = bench_consumer._migration(clients, source)
-    return _per_record("puts", _catch_up(clients, migration))
+    return _per_record("puts", _catch_up(clients, migration, FakeClock()))
 
 
 def consumer_delete_figures(clients: AwsClients, inverse: str | None) -> dict[str, float]:
     migration, _ = bench_consumer._delete_backlog(clients, RECORDS, inverse)
     migration.store.put(PLAN, {"state": BACKFILL_COMPLETE, "completed_at": time.time()})
     label = "deletes, reverse configured" if inverse else "deletes"
-    return _per_record(label, _catch_up(clients, migration))
+    # Real time: the real-delete decision compares the clock with times the set-up wrote.
+    return _per_record(label, _catch_up(clients, migration, SystemClock()))
 
 
 # -- reference ------------------------------------------------------------------------------
@@ -207,7 +207,9 @@ def run() -> list[Result]:
 
 def check(results: list[Result]) -> list[str]:
     """Called by bench/run.py: the cost figures that grew past their reference."""
-    measured = {r.name.removeprefix("cost: "): r.value for r in results if r.name.startswith("cost: ")}
+    measured = {
+        r.name.removeprefix("cost: "): r.value for r in results if r.name.startswith("cost: ")
+    }
     return regressions(measured, load_reference()) if measured else []
 
 

@@ -37,6 +37,7 @@ import math
 import random
 from bisect import bisect_right
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 from backfill.budget import Budget
 from backfill.hotkey import HotKeyDetector, split_bounds
@@ -333,7 +334,7 @@ class Fleet:
         lower, upper = {"S": _sk(first - 1)}, {"S": _sk(last)}
         bounds = split_bounds(lower, upper, self.options.ways)
         counts = [first] + [_items_up_to(b["S"], last) for b in bounds[1:-1]] + [last + 1]
-        for j, (lo, hi) in enumerate(zip(counts, counts[1:], strict=False)):
+        for j, (lo, hi) in enumerate(pairwise(counts)):
             if hi > lo:
                 self.pending.append(Unit(f"SPLIT#{j}", [(True, hi - lo)], True, hot_first=lo))
                 self.unit_count += 1
@@ -353,7 +354,7 @@ def _items_up_to(bound: str, last: int) -> int:
         def __getitem__(self, i: int) -> str:
             return _sk(i)
 
-    return bisect_right(Keys(), bound)  # type: ignore[arg-type]
+    return bisect_right(Keys(), bound)
 
 
 # -- the plain approach -----------------------------------------------------------------------
@@ -426,6 +427,10 @@ def markdown(rows: list[dict[str, object]]) -> str:
         value = float(str(v))
         return "never" if math.isinf(value) else f"{value:.0f} min"
 
+    def short(v: object) -> str:
+        value = float(str(v))
+        return f"{value * 60:.1f} s" if value < 1 else f"{value:.1f} min"
+
     lines = [
         "| hot key share | bound (items x WCU / cap) | livemigrate makespan | longest unit "
         "| units | plain makespan | plain longest Lambda | plain Lambdas |",
@@ -436,9 +441,9 @@ def markdown(rows: list[dict[str, object]]) -> str:
         killed = " (killed at 15)" if plain_unit * 60 >= LAMBDA_LIMIT else ""
         lines.append(
             f"| {float(str(r['hot_share'])):.0%} | {minutes(r['analytic_min'])} "
-            f"| {minutes(r['tool_makespan_min'])} | {float(str(r['tool_longest_unit_min'])):.1f} min "
+            f"| {minutes(r['tool_makespan_min'])} | {short(r['tool_longest_unit_min'])} "
             f"| {r['tool_units']} | {minutes(r['plain_makespan_min'])} "
-            f"| {plain_unit:.1f} min{killed} | {r['plain_units']} |"
+            f"| {short(plain_unit)}{killed} | {r['plain_units']} |"
         )
     return "\n".join(lines)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-from bench import scale_model
 from bench.scale_model import LAMBDA_LIMIT, Shape, plain, tool
 
 
