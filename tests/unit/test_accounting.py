@@ -109,3 +109,26 @@ def test_status_sums_backfill_and_consumer_costs_and_keeps_them_out_of_counters(
     assert summary["by_operation"]["source"]["PutItem"]["write_units"] == 4
     assert status._without_costs(groups["METRICS"][0][1]) == {"items_read": 3}
     assert accounting.unflatten({"cost.bad": 1, "other": 2}) == {}
+
+
+class _Model:
+    name = "PutItem"
+
+
+class _Response:
+    def __init__(self, status_code: int) -> None:
+        self.status_code = status_code
+
+
+def test_the_hook_charges_a_refused_condition_but_not_a_throttled_request() -> None:
+    # GIVEN the after-call hook of an installed client's accounting, and a conditional put
+    book = Accounting()
+    counter = accounting._Counter(book)
+    context = {accounting._PARAMS: {"TableName": "t", "Item": big(1500)}}
+    refused = {"Error": {"Code": "ConditionalCheckFailedException"}}
+    throttled = {"Error": {"Code": "ProvisionedThroughputExceededException"}}
+    # WHEN DynamoDB refuses its condition (HTTP 400), then throttles it
+    counter(http_response=_Response(400), parsed=refused, model=_Model(), context=context)
+    counter(http_response=_Response(400), parsed=throttled, model=_Model(), context=context)
+    # THEN the refused write is charged its 2 units, the throttled one none; both are requests
+    assert book.totals()[("t", "PutItem")] == Usage(2, write_units=2)
