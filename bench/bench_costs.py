@@ -10,7 +10,8 @@ values and ``check`` fails the bench, naming the figure, when one grows by more 
    units/item, control-table requests/item.
 2. Consumer catch-up of a backlog of 500 puts, of 500 deletes (backfill complete: real
    deletes), and of 500 deletes with an inverse transform configured (a reverse consumer's
-   marks): destination write requests and units/record, control-table requests/record.
+   marks): destination write requests and units/record, control-table requests/record. The
+   delete figures are reported but not gated (``gated``: they depend on the endpoint's speed).
 
 The backfill and the puts run on a ``FakeClock`` (it moves only by the tools' own sleeps;
 the deletes need real time), so the requests made on
@@ -160,10 +161,23 @@ def consumer_delete_figures(clients: AwsClients, inverse: str | None) -> dict[st
 
 
 # -- reference ------------------------------------------------------------------------------
+def gated(name: str) -> bool:
+    """Whether a figure is checked against the reference.
+
+    The delete figures are not: on a slow endpoint the consumer's delete decisions (tombstone or
+    real delete, marked or not) outlive their time window and whole batches are applied again
+    (``tombstone_retries_total``), so writes per delete moved between 1.0 and 1.67 from run to
+    run on the shared emulator. They are reported, not gated.
+    """
+    return "deletes" not in name
+
+
 def regressions(figures: Mapping[str, float], reference: Mapping[str, float]) -> list[str]:
-    """Every figure that grew by more than 5% over its reference (or has none), named."""
+    """Every gated figure that grew by more than 5% over its reference (or has none), named."""
     problems = []
     for name, value in figures.items():
+        if not gated(name):
+            continue
         expected = reference.get(name)
         if expected is None:
             problems.append(f"{name}: {value:.4f}, not in {REFERENCE.name} (add it)")
@@ -197,9 +211,11 @@ def run() -> list[Result]:
             f"cost: {name}",
             value,
             "requests" if "ops" in name or "writes" in name or "reads" in name else "units",
-            reference.get(name),
-            value / reference[name] if reference.get(name) else None,
-            "baseline: bench/reference.json; fails above +5%",
+            reference.get(name) if gated(name) else None,
+            value / reference[name] if gated(name) and reference.get(name) else None,
+            "baseline: bench/reference.json; fails above +5%"
+            if gated(name)
+            else "not gated: depends on the endpoint's speed (batches re-applied)",
         )
         for name, value in measured.items()
     ]
