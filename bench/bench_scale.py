@@ -33,7 +33,7 @@ def run() -> list[Result]:
                 f"baseline: analytic bound; longest unit "
                 f"{float(str(row['tool_longest_unit_min'])):.1f} min (limit 15); plain "
                 f"200-item segments: {plain_text}, longest Lambda "
-                f"{float(str(row['plain_longest_unit_min'])):.1f} min",
+                f"{float(str(row['plain_longest_unit_min'])) * 60:.0f} s",
             )
         )
     return results
