@@ -18,6 +18,7 @@ from tests.services import create_table, settings_for, unique
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.slow
 def test_backfill_requests_are_counted_persisted_and_shown(clients: AwsClients) -> None:
     # GIVEN a 300-item source table (and a copy of its items to size them by)
     source, dest = unique("src"), unique("dst")
