@@ -176,6 +176,8 @@ class Engine:
                 t.join()
         if self._errors:
             raise self._errors[0]
+        # The request units spent since the workers' last counter write (claims, completion).
+        self.health.call(lambda: self.store.add_metrics({}))
         return self.health.call(lambda: plan.plan_state(self.store)) == plan.COMPLETE
 
     def _guarded(self, worker: Worker, stagger: float) -> None:
@@ -206,6 +208,7 @@ class Worker:
         self.source = engine.migration.source
         self.client = engine.migration.clients.dynamodb
         self._pending: dict[str, int] = {}  # METRICS not yet added (sent with the next read)
+        self._unfinished_seen = True  # the last claim's listing held an unfinished unit
 
     def run(self, stagger: float = 0.0) -> None:
         # Workers started together would all race for the same first units.
@@ -222,7 +225,9 @@ class Worker:
             if claimed is not None:
                 self._work(*claimed)
                 continue
-            if self._call(self._mark_complete):
+            # The claim just listed every unit: while one is unfinished, completing would
+            # only list them again (two more queries per idle poll, issue 18).
+            if not self._unfinished_seen and self._call(self._mark_complete):
                 return
             # Others hold the remaining leases: wait for one to finish or expire.
             wait = min(self.options.idle_poll_seconds, self.budget.remaining())
@@ -237,8 +242,13 @@ class Worker:
 
     def _claim(self) -> tuple[plan.Unit, UnitLease] | None:
         now = self.clock.now()
-        splits = [u for u in plan.units(self.store, plan.SPLIT_PREFIX) if self._free(u, now)]
-        segments = [u for u in plan.units(self.store, plan.SEG_PREFIX) if self._free(u, now)]
+        listed = [
+            *plan.units(self.store, plan.SPLIT_PREFIX),
+            *plan.units(self.store, plan.SEG_PREFIX),
+        ]
+        self._unfinished_seen = any(not u.done for u in listed)
+        splits = [u for u in listed if u.is_split and self._free(u, now)]
+        segments = [u for u in listed if not u.is_split and self._free(u, now)]
         # Splits first: they are the long pole. Shuffled so workers spread over the table.
         random.shuffle(splits)
         random.shuffle(segments)

@@ -24,28 +24,41 @@ def discover() -> list[str]:
     )
 
 
+def _figure(value: float) -> str:
+    # Per-item request counts are fractions: show them with enough digits.
+    return f"{value:12.4f}" if abs(value) < 10 else f"{value:12.1f}"
+
+
 def main() -> int:
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
     only = sys.argv[1:]
     results: list[Result] = []
+    problems: list[str] = []
     for name in discover():
         if only and not any(o in name for o in only):
             continue
         print(f"== {name}", flush=True)
-        results.extend(importlib.import_module(name).run())
+        module = importlib.import_module(name)
+        found = module.run()
+        results.extend(found)
+        # A module with check() fails the bench on figures past their reference (costs).
+        if hasattr(module, "check"):
+            problems.extend(module.check(found))
     if not results:
         print("no benchmarks found", file=sys.stderr)
         return 1
     print(f"\n{'benchmark':52} {'value':>12} {'baseline':>12} {'ratio':>7}  unit")
     for r in results:
-        base = f"{r.baseline:12.1f}" if r.baseline is not None else f"{'-':>12}"
+        base = _figure(r.baseline) if r.baseline is not None else f"{'-':>12}"
         ratio = f"{r.ratio:7.2f}" if r.ratio is not None else f"{'-':>7}"
-        print(f"{r.name:52} {r.value:12.1f} {base} {ratio}  {r.unit}  {r.note}")
+        print(f"{r.name:52} {_figure(r.value)} {base} {ratio}  {r.unit}  {r.note}")
     out = HERE / "results.json"
     out.write_text(json.dumps([r.as_json() for r in results], indent=2) + "\n")
     print(f"\nwrote {out}")
-    return 0
+    for problem in problems:
+        print(f"FAILED: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

@@ -56,7 +56,8 @@ pk                          sk                          what
                                                         destination), table, epoch, fenced,
                                                         fenced_until, flipped_at, frozen_after,
                                                         marks_since, destination_since
-``MIG#<id>``                ``METRICS``                 counters (items read, written, ...)
+``MIG#<id>``                ``METRICS``                 counters (items read, written, ...),
+                                                        request units: cost.<role>.<op>.<field>
 ``DEST#<table>``            ``OWNER``                   which migration writes this destination
 ==========================  ==========================  =======================================
 
@@ -67,6 +68,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
@@ -77,6 +79,8 @@ from livemigrate.items import to_typed as _to_typed
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
+
+    from livemigrate.accounting import Ledger
 
 CONDITION_FAILED = "ConditionalCheckFailedException"
 # Held: ours and not expired by the caller's clock (a stale holder's renewal is refused).
@@ -107,6 +111,8 @@ class ControlStore:
         self.table = table_name
         self.migration_id = migration_id
         self.pk = f"MIG#{migration_id}"
+        # Set by open_migration: request-unit deltas ride along with counter writes.
+        self.ledger: Ledger | None = None
 
     # -- table ----------------------------------------------------------------------------
     def ensure_table(self) -> None:
@@ -423,10 +429,22 @@ class ControlStore:
 
     # -- counters -------------------------------------------------------------------------
     def add_metrics(self, counts: Mapping[str, int | float]) -> None:
-        """Add to the migration's counters (one write for all of them)."""
-        nonzero = {k: v for k, v in counts.items() if v}
-        if nonzero:
-            self.update("METRICS", add=nonzero)
+        """Add to the migration's counters (one write for all of them), with the request
+        units this process has spent since the last such write (``livemigrate.accounting``)."""
+        with self.unsent_costs() as costs:
+            nonzero = {k: v for k, v in {**counts, **costs}.items() if v}
+            if nonzero:
+                self.update("METRICS", add=nonzero)
+
+    @contextmanager
+    def unsent_costs(self) -> Iterator[dict[str, float]]:
+        """Request-unit counters not yet written, for a write that happens anyway to ADD
+        (given back if the block raises)."""
+        if self.ledger is None:
+            yield {}
+            return
+        with self.ledger.unsent() as costs:
+            yield costs
 
     def metrics(self) -> dict[str, Any]:
         return self.get("METRICS") or {}

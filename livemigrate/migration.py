@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from livemigrate import accounting
+from livemigrate.accounting import Ledger, Role
 from livemigrate.aws import AwsClients
 from livemigrate.config import Settings
 from livemigrate.control import ControlStore
@@ -117,6 +119,7 @@ def open_migration(
         load_transform(settings.transform), destination.key_names, destination.key_types
     )
     store = ControlStore(clients.dynamodb, settings.control_table, settings.migration_id)
+    store.ledger = ledger(clients, settings)
     store.ensure_table()
     meta = _record(store, settings)
     store.register_destination(settings.destination_table, settings.source_table)
@@ -138,6 +141,16 @@ def open_migration(
             mark_deletes=inverse_transform(settings, meta) is not None,
         ),
     )
+
+
+def ledger(clients: AwsClients, settings: Settings) -> Ledger:
+    """Count this process's requests (``livemigrate.accounting``) under the migration's roles."""
+    tables: dict[str, Role] = {
+        settings.source_table: "source",
+        settings.destination_table: "destination",
+        settings.control_table: "control",
+    }
+    return Ledger(accounting.install(clients.dynamodb), tables)
 
 
 def _record(store: ControlStore, settings: Settings) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from livemigrate import retention
+from livemigrate import accounting, retention
 from livemigrate.control import ControlStore
 from livemigrate.deadletters import DeadLetters
 from livemigrate.gates import Gate, Policy, check_all, read_snapshot, unmet
@@ -67,11 +67,12 @@ def collect(
         "dead_letters": DeadLetters(store).count(),
         "dead_letters_unresolved": DeadLetters(store).unresolved(),
         "flag": dict(groups.get("FLAG", [("", {})])[0][1]),
-        "metrics": dict(groups.get("METRICS", [("", {})])[0][1]),
+        "metrics": _without_costs(dict(groups.get("METRICS", [("", {})])[0][1])),
         "rates": rates_of(dict(groups.get("RATES", [("", {})])[0][1])),
         "retention": retention.summary(
             _one(groups, "RETENTION"), _one(groups, "CONSUMER#source").get("lag_seconds")
         ),
+        "requests": requests_of(groups),
     }
 
 
@@ -79,6 +80,26 @@ def _one(groups: dict[str, list[tuple[str, dict[str, Any]]]], sk: str) -> dict[s
     """The item ``sk`` (empty when absent)."""
     group = groups.get(sk.split("#", maxsplit=1)[0], [])
     return next((dict(item) for key, item in group if key == sk), {})
+
+
+def requests_of(groups: Mapping[str, list[tuple[str, dict[str, Any]]]]) -> dict[str, Any]:
+    """Request totals (``livemigrate.accounting``): the backfill's ride on METRICS, each
+    consumer's on its CONSUMER# heartbeat; summed per table role and operation."""
+    merged: dict[str, float] = {}
+    for _, item in groups.get("METRICS", []) + groups.get("CONSUMER", []):
+        for name, value in item.items():
+            if name.startswith(accounting.PREFIX):
+                merged[name] = merged.get(name, 0.0) + float(value)
+    by_role = accounting.unflatten(merged)
+    totals = {
+        role: {f: sum(op[f] for op in ops.values()) for f in accounting.FIELDS}
+        for role, ops in by_role.items()
+    }
+    return {"by_operation": by_role, "by_role": totals}
+
+
+def _without_costs(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in item.items() if not k.startswith(accounting.PREFIX)}
 
 
 def gate_dict(gate: Gate) -> dict[str, Any]:
@@ -178,7 +199,9 @@ def _shards(
     now: float,
 ) -> dict[str, Any]:
     return {
-        "consumer_started": [{"name": sk.split("#", 1)[1], **item} for sk, item in consumers],
+        "consumer_started": [
+            {"name": sk.split("#", 1)[1], **_without_costs(item)} for sk, item in consumers
+        ],
         "shards": [
             {
                 "id": sk,
@@ -320,12 +343,28 @@ def render(summary: dict[str, Any]) -> str:
         lines.append(f"    [{mark}] {gate['name']}{note}")
     if summary["flag"]:
         lines.append(_flag_line(summary["flag"]))
+    lines.extend(_request_lines(summary.get("requests") or {}))
     if summary["metrics"]:
         width = max(len(str(k)) for k in summary["metrics"])
         lines.append("  counters:")
         for name, value in sorted(summary["metrics"].items()):
             lines.append(f"    {name:<{width}}  {to_json(value)}")
     return "\n".join(lines)
+
+
+def _request_lines(requests: Mapping[str, Any]) -> list[str]:
+    by_role = requests.get("by_role") or {}
+    if not by_role:
+        return []
+    lines = ["  requests (capacity units computed from item sizes):"]
+    for role in accounting.ROLES:
+        if role in by_role:
+            t = by_role[role]
+            lines.append(
+                f"    {role:<11}  {t['requests']:>10.0f} requests  {t['read_units']:>12.1f} RCU"
+                f"  {t['write_units']:>12.1f} WCU"
+            )
+    return lines
 
 
 # Fields that hold a Unix time: ``to_json`` prints them as ISO 8601 (UTC).

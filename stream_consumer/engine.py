@@ -807,15 +807,17 @@ class Consumer:
         # What this heartbeat reports was read no earlier than read_from: a cutover waits for a
         # read_from after the last write to the old table (an apply may outlast its margin).
         read_from = min((r.read_at for r in self.readers.values()), default=now)
-        self.store.update(
-            self.consumer_sk,
-            {
-                "heartbeat_at": now,
-                "read_from": read_from,
-                "lag_seconds": lag,
-                "records_behind": behind,
-            },
-        )
+        with self.store.unsent_costs() as costs:  # request units ride along (accounting)
+            self.store.update(
+                self.consumer_sk,
+                {
+                    "heartbeat_at": now,
+                    "read_from": read_from,
+                    "lag_seconds": lag,
+                    "records_behind": behind,
+                },
+                add=costs,
+            )
         self.metrics.set("records_behind", behind)
         message = lag_message(f"consumer {self.name}", lag, self.tuning.retention)
         if message is not None:

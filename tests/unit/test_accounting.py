@@ -1,0 +1,134 @@
+"""Request accounting: DynamoDB's size rules and what each request is charged (issue 18)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from livemigrate import accounting, status
+from livemigrate.accounting import Accounting, Ledger, Usage, charge, item_size
+
+
+def s(text: str) -> dict[str, Any]:
+    return {"S": text}
+
+
+def test_item_size_follows_dynamodb_rules() -> None:
+    # GIVEN one value of every kind, WHEN sized, THEN names + values by the published rules
+    assert item_size({"pk": s("abc")}) == 2 + 3
+    assert item_size({"n": {"N": "12345"}}) == 1 + (3 + 1)  # 5 digits -> 3 bytes + 1
+    assert item_size({"n": {"N": "-1.50"}}) == 1 + (1 + 1 + 1)  # 15: 1 byte + 1, negative + 1
+    assert item_size({"b": {"B": b"\x00" * 10}}) == 1 + 10
+    assert item_size({"t": {"BOOL": True}, "z": {"NULL": True}}) == 2 + 2
+    assert item_size({"l": {"L": [s("ab"), s("c")]}}) == 1 + 3 + (1 + 2) + (1 + 1)
+    assert item_size({"m": {"M": {"k": s("v")}}}) == 1 + 3 + (1 + 1 + 1)
+    assert item_size({"ss": {"SS": ["a", "bc"]}}) == 2 + 3
+    assert item_size({"é": s("é")}) == 2 + 2  # UTF-8 bytes, not characters
+
+
+def big(size: int) -> dict[str, Any]:
+    """A typed item of exactly ``size`` bytes."""
+    return {"pk": s("x" * (size - 2))}
+
+
+def test_writes_round_up_per_kilobyte_per_item() -> None:
+    params = {"TableName": "t", "Item": big(1025)}
+    assert charge("PutItem", params, {}, ok=True)["t"] == Usage(1, write_units=2)
+    assert charge("PutItem", {"TableName": "t", "Item": big(10)}, {}, True)["t"].write_units == 1
+
+
+def test_a_failed_condition_is_charged_like_a_write() -> None:
+    # GIVEN a conditional put refused by its condition (ok: only the condition failed)
+    usage = charge("PutItem", {"TableName": "t", "Item": big(3000)}, {}, ok=True)["t"]
+    # THEN it costs the units of the item it tried to write
+    assert usage.write_units == 3
+    # AND a request refused otherwise (throttled) counts as a request without units
+    assert charge("PutItem", {"TableName": "t", "Item": big(3000)}, {}, False)["t"] == Usage(1)
+
+
+def test_reads_sum_sizes_per_request_and_eventual_reads_cost_half() -> None:
+    items = [big(1000)] * 9  # 9,000 bytes -> 3 x 4 KB
+    eventual = charge("Scan", {"TableName": "t"}, {"Items": items}, True)["t"]
+    consistent = charge("Query", {"TableName": "t", "ConsistentRead": True}, {"Items": items}, True)
+    assert eventual.read_units == 1.5
+    assert consistent["t"].read_units == 3
+    # An empty page or a missing item still costs the minimum
+    assert charge("GetItem", {"TableName": "t"}, {}, True)["t"].read_units == 0.5
+
+
+def test_update_is_charged_by_the_returned_item_when_there_is_one() -> None:
+    params = {"TableName": "t", "Key": {"pk": s("k")}, "ReturnValues": "ALL_NEW"}
+    assert charge("UpdateItem", params, {"Attributes": big(2100)}, True)["t"].write_units == 3
+    # Without returned attributes: what the request carries (key + values)
+    params = {"TableName": "t", "Key": {"pk": s("k")}, "ExpressionAttributeValues": {":v": s("x")}}
+    assert charge("UpdateItem", params, {}, True)["t"].write_units == 1
+
+
+def test_batch_write_charges_only_processed_items_and_transactions_double() -> None:
+    requests = [{"PutRequest": {"Item": big(1500)}}] * 3
+    parsed = {"UnprocessedItems": {"t": requests[:1]}}
+    usage = charge("BatchWriteItem", {"RequestItems": {"t": requests}}, parsed, True)["t"]
+    assert usage == Usage(1, write_units=4)  # 2 processed x 2 units
+    actions = [{"Put": {"TableName": "t", "Item": big(100)}}] * 2
+    assert charge("TransactWriteItems", {"TransactItems": actions}, {}, True)["t"].write_units == 4
+
+
+def test_control_plane_calls_are_requests_without_units() -> None:
+    assert charge("DescribeTable", {"TableName": "t"}, {}, True) == {"t": Usage(1)}
+
+
+def test_unsent_usage_is_given_back_when_the_write_carrying_it_fails() -> None:
+    # GIVEN usage recorded on a migration's table and on an unrelated one
+    book = Accounting()
+    book.record("src", "Scan", Usage(1, read_units=0.5))
+    book.record("other", "Scan", Usage(1, read_units=0.5))
+    ledger = Ledger(book, {"src": "source"})
+    # WHEN the write that carries it fails
+    with pytest.raises(RuntimeError), ledger.unsent() as costs:
+        assert costs == {"cost.source.Scan.requests": 1, "cost.source.Scan.read_units": 0.5}
+        raise RuntimeError("control table unreachable")
+    # THEN the next write carries it (once), and only this migration's tables
+    with ledger.unsent() as costs:
+        assert costs == {"cost.source.Scan.requests": 1, "cost.source.Scan.read_units": 0.5}
+    with ledger.unsent() as costs:
+        assert costs == {}
+    assert ledger.by_role() == {"source": {"Scan": Usage(1, 0.5).as_dict()}}
+
+
+def test_status_sums_backfill_and_consumer_costs_and_keeps_them_out_of_counters() -> None:
+    groups: dict[str, list[tuple[str, dict[str, Any]]]] = {
+        "METRICS": [("METRICS", {"items_read": 3, "cost.control.UpdateItem.requests": 2})],
+        "CONSUMER": [
+            ("CONSUMER#source", {"heartbeat_at": 1.0, "cost.control.UpdateItem.requests": 5}),
+            ("CONSUMER#reverse", {"cost.source.PutItem.write_units": 4}),
+        ],
+    }
+    summary = status.requests_of(groups)
+    assert summary["by_role"]["control"]["requests"] == 7
+    assert summary["by_operation"]["source"]["PutItem"]["write_units"] == 4
+    assert status._without_costs(groups["METRICS"][0][1]) == {"items_read": 3}
+    assert accounting.unflatten({"cost.bad": 1, "other": 2}) == {}
+
+
+class _Model:
+    name = "PutItem"
+
+
+class _Response:
+    def __init__(self, status_code: int) -> None:
+        self.status_code = status_code
+
+
+def test_the_hook_charges_a_refused_condition_but_not_a_throttled_request() -> None:
+    # GIVEN the after-call hook of an installed client's accounting, and a conditional put
+    book = Accounting()
+    counter = accounting._Counter(book)
+    context = {accounting._PARAMS: {"TableName": "t", "Item": big(1500)}}
+    refused = {"Error": {"Code": "ConditionalCheckFailedException"}}
+    throttled = {"Error": {"Code": "ProvisionedThroughputExceededException"}}
+    # WHEN DynamoDB refuses its condition (HTTP 400), then throttles it
+    counter(http_response=_Response(400), parsed=refused, model=_Model(), context=context)
+    counter(http_response=_Response(400), parsed=throttled, model=_Model(), context=context)
+    # THEN the refused write is charged its 2 units, the throttled one none; both are requests
+    assert book.totals()[("t", "PutItem")] == Usage(2, write_units=2)
