@@ -14,7 +14,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
@@ -41,6 +41,7 @@ _OTHER_VARIABLES = frozenset(
         "LIVEMIGRATE_OS_HEAP",
         "LIVEMIGRATE_CACHE_DIR",
         "LIVEMIGRATE_SERVICES_DIR",
+        "LIVEMIGRATE_TEST_OPENSEARCH_URL",
         "LIVEMIGRATE_TEST_LOG_LEVEL",
     }
 )
@@ -58,7 +59,10 @@ _FIXES: dict[str, str] = {
         "give 'package.module:function' mapping a destination item back to source items, "
         "e.g. 'livemigrate.examples.hot_outbox:inverse'"
     ),
-    "search_url": "an http(s) URL of an Elasticsearch node, e.g. http://127.0.0.1:9299",
+    "search_url": "an http(s) URL of the search node, e.g. http://127.0.0.1:9299",
+    "search_engine": "elasticsearch or opensearch (the kind of node search_url names)",
+    "search_auth": "none, or sigv4 (Amazon OpenSearch Service; needs search_engine opensearch)",
+    "search_service": "es (Amazon OpenSearch Service) or aoss (OpenSearch Serverless)",
     "search_alias": "an index alias name in lowercase, e.g. 'orders'",
     "search_document_hook": "give 'package.module:function' mapping an item to its document",
     "hooks": (
@@ -94,6 +98,12 @@ class Settings(BaseSettings):
         description="destination item -> source items, for the reverse consumer (rollback)",
     )
     search_url: str | None = Field(default=None, pattern=r"^https?://")
+    search_engine: Literal["elasticsearch", "opensearch"] = "elasticsearch"
+    search_auth: Literal["none", "sigv4"] = "none"
+    search_region: str | None = Field(
+        default=None, description="SigV4 region (default: region, then boto3's region)"
+    )
+    search_service: Literal["es", "aoss"] = "es"
     search_alias: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     search_document_hook: str | None = Field(
         default=None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", description="item -> document"

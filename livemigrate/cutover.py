@@ -54,7 +54,7 @@ from livemigrate.replication import ARM_WAIT
 from livemigrate.status import gate_dict, iso
 
 if TYPE_CHECKING:
-    from livemigrate.search.backend import ElasticsearchBackend
+    from livemigrate.search.backend import SearchBackend
 
 CUTOVER_ITEM = "CUTOVER"
 
@@ -110,7 +110,7 @@ class CutoverOptions:
 class SearchSwitch:
     """The alias swap: the backend, the alias and the index the sink keeps current."""
 
-    backend: ElasticsearchBackend
+    backend: SearchBackend
     alias: str
     index: str
 
@@ -507,14 +507,12 @@ def search_switch(settings: Settings, store: ControlStore) -> SearchSwitch | Non
     """The alias swap of a migration with search configured, else None."""
     if not (settings.search_url and settings.search_alias):
         return None
-    from elasticsearch import Elasticsearch
-
-    from livemigrate.search.backend import ElasticsearchBackend
+    from livemigrate.search.clients import open_backend
     from livemigrate.search.targets import ControlTargets
 
     default = f"{settings.search_alias}-{settings.migration_id}"
     index = ControlTargets(store, default).current().indices[0]
-    backend = ElasticsearchBackend(Elasticsearch(settings.search_url))
+    backend = open_backend(settings)
     return SearchSwitch(backend, settings.search_alias, index)
 
 

@@ -47,7 +47,7 @@ from livemigrate.exitcodes import ExitCode
 from livemigrate.failures import short
 from livemigrate.flag import open_flag_store
 from livemigrate.process import stop_on_signals, worker_id
-from livemigrate.search.backend import ElasticsearchBackend
+from livemigrate.search.backend import ClientBackend, SearchUnavailable
 from livemigrate.search.batcher import BatchPolicy
 from livemigrate.search.documents import load_hook
 from livemigrate.search.indices import IndexConfig, live_index, load_index_config
@@ -136,7 +136,7 @@ class Context:
     clients: AwsClients
     alias: str
     store: ControlStore
-    backend: ElasticsearchBackend
+    backend: ClientBackend
     targets: ControlTargets
     config: IndexConfig
     policy: BatchPolicy
@@ -182,9 +182,9 @@ def _context(args: argparse.Namespace, settings: Settings, clients: AwsClients) 
             "set LIVEMIGRATE_SEARCH_URL (e.g. http://127.0.0.1:9299) and LIVEMIGRATE_SEARCH_ALIAS "
             "(the alias the application reads, e.g. 'orders') or put them in livemigrate.toml",
         )
-    from elasticsearch import Elasticsearch
+    from livemigrate.search.clients import open_backend
 
-    backend = ElasticsearchBackend(Elasticsearch(settings.search_url, request_timeout=60))
+    backend = open_backend(settings)
     _ping(backend, settings.search_url)
     store = ControlStore(clients.dynamodb, settings.control_table, settings.migration_id)
     store.ensure_table()
@@ -205,14 +205,13 @@ def _context(args: argparse.Namespace, settings: Settings, clients: AwsClients) 
     )
 
 
-def _ping(backend: ElasticsearchBackend, url: str) -> None:
-    from elasticsearch import ApiError, TransportError
-
+def _ping(backend: ClientBackend, url: str) -> None:
+    """Fail early, with the setting to fix, if the node is down or of the other engine."""
     try:
-        backend.client.cluster.health()
-    except (TransportError, ApiError) as exc:
+        backend.check_engine()
+    except SearchUnavailable as exc:
         raise ServiceUnreachable(
-            f"Elasticsearch at {url} did not answer: {short(exc)}",
+            f"the search node ({backend.engine}) at {url} did not answer: {short(exc)}",
             "check that the node is up and reachable, or fix LIVEMIGRATE_SEARCH_URL",
         ) from exc
 

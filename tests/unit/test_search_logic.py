@@ -1,15 +1,16 @@
 """Search sink logic without a network: ids, documents, batching, the version rule, retries.
 
-The in-memory backend below implements Elasticsearch's optimistic concurrency (``_seq_no``
-checks, ``create`` conflicts) so the sink's decisions are tested fast and exhaustively; the
-same behaviour is proven against the real node in tests/integration/test_search_*.py.
+The in-memory backend (tests/memory_backend.py) implements the engines' optimistic concurrency
+(``_seq_no`` checks, ``create`` conflicts) so the sink's decisions are tested fast and
+exhaustively; tests/integration/test_search_contract.py checks it against Elasticsearch and
+OpenSearch, and the same behaviour is proven against the real nodes in
+tests/integration/test_search_*.py.
 """
 
 from __future__ import annotations
 
-import json
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 from urllib.parse import quote, unquote
@@ -21,7 +22,7 @@ from hypothesis import strategies as st
 
 from livemigrate.clock import FakeClock
 from livemigrate.records import ApplyFailure, StreamRecord
-from livemigrate.search.backend import BulkAction, BulkResult, Held, SearchUnavailable
+from livemigrate.search.backend import BulkAction, BulkResult
 from livemigrate.search.batcher import BatchPolicy, chunks
 from livemigrate.search.documents import (
     MAX_ID_BYTES,
@@ -33,59 +34,9 @@ from livemigrate.search.documents import (
 from livemigrate.search.sink import RetryPolicy, SearchSink, retention_warning
 from livemigrate.search.targets import FixedTargets, TargetState
 from livemigrate.versioning import pad_seq
+from tests.memory_backend import MemoryBackend
 
 INDEX = "idx"
-
-
-class MemoryBackend:
-    """Enough of an index for the sink: OCC writes, real-time gets, scripted failures."""
-
-    def __init__(self) -> None:
-        self.docs: dict[str, dict[str, tuple[dict[str, Any], int]]] = {}
-        self.next_seq_no = 0
-        self.reject: dict[str, list[BulkResult]] = {}  # id -> results to return first
-        self.unavailable = 0  # whole requests to fail
-        self.bulk_calls: list[list[str]] = []
-
-    def index_docs(self, index: str) -> dict[str, dict[str, Any]]:
-        return {k: src for k, (src, _) in self.docs.get(index, {}).items()}
-
-    def held(self, index: str, ids: Sequence[str]) -> dict[str, Held]:
-        out = {}
-        for doc_id in ids:
-            if doc_id in self.docs.get(index, {}):
-                src, seq_no = self.docs[index][doc_id]
-                out[doc_id] = Held(
-                    str(src.get("_lm_seq", "")), bool(src.get("_lm_tomb")), seq_no, 1
-                )
-        return out
-
-    def bulk(self, actions: Sequence[BulkAction]) -> list[BulkResult]:
-        if self.unavailable:
-            self.unavailable -= 1
-            raise SearchUnavailable("429 es_rejected_execution_exception")
-        self.bulk_calls.append([a.id for a in actions])
-        return [self._one(a) for a in actions]
-
-    def _one(self, a: BulkAction) -> BulkResult:
-        queued = self.reject.get(a.id)
-        if queued:
-            return queued.pop(0)
-        docs = self.docs.setdefault(a.index, {})
-        present = docs.get(a.id)
-        if a.op == "create" and present is not None:
-            return BulkResult(409, "version_conflict_engine_exception", "exists")
-        if a.if_seq_no is not None and (present is None or present[1] != a.if_seq_no):
-            return BulkResult(409, "version_conflict_engine_exception", "changed")
-        if a.op == "delete":
-            if present is None:
-                return BulkResult(404)
-            del docs[a.id]
-            return BulkResult(200)
-        self.next_seq_no += 1
-        source = json.loads(a.source) if isinstance(a.source, str) else dict(a.source or {})
-        docs[a.id] = (source, self.next_seq_no)
-        return BulkResult(201)
 
 
 class Letters:
