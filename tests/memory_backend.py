@@ -22,11 +22,13 @@ class MemoryBackend:
         self.reject: dict[str, list[BulkResult]] = {}  # id -> results to return first
         self.unavailable = 0  # whole requests to fail
         self.bulk_calls: list[list[str]] = []
+        self.reads: list[list[str]] = []  # the ids of every held() call
 
     def index_docs(self, index: str) -> dict[str, dict[str, Any]]:
         return {k: src for k, (src, _) in self.docs.get(index, {}).items()}
 
     def held(self, index: str, ids: Sequence[str]) -> dict[str, Held]:
+        self.reads.append(list(ids))
         out = {}
         for doc_id in ids:
             if doc_id in self.docs.get(index, {}):

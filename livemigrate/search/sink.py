@@ -28,9 +28,15 @@ inside a batch only the last record per document id counts (it is the newest), a
 applied one after another, so per-document order holds. Replays are harmless: a replayed event
 is not newer than what it already wrote. A delete of an absent document is a no-op.
 
-Throughput: while one batch is written, the next batch's documents are built and (when the two
-batches share no id) its versions are read, in helper threads: the version check then costs
-little wall time next to a plain ``helpers.bulk`` (bench/bench_search.py).
+Throughput (bench/bench_search.py, issue 13): the version read is skipped where it would
+almost always find nothing. An ``INSERT`` record means the item did not exist in D just before,
+so its document is written with a blind ``create`` (put-if-absent, no ``_mget``): a 409 (the
+document exists after all: a replay, a resync scan, a tombstone) sends only those ids through
+the read-and-decide path, so the version rule holds exactly as before. A backfill, whose
+writes reach D's stream as ``INSERT`` records, then costs one ``_bulk`` per batch, like a
+plain ``helpers.bulk``. For other records, while one batch is written, the next batch's
+documents are built and (when the two batches share no id) its versions are read, in helper
+threads.
 
 Tombstones: a destination item with ``_lm_tomb`` true (rule 2) is a delete here, never a
 document. While a resync scans the destination, deletes written to the index being built are
@@ -116,6 +122,7 @@ class Change:
     document: Mapping[str, Any] | None
     size: int
     body: str = ""  # the document with its version, as JSON (serialised once)
+    inserted: bool = False  # an INSERT record: the document is most likely absent
 
 
 @dataclass(frozen=True)
@@ -258,7 +265,9 @@ class SearchSink:
             return None
         if not {c.doc_id for c in batch}.isdisjoint(c.doc_id for c in following):
             return None
-        ids = list(dict.fromkeys(c.doc_id for c in following))
+        ids = list(dict.fromkeys(c.doc_id for c in following if not _blind(c)))
+        if not ids:
+            return None
         return _Prefetch(index, self._pool().submit(self.backend.held, index, ids))
 
     def _pool(self) -> ThreadPoolExecutor:
@@ -292,7 +301,9 @@ class SearchSink:
     ) -> dict[str, str]:
         tombstoned: dict[str, str] = {}
         for attempt in range(self.retry.attempts):
-            outcome = self._round(index, pending, tombstones, first if attempt == 0 else None)
+            outcome = self._round(
+                index, pending, tombstones, first if attempt == 0 else None, blind=attempt == 0
+            )
             tombstoned.update(outcome.tombstoned)
             pending = outcome.again
             if not pending:
@@ -311,12 +322,18 @@ class SearchSink:
         pending: list[Change],
         tombstones: bool,
         prefetched: Future[dict[str, Held]] | None,
+        *,
+        blind: bool = False,
     ) -> _Round:
+        """One read-decide-write round; with ``blind``, inserted documents skip the read."""
+        unread = [c for c in pending if not (blind and _blind(c))]
         try:
             if prefetched is not None:
                 held = prefetched.result()
+            elif unread:
+                held = self.backend.held(index, [c.doc_id for c in unread])
             else:
-                held = self.backend.held(index, [c.doc_id for c in pending])
+                held = {}
         except SearchUnavailable as exc:
             return _Round(again=pending, backoff=True, reason=str(exc))
         planned: list[tuple[Change, BulkAction]] = []
@@ -427,7 +444,8 @@ class SearchSink:
         if document is None:
             return Change(position, doc_id, seq, record.keys, None, 64)
         body = json.dumps({**document, SEQ_ATTR: seq}, separators=(",", ":"))
-        return Change(position, doc_id, seq, record.keys, document, len(body), body)
+        inserted = record.event_name == "INSERT"
+        return Change(position, doc_id, seq, record.keys, document, len(body), body, inserted)
 
     def _reject(self, record: StreamRecord, reason: str) -> None:
         log.error("search sink: %s (keys %s)", reason, record.keys)
@@ -453,6 +471,11 @@ def retention_warning(lag_seconds: float) -> str:
         "would be lost to the index. Run `livemigrate search resync` to rebuild the index from "
         "a scan of the destination table (changes made meanwhile are kept)."
     )
+
+
+def _blind(change: Change) -> bool:
+    """Whether the first write of ``change`` is a ``create`` without reading the index first."""
+    return change.inserted and change.document is not None
 
 
 def _plain_keys(keys: Mapping[str, Any]) -> dict[str, Any]:

@@ -48,14 +48,17 @@ class Letters:
         return str(len(self.added))
 
 
-def record(seq: int, pk: str, value: int | None, *, tomb: bool = False) -> StreamRecord:
+def record(
+    seq: int, pk: str, value: int | None, *, tomb: bool = False, insert: bool = False
+) -> StreamRecord:
     keys = {"pk": {"S": pk}}
     if value is None and not tomb:
         return StreamRecord("REMOVE", keys, None, {**keys}, pad_seq(str(seq)), 0.0)
     image: dict[str, Any] = {**keys, "v": {"N": str(value or 0)}, "_lm_seq": {"S": "x"}}
     if tomb:
         image = {**keys, "_lm_tomb": {"BOOL": True}}
-    return StreamRecord("MODIFY", keys, image, None, pad_seq(str(seq)), 0.0)
+    event = "INSERT" if insert else "MODIFY"
+    return StreamRecord(event, keys, image, None, pad_seq(str(seq)), 0.0)
 
 
 def make_sink(backend: MemoryBackend, **kw: Any) -> tuple[SearchSink, Letters, FakeClock]:
@@ -197,23 +200,25 @@ def test_split_covers_everything_in_order_within_limits(
 
 # -- the version rule ---------------------------------------------------------------------
 events = st.lists(
-    st.tuples(st.sampled_from("abc"), st.one_of(st.none(), st.integers(0, 9))), max_size=40
+    st.tuples(st.sampled_from("abc"), st.one_of(st.none(), st.integers(0, 9)), st.booleans()),
+    max_size=40,
 )
 
 
 @given(events, st.integers(1, 5), st.integers(0, 40))
 def test_replays_from_any_position_end_in_the_last_state_of_every_document(
-    changes: list[tuple[str, int | None]], batch: int, replay_from: int
+    changes: list[tuple[str, int | None, bool]], batch: int, replay_from: int
 ) -> None:
-    """GIVEN a stream of puts/deletes WHEN applied in any batch size, then partly replayed
-    (a crash before the checkpoint) THEN each document holds its last event, deletes stay."""
-    records = [record(100 + i, pk, v) for i, (pk, v) in enumerate(changes)]
+    """GIVEN a stream of puts (INSERT or MODIFY) and deletes WHEN applied in any batch size,
+    then partly replayed (a crash before the checkpoint) THEN each document holds its last
+    event, deletes stay: a replayed INSERT's blind create never overwrites a newer document."""
+    records = [record(100 + i, pk, v, insert=ins) for i, (pk, v, ins) in enumerate(changes)]
     backend = MemoryBackend()
     sink, _, _ = make_sink(backend, policy=BatchPolicy(max_count=batch))
     sink.apply(records)
     sink.apply(records[min(replay_from, len(records)) :])
     expected: dict[str, int | None] = {}
-    for pk, v in changes:
+    for pk, v, _ in changes:
         expected[pk] = v
     held = backend.index_docs(INDEX)
     assert {k: src["v"] for k, src in held.items()} == {
@@ -221,11 +226,27 @@ def test_replays_from_any_position_end_in_the_last_state_of_every_document(
     }
 
 
-def test_an_older_event_never_overwrites_a_newer_one() -> None:
+def test_inserts_of_absent_documents_are_written_without_reading_the_index() -> None:
+    """GIVEN INSERT records (a backfill's writes reaching D's stream) WHEN applied THEN one bulk
+    of creates per batch and no version read; a replay reads only the ids that conflicted."""
+    backend = MemoryBackend()
+    sink, _, _ = make_sink(backend, policy=BatchPolicy(max_count=3))
+    inserts = [record(100 + i, f"k{i}", i, insert=True) for i in range(6)]
+    sink.apply(inserts)
+    assert backend.reads == [] and len(backend.bulk_calls) == 2
+    assert sink.stats.indexed == 6
+    sink.apply([*inserts[4:], record(200, "new", 1, insert=True)])  # a replay of the last two
+    assert backend.reads == [["k4", "k5"]]  # only the conflicts are read, then skipped
+    assert sink.stats.stale == 2 and sink.stats.indexed == 7
+
+
+@pytest.mark.parametrize("insert", [False, True])
+def test_an_older_event_never_overwrites_a_newer_one(insert: bool) -> None:
+    """Also an older INSERT (a replay), which is written without a read: its create fails."""
     backend = MemoryBackend()
     sink, _, _ = make_sink(backend)
     sink.apply([record(200, "a", 2)])
-    sink.apply([record(150, "a", 1)])
+    sink.apply([record(150, "a", 1, insert=insert)])
     assert backend.index_docs(INDEX)["a"]["v"] == 2
     assert sink.stats.stale == 1
 
