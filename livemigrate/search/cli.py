@@ -184,8 +184,14 @@ def _context(args: argparse.Namespace, settings: Settings, clients: AwsClients) 
         )
     from livemigrate.search.clients import open_backend
 
-    backend = open_backend(settings)
-    _ping(backend, settings.search_url)
+    try:
+        backend = open_backend(settings)
+    except SearchUnavailable as exc:
+        raise ServiceUnreachable(
+            f"the search node ({settings.search_engine}) at {settings.search_url} did not "
+            f"answer: {short(exc)}",
+            "check that the node is up and reachable, or fix LIVEMIGRATE_SEARCH_URL",
+        ) from exc
     store = ControlStore(clients.dynamodb, settings.control_table, settings.migration_id)
     store.ensure_table()
     return Context(
@@ -203,17 +209,6 @@ def _context(args: argparse.Namespace, settings: Settings, clients: AwsClients) 
             max_bytes=getattr(args, "bulk_bytes", 5 * 1024 * 1024),
         ),
     )
-
-
-def _ping(backend: ClientBackend, url: str) -> None:
-    """Fail early, with the setting to fix, if the node is down or of the other engine."""
-    try:
-        backend.check_engine()
-    except SearchUnavailable as exc:
-        raise ServiceUnreachable(
-            f"the search node ({backend.engine}) at {url} did not answer: {short(exc)}",
-            "check that the node is up and reachable, or fix LIVEMIGRATE_SEARCH_URL",
-        ) from exc
 
 
 def _destination(ctx: Context) -> TableInfo:

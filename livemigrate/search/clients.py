@@ -29,13 +29,21 @@ if TYPE_CHECKING:
 REQUEST_TIMEOUT = 60.0
 
 
-def open_backend(settings: Settings, *, timeout: float = REQUEST_TIMEOUT) -> ClientBackend:
-    """The search backend the settings describe (no request is sent yet).
+def open_backend(
+    settings: Settings, *, timeout: float = REQUEST_TIMEOUT, check: bool = True
+) -> ClientBackend:
+    """The search backend the settings describe; with ``check``, after one request that
+    proves the node is the configured engine (opensearch-py talks to an Elasticsearch node
+    without complaint, so the mismatch would otherwise go unnoticed).
 
     Raises
     ------
     ConfigError
         ``search_url`` is missing, or ``search_auth`` cannot be used as configured.
+    WrongEngine
+        The node is not the engine ``search_engine`` names (a ``ConfigError``).
+    SearchUnavailable
+        The node did not answer the check.
     """
     if not settings.search_url:
         raise ConfigError(
@@ -51,13 +59,16 @@ def open_backend(settings: Settings, *, timeout: float = REQUEST_TIMEOUT) -> Cli
         )
     auth = sigv4_auth(settings) if settings.search_auth == "sigv4" else None
     serverless = settings.search_auth == "sigv4" and settings.search_service == "aoss"
-    return backend_for(
+    backend = backend_for(
         settings.search_engine,
         settings.search_url,
         auth=auth,
         timeout=timeout,
         serverless=serverless,
     )
+    if check:
+        backend.check_engine()
+    return backend
 
 
 def backend_for(

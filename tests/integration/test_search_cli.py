@@ -163,3 +163,18 @@ def test_sync_swap_resync_and_cleanup_through_the_cli(
     }
     assert not es.index_exists(live_index(alias, mid))
     assert es.index_exists(now)
+
+
+def test_a_node_of_the_other_engine_is_an_operator_error_naming_the_setting(
+    clients: AwsClients, search_engine: str
+) -> None:
+    """GIVEN LIVEMIGRATE_SEARCH_ENGINE naming the other engine than the node at the URL WHEN a
+    search command runs THEN it exits 2 (bad input) naming the setting, without a traceback."""
+    other = "opensearch" if search_engine == "elasticsearch" else "elasticsearch"
+    env = env_for("some-table", "x", "K5", unique("control"), other)
+    env["LIVEMIGRATE_SEARCH_URL"] = ENGINE_URLS[search_engine]
+    out = run_cli(cli("cleanup"), env)
+    err = out.stderr.decode()
+    assert out.returncode == 2, err
+    assert f"LIVEMIGRATE_SEARCH_ENGINE={search_engine}" in err
+    assert "Traceback" not in err
