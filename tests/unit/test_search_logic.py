@@ -57,8 +57,9 @@ def record(
     image: dict[str, Any] = {**keys, "v": {"N": str(value or 0)}, "_lm_seq": {"S": "x"}}
     if tomb:
         image = {**keys, "_lm_tomb": {"BOOL": True}}
-    event = "INSERT" if insert else "MODIFY"
-    return StreamRecord(event, keys, image, None, pad_seq(str(seq)), 0.0)
+    if insert:
+        return StreamRecord("INSERT", keys, image, None, pad_seq(str(seq)), 0.0)
+    return StreamRecord("MODIFY", keys, image, None, pad_seq(str(seq)), 0.0)
 
 
 def make_sink(backend: MemoryBackend, **kw: Any) -> tuple[SearchSink, Letters, FakeClock]:
