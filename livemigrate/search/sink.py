@@ -207,6 +207,10 @@ class SearchSink:
         # on each other, so a small pool cannot deadlock).
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="search-sink")
         self._last_live: str | None = None
+        # Blind creates pay off while inserted documents are absent; in a replay (a crash, a
+        # lost lease) they exist and each would cost a failed create before the read. So the
+        # sink stops them when most conflicted and resumes when a read finds most absent.
+        self._blind_ok = True
         self.stats = SinkStats()
 
     def on_idle(self) -> None:
@@ -265,7 +269,7 @@ class SearchSink:
             return None
         if not {c.doc_id for c in batch}.isdisjoint(c.doc_id for c in following):
             return None
-        ids = list(dict.fromkeys(c.doc_id for c in following if not _blind(c)))
+        ids = list(dict.fromkeys(c.doc_id for c in following if not self._skips_read(c)))
         if not ids:
             return None
         return _Prefetch(index, self._pool().submit(self.backend.held, index, ids))
@@ -308,7 +312,8 @@ class SearchSink:
             pending = outcome.again
             if not pending:
                 return tombstoned
-            self.stats.retried += len(pending)
+            # a blind create that found its document is decided again, not retried
+            self.stats.retried += len([c for c in pending if attempt > 0 or not _blind(c)])
             if outcome.backoff:
                 self.clock.sleep(self.retry.delay(attempt))
         raise _Persisting(
@@ -326,16 +331,14 @@ class SearchSink:
         blind: bool = False,
     ) -> _Round:
         """One read-decide-write round; with ``blind``, inserted documents skip the read."""
-        unread = [c for c in pending if not (blind and _blind(c))]
+        skipped = [c for c in pending if blind and self._skips_read(c)]
+        unread = [c for c in pending if not (blind and self._skips_read(c))]
         try:
-            if prefetched is not None:
-                held = prefetched.result()
-            elif unread:
-                held = self.backend.held(index, [c.doc_id for c in unread])
-            else:
-                held = {}
+            held = self._read(index, unread, prefetched)
         except SearchUnavailable as exc:
             return _Round(again=pending, backoff=True, reason=str(exc))
+        if not skipped:
+            self._learn_from_read(pending, held)
         planned: list[tuple[Change, BulkAction]] = []
         for change in pending:
             action = self._action(index, change, held.get(change.doc_id), tombstones)
@@ -347,7 +350,27 @@ class SearchSink:
             results = self.backend.bulk([a for _, a in planned])
         except SearchUnavailable as exc:
             return _Round(again=pending, backoff=True, reason=str(exc))
-        return self._sort_results(planned, results)
+        out = self._sort_results(planned, results)
+        if skipped:
+            conflicted = {c.doc_id for c in out.again}
+            if 2 * sum(1 for c in skipped if c.doc_id in conflicted) > len(skipped):
+                self._blind_ok = False  # mostly present: a replay; read first for now
+        return out
+
+    def _read(
+        self, index: str, unread: list[Change], prefetched: Future[dict[str, Held]] | None
+    ) -> dict[str, Held]:
+        if prefetched is not None:
+            return prefetched.result()
+        return self.backend.held(index, [c.doc_id for c in unread]) if unread else {}
+
+    def _skips_read(self, change: Change) -> bool:
+        return self._blind_ok and _blind(change)
+
+    def _learn_from_read(self, pending: list[Change], held: Mapping[str, Held]) -> None:
+        inserted = [c for c in pending if _blind(c)]
+        if inserted and 2 * sum(1 for c in inserted if c.doc_id in held) <= len(inserted):
+            self._blind_ok = True  # mostly absent again: new inserts, blind creates pay off
 
     def _action(
         self, index: str, change: Change, held: Held | None, tombstones: bool

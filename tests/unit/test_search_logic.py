@@ -241,6 +241,25 @@ def test_inserts_of_absent_documents_are_written_without_reading_the_index() -> 
     assert sink.stats.stale == 2 and sink.stats.indexed == 7
 
 
+def test_a_replay_of_inserts_reads_first_until_a_read_finds_them_absent_again() -> None:
+    """GIVEN a replay of INSERTs already indexed (a lost lease) WHEN the first batch's blind
+    creates mostly conflict THEN later batches read first (no failed create each), and once a
+    read finds the inserted documents absent, blind creates resume."""
+    backend = MemoryBackend()
+    sink, _, _ = make_sink(backend, policy=BatchPolicy(max_count=3))
+    inserts = [record(100 + i, f"k{i}", i, insert=True) for i in range(9)]
+    sink.apply(inserts)
+    writes = len(backend.bulk_calls)
+    sink.apply(inserts)  # the replay: batch 1 conflicts, batches 2 and 3 read first
+    assert backend.reads == [["k0", "k1", "k2"], ["k3", "k4", "k5"], ["k6", "k7", "k8"]]
+    assert len(backend.bulk_calls) == writes + 1  # only the first batch's failed creates
+    assert sink.stats.stale == 9 and sink.stats.retried == 0
+    fresh = [record(300 + i, f"n{i}", i, insert=True) for i in range(6)]
+    sink.apply(fresh)  # read first once (all absent), then blind again
+    assert backend.reads[3:] == [["n0", "n1", "n2"]]
+    assert sink.stats.indexed == 15
+
+
 @pytest.mark.parametrize("insert", [False, True])
 def test_an_older_event_never_overwrites_a_newer_one(insert: bool) -> None:
     """Also an older INSERT (a replay), which is written without a read: its create fails."""
