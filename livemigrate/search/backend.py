@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
@@ -421,6 +422,9 @@ class OpenSearchBackend(ClientBackend):
     def __init__(self, client: OpenSearch, *, serverless: bool = False) -> None:
         self.client = client
         self.serverless = serverless
+        # opensearch-py logs every non-2xx answer as a warning; a 404 here is an answer (no
+        # alias yet, no such index), never a problem worth an operator's attention.
+        logging.getLogger("opensearch").addFilter(_quiet_404)
 
     def check_engine(self) -> None:
         if self.serverless:
@@ -458,6 +462,10 @@ class OpenSearchBackend(ClientBackend):
         except OsTransportError as exc:
             status = exc.status_code if isinstance(exc.status_code, int) else 503
             raise classify(status, exc.info, "OpenSearch") from exc
+
+
+def _quiet_404(record: logging.LogRecord) -> bool:
+    return "[status:404 " not in record.getMessage()
 
 
 def classify(
