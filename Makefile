@@ -10,13 +10,27 @@ export VENV
 TARGET ?= local
 export LIVEMIGRATE_MOTO_PORT ?= 4599
 export LIVEMIGRATE_ES_PORT ?= 9299
+export LIVEMIGRATE_OS_PORT ?= 9399
+# Which search engine the commands use (elasticsearch | opensearch) and which nodes `make
+# services` starts (SEARCH: elasticsearch, opensearch or both). `make test` starts both: the
+# search tests run over each engine.
+LIVEMIGRATE_SEARCH_ENGINE ?= elasticsearch
+ifeq ($(LIVEMIGRATE_SEARCH_ENGINE),opensearch)
+SEARCH ?= opensearch
+SEARCH_PORT := $(LIVEMIGRATE_OS_PORT)
+else
+SEARCH ?= elasticsearch
+SEARCH_PORT := $(LIVEMIGRATE_ES_PORT)
+endif
+export SEARCH
 ifeq ($(TARGET),local)
 export AWS_ENDPOINT_URL ?= http://127.0.0.1:$(LIVEMIGRATE_MOTO_PORT)
 export AWS_REGION ?= us-east-1
 export AWS_DEFAULT_REGION ?= us-east-1
 export AWS_ACCESS_KEY_ID ?= testing
 export AWS_SECRET_ACCESS_KEY ?= testing
-export LIVEMIGRATE_SEARCH_URL ?= http://127.0.0.1:$(LIVEMIGRATE_ES_PORT)
+export LIVEMIGRATE_SEARCH_URL ?= http://127.0.0.1:$(SEARCH_PORT)
+export LIVEMIGRATE_SEARCH_ENGINE
 endif
 LIVEMIGRATE := $(VENV)/bin/livemigrate
 PYTEST_ARGS ?=
@@ -36,6 +50,8 @@ help:
 	@echo "make bench     benchmarks vs plain baselines -> bench/results.json"
 	@echo "make package   the Lambda deployment package -> build/livemigrate-lambda.zip (LAMBDA_ARCH=x86_64|arm64)"
 	@echo "make install | services | services-down | backfill | consume | reverse | cutover | status"
+	@echo "SEARCH=elasticsearch|opensearch|both picks the search nodes (make test: both);"
+	@echo "LIVEMIGRATE_SEARCH_ENGINE=opensearch runs the commands (and make demo) on OpenSearch"
 
 install: $(VENV)/.installed
 
@@ -55,6 +71,7 @@ services-down:
 status-services:
 	bash infra/services.sh status
 
+test: SEARCH = both
 test: install ts-test
 	LIVEMIGRATE_MOTO_EXTRA_PORTS="$(wordlist 2,99,$(TEST_MOTO_PORTS))" bash infra/services.sh up
 	LIVEMIGRATE_TEST_MOTO_PORTS="$(TEST_MOTO_PORTS)" $(PY) -m pytest -n $(TEST_WORKERS) \
@@ -93,6 +110,7 @@ typecheck: install
 
 check: lint typecheck test
 
+bench: SEARCH = both
 bench: services
 	$(PY) -m bench.run
 

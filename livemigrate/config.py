@@ -36,6 +36,12 @@ _OTHER_VARIABLES = frozenset(
         "LIVEMIGRATE_ES_PORT",
         "LIVEMIGRATE_ES_VERSION",
         "LIVEMIGRATE_ES_HEAP",
+        "LIVEMIGRATE_OS_PORT",
+        "LIVEMIGRATE_OS_VERSION",
+        "LIVEMIGRATE_OS_HEAP",
+        "LIVEMIGRATE_CACHE_DIR",
+        "LIVEMIGRATE_SERVICES_DIR",
+        "LIVEMIGRATE_TEST_OPENSEARCH_URL",
         "LIVEMIGRATE_TEST_LOG_LEVEL",
         "LIVEMIGRATE_PARALLELIZATION_FACTOR",  # the Lambda consumer's mapping (issue 15)
     }
@@ -55,7 +61,10 @@ _FIXES: dict[str, str] = {
         "e.g. 'livemigrate.examples.hot_outbox:inverse'"
     ),
     "failure_queue_url": "the OnFailure queue's URL (infra/aws stack output FailureQueueUrl)",
-    "search_url": "an http(s) URL of an Elasticsearch node, e.g. http://127.0.0.1:9299",
+    "search_url": "an http(s) URL of the search node, e.g. http://127.0.0.1:9299",
+    "search_engine": "elasticsearch or opensearch (the kind of node search_url names)",
+    "search_auth": "none, or sigv4 (Amazon OpenSearch Service; needs search_engine opensearch)",
+    "search_service": "es (Amazon OpenSearch Service) or aoss (OpenSearch Serverless)",
     "search_alias": "an index alias name in lowercase, e.g. 'orders'",
     "search_document_hook": "give 'package.module:function' mapping an item to its document",
     "change_source": "'dynamodb-streams' (the table's stream, the default) or 'kinesis'",
@@ -101,6 +110,12 @@ class Settings(BaseSettings):
         pattern=r"^https?://",
         description="the Lambda consumer's OnFailure queue: its depth is a cutover gate",
     )
+    search_engine: Literal["elasticsearch", "opensearch"] = "elasticsearch"
+    search_auth: Literal["none", "sigv4"] = "none"
+    search_region: str | None = Field(
+        default=None, description="SigV4 region (default: region, then boto3's region)"
+    )
+    search_service: Literal["es", "aoss"] = "es"
     search_alias: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_.-]*$")
     search_document_hook: str | None = Field(
         default=None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", description="item -> document"

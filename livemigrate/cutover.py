@@ -64,7 +64,7 @@ from livemigrate.watermark import watermark_of
 
 if TYPE_CHECKING:
     from livemigrate.lambda_mode import FailureQueue, Watermarks
-    from livemigrate.search.backend import ElasticsearchBackend
+    from livemigrate.search.backend import SearchBackend
 
 CUTOVER_ITEM = "CUTOVER"
 
@@ -124,7 +124,7 @@ class CutoverOptions:
 class SearchSwitch:
     """The alias swap: the backend, the alias and the index the sink keeps current."""
 
-    backend: ElasticsearchBackend
+    backend: SearchBackend
     alias: str
     index: str
 
@@ -582,14 +582,12 @@ def search_switch(settings: Settings, store: ControlStore) -> SearchSwitch | Non
     """The alias swap of a migration with search configured, else None."""
     if not (settings.search_url and settings.search_alias):
         return None
-    from elasticsearch import Elasticsearch
-
-    from livemigrate.search.backend import ElasticsearchBackend
+    from livemigrate.search.clients import open_backend
     from livemigrate.search.targets import ControlTargets
 
     default = f"{settings.search_alias}-{settings.migration_id}"
     index = ControlTargets(store, default).current().indices[0]
-    backend = ElasticsearchBackend(Elasticsearch(settings.search_url))
+    backend = open_backend(settings)
     return SearchSwitch(backend, settings.search_alias, index)
 
 

@@ -126,27 +126,32 @@ def _client_failure(exc: ClientError) -> Failure:
 
 
 def _search_failure(exc: BaseException) -> Failure | None:
-    from livemigrate.search.backend import SearchUnavailable
+    from livemigrate.search.backend import SearchRequestError, SearchUnavailable
 
+    unreachable = Failure(
+        f"{getattr(exc, 'engine', 'Elasticsearch')} did not answer ({short(exc)})",
+        "check that the node is up and LIVEMIGRATE_SEARCH_URL points at it "
+        "(`verify --no-search` checks the tables alone)",
+        ExitCode.UNREACHABLE,
+    )
     if isinstance(exc, SearchUnavailable):
-        return Failure(
-            f"Elasticsearch did not answer ({short(exc)})",
-            "check that the node is up and LIVEMIGRATE_SEARCH_URL points at it "
-            "(`verify --no-search` checks the tables alone)",
-            ExitCode.UNREACHABLE,
+        return unreachable
+    if isinstance(exc, SearchRequestError):
+        # 401/403: Amazon OpenSearch Service refused the signature or the role.
+        fix = (
+            "check the credentials and the domain's access policy (LIVEMIGRATE_SEARCH_AUTH, "
+            "LIVEMIGRATE_SEARCH_REGION, LIVEMIGRATE_SEARCH_SERVICE)"
+            if exc.status in (401, 403)
+            else "check the index configuration and the search settings"
         )
+        return Failure(f"the search node refused a request ({exc})", fix, ExitCode.BAD_INPUT)
     try:
         from elastic_transport import ConnectionError as SearchConnectionError
         from elastic_transport import ConnectionTimeout
     except ImportError:  # pragma: no cover - elasticsearch is a dependency
         return None
     if isinstance(exc, (SearchConnectionError, ConnectionTimeout)):
-        return Failure(
-            f"Elasticsearch did not answer ({short(exc)})",
-            "check that the node is up and LIVEMIGRATE_SEARCH_URL points at it "
-            "(`verify --no-search` checks the tables alone)",
-            ExitCode.UNREACHABLE,
-        )
+        return unreachable
     return None
 
 

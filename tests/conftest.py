@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 from livemigrate.aws import AwsClients
-from tests.services import ES_URL, MOTO_URL, TEST_ENV, aws_clients, require
+from livemigrate.search.backend import ClientBackend, Engine
+from livemigrate.search.clients import backend_for
+from tests.services import ENGINE_URLS, ES_URL, MOTO_URL, TEST_ENV, aws_clients, require
 
 settings.register_profile(
     "ci", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -43,6 +46,52 @@ def moto_url() -> str:
 def es_url() -> str:
     require("Elasticsearch", f"{ES_URL}/_cluster/health")
     return ES_URL
+
+
+@pytest.fixture(scope="session", params=sorted(ENGINE_URLS))
+def search_engine(request: pytest.FixtureRequest) -> Engine:
+    """Each search engine in turn: a test taking it runs over Elasticsearch and OpenSearch.
+
+    ``make test`` starts both nodes. Outside CI a missing OpenSearch node skips (other
+    developers may run only Elasticsearch); with CI=true it fails, like every service.
+    """
+    engine: Engine = request.param
+    require_engine(engine)
+    return engine
+
+
+def require_engine(engine: Engine) -> None:
+    url = ENGINE_URLS[engine]
+    try:
+        require(engine, f"{url}/_cluster/health")
+    except RuntimeError as exc:
+        if engine == "opensearch" and os.environ.get("CI") != "true":
+            pytest.skip(f"{exc} (make services SEARCH=both)")
+        raise
+
+
+@pytest.fixture(scope="session")
+def search_url(search_engine: Engine) -> str:
+    return ENGINE_URLS[search_engine]
+
+
+@pytest.fixture
+def search_backend(search_engine: Engine, search_url: str) -> ClientBackend:
+    return backend_for(search_engine, search_url, timeout=30)
+
+
+@pytest.fixture
+def index_name(search_backend: ClientBackend) -> Iterator[Callable[[], str]]:
+    """Makes unique lowercase index names; every index starting with one is deleted after."""
+    made: list[str] = []
+
+    def make() -> str:
+        made.append(f"lmtest-{uuid.uuid4().hex[:10]}")
+        return made[-1]
+
+    yield make
+    for name in made:
+        search_backend.delete_index(name + "*")
 
 
 @pytest.fixture(scope="session")

@@ -40,6 +40,13 @@ ES_URL = os.environ.get(
     f"http://127.0.0.1:{os.environ.get('LIVEMIGRATE_ES_PORT', '9299')}",
 )
 
+OS_URL = os.environ.get(
+    "LIVEMIGRATE_TEST_OPENSEARCH_URL",
+    f"http://127.0.0.1:{os.environ.get('LIVEMIGRATE_OS_PORT', '9399')}",
+)
+# The search engines the search tests run over, and where their nodes are.
+ENGINE_URLS = {"elasticsearch": ES_URL, "opensearch": OS_URL}
+
 # Tests talk to the local moto server only, never to AWS, whatever the shell says.
 TEST_ENV = {
     "AWS_ENDPOINT_URL": MOTO_URL,

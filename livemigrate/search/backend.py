@@ -1,25 +1,36 @@
-"""The search backend: the few index operations the sink, resync and cutover need.
+"""The search backend: the few index operations the sink, resync, verify and cutover need.
 
-``SearchBackend`` is the interface; ``ElasticsearchBackend`` implements it with
-elasticsearch-py 8.x (the client is injected). An OpenSearch backend (opensearch-py) would
-implement the same protocol: the sink only sees ``SearchBackend``.
+``SearchBackend`` is the interface. ``ClientBackend`` implements it once, over the REST API
+that Elasticsearch 8.x and OpenSearch 2.x share (``_bulk``, ``_mget``, ``_aliases``, scroll):
+its two subclasses only send a request through their client library and translate its errors,
+``ElasticsearchBackend`` with elasticsearch-py 8.x and ``OpenSearchBackend`` with opensearch-py
+(both clients are injected; ``livemigrate.search.clients`` builds them from the settings).
+The in-memory backend of the unit tests is checked against both by one contract suite
+(tests/integration/test_search_contract.py).
 
-Every write is conditional, through Elasticsearch's own optimistic concurrency control
+Every write is conditional, through the engine's own optimistic concurrency control
 (``if_seq_no`` + ``if_primary_term``, or ``op_type=create`` for a document that is absent):
 see ``livemigrate.search.sink`` for why that, and not external versions or scripts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+from urllib.parse import quote
 
-from elasticsearch import ApiError, Elasticsearch, NotFoundError, TransportError
-from elasticsearch.helpers import scan as es_scan
-
+from livemigrate.errors import ConfigError
 from livemigrate.versioning import SEQ_ATTR, TOMBSTONE_ATTR
+
+if TYPE_CHECKING:
+    from elasticsearch import Elasticsearch
+    from opensearchpy import OpenSearch
+
+Engine = Literal["elasticsearch", "opensearch"]
 
 OpType = Literal["index", "create", "delete"]
 
@@ -75,6 +86,24 @@ class BulkResult:
 class SearchUnavailable(Exception):
     """The whole request failed for a reason that may pass (connection, 429, 5xx)."""
 
+    def __init__(self, reason: str, engine: str = "the search node") -> None:
+        self.engine = engine  # who did not answer, for the operator's message
+        super().__init__(reason)
+
+
+class SearchRequestError(Exception):
+    """The node refused a request for good (4xx other than 429)."""
+
+    def __init__(self, status: int, error_type: str, reason: str) -> None:
+        self.status = status
+        self.error_type = error_type
+        self.reason = reason
+        super().__init__(f"{status} {error_type}: {reason}")
+
+
+class WrongEngine(ConfigError):
+    """The node is not the engine the ``search_engine`` setting names."""
+
 
 class DocumentStore(Protocol):
     """The two calls the sink needs: read versions, write conditionally."""
@@ -92,6 +121,8 @@ class SearchBackend(DocumentStore, Protocol):
     ) -> bool: ...
 
     def index_exists(self, name: str) -> bool: ...
+
+    def get_sources(self, index: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]: ...
 
     def list_indices(self, pattern: str) -> list[str]: ...
 
@@ -118,17 +149,31 @@ RESERVED_MAPPINGS: dict[str, Any] = {
 }
 
 
-class ElasticsearchBackend:
-    """``SearchBackend`` over elasticsearch-py 8.x.
+class ClientBackend:
+    """``SearchBackend`` over the REST API Elasticsearch and OpenSearch share.
 
-    Parameters
-    ----------
-    client:
-        An ``Elasticsearch`` client (injected).
+    Subclasses implement ``_send`` (one HTTP request through their client library, errors
+    translated to ``SearchUnavailable`` / ``SearchRequestError`` / ``WrongEngine``) and
+    ``check_engine``.
     """
 
-    def __init__(self, client: Elasticsearch) -> None:
-        self.client = client
+    engine: Engine
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, Any] | None = None,
+        body: Any = None,
+        *,
+        ndjson: bool = False,
+    ) -> Any:
+        raise NotImplementedError
+
+    def check_engine(self) -> None:
+        """Raise ``WrongEngine`` if the node is not ``self.engine``; ``SearchUnavailable``
+        if it does not answer."""
+        raise NotImplementedError
 
     def create_index(
         self, name: str, settings: Mapping[str, Any], mappings: Mapping[str, Any]
@@ -137,35 +182,36 @@ class ElasticsearchBackend:
         body_mappings = dict(mappings)
         body_mappings["properties"] = {**dict(mappings.get("properties", {})), **RESERVED_MAPPINGS}
         try:
-            self._call(
-                self.client.indices.create,
-                index=name,
-                settings=dict(settings),
-                mappings=body_mappings,
+            self._send(
+                "PUT",
+                f"/{_part(name)}",
+                body={"settings": dict(settings), "mappings": body_mappings},
             )
-        except ApiError as exc:
-            if exc.meta.status == 400 and _error_type(exc) == "resource_already_exists_exception":
+        except SearchRequestError as exc:
+            if exc.status == 400 and exc.error_type == "resource_already_exists_exception":
                 return False
             raise
         return True
 
     def index_exists(self, name: str) -> bool:
-        return bool(self._call(self.client.indices.exists, index=name))
+        return bool(self._send("HEAD", f"/{_part(name)}"))
 
     def list_indices(self, pattern: str) -> list[str]:
         """Names of the indices matching a wildcard pattern (none is not an error)."""
-        resp = self._call(self.client.indices.get, index=pattern, allow_no_indices=True)
-        return sorted(resp.body)
+        resp = self._send(
+            "GET", f"/{_part(pattern)}", {"allow_no_indices": "true", "filter_path": "*.settings"}
+        )
+        return sorted(resp or {})
 
     def held(self, index: str, ids: Sequence[str]) -> dict[str, Held]:
         """Version and OCC token of every id that exists (one real-time ``_mget``)."""
         if not ids:
             return {}
-        resp = self._call(
-            self.client.mget,
-            index=index,
-            ids=list(ids),
-            source_includes=[SEQ_ATTR, TOMBSTONE_ATTR],
+        resp = self._send(
+            "POST",
+            f"/{_part(index)}/_mget",
+            {"_source_includes": f"{SEQ_ATTR},{TOMBSTONE_ATTR}"},
+            {"ids": list(ids)},
         )
         out: dict[str, Held] = {}
         for doc in resp["docs"]:
@@ -179,14 +225,24 @@ class ElasticsearchBackend:
                 )
         return out
 
+    def get_sources(self, index: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The source of every id that exists, read in real time."""
+        if not ids:
+            return {}
+        resp = self._send(
+            "POST", f"/{_part(index)}/_mget", {"realtime": "true"}, {"ids": list(ids)}
+        )
+        return {str(d["_id"]): dict(d["_source"]) for d in resp["docs"] if d.get("found")}
+
     def bulk(self, actions: Sequence[BulkAction]) -> list[BulkResult]:
         """One ``_bulk`` request; one result per action, in order."""
         if not actions:
             return []
-        body: list[str] = []
+        lines: list[str] = []
         for action in actions:
-            body.extend(action.lines())
-        resp = self._call(self.client.bulk, operations=body)
+            lines.extend(action.lines())
+        lines.append("")  # the body ends with a newline
+        resp = self._send("POST", "/_bulk", body="\n".join(lines), ndjson=True)
         results = []
         for entry in resp["items"]:
             ((_, detail),) = entry.items()
@@ -201,10 +257,12 @@ class ElasticsearchBackend:
 
     def alias_indices(self, alias: str) -> list[str]:
         try:
-            resp = self._call(self.client.indices.get_alias, name=alias)
-        except NotFoundError:
-            return []
-        return sorted(resp.body)
+            resp = self._send("GET", f"/_alias/{_part(alias)}")
+        except SearchRequestError as exc:
+            if exc.status == 404:
+                return []
+            raise
+        return sorted(resp)
 
     def swap_alias(self, alias: str, to_index: str) -> list[str]:
         """Point ``alias`` at ``to_index`` only, in ONE atomic ``_aliases`` request.
@@ -218,42 +276,67 @@ class ElasticsearchBackend:
             {"remove": {"index": name, "alias": alias}} for name in current if name != to_index
         ]
         actions.append({"add": {"index": to_index, "alias": alias}})
-        self._call(self.client.indices.update_aliases, actions=actions)
+        self._send("POST", "/_aliases", body={"actions": actions})
         return [name for name in current if name != to_index]
 
     def delete_index(self, name: str) -> bool:
         try:
-            self._call(self.client.indices.delete, index=name)
-        except NotFoundError:
-            return False
+            self._send("DELETE", f"/{_part(name)}")
+        except SearchRequestError as exc:
+            if exc.status == 404:
+                return False
+            raise
         return True
 
     def refresh(self, name: str) -> None:
-        self._call(self.client.indices.refresh, index=name)
+        self._send("POST", f"/{_part(name)}/_refresh")
 
     def count(self, name: str) -> int:
         self.refresh(name)
-        return int(self._call(self.client.count, index=name)["count"])
+        return int(self._send("GET", f"/{_part(name)}/_count")["count"])
 
     def scan(self, name: str) -> Iterator[tuple[str, dict[str, Any]]]:
         """Every (id, source) of an index (scroll), after a refresh."""
         self.refresh(name)
-        for hit in es_scan(self.client, index=name, query={"query": {"match_all": {}}}):
+        for hit in self._scroll(name, {"query": {"match_all": {}}}):
             yield str(hit["_id"]), dict(hit["_source"])
+
+    def _scroll(self, name: str, body: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+        """Every hit of a search, page by page (a scroll, cleared at the end)."""
+        query = {"size": 1000, "sort": ["_doc"], **body}
+        resp = self._send("POST", f"/{_part(name)}/_search", {"scroll": "2m"}, query)
+        scroll_id = resp.get("_scroll_id")
+        try:
+            while resp["hits"]["hits"]:
+                yield from resp["hits"]["hits"]
+                resp = self._send(
+                    "POST", "/_search/scroll", body={"scroll": "2m", "scroll_id": scroll_id}
+                )
+                scroll_id = resp.get("_scroll_id", scroll_id)
+        finally:
+            if scroll_id:
+                self._clear_scroll(scroll_id)
+
+    def _clear_scroll(self, scroll_id: str) -> None:
+        # A scroll left behind expires by itself after 2 minutes.
+        with contextlib.suppress(SearchRequestError, SearchUnavailable):
+            self._send("DELETE", "/_search/scroll", body={"scroll_id": [scroll_id]})
 
     def delete_tombstones(self, name: str) -> int:
         """Delete every tombstone document; one rewritten meanwhile is left alone.
 
-        ``_delete_by_query`` lives in the reindex module, which the integ-test-zip node does not
+        ``_delete_by_query`` lives in the reindex module, which the integ-test-zip nodes do not
         have, so: refresh, search the tombstones with their ``_seq_no``/``_primary_term``, and
         delete each conditionally (a document a newer live write replaced is a 409, skipped).
         """
         self.refresh(name)
-        hits = es_scan(
-            self.client,
-            index=name,
-            query={"query": {"term": {TOMBSTONE_ATTR: True}}, "seq_no_primary_term": True},
-            _source=False,
+        hits = self._scroll(
+            name,
+            {
+                "query": {"term": {TOMBSTONE_ATTR: True}},
+                "seq_no_primary_term": True,
+                "_source": False,
+            },
         )
         deleted = 0
         batch: list[BulkAction] = []
@@ -274,21 +357,142 @@ class ElasticsearchBackend:
         self.refresh(name)
         return deleted
 
-    def _call(self, fn: Any, **kwargs: Any) -> Any:
+
+class ElasticsearchBackend(ClientBackend):
+    """``SearchBackend`` over elasticsearch-py 8.x.
+
+    Parameters
+    ----------
+    client:
+        An ``Elasticsearch`` client (injected).
+    """
+
+    engine: Engine = "elasticsearch"
+
+    def __init__(self, client: Elasticsearch) -> None:
+        self.client = client
+
+    def check_engine(self) -> None:
+        # elasticsearch-py itself refuses a node that does not say it is Elasticsearch.
+        self._send("GET", "/_cluster/health")
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, Any] | None = None,
+        body: Any = None,
+        *,
+        ndjson: bool = False,
+    ) -> Any:
+        from elasticsearch import ApiError, TransportError, UnsupportedProductError
+
+        headers = {"accept": "application/json"}
+        if body is not None:
+            headers["content-type"] = "application/x-ndjson" if ndjson else "application/json"
         try:
-            return fn(**kwargs)
+            resp = self.client.perform_request(
+                method, path, params=params, headers=headers, body=body
+            )
+        except UnsupportedProductError as exc:
+            raise wrong_engine(self.engine, "the node does not say it is Elasticsearch") from exc
         except ApiError as exc:
-            if exc.meta.status == 429 or exc.meta.status >= 500:
-                raise SearchUnavailable(f"{exc.meta.status} {_error_type(exc)}") from exc
-            raise
+            raise classify(exc.meta.status, exc.body, "Elasticsearch") from exc
         except TransportError as exc:
-            raise SearchUnavailable(f"search node unreachable: {exc}") from exc
+            raise SearchUnavailable(f"search node unreachable: {exc}", "Elasticsearch") from exc
+        if method == "HEAD":
+            return 200 <= resp.meta.status < 300
+        return resp.body
 
 
-def _error_type(exc: ApiError) -> str:
-    body = exc.body if isinstance(exc.body, Mapping) else {}
-    error = body.get("error", {})
-    return str(error.get("type", "")) if isinstance(error, Mapping) else str(error)
+class OpenSearchBackend(ClientBackend):
+    """``SearchBackend`` over opensearch-py (OpenSearch 2.x, Amazon OpenSearch Service).
+
+    Parameters
+    ----------
+    client:
+        An ``OpenSearch`` client (injected; it may sign requests with SigV4).
+    serverless:
+        The node is Amazon OpenSearch Serverless (``aoss``), which has no ``GET /``: the
+        engine check is skipped.
+    """
+
+    engine: Engine = "opensearch"
+
+    def __init__(self, client: OpenSearch, *, serverless: bool = False) -> None:
+        self.client = client
+        self.serverless = serverless
+        # opensearch-py logs every non-2xx answer as a warning; a 404 here is an answer (no
+        # alias yet, no such index), never a problem worth an operator's attention.
+        logging.getLogger("opensearch").addFilter(_quiet_404)
+
+    def check_engine(self) -> None:
+        if self.serverless:
+            return
+        try:
+            info = self._send("GET", "/")
+        except SearchRequestError as exc:  # Elasticsearch's integ-test-zip has no GET /
+            raise wrong_engine(self.engine, f"GET / answered {exc}") from exc
+        version = info.get("version", {}) if isinstance(info, Mapping) else {}
+        if version.get("distribution") != "opensearch":
+            name = "Elasticsearch" if "build_flavor" in version else "not OpenSearch"
+            raise wrong_engine(self.engine, f"the node says it is {name}")
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, Any] | None = None,
+        body: Any = None,
+        *,
+        ndjson: bool = False,
+    ) -> Any:
+        from opensearchpy import ConnectionError as OsConnectionError
+        from opensearchpy import TransportError as OsTransportError
+
+        headers = {"content-type": "application/x-ndjson"} if ndjson else None
+        try:
+            return self.client.transport.perform_request(
+                method, path, params=params, body=body, headers=headers
+            )
+        except OsConnectionError as exc:
+            raise SearchUnavailable(
+                f"search node unreachable: {exc.info or exc}", "OpenSearch"
+            ) from exc
+        except OsTransportError as exc:
+            status = exc.status_code if isinstance(exc.status_code, int) else 503
+            raise classify(status, exc.info, "OpenSearch") from exc
+
+
+def _quiet_404(record: logging.LogRecord) -> bool:
+    return "[status:404 " not in record.getMessage()
+
+
+def classify(
+    status: int, body: Any, engine: str = "the search node"
+) -> SearchUnavailable | SearchRequestError:
+    """The exception for a refused request: transient (429, 5xx) or for good."""
+    error = body.get("error", {}) if isinstance(body, Mapping) else {}
+    error_type = str(error.get("type", "")) if isinstance(error, Mapping) else str(error)
+    if status == 429 or status >= 500:
+        return SearchUnavailable(f"{status} {error_type}", engine)
+    reason = _reason(error) if isinstance(error, Mapping) else str(body)
+    return SearchRequestError(status, error_type, reason)
+
+
+def wrong_engine(engine: Engine, seen: str) -> WrongEngine:
+    other = "opensearch" if engine == "elasticsearch" else "elasticsearch"
+    return WrongEngine(
+        f"the search node is not {'Elasticsearch' if engine == 'elasticsearch' else 'OpenSearch'}"
+        f" ({seen}), but search_engine is {engine!r}",
+        f"set LIVEMIGRATE_SEARCH_ENGINE={other} (search_engine in livemigrate.toml) if the node "
+        "is that engine, or point LIVEMIGRATE_SEARCH_URL at the right node",
+    )
+
+
+def _part(name: str) -> str:
+    """An index, alias or pattern as one URL path segment."""
+    return quote(name, safe="*,")
 
 
 def _reason(error: Mapping[str, Any]) -> str:

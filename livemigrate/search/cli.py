@@ -48,7 +48,7 @@ from livemigrate.failures import short
 from livemigrate.flag import open_flag_store
 from livemigrate.process import stop_on_signals, worker_id
 from livemigrate.retention import DYNAMODB_STREAMS_RETENTION, duration
-from livemigrate.search.backend import ElasticsearchBackend
+from livemigrate.search.backend import ClientBackend, SearchUnavailable
 from livemigrate.search.batcher import BatchPolicy
 from livemigrate.search.documents import load_hook
 from livemigrate.search.indices import IndexConfig, live_index, load_index_config
@@ -137,7 +137,7 @@ class Context:
     clients: AwsClients
     alias: str
     store: ControlStore
-    backend: ElasticsearchBackend
+    backend: ClientBackend
     targets: ControlTargets
     config: IndexConfig
     policy: BatchPolicy
@@ -183,10 +183,16 @@ def _context(args: argparse.Namespace, settings: Settings, clients: AwsClients) 
             "set LIVEMIGRATE_SEARCH_URL (e.g. http://127.0.0.1:9299) and LIVEMIGRATE_SEARCH_ALIAS "
             "(the alias the application reads, e.g. 'orders') or put them in livemigrate.toml",
         )
-    from elasticsearch import Elasticsearch
+    from livemigrate.search.clients import open_backend
 
-    backend = ElasticsearchBackend(Elasticsearch(settings.search_url, request_timeout=60))
-    _ping(backend, settings.search_url)
+    try:
+        backend = open_backend(settings)
+    except SearchUnavailable as exc:
+        raise ServiceUnreachable(
+            f"the search node ({settings.search_engine}) at {settings.search_url} did not "
+            f"answer: {short(exc)}",
+            "check that the node is up and reachable, or fix LIVEMIGRATE_SEARCH_URL",
+        ) from exc
     store = ControlStore(clients.dynamodb, settings.control_table, settings.migration_id)
     store.ensure_table()
     return Context(
@@ -204,18 +210,6 @@ def _context(args: argparse.Namespace, settings: Settings, clients: AwsClients) 
             max_bytes=getattr(args, "bulk_bytes", 5 * 1024 * 1024),
         ),
     )
-
-
-def _ping(backend: ElasticsearchBackend, url: str) -> None:
-    from elasticsearch import ApiError, TransportError
-
-    try:
-        backend.client.cluster.health()
-    except (TransportError, ApiError) as exc:
-        raise ServiceUnreachable(
-            f"Elasticsearch at {url} did not answer: {short(exc)}",
-            "check that the node is up and reachable, or fix LIVEMIGRATE_SEARCH_URL",
-        ) from exc
 
 
 def _destination(ctx: Context) -> TableInfo:

@@ -28,9 +28,15 @@ inside a batch only the last record per document id counts (it is the newest), a
 applied one after another, so per-document order holds. Replays are harmless: a replayed event
 is not newer than what it already wrote. A delete of an absent document is a no-op.
 
-Throughput: while one batch is written, the next batch's documents are built and (when the two
-batches share no id) its versions are read, in helper threads: the version check then costs
-little wall time next to a plain ``helpers.bulk`` (bench/bench_search.py).
+Throughput (bench/bench_search.py, issue 13): the version read is skipped where it would
+almost always find nothing. An ``INSERT`` record means the item did not exist in D just before,
+so its document is written with a blind ``create`` (put-if-absent, no ``_mget``): a 409 (the
+document exists after all: a replay, a resync scan, a tombstone) sends only those ids through
+the read-and-decide path, so the version rule holds exactly as before. A backfill, whose
+writes reach D's stream as ``INSERT`` records, then costs one ``_bulk`` per batch, like a
+plain ``helpers.bulk``. For other records, while one batch is written, the next batch's
+documents are built and (when the two batches share no id) its versions are read, in helper
+threads.
 
 Tombstones: a destination item with ``_lm_tomb`` true (rule 2) is a delete here, never a
 document. While a resync scans the destination, deletes written to the index being built are
@@ -118,6 +124,7 @@ class Change:
     document: Mapping[str, Any] | None
     size: int
     body: str = ""  # the document with its version, as JSON (serialised once)
+    inserted: bool = False  # an INSERT record: the document is most likely absent
 
 
 @dataclass(frozen=True)
@@ -202,6 +209,10 @@ class SearchSink:
         # on each other, so a small pool cannot deadlock).
         self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="search-sink")
         self._last_live: str | None = None
+        # Blind creates pay off while inserted documents are absent; in a replay (a crash, a
+        # lost lease) they exist and each would cost a failed create before the read. So the
+        # sink stops them when most conflicted and resumes when a read finds most absent.
+        self._blind_ok = True
         self.stats = SinkStats()
 
     def on_idle(self) -> None:
@@ -260,7 +271,9 @@ class SearchSink:
             return None
         if not {c.doc_id for c in batch}.isdisjoint(c.doc_id for c in following):
             return None
-        ids = list(dict.fromkeys(c.doc_id for c in following))
+        ids = list(dict.fromkeys(c.doc_id for c in following if not self._skips_read(c)))
+        if not ids:
+            return None
         return _Prefetch(index, self._pool().submit(self.backend.held, index, ids))
 
     def _pool(self) -> ThreadPoolExecutor:
@@ -294,12 +307,15 @@ class SearchSink:
     ) -> dict[str, str]:
         tombstoned: dict[str, str] = {}
         for attempt in range(self.retry.attempts):
-            outcome = self._round(index, pending, tombstones, first if attempt == 0 else None)
+            outcome = self._round(
+                index, pending, tombstones, first if attempt == 0 else None, blind=attempt == 0
+            )
             tombstoned.update(outcome.tombstoned)
             pending = outcome.again
             if not pending:
                 return tombstoned
-            self.stats.retried += len(pending)
+            # a blind create that found its document is decided again, not retried
+            self.stats.retried += len([c for c in pending if attempt > 0 or not _blind(c)])
             if outcome.backoff:
                 self.clock.sleep(self.retry.delay(attempt))
         raise _Persisting(
@@ -313,14 +329,18 @@ class SearchSink:
         pending: list[Change],
         tombstones: bool,
         prefetched: Future[dict[str, Held]] | None,
+        *,
+        blind: bool = False,
     ) -> _Round:
+        """One read-decide-write round; with ``blind``, inserted documents skip the read."""
+        skipped = [c for c in pending if blind and self._skips_read(c)]
+        unread = [c for c in pending if not (blind and self._skips_read(c))]
         try:
-            if prefetched is not None:
-                held = prefetched.result()
-            else:
-                held = self.backend.held(index, [c.doc_id for c in pending])
+            held = self._read(index, unread, prefetched)
         except SearchUnavailable as exc:
             return _Round(again=pending, backoff=True, reason=str(exc))
+        if not skipped:
+            self._learn_from_read(pending, held)
         planned: list[tuple[Change, BulkAction]] = []
         for change in pending:
             action = self._action(index, change, held.get(change.doc_id), tombstones)
@@ -332,7 +352,27 @@ class SearchSink:
             results = self.backend.bulk([a for _, a in planned])
         except SearchUnavailable as exc:
             return _Round(again=pending, backoff=True, reason=str(exc))
-        return self._sort_results(planned, results)
+        out = self._sort_results(planned, results)
+        if skipped:
+            conflicted = {c.doc_id for c in out.again}
+            if 2 * sum(1 for c in skipped if c.doc_id in conflicted) > len(skipped):
+                self._blind_ok = False  # mostly present: a replay; read first for now
+        return out
+
+    def _read(
+        self, index: str, unread: list[Change], prefetched: Future[dict[str, Held]] | None
+    ) -> dict[str, Held]:
+        if prefetched is not None:
+            return prefetched.result()
+        return self.backend.held(index, [c.doc_id for c in unread]) if unread else {}
+
+    def _skips_read(self, change: Change) -> bool:
+        return self._blind_ok and _blind(change)
+
+    def _learn_from_read(self, pending: list[Change], held: Mapping[str, Held]) -> None:
+        inserted = [c for c in pending if _blind(c)]
+        if inserted and 2 * sum(1 for c in inserted if c.doc_id in held) <= len(inserted):
+            self._blind_ok = True  # mostly absent again: new inserts, blind creates pay off
 
     def _action(
         self, index: str, change: Change, held: Held | None, tombstones: bool
@@ -429,7 +469,8 @@ class SearchSink:
         if document is None:
             return Change(position, doc_id, seq, record.keys, None, 64)
         body = json.dumps({**document, SEQ_ATTR: seq}, separators=(",", ":"))
-        return Change(position, doc_id, seq, record.keys, document, len(body), body)
+        inserted = record.event_name == "INSERT"
+        return Change(position, doc_id, seq, record.keys, document, len(body), body, inserted)
 
     def _reject(self, record: StreamRecord, reason: str) -> None:
         log.error("search sink: %s (keys %s)", reason, record.keys)
@@ -455,6 +496,11 @@ def retention_warning(lag_seconds: float) -> str:
         "would be lost to the index. Run `livemigrate search resync` to rebuild the index from "
         "a scan of the destination table (changes made meanwhile are kept)."
     )
+
+
+def _blind(change: Change) -> bool:
+    """Whether the first write of ``change`` is a ``create`` without reading the index first."""
+    return change.inserted and change.document is not None
 
 
 def _plain_keys(keys: Mapping[str, Any]) -> dict[str, Any]:

@@ -139,16 +139,14 @@ def consumer_position(store: ControlStore, now: float) -> float | None:
 
 
 def _verify_search(migration: Migration, options: VerifyOptions, clock: Clock) -> dict[str, Any]:
-    from elasticsearch import Elasticsearch
-
-    from livemigrate.search.backend import ElasticsearchBackend
+    from livemigrate.search.clients import open_backend
     from livemigrate.search.targets import ControlTargets
     from livemigrate.verify.search import SearchVerifier
 
     settings = migration.settings
     default = f"{settings.search_alias}-{settings.migration_id}"
     index = ControlTargets(migration.store, default).current().indices[0]
-    backend = ElasticsearchBackend(Elasticsearch(str(settings.search_url)))
+    backend = open_backend(settings)
     if not backend.index_exists(index):
         return {"index": index, "passed": False, "error": f"index {index!r} does not exist"}
     verifier = SearchVerifier(

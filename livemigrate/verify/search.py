@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from livemigrate.clock import Clock
 from livemigrate.items import TypedItem
-from livemigrate.search.backend import ElasticsearchBackend
+from livemigrate.search.backend import SearchBackend
 from livemigrate.search.documents import build_document, default_document, document_id
 from livemigrate.tables import TableInfo
 from livemigrate.verify.digest import Digests, batches, bucket_of, choose_buckets, is_tombstone
@@ -74,7 +74,7 @@ class SearchVerifier:
         self,
         dynamodb: DynamoDBClient,
         destination: TableInfo,
-        backend: ElasticsearchBackend,
+        backend: SearchBackend,
         index: str,
         *,
         options: VerifyOptions,
@@ -155,12 +155,11 @@ class SearchVerifier:
         self, ids: list[str], expected: dict[str, Doc]
     ) -> tuple[dict[str, Doc], dict[str, Doc]]:
         """Both sides of ``ids`` again: the index in real time, the table consistently."""
-        resp = self.backend.client.mget(index=self.index, ids=ids, realtime=True)
         actual = {}
-        for hit in resp["docs"]:
-            doc = index_doc(hit["_source"]) if hit.get("found") else None
+        for doc_id, source in self.backend.get_sources(self.index, ids).items():
+            doc = index_doc(source)
             if doc is not None:
-                actual[str(hit["_id"])] = doc
+                actual[doc_id] = doc
         fresh: dict[str, Doc] = {}
         for doc_id in ids:
             known = expected.get(doc_id) or actual.get(doc_id)

@@ -9,29 +9,31 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from elasticsearch import Elasticsearch
-
 from livemigrate.aws import AwsClients
+from livemigrate.search.backend import ClientBackend
 from livemigrate.search.indices import live_index
 from tests.integration.test_search_sink import (
     Writes,
     destination,
-    es,
+    es_backend,
+    es_index,
     index_state,
-    new_index,
     table_state,
 )
-from tests.services import ES_URL, TEST_ENV, unique
+from tests.services import ENGINE_URLS, TEST_ENV, unique
 
-__all__ = ["es"]  # the fixture, shared with test_search_sink
+__all__ = ["es_backend", "es_index"]  # fixtures shared with test_search_sink
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def env_for(table: str, alias: str, mid: str, control: str) -> dict[str, str]:
+def env_for(
+    table: str, alias: str, mid: str, control: str, engine: str = "elasticsearch"
+) -> dict[str, str]:
     return {
         **os.environ,
         **TEST_ENV,
@@ -39,7 +41,8 @@ def env_for(table: str, alias: str, mid: str, control: str) -> dict[str, str]:
         "LIVEMIGRATE_SOURCE_TABLE": "unused-source",
         "LIVEMIGRATE_DESTINATION_TABLE": table,
         "LIVEMIGRATE_CONTROL_TABLE": control,
-        "LIVEMIGRATE_SEARCH_URL": ES_URL,
+        "LIVEMIGRATE_SEARCH_URL": ENGINE_URLS[engine],
+        "LIVEMIGRATE_SEARCH_ENGINE": engine,
         "LIVEMIGRATE_SEARCH_ALIAS": alias,
         "PYTHONPATH": str(ROOT),
     }
@@ -56,24 +59,24 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 60) -> Any:
     )
 
 
-def indexed(es: Elasticsearch, index: str) -> int:
+def indexed(backend: ClientBackend, index: str) -> int:
     """Index operations so far (writes and deletes), 0 before the index exists."""
-    if not es.indices.exists(index=index):
+    if not backend.index_exists(index):
         return 0
-    primaries = es.indices.stats(index=index, metric="indexing")["_all"]["primaries"]
+    primaries = backend._send("GET", f"/{index}/_stats/indexing")["_all"]["primaries"]
     # A just-created index reports no primaries until its shard has started.
     stats = primaries.get("indexing", {"index_total": 0, "delete_total": 0})
     return int(stats["index_total"]) + int(stats["delete_total"])
 
 
 def test_sync_killed_at_random_points_ends_with_index_equal_to_table(
-    clients: AwsClients, es: Elasticsearch, tmp_path: Path
+    clients: AwsClients, es_backend: ClientBackend, es_index: str, tmp_path: Path
 ) -> None:
     """GIVEN writers putting and deleting on D WHEN `search sync` is SIGKILLed at random
     points and restarted (its shard lease is taken over) THEN after `sync --until-caught-up`
     the index holds exactly D's items."""
     table, writer = destination(clients)
-    alias, mid = new_index(es, "lmcli"), "K1"
+    alias, mid, es = es_index, "K1", es_backend
     env = env_for(table, alias, mid, unique("control"))
     config = tmp_path / "index.json"
     config.write_text('{"settings": {"number_of_replicas": 0}}')
@@ -122,11 +125,18 @@ def test_a_missing_alias_setting_is_a_clear_error(clients: AwsClients) -> None:
 
 
 def test_sync_swap_resync_and_cleanup_through_the_cli(
-    clients: AwsClients, es: Elasticsearch, tmp_path: Path
+    clients: AwsClients,
+    search_engine: str,
+    search_backend: ClientBackend,
+    index_name: Callable[[], str],
+    tmp_path: Path,
 ) -> None:
+    """GIVEN D with items WHEN sync, swap-alias, resync and cleanup run as processes on the
+    engine's node (LIVEMIGRATE_SEARCH_ENGINE) THEN each does its part and the alias ends on a
+    rebuilt index equal to D."""
     table, writer = destination(clients)
-    alias, mid = new_index(es, "lmcli"), "K4"
-    env = env_for(table, alias, mid, unique("control"))
+    alias, mid, es = index_name(), "K4", search_backend
+    env = env_for(table, alias, mid, unique("control"), search_engine)
     Writes(writer, keys=30, seed=8).run(60, seed=1)
     config = tmp_path / "index.json"
     config.write_text('{"settings": {"number_of_replicas": 0}}')
@@ -136,10 +146,10 @@ def test_sync_swap_resync_and_cleanup_through_the_cli(
     swapped = run_cli(cli("swap-alias"), env)  # the search half of cutover
     assert swapped.returncode == 0, swapped.stderr.decode()
     assert f"-> {live_index(alias, mid)} (was: nothing)" in swapped.stdout.decode()
-    assert list(es.indices.get_alias(name=alias).body) == [live_index(alias, mid)]
+    assert es.alias_indices(alias) == [live_index(alias, mid)]
     resynced = run_cli(cli("resync", *opts), env)
     assert resynced.returncode == 0, resynced.stderr.decode()[-3000:]
-    (now,) = es.indices.get_alias(name=alias).body
+    (now,) = es.alias_indices(alias)
     assert now.startswith(live_index(alias, mid) + "-r")
     assert f"previous index kept: {live_index(alias, mid)}" in resynced.stdout.decode()
     assert index_state(es, alias) == table_state(clients, table)
@@ -151,5 +161,20 @@ def test_sync_swap_resync_and_cleanup_through_the_cli(
         "code": 0,
         "deleted": [live_index(alias, mid)],
     }
-    assert not es.indices.exists(index=live_index(alias, mid))
-    assert es.indices.exists(index=now)
+    assert not es.index_exists(live_index(alias, mid))
+    assert es.index_exists(now)
+
+
+def test_a_node_of_the_other_engine_is_an_operator_error_naming_the_setting(
+    clients: AwsClients, search_engine: str
+) -> None:
+    """GIVEN LIVEMIGRATE_SEARCH_ENGINE naming the other engine than the node at the URL WHEN a
+    search command runs THEN it exits 2 (bad input) naming the setting, without a traceback."""
+    other = "opensearch" if search_engine == "elasticsearch" else "elasticsearch"
+    env = env_for("some-table", "x", "K5", unique("control"), other)
+    env["LIVEMIGRATE_SEARCH_URL"] = ENGINE_URLS[search_engine]
+    out = run_cli(cli("cleanup"), env)
+    err = out.stderr.decode()
+    assert out.returncode == 2, err
+    assert f"LIVEMIGRATE_SEARCH_ENGINE={search_engine}" in err
+    assert "Traceback" not in err

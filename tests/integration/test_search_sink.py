@@ -1,29 +1,29 @@
-"""The search sink against real services: D's stream on moto, the Elasticsearch node.
+"""The search sink against real services: D's stream on moto, the search nodes.
 
 Expected state is computed independently of the sink's code: D is scanned with boto3 and
-converted here; the index is read with elasticsearch-py directly.
+converted here; the index is read with the backend's scroll (checked by the contract suite).
 """
 
 from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from boto3.dynamodb.types import TypeDeserializer
 from elasticsearch import Elasticsearch
-from elasticsearch.helpers import scan
 
 from livemigrate.aws import AwsClients
 from livemigrate.control import ControlStore
 from livemigrate.deadletters import DeadLetters
 from livemigrate.destination import DestinationWriter
 from livemigrate.records import StreamRecord
-from livemigrate.search.backend import ElasticsearchBackend
+from livemigrate.search.backend import ClientBackend, SearchBackend
 from livemigrate.search.batcher import BatchPolicy
+from livemigrate.search.clients import backend_for
 from livemigrate.search.sink import SearchSink
 from livemigrate.search.targets import FixedTargets
 from livemigrate.versioning import pad_seq
@@ -33,10 +33,6 @@ _deser = TypeDeserializer()
 
 
 # -- helpers shared by the search integration tests ---------------------------------------------
-def es_client(es_url: str) -> Elasticsearch:
-    return Elasticsearch(es_url, request_timeout=30)
-
-
 def plain_json(value: Any) -> Any:
     """The test's own JSON-safe conversion (independent of livemigrate.search.documents)."""
     if isinstance(value, Decimal):
@@ -59,14 +55,13 @@ def table_state(clients: AwsClients, table: str) -> dict[tuple[str, str], dict[s
     return out
 
 
-def index_state(es: Elasticsearch, index: str) -> dict[tuple[str, str], dict[str, Any]]:
-    es.indices.refresh(index=index)
+def index_state(backend: SearchBackend, index: str) -> dict[tuple[str, str], dict[str, Any]]:
     out = {}
-    for hit in scan(es, index=index, query={"query": {"match_all": {}}}):
-        src = {k: v for k, v in hit["_source"].items() if k != "_lm_seq"}
-        assert "_lm_tomb" not in src, f"tombstone document left in {index}: {hit}"
+    for doc_id, source in backend.scan(index):  # refreshes first
+        src = {k: v for k, v in source.items() if k != "_lm_seq"}
+        assert "_lm_tomb" not in src, f"tombstone document left in {index}: {doc_id}"
         # ids: percent-encoded key values joined by '~' (plain ASCII keys here).
-        assert hit["_id"] == f"{src['pk']}~{src['sk']}"
+        assert doc_id == f"{src['pk']}~{src['sk']}"
         out[(src["pk"], src["sk"])] = src
     return out
 
@@ -76,7 +71,8 @@ _CREATED: dict[int, list[str]] = {}  # client id -> index patterns to delete aft
 
 @pytest.fixture
 def es(es_url: str) -> Iterator[Elasticsearch]:
-    client = es_client(es_url)
+    """An elasticsearch-py client (tests of other subjects that read the node directly)."""
+    client = Elasticsearch(es_url, request_timeout=30)
     _CREATED[id(client)] = []
     yield client
     for pattern in _CREATED.pop(id(client)):
@@ -89,6 +85,20 @@ def new_index(es: Elasticsearch, prefix: str = "lmtest") -> str:
     name = unique(prefix).lower()
     _CREATED[id(es)].append(name + "*")
     return name
+
+
+@pytest.fixture
+def es_backend(es_url: str) -> ClientBackend:
+    """Elasticsearch only: for the slow tests whose subject is the sink, not the engine (the
+    contract suite and the tests taking ``search_backend`` cover OpenSearch)."""
+    return backend_for("elasticsearch", es_url, timeout=30)
+
+
+@pytest.fixture
+def es_index(es_backend: ClientBackend) -> Iterator[str]:
+    name = unique("lmtest").lower()
+    yield name
+    es_backend.delete_index(name + "*")
 
 
 class Writes:
@@ -143,14 +153,13 @@ def dead_letters(clients: AwsClients) -> DeadLetters:
 
 # -- tests --------------------------------------------------------------------------------------
 def test_concurrent_writes_with_crashes_and_replays_end_with_index_equal_to_table(
-    clients: AwsClients, es: Elasticsearch
+    clients: AwsClients, es_backend: ClientBackend, es_index: str
 ) -> None:
     """GIVEN writers putting and deleting on D (with tombstones) WHEN the sink applies D's
     stream in small batches and 'crashes' at random points, replaying from an earlier
     position each time, THEN the index holds exactly D's items."""
     table, writer = destination(clients)
-    index = new_index(es)
-    backend = ElasticsearchBackend(es)
+    index, backend = es_index, es_backend
     backend.create_index(index, {"number_of_replicas": 0}, {})
     tail = StreamTail(clients, table)
     writes = Writes(writer, keys=40, seed=7)
@@ -173,15 +182,14 @@ def test_concurrent_writes_with_crashes_and_replays_end_with_index_equal_to_tabl
     sink.apply(seen[len(seen) // 2 :])  # a late replay of a suffix is harmless too
     expected = table_state(clients, table)
     assert expected, "the writers left items in D"
-    assert index_state(es, index) == expected
+    assert index_state(backend, index) == expected
 
 
 def test_a_document_violating_the_mapping_is_dead_lettered_and_the_rest_indexed(
-    clients: AwsClients, es: Elasticsearch
+    clients: AwsClients, search_backend: ClientBackend, index_name: Callable[[], str]
 ) -> None:
     table, writer = destination(clients)
-    index = new_index(es)
-    backend = ElasticsearchBackend(es)
+    index, backend = index_name(), search_backend
     fields = {"pk": {"type": "keyword"}, "sk": {"type": "keyword"}, "n": {"type": "integer"}}
     mappings = {"dynamic": "strict", "properties": fields}
     backend.create_index(index, {"number_of_replicas": 0}, mappings)
@@ -192,10 +200,11 @@ def test_a_document_violating_the_mapping_is_dead_lettered_and_the_rest_indexed(
     letters = dead_letters(clients)
     sink = SearchSink(backend, FixedTargets(index), letters)
     sink.apply(tail.drain())
-    held = index_state(es, index)
+    held = index_state(backend, index)
     assert sorted(held) == [(f"p{i}", "s") for i in (0, 1, 3, 4)]
     (letter,) = list(letters.list())
     assert letter.origin == "search"
-    assert "document_parsing_exception" in letter.reason
+    # Elasticsearch says document_parsing_exception, OpenSearch mapper_parsing_exception
+    assert "parsing_exception" in letter.reason
     assert "not-a-number" in letter.raw
     assert '"pk":"p2"' in letter.key

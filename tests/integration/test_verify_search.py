@@ -1,4 +1,4 @@
-"""verify against the real Elasticsearch node: destination vs index, and the cutover alias swap."""
+"""verify against each real search engine: destination vs index, and the cutover alias swap."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from elasticsearch import Elasticsearch
 
 from livemigrate.aws import AwsClients
 from livemigrate.cutover import Cutover, CutoverOptions, search_switch
@@ -15,7 +14,7 @@ from livemigrate.exitcodes import ExitCode
 from livemigrate.flag import ControlFlagStore
 from livemigrate.items import to_plain
 from livemigrate.migration import Migration, open_migration
-from livemigrate.search.backend import BulkAction, ElasticsearchBackend
+from livemigrate.search.backend import BulkAction, ClientBackend
 from livemigrate.search.documents import default_document, document_id
 from livemigrate.verify import verify
 from livemigrate.versioning import SEQ_ATTR, TOMBSTONE_ATTR
@@ -25,18 +24,26 @@ from tests.services import create_table, settings_for, unique
 
 
 @pytest.fixture
-def backend(es_url: str) -> Iterator[ElasticsearchBackend]:
-    client = Elasticsearch(es_url)
-    yield ElasticsearchBackend(client)
-    client.close()
+def backend(search_backend: ClientBackend) -> Iterator[ClientBackend]:
+    """The engine's backend; the indices the test names ``lmv-*`` are deleted after."""
+    yield search_backend
+    search_backend.delete_index("lmv-*")
 
 
 @pytest.fixture
-def migration(clients: AwsClients, es_url: str) -> Iterator[Migration]:
+def migration(
+    clients: AwsClients, search_engine: str, search_url: str, backend: ClientBackend
+) -> Iterator[Migration]:
     src, dst = unique("ssrc"), unique("sdst")
     create_table(clients.dynamodb, src)
     create_table(clients.dynamodb, dst)
-    settings = settings_for(src, dst, search_url=es_url, search_alias=unique("orders"))
+    settings = settings_for(
+        src,
+        dst,
+        search_url=search_url,
+        search_engine=search_engine,
+        search_alias=unique("lmv-orders"),
+    )
     yield open_migration(settings, clients, require_source_stream=False)
 
 
@@ -53,7 +60,7 @@ def destination_docs(migration: Migration) -> dict[str, dict[str, Any]]:
     return docs
 
 
-def load_index(backend: ElasticsearchBackend, index: str, docs: dict[str, dict[str, Any]]) -> None:
+def load_index(backend: ClientBackend, index: str, docs: dict[str, dict[str, Any]]) -> None:
     backend.create_index(index, {"number_of_shards": 1, "number_of_replicas": 0}, {})
     actions = [BulkAction("index", index, doc_id, doc) for doc_id, doc in docs.items()]
     assert all(r.ok for r in backend.bulk(actions))
@@ -61,7 +68,7 @@ def load_index(backend: ElasticsearchBackend, index: str, docs: dict[str, dict[s
 
 
 def test_index_in_parity_passes_and_differences_are_counted(
-    migration: Migration, backend: ElasticsearchBackend
+    migration: Migration, backend: ClientBackend
 ) -> None:
     seed(migration, n=12)
     docs = destination_docs(migration)
@@ -78,10 +85,13 @@ def test_index_in_parity_passes_and_differences_are_counted(
     assert parity.passed
 
     # GIVEN one document deleted, one changed, one that no destination item produces
-    client = backend.client
-    client.delete(index=index, id=ids[0], refresh=True)
-    client.index(index=index, id=ids[1], document={**docs[ids[1]], "v": "stale"}, refresh=True)
-    client.index(index=index, id="orphan~1", document={"pk": "orphan", "sk": "1"}, refresh=True)
+    changes = [
+        BulkAction("delete", index, ids[0]),
+        BulkAction("index", index, ids[1], {**docs[ids[1]], "v": "stale"}),
+        BulkAction("index", index, "orphan~1", {"pk": "orphan", "sk": "1"}),
+    ]
+    assert all(r.ok for r in backend.bulk(changes))
+    backend.refresh(index)
     report = verify(migration, FAST)
     assert report.search is not None
     counts = {k: report.search[k] for k in ("missing", "extra", "different")}
@@ -94,7 +104,7 @@ def test_index_in_parity_passes_and_differences_are_counted(
 
 
 def test_cutover_swaps_the_alias_atomically_and_rollback_swaps_it_back(
-    clients: AwsClients, backend: ElasticsearchBackend, es_url: str
+    clients: AwsClients, backend: ClientBackend, search_engine: str, search_url: str
 ) -> None:
     store = ready_store(clients)
     settings = settings_for(
@@ -102,12 +112,13 @@ def test_cutover_swaps_the_alias_atomically_and_rollback_swaps_it_back(
         "orders_v2",
         migration_id=store.migration_id,
         control_table=store.table,
-        search_url=es_url,
-        search_alias=unique("app"),
+        search_url=search_url,
+        search_engine=search_engine,
+        search_alias=unique("lmv-app"),
     )
     switch = search_switch(settings, store)
     assert switch is not None
-    old = unique("app-old")
+    old = unique("lmv-app-old")
     backend.create_index(old, {"number_of_shards": 1, "number_of_replicas": 0}, {})
     backend.swap_alias(switch.alias, old)
     options = CutoverOptions(

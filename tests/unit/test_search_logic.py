@@ -1,15 +1,16 @@
 """Search sink logic without a network: ids, documents, batching, the version rule, retries.
 
-The in-memory backend below implements Elasticsearch's optimistic concurrency (``_seq_no``
-checks, ``create`` conflicts) so the sink's decisions are tested fast and exhaustively; the
-same behaviour is proven against the real node in tests/integration/test_search_*.py.
+The in-memory backend (tests/memory_backend.py) implements the engines' optimistic concurrency
+(``_seq_no`` checks, ``create`` conflicts) so the sink's decisions are tested fast and
+exhaustively; tests/integration/test_search_contract.py checks it against Elasticsearch and
+OpenSearch, and the same behaviour is proven against the real nodes in
+tests/integration/test_search_*.py.
 """
 
 from __future__ import annotations
 
-import json
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 from urllib.parse import quote, unquote
@@ -21,7 +22,7 @@ from hypothesis import strategies as st
 
 from livemigrate.clock import FakeClock
 from livemigrate.records import ApplyFailure, StreamRecord
-from livemigrate.search.backend import BulkAction, BulkResult, Held, SearchUnavailable
+from livemigrate.search.backend import BulkAction, BulkResult
 from livemigrate.search.batcher import BatchPolicy, chunks
 from livemigrate.search.documents import (
     MAX_ID_BYTES,
@@ -33,59 +34,9 @@ from livemigrate.search.documents import (
 from livemigrate.search.sink import RetryPolicy, SearchSink, retention_warning
 from livemigrate.search.targets import FixedTargets, TargetState
 from livemigrate.versioning import pad_seq
+from tests.memory_backend import MemoryBackend
 
 INDEX = "idx"
-
-
-class MemoryBackend:
-    """Enough of an index for the sink: OCC writes, real-time gets, scripted failures."""
-
-    def __init__(self) -> None:
-        self.docs: dict[str, dict[str, tuple[dict[str, Any], int]]] = {}
-        self.next_seq_no = 0
-        self.reject: dict[str, list[BulkResult]] = {}  # id -> results to return first
-        self.unavailable = 0  # whole requests to fail
-        self.bulk_calls: list[list[str]] = []
-
-    def index_docs(self, index: str) -> dict[str, dict[str, Any]]:
-        return {k: src for k, (src, _) in self.docs.get(index, {}).items()}
-
-    def held(self, index: str, ids: Sequence[str]) -> dict[str, Held]:
-        out = {}
-        for doc_id in ids:
-            if doc_id in self.docs.get(index, {}):
-                src, seq_no = self.docs[index][doc_id]
-                out[doc_id] = Held(
-                    str(src.get("_lm_seq", "")), bool(src.get("_lm_tomb")), seq_no, 1
-                )
-        return out
-
-    def bulk(self, actions: Sequence[BulkAction]) -> list[BulkResult]:
-        if self.unavailable:
-            self.unavailable -= 1
-            raise SearchUnavailable("429 es_rejected_execution_exception")
-        self.bulk_calls.append([a.id for a in actions])
-        return [self._one(a) for a in actions]
-
-    def _one(self, a: BulkAction) -> BulkResult:
-        queued = self.reject.get(a.id)
-        if queued:
-            return queued.pop(0)
-        docs = self.docs.setdefault(a.index, {})
-        present = docs.get(a.id)
-        if a.op == "create" and present is not None:
-            return BulkResult(409, "version_conflict_engine_exception", "exists")
-        if a.if_seq_no is not None and (present is None or present[1] != a.if_seq_no):
-            return BulkResult(409, "version_conflict_engine_exception", "changed")
-        if a.op == "delete":
-            if present is None:
-                return BulkResult(404)
-            del docs[a.id]
-            return BulkResult(200)
-        self.next_seq_no += 1
-        source = json.loads(a.source) if isinstance(a.source, str) else dict(a.source or {})
-        docs[a.id] = (source, self.next_seq_no)
-        return BulkResult(201)
 
 
 class Letters:
@@ -97,13 +48,17 @@ class Letters:
         return str(len(self.added))
 
 
-def record(seq: int, pk: str, value: int | None, *, tomb: bool = False) -> StreamRecord:
+def record(
+    seq: int, pk: str, value: int | None, *, tomb: bool = False, insert: bool = False
+) -> StreamRecord:
     keys = {"pk": {"S": pk}}
     if value is None and not tomb:
         return StreamRecord("REMOVE", keys, None, {**keys}, pad_seq(str(seq)), 0.0)
     image: dict[str, Any] = {**keys, "v": {"N": str(value or 0)}, "_lm_seq": {"S": "x"}}
     if tomb:
         image = {**keys, "_lm_tomb": {"BOOL": True}}
+    if insert:
+        return StreamRecord("INSERT", keys, image, None, pad_seq(str(seq)), 0.0)
     return StreamRecord("MODIFY", keys, image, None, pad_seq(str(seq)), 0.0)
 
 
@@ -246,23 +201,25 @@ def test_split_covers_everything_in_order_within_limits(
 
 # -- the version rule ---------------------------------------------------------------------
 events = st.lists(
-    st.tuples(st.sampled_from("abc"), st.one_of(st.none(), st.integers(0, 9))), max_size=40
+    st.tuples(st.sampled_from("abc"), st.one_of(st.none(), st.integers(0, 9)), st.booleans()),
+    max_size=40,
 )
 
 
 @given(events, st.integers(1, 5), st.integers(0, 40))
 def test_replays_from_any_position_end_in_the_last_state_of_every_document(
-    changes: list[tuple[str, int | None]], batch: int, replay_from: int
+    changes: list[tuple[str, int | None, bool]], batch: int, replay_from: int
 ) -> None:
-    """GIVEN a stream of puts/deletes WHEN applied in any batch size, then partly replayed
-    (a crash before the checkpoint) THEN each document holds its last event, deletes stay."""
-    records = [record(100 + i, pk, v) for i, (pk, v) in enumerate(changes)]
+    """GIVEN a stream of puts (INSERT or MODIFY) and deletes WHEN applied in any batch size,
+    then partly replayed (a crash before the checkpoint) THEN each document holds its last
+    event, deletes stay: a replayed INSERT's blind create never overwrites a newer document."""
+    records = [record(100 + i, pk, v, insert=ins) for i, (pk, v, ins) in enumerate(changes)]
     backend = MemoryBackend()
     sink, _, _ = make_sink(backend, policy=BatchPolicy(max_count=batch))
     sink.apply(records)
     sink.apply(records[min(replay_from, len(records)) :])
     expected: dict[str, int | None] = {}
-    for pk, v in changes:
+    for pk, v, _ in changes:
         expected[pk] = v
     held = backend.index_docs(INDEX)
     assert {k: src["v"] for k, src in held.items()} == {
@@ -270,11 +227,46 @@ def test_replays_from_any_position_end_in_the_last_state_of_every_document(
     }
 
 
-def test_an_older_event_never_overwrites_a_newer_one() -> None:
+def test_inserts_of_absent_documents_are_written_without_reading_the_index() -> None:
+    """GIVEN INSERT records (a backfill's writes reaching D's stream) WHEN applied THEN one bulk
+    of creates per batch and no version read; a replay reads only the ids that conflicted."""
+    backend = MemoryBackend()
+    sink, _, _ = make_sink(backend, policy=BatchPolicy(max_count=3))
+    inserts = [record(100 + i, f"k{i}", i, insert=True) for i in range(6)]
+    sink.apply(inserts)
+    assert backend.reads == [] and len(backend.bulk_calls) == 2
+    assert sink.stats.indexed == 6
+    sink.apply([*inserts[4:], record(200, "new", 1, insert=True)])  # a replay of the last two
+    assert backend.reads == [["k4", "k5"]]  # only the conflicts are read, then skipped
+    assert sink.stats.stale == 2 and sink.stats.indexed == 7
+
+
+def test_a_replay_of_inserts_reads_first_until_a_read_finds_them_absent_again() -> None:
+    """GIVEN a replay of INSERTs already indexed (a lost lease) WHEN the first batch's blind
+    creates mostly conflict THEN later batches read first (no failed create each), and once a
+    read finds the inserted documents absent, blind creates resume."""
+    backend = MemoryBackend()
+    sink, _, _ = make_sink(backend, policy=BatchPolicy(max_count=3))
+    inserts = [record(100 + i, f"k{i}", i, insert=True) for i in range(9)]
+    sink.apply(inserts)
+    writes = len(backend.bulk_calls)
+    sink.apply(inserts)  # the replay: batch 1 conflicts, batches 2 and 3 read first
+    assert backend.reads == [["k0", "k1", "k2"], ["k3", "k4", "k5"], ["k6", "k7", "k8"]]
+    assert len(backend.bulk_calls) == writes + 1  # only the first batch's failed creates
+    assert sink.stats.stale == 9 and sink.stats.retried == 0
+    fresh = [record(300 + i, f"n{i}", i, insert=True) for i in range(6)]
+    sink.apply(fresh)  # read first once (all absent), then blind again
+    assert backend.reads[3:] == [["n0", "n1", "n2"]]
+    assert sink.stats.indexed == 15
+
+
+@pytest.mark.parametrize("insert", [False, True])
+def test_an_older_event_never_overwrites_a_newer_one(insert: bool) -> None:
+    """Also an older INSERT (a replay), which is written without a read: its create fails."""
     backend = MemoryBackend()
     sink, _, _ = make_sink(backend)
     sink.apply([record(200, "a", 2)])
-    sink.apply([record(150, "a", 1)])
+    sink.apply([record(150, "a", 1, insert=insert)])
     assert backend.index_docs(INDEX)["a"]["v"] == 2
     assert sink.stats.stale == 1
 
