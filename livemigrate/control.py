@@ -7,6 +7,7 @@ pk                          sk                          what
 ==========================  ==========================  =======================================
 ``MIG#<id>``                ``META``                    migration spec: source_table,
                                                         destination_table, transform, created_at,
+                                                        change_source (fixed at the first start),
                                                         inverse_transform (set by reverse)
 ``MIG#<id>``                ``PLAN``                    backfill plan: state (planned | running
                                                         | complete), total_segments, created_at,
@@ -34,9 +35,11 @@ pk                          sk                          what
                                                         retired_last_at (changes of the retired
                                                         table not applied, rule 13)
 ``MIG#<id>``                ``SHARD#<name>#<shard>``    shard lease: owner, counter, expiry,
-                                                        checkpoint (padded sequence number),
-                                                        parents, finished, stream_arn, lag,
-                                                        read_from, behind (drain report)
+                                                        checkpoint (padded sequence number;
+                                                        Kinesis: padded Kinesis sequence
+                                                        number), parents, finished, stream_arn,
+                                                        lag, read_from, behind (drain report),
+                                                        caught_up_at (the watermark, rule 15)
 ``MIG#<id>``                ``TOMBSTONES``              state (active | purged), purged_at,
                                                         purged_count
 ``MIG#<id>``                ``DLQ#<ts>#<uuid>``         dead letter: origin, reason, key,
