@@ -156,7 +156,9 @@ describe("a fenced cutover by the livemigrate CLI", () => {
         "--drain-timeout",
         "30",
       ]);
-      await new Promise((resolve) => setTimeout(resolve, 500));
+      // The CLI may return right at the flip: keep writing well past flip + 1 s, where the
+      // writes checked below begin.
+      await new Promise((resolve) => setTimeout(resolve, 2500));
     } finally {
       stop.stopped = true;
       copying.stopped = true;
