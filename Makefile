@@ -75,7 +75,7 @@ test: SEARCH = both
 test: install ts-test
 	LIVEMIGRATE_MOTO_EXTRA_PORTS="$(wordlist 2,99,$(TEST_MOTO_PORTS))" bash infra/services.sh up
 	LIVEMIGRATE_TEST_MOTO_PORTS="$(TEST_MOTO_PORTS)" $(PY) -m pytest -n $(TEST_WORKERS) \
-	  --dist loadfile $(PYTEST_ARGS)
+	  --dist loadgroup $(PYTEST_ARGS)
 
 # The TypeScript client (clients/typescript): npm ci from the committed lockfile, build, the
 # shared flag vectors, then its integration tests against the local services and the CLI.

@@ -97,3 +97,25 @@ def index_name(search_backend: ClientBackend) -> Iterator[Callable[[], str]]:
 @pytest.fixture(scope="session")
 def clients(moto_url: str) -> Iterator[AwsClients]:
     yield aws_clients()
+
+
+# The long adversarial tests (many processes each, SIGKILLs, outages) run one after another on
+# one worker: side by side on two cores they starve each other past their deadlines (seen: the
+# SIGKILL backfill test and the end-to-end cutover timed out together). Every other module is a
+# group of its own, so its tests share a worker as with --dist loadfile (Makefile: pytest-xdist,
+# --dist loadgroup).
+HEAVY_MODULES = frozenset(
+    {
+        "test_backfill_kill.py",
+        "test_e2e_fenced_cutover.py",
+        "test_outage_proxy.py",
+        "test_consumer_crash.py",
+        "test_backfill_export_kill.py",
+    }
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        name = item.path.name
+        item.add_marker(pytest.mark.xdist_group("heavy" if name in HEAVY_MODULES else name))

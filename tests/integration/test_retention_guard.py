@@ -57,6 +57,9 @@ def test_a_slow_backfill_is_refused_naming_the_eta_and_the_retention_then_forced
     assert "backfill ETA" in gate["stream retention headroom"].why
     # WHEN forced THEN it finishes from the saved position, warning of the risk (the rest is
     # still slow: its own ETA is over the limit too)
+    # At 5 items/s (a burst of one page) the rest cannot finish before the guard's first
+    # measurement after 3 pages, however fast the machine: at 20/s it once did, unwarned.
+    monkeypatch.setenv("LIVEMIGRATE_READ_RATE", "5")
     with caplog.at_level(logging.WARNING, "livemigrate.retention"):
         assert command(monkeypatch, settings, *SLOW, "--force") == ExitCode.OK
     assert any("RETENTION RISK" in r.getMessage() for r in caplog.records)
