@@ -3,7 +3,9 @@
 Use it in a Step Functions loop (or re-invoke) until ``complete`` is true. Settings come from
 the function's ``LIVEMIGRATE_*`` environment. Event fields (all optional): ``workers``,
 ``margin_seconds`` (time kept back from the invocation's limit, default 30),
-``page_size``, ``without_consumer``, ``create_destination``.
+``page_size``, ``without_consumer``, ``create_destination``, ``from_export`` (an export's S3
+URI or ExportArn: load its data files instead of scanning; ``refused_files`` in the result lists
+files that do not match the manifest: the loop must stop on them, ``complete`` stays false).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from backfill import plan
+from backfill.export.load import open_export
+from backfill.export.plan import refused
 from backfill.preflight import open_for_backfill
 from backfill.worker import Engine, Options
 from livemigrate.aws import AwsClients, make_clients
@@ -49,7 +53,10 @@ def invoke(
         page_size=int(event.get("page_size", 1000)),
         total_segments=settings.total_segments,
     )
-    engine = Engine(migration, options)
+    # issue 16: an export's data files instead of Scan segments, with the same loop
+    where = event.get("from_export")
+    export = open_export(str(where), settings, clients) if where else None
+    engine = Engine(migration, options) if export is None else export.engine(migration, options)
     engine.plan()
     # What is left of the invocation after preflight and planning is the workers' budget.
     budget = context.get_remaining_time_in_millis() / 1000.0 - margin
@@ -61,4 +68,5 @@ def invoke(
         "items_written": done.written,
         "superseded": done.superseded,
         "dead_letters": done.dead,
+        "refused_files": [key for key, _ in refused(migration.store)],
     }

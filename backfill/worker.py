@@ -166,7 +166,7 @@ class Engine:
             workers = [
                 threading.Thread(
                     target=self._guarded,
-                    args=(Worker(self, f"{prefix}-{i}", writer), random.uniform(0, 0.05 * i)),
+                    args=(self.new_worker(f"{prefix}-{i}", writer), random.uniform(0, 0.05 * i)),
                 )
                 for i in range(self.options.workers)
             ]
@@ -177,6 +177,10 @@ class Engine:
         if self._errors:
             raise self._errors[0]
         return self.health.call(lambda: plan.plan_state(self.store)) == plan.COMPLETE
+
+    def new_worker(self, owner: str, writer: PageWriter) -> Worker:
+        """One worker of this engine (the export backfill's engine makes its own kind)."""
+        return Worker(self, owner, writer)
 
     def _guarded(self, worker: Worker, stagger: float) -> None:
         try:

@@ -1,0 +1,113 @@
+"""Acceptance (issue 16): an export loaded while the source changes and loaders are SIGKILLed.
+
+A stream consumer runs (real subprocesses) from before the export's ExportTime; the export is
+a fixture in the real layout holding the source as it was at that time. While the source
+changes (updates, moves to another month, deletes, inserts), ``python -m backfill
+--from-export`` processes with 1-2 s budgets and 2 s leases load it, one SIGKILLed at random
+moments and every ended one replaced, until the plan is complete. Then the destination must
+equal the transformed source exactly: stream records win over the export, tombstones hold.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import boto3
+import pytest
+
+from backfill import plan
+from livemigrate.aws import AwsClients
+from livemigrate.control import ControlStore
+from livemigrate.migration import open_migration
+from tests.export_layout import write_export
+from tests.integration.test_consumer_crash import (
+    ROOT,
+    Chaos,
+    consumer_env,
+    destination,
+    run_cli,
+    transformed_source,
+)
+from tests.services import create_table, scan_all, settings_for, unique
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ITEMS = 300
+KILLS = 3
+
+
+def loader(env: dict[str, str], uri: str, rng: random.Random) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            *(sys.executable, "-m", "backfill", "--from-export", uri, "--workers", "2"),
+            *("--page-size", "10", "--lease-seconds", "2"),
+            *("--budget-seconds", f"{rng.uniform(1.0, 2.0):.2f}"),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def test_export_loaded_under_live_writes_and_sigkills_equals_the_transformed_source(
+    clients: AwsClients, tmp_path: Path
+) -> None:
+    seed = random.randrange(1_000_000)
+    rng = random.Random(seed)
+    source, dest = unique("src"), unique("dst")
+    create_table(clients.dynamodb, source)
+    create_table(clients.dynamodb, dest, stream=None)
+    settings = settings_for(source, dest)
+    chaos = Chaos(clients, open_migration(settings, clients), rng, tmp_path)
+    env = consumer_env(settings)
+    store = ControlStore(clients.dynamodb, settings.control_table, settings.migration_id)
+    chaos.seed(ITEMS)
+    # GIVEN a consumer running, then an export of the source taken after it started
+    consumers = [chaos.spawn(env)]
+    while store.get("CONSUMER#source") is None:
+        time.sleep(0.05)
+    s3 = boto3.client("s3")
+    bucket = unique("exports")
+    s3.create_bucket(Bucket=bucket)
+    snapshot = list(scan_all(clients.dynamodb, source))
+    files = [snapshot[n::5] for n in range(5)]
+    export = write_export(s3, bucket, files, time.time())
+    # WHEN the source changes while loaders are killed and replaced until the plan completes
+    writer = threading.Thread(target=chaos.change_source, args=(150,))
+    writer.start()
+    procs = [loader(env, export.uri, rng) for _ in range(2)]
+    kills, next_kill, deadline = 0, time.monotonic() + rng.uniform(0.8, 1.5), time.monotonic() + 180
+    try:
+        while plan.plan_state(store) != plan.COMPLETE:
+            assert time.monotonic() < deadline, f"export backfill did not complete; seed={seed}"
+            if kills < KILLS and time.monotonic() >= next_kill:
+                rng.choice(procs).send_signal(signal.SIGKILL)
+                kills += 1
+                next_kill = time.monotonic() + rng.uniform(0.5, 1.5)
+            procs = [p if p.poll() is None else loader(env, export.uri, rng) for p in procs]
+            time.sleep(0.05)
+    finally:
+        for proc in procs + consumers:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        writer.join()
+    run_cli(env, "--until-caught-up")
+    run_cli(env, "--finalize-tombstones", "--settle-seconds", "0.2")
+    # THEN the destination equals the transformed source exactly, no tombstone left
+    got, tombstones = destination(clients, dest)
+    want = transformed_source(clients, settings)
+    context = f"seed={seed} kills={kills} logs={tmp_path}"
+    assert kills == KILLS, context
+    assert tombstones == 0, context
+    assert set(want) - set(got) == set(), f"missing items; {context}"
+    assert set(got) - set(want) == set(), f"resurrected items or orphans; {context}"
+    assert got == want, context
+    assert chaos.migration.dead_letters.count() == 0, context
+    assert int(store.metrics()["items_read"]) >= ITEMS
