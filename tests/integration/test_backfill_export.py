@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -16,6 +17,7 @@ import pytest
 from backfill import plan
 from backfill.export.datafile import LineReader, verify
 from backfill.export.manifest import DataFile
+from backfill.lambda_handler import invoke
 from livemigrate.aws import AwsClients
 from livemigrate.cli import main
 from livemigrate.config import Settings
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.integration
 
-FAST = ("--workers", "2", "--page-size", "7", "--lease-seconds", "5")
+FAST = ("--workers", "2", "--page-size", "7", "--lease-seconds", "5", "--budget-seconds", "90")
 
 
 @pytest.fixture(scope="module")
@@ -207,3 +209,28 @@ def test_export_start_needs_the_consumer_and_pitr_then_records_the_export(
     shown = json.loads(capsys.readouterr().out)
     assert [e["export_arn"] for e in shown] == [requested["export_arn"]]
     assert shown[0]["status"] in ("IN_PROGRESS", "COMPLETED")
+
+
+@dataclass
+class FakeContext:
+    millis: int
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.millis
+
+
+def test_lambda_handler_loads_an_export_across_invocations(
+    clients: AwsClients, s3: S3Client, bucket: str
+) -> None:
+    settings, items = tables(clients, 30)
+    consumer_started(settings, clients, time.time() - 5)
+    export = write_export(s3, bucket, split(items, 3), time.time())
+    event = {"from_export": export.uri, "margin_seconds": 0.5, "page_size": 5, "workers": 2}
+    results = []
+    for _ in range(30):
+        results.append(invoke(event, FakeContext(2500), settings, clients))
+        if results[-1]["complete"]:
+            break
+    assert results[-1]["complete"] is True and results[-1]["refused_files"] == []
+    want = expected(clients.dynamodb, settings.source_table)
+    assert destination(clients.dynamodb, settings.destination_table) == want

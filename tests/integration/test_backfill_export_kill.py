@@ -2,10 +2,11 @@
 
 A stream consumer runs (real subprocesses) from before the export's ExportTime; the export is
 a fixture in the real layout holding the source as it was at that time. While the source
-changes (updates, moves to another month, deletes, inserts), ``python -m backfill
---from-export`` processes with 5-8 s budgets and 5 s leases load it, one SIGKILLed at random
-moments and every ended one replaced, until the plan is complete. Then the destination must
-equal the transformed source exactly: stream records win over the export, tombstones hold.
+changes (updates, moves to another month, deletes, inserts), a ``python -m backfill
+--from-export`` process (8-15 s budgets, 5 s leases) loads it; it is SIGKILLed twice during the
+load (after 20 and 60 items read) and replaced whenever it ends, until the plan is complete.
+Then the destination must equal the transformed source exactly: stream records win over the
+export, tombstones hold.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from tests.services import create_table, scan_all, settings_for, unique
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(480)]
 
 ITEMS = 120
-KILLS = 2
+KILL_AFTER = (20, 60)  # items read (all runs) before each SIGKILL: kills during the load
 
 
 def loader(env: dict[str, str], uri: str, rng: random.Random, log: Path) -> subprocess.Popen[bytes]:
@@ -49,13 +50,38 @@ def loader(env: dict[str, str], uri: str, rng: random.Random, log: Path) -> subp
             [
                 *(sys.executable, "-m", "backfill", "--from-export", uri, "--workers", "2"),
                 *("--page-size", "10", "--lease-seconds", "5"),
-                *("--budget-seconds", f"{rng.uniform(5.0, 8.0):.2f}"),
+                *("--budget-seconds", f"{rng.uniform(8.0, 15.0):.2f}"),
             ],
             cwd=ROOT,
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=err,
         )
+
+
+def load_with_kills(
+    store: ControlStore, env: dict[str, str], uri: str, rng: random.Random, log: Path
+) -> int:
+    """Run loaders one after the other until the plan completes, SIGKILLing one each time the
+    items read reach the next KILL_AFTER; returns the number of kills."""
+    proc = loader(env, uri, rng, log)
+    kills, deadline = 0, time.monotonic() + 420
+    try:
+        while plan.plan_state(store) != plan.COMPLETE:
+            assert time.monotonic() < deadline, f"export backfill did not complete; {log}"
+            read = int(store.metrics().get("items_read", 0))
+            if kills < len(KILL_AFTER) and read >= KILL_AFTER[kills] and proc.poll() is None:
+                time.sleep(rng.uniform(0.0, 0.5))  # at a random moment of the page in flight
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+            if proc.poll() is not None:
+                proc.wait()
+                proc = loader(env, uri, rng, log)
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    return kills
 
 
 def test_export_loaded_under_live_writes_and_sigkills_equals_the_transformed_source(
@@ -85,21 +111,12 @@ def test_export_loaded_under_live_writes_and_sigkills_equals_the_transformed_sou
     writer = threading.Thread(target=chaos.change_source, args=(150,))
     writer.start()
     log = tmp_path / "loaders.log"
-    procs = [loader(env, export.uri, rng, log) for _ in range(2)]
-    kills, next_kill, deadline = 0, time.monotonic() + rng.uniform(2, 4), time.monotonic() + 420
     try:
-        while plan.plan_state(store) != plan.COMPLETE:
-            assert time.monotonic() < deadline, f"export backfill did not complete; seed={seed}"
-            if kills < KILLS and time.monotonic() >= next_kill:
-                rng.choice(procs).send_signal(signal.SIGKILL)
-                kills += 1
-                next_kill = time.monotonic() + rng.uniform(2, 4)
-            procs = [p if p.poll() is None else loader(env, export.uri, rng, log) for p in procs]
-            time.sleep(0.05)
+        kills = load_with_kills(store, env, export.uri, rng, log)
     finally:
-        for proc in procs + consumers:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
+        for consumer in consumers:
+            consumer.send_signal(signal.SIGKILL)
+            consumer.wait()
         writer.join()
     run_cli(env, "--until-caught-up")
     run_cli(env, "--finalize-tombstones", "--settle-seconds", "0.2")
@@ -107,7 +124,7 @@ def test_export_loaded_under_live_writes_and_sigkills_equals_the_transformed_sou
     got, tombstones = destination(clients, dest)
     want = transformed_source(clients, settings)
     context = f"seed={seed} kills={kills} logs={tmp_path}"
-    assert kills == KILLS, context
+    assert kills == len(KILL_AFTER), context
     assert tombstones == 0, context
     assert set(want) - set(got) == set(), f"missing items; {context}"
     assert set(got) - set(want) == set(), f"resurrected items or orphans; {context}"
