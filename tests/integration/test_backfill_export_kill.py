@@ -3,7 +3,7 @@
 A stream consumer runs (real subprocesses) from before the export's ExportTime; the export is
 a fixture in the real layout holding the source as it was at that time. While the source
 changes (updates, moves to another month, deletes, inserts), a ``python -m backfill
---from-export`` process (8-15 s budgets, 5 s leases) loads it; it is SIGKILLed twice during the
+--from-export`` process (8-15 s budgets, 10 s leases) loads it; it is SIGKILLed twice during the
 load (after 20 and 60 items read) and replaced whenever it ends, until the plan is complete.
 Then the destination must equal the transformed source exactly: stream records win over the
 export, tombstones hold.
@@ -30,15 +30,15 @@ from tests.export_layout import write_export
 from tests.integration.test_consumer_crash import (
     ROOT,
     Chaos,
+    consumer_cmd,
     consumer_env,
     destination,
-    run_cli,
     transformed_source,
 )
 from tests.services import create_table, scan_all, settings_for, unique
 
 # A loaded machine (a shared moto, 2 cores) can take minutes; an idle one ~30 s.
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(480)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
 ITEMS = 120
 KILL_AFTER = (20, 60)  # items read (all runs) before each SIGKILL: kills during the load
@@ -49,7 +49,7 @@ def loader(env: dict[str, str], uri: str, rng: random.Random, log: Path) -> subp
         return subprocess.Popen(
             [
                 *(sys.executable, "-m", "backfill", "--from-export", uri, "--workers", "2"),
-                *("--page-size", "10", "--lease-seconds", "5"),
+                *("--page-size", "10", "--lease-seconds", "10"),
                 *("--budget-seconds", f"{rng.uniform(8.0, 15.0):.2f}"),
             ],
             cwd=ROOT,
@@ -57,6 +57,19 @@ def loader(env: dict[str, str], uri: str, rng: random.Random, log: Path) -> subp
             stdout=subprocess.DEVNULL,
             stderr=err,
         )
+
+
+def catch_up(env: dict[str, str], *extra: str) -> None:
+    """A consumer run to the end (10 s leases: renewals stay in time on a loaded machine)."""
+    done = subprocess.run(
+        consumer_cmd("--lease-seconds", "10", *extra),
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
 
 
 def load_with_kills(
@@ -118,8 +131,8 @@ def test_export_loaded_under_live_writes_and_sigkills_equals_the_transformed_sou
             consumer.send_signal(signal.SIGKILL)
             consumer.wait()
         writer.join()
-    run_cli(env, "--until-caught-up")
-    run_cli(env, "--finalize-tombstones", "--settle-seconds", "0.2")
+    catch_up(env, "--until-caught-up")
+    catch_up(env, "--finalize-tombstones", "--settle-seconds", "0.2")
     # THEN the destination equals the transformed source exactly, no tombstone left
     got, tombstones = destination(clients, dest)
     want = transformed_source(clients, settings)
