@@ -4,7 +4,7 @@ A stream consumer runs (real subprocesses) from before the export's ExportTime; 
 a fixture in the real layout holding the source as it was at that time. While the source
 changes (updates, moves to another month, deletes, inserts), a ``python -m backfill
 --from-export`` process (8-15 s budgets, 10 s leases) loads it; it is SIGKILLed twice during the
-load (after 20 and 60 items read) and replaced whenever it ends, until the plan is complete.
+load (after 10 and 30 items read) and replaced whenever it ends, until the plan is complete.
 Then the destination must equal the transformed source exactly: stream records win over the
 export, tombstones hold.
 """
@@ -40,8 +40,8 @@ from tests.services import create_table, scan_all, settings_for, unique
 # A loaded machine (a shared moto, 2 cores) can take minutes; an idle one ~30 s.
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]
 
-ITEMS = 120
-KILL_AFTER = (20, 60)  # items read (all runs) before each SIGKILL: kills during the load
+ITEMS = 60
+KILL_AFTER = (10, 30)  # items read (all runs) before each SIGKILL: kills during the load
 
 
 def loader(env: dict[str, str], uri: str, rng: random.Random, log: Path) -> subprocess.Popen[bytes]:
@@ -56,6 +56,14 @@ def loader(env: dict[str, str], uri: str, rng: random.Random, log: Path) -> subp
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=err,
+        )
+
+
+def consumer(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """A running consumer (10 s leases: renewals stay in time on a loaded machine)."""
+    with log.open("ab") as err:
+        return subprocess.Popen(
+            consumer_cmd("--lease-seconds", "10"), env=env, cwd=ROOT, stderr=err
         )
 
 
@@ -111,7 +119,7 @@ def test_export_loaded_under_live_writes_and_sigkills_equals_the_transformed_sou
     store = ControlStore(clients.dynamodb, settings.control_table, settings.migration_id)
     chaos.seed(ITEMS)
     # GIVEN a consumer running, then an export of the source taken after it started
-    consumers = [chaos.spawn(env)]
+    consumers = [consumer(env, tmp_path / "consumer.log")]
     while store.get("CONSUMER#source") is None:
         time.sleep(0.05)
     s3 = boto3.client("s3")
@@ -121,7 +129,7 @@ def test_export_loaded_under_live_writes_and_sigkills_equals_the_transformed_sou
     files = [snapshot[n::4] for n in range(4)]
     export = write_export(s3, bucket, files, time.time())
     # WHEN the source changes while loaders are killed and replaced until the plan completes
-    writer = threading.Thread(target=chaos.change_source, args=(150,))
+    writer = threading.Thread(target=chaos.change_source, args=(60,))
     writer.start()
     log = tmp_path / "loaders.log"
     try:
