@@ -59,7 +59,7 @@ def loader(env: dict[str, str], uri: str, rng: random.Random, log: Path) -> subp
         )
 
 
-def consumer(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def start_consumer(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     """A running consumer (10 s leases: renewals stay in time on a loaded machine)."""
     with log.open("ab") as err:
         return subprocess.Popen(
@@ -119,7 +119,7 @@ def test_export_loaded_under_live_writes_and_sigkills_equals_the_transformed_sou
     store = ControlStore(clients.dynamodb, settings.control_table, settings.migration_id)
     chaos.seed(ITEMS)
     # GIVEN a consumer running, then an export of the source taken after it started
-    consumers = [consumer(env, tmp_path / "consumer.log")]
+    consumers = [start_consumer(env, tmp_path / "consumer.log")]
     while store.get("CONSUMER#source") is None:
         time.sleep(0.05)
     s3 = boto3.client("s3")
