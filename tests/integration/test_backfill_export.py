@@ -16,14 +16,19 @@ import pytest
 
 from backfill import plan
 from backfill.export.datafile import LineReader, verify
-from backfill.export.manifest import DataFile
+from backfill.export.engine import ExportEngine
+from backfill.export.manifest import DataFile, read
+from backfill.export.plan import refused
 from backfill.lambda_handler import invoke
+from backfill.worker import Options
 from livemigrate.aws import AwsClients
 from livemigrate.cli import main
+from livemigrate.clock import FakeClock
 from livemigrate.config import Settings
 from livemigrate.control import ControlStore
 from livemigrate.exitcodes import ExitCode
 from livemigrate.items import to_typed
+from livemigrate.migration import open_migration
 from tests.export_layout import Written, gzip_lines, md5_b64, write_export
 from tests.integration.test_backfill_support import (
     destination,
@@ -139,7 +144,25 @@ def test_export_is_loaded_and_a_damaged_file_is_refused_with_nothing_written_fro
     damaged_keys = {str(it["sk"]["S"]) for it in files[2]}
     assert loaded == {row for row in want if json.loads(row)["sk"] not in damaged_keys}
     assert plan.plan_state(store) != plan.COMPLETE
-    assert int(store.metrics()["items_read"]) == 45
+    (unit,) = [u for u in plan.units(store, plan.SEG_PREFIX) if u.item.get("state") == "refused"]
+    assert unit.item["file_key"] == export.data_keys[2] and int(unit.item["items_read"]) == 0
+
+
+def test_workers_stop_once_only_refused_files_are_left_not_at_the_budget(
+    clients: AwsClients, s3: S3Client, bucket: str
+) -> None:
+    settings, items = tables(clients, 12)
+    written = write_export(s3, bucket, split(items, 2), time.time(), damaged=[1])
+    migration = open_migration(settings, clients)
+    clock = FakeClock()  # idle workers' polls advance it; nothing else does
+    options = Options(workers=2, page_size=5, budget_seconds=600)
+    export = read(s3, bucket, written.folder)
+    engine = ExportEngine(migration, options, s3, export, clock=clock)
+    engine.plan()
+    assert engine.run() is False
+    # THEN the workers stopped once only the refused file was left, long before the budget
+    assert clock.monotonic() < 120
+    assert refused(migration.store)[0][0] == written.data_keys[1]
 
 
 def test_export_taken_before_the_consumer_started_is_refused_naming_both_times(
