@@ -94,7 +94,8 @@ def verify(
 class _LineCounter:
     """Counts the lines of a gzip stream fed in chunks (members concatenated, as gzip allows)."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = CHUNK) -> None:
+        self._limit = limit  # decompressed bytes at a time: memory stays flat on any input
         self._inflate = zlib.decompressobj(GZIP_WBITS)
         self._lines = 0
         self._last = b"\n"  # the last decompressed byte: a final line without "\n" counts too
@@ -110,11 +111,14 @@ class _LineCounter:
 
     def _feed(self, chunk: bytes) -> None:
         while chunk:
-            text = self._inflate.decompress(chunk, CHUNK)
-            chunk = self._inflate.unconsumed_tail
-            if self._inflate.eof:  # the next gzip member starts in what is left
-                chunk = self._inflate.unused_data + chunk
+            text = self._inflate.decompress(chunk, self._limit)
+            if self._inflate.eof:
+                # The next gzip member starts in unused_data, which holds ALL the input left:
+                # unconsumed_tail may still hold a copy of it when the limit was reached too.
+                chunk = self._inflate.unused_data
                 self._inflate = zlib.decompressobj(GZIP_WBITS)
+            else:
+                chunk = self._inflate.unconsumed_tail
             self._count(text)
 
     def _count(self, text: bytes) -> None:
