@@ -5,7 +5,8 @@ complete) and no item of it is dead-lettered; 5 when it is complete but items we
 letters (they are not in the destination); 4 when the budget ran out first (run the command
 again: it continues from the saved checkpoints); 130 on Ctrl-C / SIGTERM (the workers finish
 the pages in flight, save their position and release their leases, then the command exits);
-2 on bad input.
+2 on bad input. With ``--from-export``: 5 also when a data file of the export does not match
+its manifest (checksum, item count or ETag): every other file is loaded, nothing of that one.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ import sys
 from typing import Any
 
 from backfill import eta_guard, plan
+from backfill.export import plan as export_plan
+from backfill.export.load import dry_run as export_dry_run
+from backfill.export.load import open_export
 from backfill.preflight import WITHOUT_CONSUMER_RISK, dry_run, open_for_backfill
 from backfill.progress import Progress
 from backfill.worker import Engine, Options
@@ -68,6 +72,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="PK",
         help="a partition key known to be hot: split at first sight (repeatable)",
+    )
+    add(
+        "--from-export",
+        metavar="S3_URI_OR_ARN",
+        help="load a DynamoDB export (s3://bucket/prefix/AWSDynamoDB/<ExportId>/ or its "
+        "ExportArn) instead of scanning the source: no read capacity used (README)",
     )
     add("--create-destination", action="store_true", help="create a missing destination table")
     add(
@@ -127,6 +137,9 @@ def options_from(args: argparse.Namespace, settings: Settings) -> Options:
 
 def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> int:
     """Run the command; see the module docstring for exit codes."""
+    export = open_export(args.from_export, settings, clients) if args.from_export else None
+    if args.dry_run and export is not None:
+        return export_dry_run(export, settings, clients, DRY_RUN_SAMPLE, sys.stdout)
     if args.dry_run:
         return dry_run(settings, clients, DRY_RUN_SAMPLE, sys.stdout)
     migration = open_for_backfill(
@@ -137,7 +150,7 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
     )
     options = options_from(args, settings)
     was_complete = plan.plan_state(migration.store) == plan.COMPLETE
-    engine = Engine(migration, options)
+    engine = Engine(migration, options) if export is None else export.engine(migration, options)
     engine.plan()  # once, before any child process races to it
 
     def budget_over() -> bool:
@@ -157,9 +170,10 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
             _run_children(args, settings, args.processes, stopped, guard)
     else:
         on_first_signal(lambda: _stop(engine, stopped), _say)
+        total = migration.source.item_count if export is None else export.export.item_count
         with (
             watch as guard,
-            Progress(engine.stats, migration.source.item_count, already, sys.stderr),
+            Progress(engine.stats, total, already, sys.stderr),
         ):
             engine.run()
     if guard is not None and guard.refusal:
@@ -237,6 +251,8 @@ def _verdict(
             )
             return ExitCode.NOT_MIGRATED
         return ExitCode.OK
+    if export_plan.refused(store) and export_plan.settled(store):
+        return _refused(export_plan.refused(store))
     segs = list(plan.units(store, plan.SEG_PREFIX))
     splits = list(plan.units(store, plan.SPLIT_PREFIX))
     done = sum(u.done for u in segs) + sum(u.done for u in splits)
@@ -259,6 +275,19 @@ def _verdict(
     return ExitCode.INCOMPLETE
 
 
+def _refused(files: list[tuple[str, str]]) -> int:
+    """Every other data file is loaded; these do not match the export's manifest."""
+    lines = "\n".join(f"  {key}: {reason}" for key, reason in files)
+    print(
+        f"backfill from export not complete: {len(files)} data file(s) do not match the export's "
+        f"manifest; nothing was written from them:\n{lines}\n"
+        "  fix: request a new export (`livemigrate export start`) and load it under a new "
+        "migration id, or use the Scan backfill (without --from-export)",
+        file=sys.stderr,
+    )
+    return ExitCode.NOT_MIGRATED
+
+
 def _backfill_dead_letters(migration: Migration) -> int:
     """Unacknowledged dead letters the backfill wrote (those items are not in the destination)."""
     letters = DeadLetters(migration.store).list()
@@ -278,6 +307,8 @@ def child_argv(args: argparse.Namespace) -> list[str]:
         argv += ["--hot-key", key]
     if args.without_consumer:
         argv.append("--without-consumer")
+    if args.from_export:
+        argv += ["--from-export", args.from_export]
     return [*argv, "--guarded-by-parent"]  # the parent watches the ETA of all of them
 
 

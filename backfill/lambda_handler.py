@@ -8,7 +8,9 @@ and return ``{"workers": [0, ..., n-1]}`` for the Map state, n = the event's ``w
 ``work``, the default: copy segments until the budget is spent), ``worker`` (the Map item,
 for logs), ``threads`` (reader threads in this invocation, default the ``workers`` setting),
 ``margin_seconds`` (time kept back from the invocation's limit, default 30), ``page_size``,
-``without_consumer``, ``create_destination``.
+``without_consumer``, ``create_destination``, ``from_export`` (an export's S3 URI or
+ExportArn: load its data files instead of scanning; ``refused_files`` in the result lists files
+that do not match the manifest: the loop must stop on them, ``complete`` stays false).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from backfill import plan
+from backfill.export.load import open_export
+from backfill.export.plan import refused
 from backfill.preflight import open_for_backfill
 from backfill.worker import Engine, Options
 from livemigrate.aws import AwsClients, make_clients
@@ -55,7 +59,10 @@ def invoke(
         page_size=int(event.get("page_size", 1000)),
         total_segments=settings.total_segments,
     )
-    engine = Engine(migration, options)
+    # issue 16: an export's data files instead of Scan segments, with the same loop
+    where = event.get("from_export")
+    export = open_export(str(where), settings, clients) if where else None
+    engine = Engine(migration, options) if export is None else export.engine(migration, options)
     segments = engine.plan()
     if planning:
         # Idempotent: a second start of the state machine finds the plan and resumes it.
@@ -71,4 +78,5 @@ def invoke(
         "items_written": done.written,
         "superseded": done.superseded,
         "dead_letters": done.dead,
+        "refused_files": [key for key, _ in refused(migration.store)],
     }

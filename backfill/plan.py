@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from livemigrate.control import ControlStore
+from livemigrate.errors import PreflightError
 from livemigrate.migration import BACKFILL_COMPLETE, PLAN
 
 SEG_PREFIX = "SEG#"
@@ -116,6 +117,11 @@ def ensure_plan(store: ControlStore, total_segments: int) -> int:
             only_if_absent=True,
         )
         plan = store.get(PLAN) or {}
+    if plan.get("source") == "export":  # issue 16: one plan a migration, never mixed
+        raise PreflightError(
+            f"migration {store.migration_id!r} is loading the export {plan.get('export_uri')}",
+            f"run `livemigrate backfill --from-export {plan.get('export_uri')}` to finish it",
+        )
     total = int(plan["total_segments"])
     if not plan.get("segments_written"):
         if store.count(SEG_PREFIX) < total:

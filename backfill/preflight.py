@@ -9,7 +9,7 @@ from livemigrate.aws import AwsClients
 from livemigrate.config import Settings
 from livemigrate.control import ControlStore
 from livemigrate.errors import ConflictError, PreflightError, TransformOutputError
-from livemigrate.items import to_json, to_plain
+from livemigrate.items import TypedItem, to_json, to_plain
 from livemigrate.migration import Migration, open_migration
 from livemigrate.tables import TableInfo, describe
 from livemigrate.transform import Transformer, load_transform
@@ -64,6 +64,26 @@ def dry_run(settings: Settings, clients: AwsClients, sample: int, out: TextIO) -
     )
     page = clients.dynamodb.scan(TableName=source.name, Limit=sample)
     items = page.get("Items", [])
+    show_sample(transformer, items, out)
+    print(
+        f"dry run: transformed {len(items)} sample item(s) of {source.name!r} "
+        f"(~{source.item_count} items); nothing was written",
+        file=out,
+    )
+    return 0
+
+
+def dry_run_transformer(settings: Settings, clients: AwsClients, out: TextIO) -> Transformer:
+    """The transform checked against the destination's key schema (or the source's, with a
+    note, when the destination does not exist yet); refuses another migration's destination."""
+    source = describe(clients.dynamodb, settings.source_table, "source")
+    target = _destination_or_source(settings, clients, source, out)
+    _check_owner(settings, clients)
+    return Transformer(load_transform(settings.transform), target.key_names, target.key_types)
+
+
+def show_sample(transformer: Transformer, items: list[TypedItem], out: TextIO) -> None:
+    """Each item before and after the transform (or why it would be dead-lettered)."""
     for n, raw in enumerate(items, 1):
         plain = to_plain(raw)
         print(f"--- item {n} before: {to_json(plain)}", file=out)
@@ -76,12 +96,6 @@ def dry_run(settings: Settings, clients: AwsClients, sample: int, out: TextIO) -
             print("    after: (no destination items)", file=out)
         for typed in outputs:
             print(f"    after: {to_json(to_plain(typed))}", file=out)
-    print(
-        f"dry run: transformed {len(items)} sample item(s) of {source.name!r} "
-        f"(~{source.item_count} items); nothing was written",
-        file=out,
-    )
-    return 0
 
 
 def _destination_or_source(

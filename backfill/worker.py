@@ -166,7 +166,7 @@ class Engine:
             workers = [
                 threading.Thread(
                     target=self._guarded,
-                    args=(Worker(self, f"{prefix}-{i}", writer), random.uniform(0, 0.05 * i)),
+                    args=(self.new_worker(f"{prefix}-{i}", writer), random.uniform(0, 0.05 * i)),
                 )
                 for i in range(self.options.workers)
             ]
@@ -179,6 +179,10 @@ class Engine:
         # The request units spent since the workers' last counter write (claims, completion).
         self.health.call(lambda: self.store.add_metrics({}))
         return self.health.call(lambda: plan.plan_state(self.store)) == plan.COMPLETE
+
+    def new_worker(self, owner: str, writer: PageWriter) -> Worker:
+        """One worker of this engine (the export backfill's engine makes its own kind)."""
+        return Worker(self, owner, writer)
 
     def _guarded(self, worker: Worker, stagger: float) -> None:
         try:

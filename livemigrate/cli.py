@@ -48,6 +48,10 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 ENGINE_COMMANDS: dict[str, tuple[str, str]] = {
     "backfill": ("backfill.cli", "copy historical items through the transform (resumable)"),
+    "export": (
+        "backfill.export.cli",
+        "request a DynamoDB export of the source to S3 (for backfill --from-export), follow it",
+    ),
     "consume": ("stream_consumer.cli", "apply the source stream to the destination, in order"),
     "reverse": (
         "stream_consumer.reverse",

@@ -21,6 +21,11 @@ pk                          sk                          what
                                                         dead_lettered
 ``MIG#<id>``                ``SPLIT#<seg>#<n>``         hot-key sub-range of a segment: hot_key,
                                                         range bounds, same lease/checkpoint
+``MIG#<id>``                ``EXPORT#<ExportId>``       an export requested by ``export start``:
+                                                        export_arn, bucket, prefix, export_time,
+                                                        status, item_count (issue 16; an export
+                                                        plan's units are SEG# items with file_key,
+                                                        backfill/export/plan.py)
 ``MIG#<id>``                ``RATES``                   read_rate / write_rate caps (items/s),
                                                         changeable while running
 ``MIG#<id>``                ``CONSUMER#<name>``         a stream consumer (name: source | search
