@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from livemigrate import accounting, retention
 from livemigrate.control import ControlStore
 from livemigrate.deadletters import DeadLetters
@@ -73,6 +75,7 @@ def collect(
             _one(groups, "RETENTION"), _one(groups, "CONSUMER#source").get("lag_seconds")
         ),
         "requests": requests_of(groups),
+        "exports": exports_of(groups, store),
     }
 
 
@@ -80,6 +83,38 @@ def _one(groups: dict[str, list[tuple[str, dict[str, Any]]]], sk: str) -> dict[s
     """The item ``sk`` (empty when absent)."""
     group = groups.get(sk.split("#", maxsplit=1)[0], [])
     return next((dict(item) for key, item in group if key == sk), {})
+
+
+def exports_of(
+    groups: Mapping[str, list[tuple[str, dict[str, Any]]]], store: ControlStore
+) -> list[dict[str, Any]]:
+    """The exports ``livemigrate export start`` recorded, with their progress now (DescribeExport
+    when it answers, else the last recorded state; nothing is written)."""
+    out = []
+    for sk, item in groups.get("EXPORT", []):
+        arn = str(item.get("export_arn"))
+        status, count = item.get("status"), int(item.get("item_count") or 0)
+        live = _describe_export(store, arn)
+        if live is not None:
+            status = live.get("ExportStatus", status)
+            count = int(live.get("ItemCount") or count)
+        out.append(
+            {
+                "export_id": sk.split("#", 1)[1],
+                "export_arn": arn,
+                "status": status,
+                "export_time": iso(float(item["export_time"])) if "export_time" in item else None,
+                "item_count": count,
+            }
+        )
+    return out
+
+
+def _describe_export(store: ControlStore, arn: str) -> Mapping[str, Any] | None:
+    try:
+        return store.client.describe_export(ExportArn=arn)["ExportDescription"]
+    except (ClientError, BotoCoreError):  # status still shows the recorded state
+        return None
 
 
 def requests_of(groups: Mapping[str, list[tuple[str, dict[str, Any]]]]) -> dict[str, Any]:
@@ -335,6 +370,7 @@ def render(summary: dict[str, Any]) -> str:
     for consumer in stream["consumer_started"]:
         lines.extend(_consumer_lines(consumer))
     lines.extend(_shard_line(shard) for shard in stream["shards"])
+    lines.extend(_export_lines(summary.get("exports") or []))
     lines.extend(_dead_letter_lines(summary))
     lines.append("  cutover gates:")
     for gate in summary["gates"]:
@@ -350,6 +386,14 @@ def render(summary: dict[str, Any]) -> str:
         for name, value in sorted(summary["metrics"].items()):
             lines.append(f"    {name:<{width}}  {to_json(value)}")
     return "\n".join(lines)
+
+
+def _export_lines(exports: list[dict[str, Any]]) -> list[str]:
+    return [
+        f"  export {e['export_id']}: {e['status']}, taken at {e['export_time'] or '?'}, "
+        f"{e['item_count']} items"
+        for e in exports
+    ]
 
 
 def _request_lines(requests: Mapping[str, Any]) -> list[str]:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import jsonschema
 import pytest
 
 from backfill import plan
@@ -38,6 +40,8 @@ from tests.integration.test_backfill_support import (
     settings_env,
 )
 from tests.services import create_table, settings_for, unique
+
+SCHEMA = Path(__file__).resolve().parents[2] / "livemigrate" / "status.schema.json"
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -232,6 +236,13 @@ def test_export_start_needs_the_consumer_and_pitr_then_records_the_export(
     shown = json.loads(capsys.readouterr().out)
     assert [e["export_arn"] for e in shown] == [requested["export_arn"]]
     assert shown[0]["status"] in ("IN_PROGRESS", "COMPLETED")
+    # AND the migration's own status shows it too, in its published schema
+    assert command(monkeypatch, settings, "status", "--json") == 0
+    status = json.loads(capsys.readouterr().out)
+    jsonschema.validate(status, json.loads(SCHEMA.read_text()))
+    assert [(e["export_arn"], e["status"]) for e in status["exports"]] == [
+        (requested["export_arn"], shown[0]["status"])
+    ]
 
 
 @dataclass
