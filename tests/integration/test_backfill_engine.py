@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -186,6 +187,23 @@ def test_budget_stops_with_position_saved_and_next_run_continues(clients: AwsCli
     )
     # No page was read twice: budget stops happen between pages.
     assert int(migration.store.metrics()["items_read"]) == len(items)
+
+
+def test_idle_workers_leave_as_soon_as_the_last_unit_completes_the_plan(
+    clients: AwsClients,
+) -> None:
+    # GIVEN one unit for three workers that poll only every 60 s while others hold the units
+    settings = tables(clients, outbox_items(30))
+    options = Options(workers=3, page_size=10, total_segments=1, idle_poll_seconds=60.0)
+    started = time.monotonic()
+    # WHEN the worker holding the unit completes the plan
+    assert Engine(open_migration(settings, clients), options).run()
+    # THEN its idle siblings are woken and leave at once: the run does not wait out their poll
+    # (it did: a short run's end waited up to idle_poll_seconds, issue 18)
+    assert time.monotonic() - started < 30.0
+    assert destination(clients.dynamodb, settings.destination_table) == expected(
+        clients.dynamodb, settings.source_table
+    )
 
 
 def test_cli_says_how_to_continue_when_the_budget_runs_out(
