@@ -263,6 +263,10 @@ class Worker:
         """``fn()`` with outages backed off (until the budget is spent)."""
         return self.health.call(fn, self.budget.expired)
 
+    def _settled(self, unit: plan.Unit) -> bool:
+        """A unit no worker will work on again: done (the export worker adds refused files)."""
+        return unit.done
+
     def _mark_complete(self) -> bool:
         return plan.mark_complete(self.store, self.options.lease_margin, self.clock.now())
 
@@ -272,7 +276,7 @@ class Worker:
             *plan.units(self.store, plan.SPLIT_PREFIX),
             *plan.units(self.store, plan.SEG_PREFIX),
         ]
-        self._unfinished_seen = any(not u.done for u in listed)
+        self._unfinished_seen = any(not self._settled(u) for u in listed)
         splits = [u for u in listed if u.is_split and self._free(u, now)]
         segments = [u for u in listed if not u.is_split and self._free(u, now)]
         # Splits first: they are the long pole. Shuffled so workers spread over the table.

@@ -73,6 +73,9 @@ class ExportWorker(Worker):
         self.s3 = engine.s3
         self.bucket = engine.export.bucket
 
+    def _settled(self, unit: plan.Unit) -> bool:
+        return unit.done or unit.item.get("state") == REFUSED
+
     def _mark_complete(self) -> bool:
         # Refused files never finish: once nothing else is left, stop instead of waiting.
         return super()._mark_complete() or settled(self.store)
