@@ -108,9 +108,6 @@ HEAVY_MODULES = frozenset(
     {
         "test_backfill_kill.py",
         "test_e2e_fenced_cutover.py",
-        "test_outage_proxy.py",
-        "test_consumer_crash.py",
-        "test_backfill_export_kill.py",
     }
 )
 
