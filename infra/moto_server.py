@@ -25,6 +25,14 @@ wins, and the other request's item is gone although it was acknowledged (seen: a
 reported 120 items written, the destination held 119). DynamoDB loses no acknowledged write.
 The fix creates a missing partition under a lock, once.
 
+3. Writes that are not atomic. moto's PutItem, UpdateItem and DeleteItem read the item, check
+the condition and write in separate steps, unlocked, and a transaction's checked conditions
+can change before its writes: two concurrent ADDs to one counter lose one (seen: a backfill's
+METRICS said 23 items read of 30), and a checked write can pass its flag condition while the
+fence's update of the flag lands before the write (seen: a write begun after the fence landed
+on the retired table). DynamoDB applies each of these atomically. The fix runs every write
+operation, and a transaction from its condition checks to its last write, under one lock.
+
 Usage: ``python infra/moto_server.py -H 127.0.0.1 -p 4599`` (the same arguments as moto_server).
 """
 
@@ -114,7 +122,20 @@ def _table_init(self: Table, *args: Any, **kwargs: Any) -> None:
         self.items = Partitions(self.items.default_factory, self.items)
 
 
+def _atomic(method: Any) -> Any:
+    """``method`` run under the lock the transactions take (reentrant: moto's transactions
+    call these methods themselves)."""
+
+    def locked(self: DynamoDBBackend, *args: Any, **kwargs: Any) -> Any:
+        with _LOCK:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 def patch() -> None:
+    for name in ("put_item", "update_item", "delete_item"):
+        setattr(DynamoDBBackend, name, _atomic(getattr(DynamoDBBackend, name)))
     DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
     models.copy = _no_table_copies()  # type: ignore[assignment]
     Table.__init__ = _table_init  # type: ignore[method-assign]

@@ -108,6 +108,7 @@ HEAVY_MODULES = frozenset(
     {
         "test_backfill_kill.py",
         "test_e2e_fenced_cutover.py",
+        "test_outage_proxy.py",
     }
 )
 

@@ -80,3 +80,47 @@ def test_concurrent_first_writes_to_a_partition_all_stay(fast_switching: None) -
     table = _table()
     kept = sum(_first_writes(table, f"p{r}") for r in range(ROUNDS))
     assert kept == ROUNDS * THREADS
+
+
+def _concurrent_adds(rounds: int, threads: int) -> int:
+    """``threads`` UpdateItem ADDs of 1 to one counter, released together, ``rounds`` times,
+    through moto's backend (what the server runs per request); the counter's final value."""
+    from moto.dynamodb.models import DynamoDBBackend
+
+    backend = DynamoDBBackend("us-east-1", "123456789012")
+    backend.create_table(
+        "counter",
+        schema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        throughput=None,
+        attr=[{"AttributeName": "pk", "AttributeType": "S"}],
+        global_indexes=None,
+        indexes=None,
+        streams=None,
+        billing_mode="PAY_PER_REQUEST",
+        sse_specification=None,
+        tags=[],
+        deletion_protection_enabled=False,
+        warm_throughput=None,
+    )
+    key = {"pk": {"S": "metrics"}}
+
+    def add(barrier: threading.Barrier) -> None:
+        barrier.wait()
+        backend.update_item("counter", key, "ADD n :one", {}, {":one": {"N": "1"}})
+
+    for _ in range(rounds):
+        barrier = threading.Barrier(threads)
+        pool = [threading.Thread(target=add, args=(barrier,)) for _ in range(threads)]
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+    item = backend.get_item("counter", key)
+    assert item is not None
+    return int(item.attrs["n"].value)
+
+
+def test_concurrent_adds_to_one_counter_all_count(fast_switching: None) -> None:
+    # (Unpatched, concurrent ADDs lost updates: a backfill's METRICS said 23 items read of 30.)
+    _moto_server().patch()
+    assert _concurrent_adds(100, 8) == 800
