@@ -57,7 +57,7 @@ from livemigrate.retired import RetiredTable
 from livemigrate.transform import Transformer
 from stream_consumer.handoff import Collision, Handoff, Verdict, collision_reason
 from stream_consumer.metrics import Metrics
-from stream_consumer.tombstones import SETTLE_SECONDS, TombstoneWindow
+from stream_consumer.tombstones import SETTLE_SECONDS, TombstoneWindow, record_switch
 
 if TYPE_CHECKING:
     from livemigrate.migration import Migration
@@ -187,11 +187,7 @@ class DeleteMode:
         return self._real
 
     def _switch(self, now: float) -> None:
-        self.store.update(
-            f"CONSUMER#{self.consumer}",
-            {"real_deletes_since": now},
-            condition="attribute_not_exists(#real_deletes_since)",
-        )
+        record_switch(self.store, self.consumer, now)
         self._real = True
         log.info("backfill complete: %s consumer now deletes for real", self.consumer)
 

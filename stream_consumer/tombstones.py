@@ -6,7 +6,8 @@ consumer sweeps again periodically (``sweep``).
 
 While the backfill runs, a delete leaves a tombstone in D so that a late bulk put of the deleted
 item fails its put-if-absent. Once the backfill is complete the source consumer switches to real
-deletes and records ``real_deletes_since`` on ``CONSUMER#source``. Finalisation waits for that
+deletes and records ``real_deletes_since`` on ``CONSUMER#source`` (finalisation records it
+itself when the backfill is complete and quiet and no consumer did). Finalisation waits for that
 (plus a settle time that covers other consumer processes' cached delete mode), scans D for
 ``_lm_tomb = true`` and deletes each tombstone with a condition on its sequence number, so a
 tombstone that a newer write replaced is left alone. It ends by writing ``TOMBSTONES``
@@ -40,6 +41,7 @@ from livemigrate.outage import Outage, is_transient
 from livemigrate.versioning import SEQ_ATTR, TOMBSTONE_ATTR
 
 if TYPE_CHECKING:
+    from livemigrate.control import ControlStore
     from livemigrate.destination import DestinationWriter
     from livemigrate.migration import Migration
 
@@ -135,24 +137,50 @@ def wait_for_real_deletes(
     poll_seconds: float = 2.0,
     stop: threading.Event | None = None,
 ) -> float:
-    """Block until ``CONSUMER#<consumer>.real_deletes_since`` is older than ``settle_seconds``."""
+    """Block until ``CONSUMER#<consumer>.real_deletes_since`` is older than ``settle_seconds``.
+
+    No consumer need be running: once the backfill is complete and quiet, the switch is
+    recorded here if no consumer did (a consumer stopped before the backfill went quiet never
+    would). That is as safe as a consumer's own switch: a consumer's "tombstones" decision
+    came from a check made before the backfill completed, so before this record, and it
+    writes only within ``settle_seconds`` less a margin of that check.
+    """
     stop = stop or threading.Event()
     deadline = clock.now() + timeout_seconds
     while not stop.is_set():
-        held = migration.store.get(f"CONSUMER#{consumer}") or {}
-        since = held.get("real_deletes_since")
-        if since is not None and clock.now() >= float(since) + settle_seconds:
-            return float(since)
+        since = switched_at(migration.store, consumer)
+        if since is None and migration.backfill_complete():
+            since = record_switch(migration.store, consumer, clock.now())
+        if since is not None and clock.now() >= since + settle_seconds:
+            return since
         if clock.now() >= deadline:
             raise NotSwitched(
                 f"the {consumer} consumer has not switched to real deletes "
                 f"within {timeout_seconds:.0f}s (backfill complete: "
                 f"{migration.backfill_complete()})",
-                "finish the backfill, keep `livemigrate consume` running, then run "
+                "finish the backfill (`livemigrate status` shows it), then run "
                 "`livemigrate consume --finalize-tombstones` again",
             )
         clock.sleep(poll_seconds)
     raise NotSwitched("stopped while waiting for real deletes", "run it again")
+
+
+def switched_at(store: ControlStore, consumer: str) -> float | None:
+    """When the consumer switched to real deletes (``real_deletes_since``), if it has."""
+    since = (store.get(f"CONSUMER#{consumer}") or {}).get("real_deletes_since")
+    return None if since is None else float(since)
+
+
+def record_switch(store: ControlStore, consumer: str, now: float) -> float:
+    """Record the switch to real deletes at ``now`` unless one is recorded; returns the
+    recorded time (the first writer's)."""
+    store.update(
+        f"CONSUMER#{consumer}",
+        {"real_deletes_since": now},
+        condition="attribute_not_exists(#real_deletes_since)",
+    )
+    since = switched_at(store, consumer)
+    return now if since is None else since
 
 
 def finalize_tombstones(

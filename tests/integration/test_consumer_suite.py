@@ -38,7 +38,12 @@ from stream_consumer.leases import shard_sk
 from stream_consumer.metrics import Metrics
 from stream_consumer.scripted import ScriptedStream, ScriptedTable
 from stream_consumer.source import BotoShardSource, ShardSource
-from stream_consumer.tombstones import finalize_tombstones, tombstones_purged
+from stream_consumer.tombstones import (
+    NotSwitched,
+    finalize_tombstones,
+    switched_at,
+    tombstones_purged,
+)
 from tests.services import create_table, scan_all, settings_for, unique
 
 JAN = 1704067200  # 2024-01-01T00:00:00Z
@@ -296,6 +301,36 @@ def test_changes_converge_and_tombstones_block_late_backfill_puts(world: World) 
     assert held == expected(world.migration, world.source_items())
     assert world.migration.dead_letters.count() == 0
     assert_parents_before_children(world)
+
+
+def test_finalisation_switches_to_real_deletes_when_no_consumer_saw_the_backfill_quiet(
+    world: World,
+) -> None:
+    # GIVEN deletes applied as tombstones by a consumer that stopped before the backfill ended
+    for n in range(10):
+        world.put(item(n))
+    for n in range(4):
+        world.delete(OUTBOX, f"i{n:04d}")
+    run_to_caught_up(world.consumer("w1"))
+    assert destination(world)[1] == 4
+    store = world.migration.store
+    # WHEN finalisation runs while the backfill is incomplete, it waits and records nothing
+    with pytest.raises(NotSwitched):
+        finalize_tombstones(world.migration, SystemClock(), timeout_seconds=0.3, poll_seconds=0.05)
+    assert switched_at(store, "source") is None
+    # WHEN the backfill completes (quiet a second later) with no consumer running
+    quiet_at = time.time() + 1.0
+    store.put("PLAN", {"state": "complete", "completed_at": time.time(), "quiet_at": quiet_at})
+    purged = finalize_tombstones(
+        world.migration, SystemClock(), settle_seconds=0.2, timeout_seconds=30, poll_seconds=0.05
+    )
+    # THEN finalisation records the switch itself, once quiet, and purges every tombstone
+    since = switched_at(store, "source")
+    assert since is not None and since >= quiet_at
+    assert purged == 4 and tombstones_purged(world.migration)
+    held, tombs = destination(world)
+    assert tombs == 0
+    assert held == expected(world.migration, world.source_items())
 
 
 def test_second_consumer_takes_over_only_after_lease_expiry(world: World) -> None:
