@@ -213,7 +213,7 @@ def _say(text: str) -> None:
 def _stop(engine: Engine, stopped: list[bool]) -> None:
     """End the budget now: each worker finishes its page, checkpoints, releases its lease."""
     stopped.append(True)
-    engine.budget.end_now()
+    engine.stop()
 
 
 def _verdict(

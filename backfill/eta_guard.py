@@ -86,7 +86,7 @@ def for_run(
 
     def stop() -> None:  # several processes: the parent replaces it by stopping its children
         if args.processes == 1:
-            engine.budget.end_now()  # pages in flight finish, positions are saved
+            engine.stop()  # pages in flight finish, positions are saved
 
     return watching(
         settings,

@@ -129,6 +129,7 @@ class Engine:
             options.budget_seconds, self.clock, options.margin_seconds
         )
         self.total_segments = 0
+        self._stopped = False
         self._running_marked = False
         self._errors: list[BaseException] = []
         self._changes = threading.Condition()
@@ -161,6 +162,8 @@ class Engine:
         self.budget = Budget.starting_now(
             budget_seconds or self.options.budget_seconds, self.clock, self.options.margin_seconds
         )
+        if self._stopped:  # a stop that came before this budget existed
+            self.budget.end_now()
         threads = self.options.workers * self.options.write_threads
         with ThreadPoolExecutor(threads, thread_name_prefix="backfill-write") as pool:
             writer = PageWriter(self.migration, pool, self.write_limiter)
@@ -181,6 +184,14 @@ class Engine:
         # The request units spent since the workers' last counter write (claims, completion).
         self.health.call(lambda: self.store.add_metrics({}))
         return self.health.call(lambda: plan.plan_state(self.store)) == plan.COMPLETE
+
+    def stop(self) -> None:
+        """End the run now, or the next one as soon as it starts: each worker finishes its
+        page, checkpoints and releases its lease. A signal can come before ``run`` starts its
+        budget (a child process still planning); ending only the budget of the moment let such
+        a run go on to its full budget."""
+        self._stopped = True
+        self.budget.end_now()
 
     def new_worker(self, owner: str, writer: PageWriter) -> Worker:
         """One worker of this engine (the export backfill's engine makes its own kind)."""

@@ -206,6 +206,23 @@ def test_idle_workers_leave_as_soon_as_the_last_unit_completes_the_plan(
     )
 
 
+def test_a_stop_before_the_run_starts_its_budget_still_stops_the_run(clients: AwsClients) -> None:
+    # GIVEN a planned backfill of 300 items
+    settings = tables(clients, outbox_items(300))
+    migration = open_migration(settings, clients)
+    engine = Engine(migration, Options(workers=2, page_size=50, total_segments=2))
+    engine.plan()
+    # WHEN Ctrl-C (SIGTERM from a parent) comes before the run has started its budget
+    engine.stop()
+    # THEN the run stops at once: nothing is read, no lease is left held (it copied the whole
+    # table: the stop ended only the budget of the moment, and run() started a new one)
+    assert not engine.run()
+    assert int(migration.store.metrics().get("items_read", 0)) == 0
+    assert not [
+        u for u in plan.units(migration.store, plan.SEG_PREFIX) if u.item.get("lease_owner")
+    ]
+
+
 def test_cli_says_how_to_continue_when_the_budget_runs_out(
     clients: AwsClients, capsys: pytest.CaptureFixture[str]
 ) -> None:
