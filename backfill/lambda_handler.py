@@ -10,7 +10,8 @@ for logs), ``threads`` (reader threads in this invocation, default the ``workers
 ``margin_seconds`` (time kept back from the invocation's limit, default 30), ``page_size``,
 ``without_consumer``, ``create_destination``, ``from_export`` (an export's S3 URI or
 ExportArn: load its data files instead of scanning; ``refused_files`` in the result lists files
-that do not match the manifest: the loop must stop on them, ``complete`` stays false).
+that do not match the manifest; ``blocked`` is true once nothing else is left: the loop must
+stop on it, ``complete`` stays false).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, Protocol
 
 from backfill import plan
 from backfill.export.load import open_export
-from backfill.export.plan import refused
+from backfill.export.plan import refused, settled
 from backfill.preflight import open_for_backfill
 from backfill.worker import Engine, Options
 from livemigrate.aws import AwsClients, make_clients
@@ -72,11 +73,15 @@ def invoke(
     budget = context.get_remaining_time_in_millis() / 1000.0 - margin
     complete = engine.run(budget_seconds=max(0.1, budget)) or plan.mark_complete(migration.store)
     done = engine.stats.snapshot()
+    files = refused(migration.store)
     return {
         "complete": complete,
         "items_read": done.read,
         "items_written": done.written,
         "superseded": done.superseded,
         "dead_letters": done.dead,
-        "refused_files": [key for key, _ in refused(migration.store)],
+        "refused_files": [key for key, _ in files],
+        # Nothing left but refused files: looping again would never complete (the state
+        # machine fails on it, naming the fix, instead of invoking forever).
+        "blocked": bool(files) and settled(migration.store),
     }

@@ -171,9 +171,17 @@ def test_state_machine_plans_then_loops_each_worker_until_complete(stack: Stack)
     assert work["Parameters"]["Payload"]["action"] == "work"
     retried = {e for r in work["Retry"] for e in r["ErrorEquals"]}
     assert {"Lambda.TooManyRequestsException", "Lambda.ServiceException"} <= retried
+    assert work["ResultSelector"] == {
+        "complete.$": "$.Payload.complete",
+        "blocked.$": "$.Payload.blocked",
+    }
     choice = inner[work["Next"]]
-    (done,) = choice["Choices"]
+    done, blocked = choice["Choices"]
     assert done["Variable"] == "$.result.complete" and inner[done["Next"]]["Type"] == "Succeed"
+    # an export whose remaining files are all refused ends the loop as a failure, not forever
+    assert blocked["Variable"] == "$.result.blocked" and blocked["BooleanEquals"] is True
+    refused = inner[blocked["Next"]]
+    assert refused["Type"] == "Fail" and "livemigrate export start" in refused["Cause"]
     assert choice["Default"] == workers["ItemProcessor"]["StartAt"]  # loop until complete
     # the state machine may invoke the backfill function (its role's one Lambda grant)
     role = boto3.client("iam").get_role(RoleName=stack.resources["BackfillStateMachineRole"])

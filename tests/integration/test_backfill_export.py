@@ -266,5 +266,28 @@ def test_lambda_handler_loads_an_export_across_invocations(
         if results[-1]["complete"]:
             break
     assert results[-1]["complete"] is True and results[-1]["refused_files"] == []
+    assert results[-1]["blocked"] is False
     want = expected(clients.dynamodb, settings.source_table)
     assert destination(clients.dynamodb, settings.destination_table) == want
+
+
+def test_lambda_handler_says_blocked_once_only_refused_files_are_left(
+    clients: AwsClients, s3: S3Client, bucket: str
+) -> None:
+    # GIVEN an export of 2 files, the second damaged at rest
+    settings, items = tables(clients, 20)
+    consumer_started(settings, clients, time.time() - 5)
+    export = write_export(s3, bucket, split(items, 2), time.time(), damaged=[1])
+    event = {"from_export": export.uri, "margin_seconds": 0.5, "page_size": 5, "workers": 2}
+    # WHEN the Step Functions loop invokes the function until it says complete or blocked
+    results = []
+    for _ in range(30):
+        results.append(invoke(event, FakeContext(2500), settings, clients))
+        if results[-1]["complete"] or results[-1]["blocked"]:
+            break
+    # THEN it says blocked (the state machine fails on it) once the good file is loaded, naming
+    # the refused file; it never says complete
+    last = results[-1]
+    assert last["blocked"] is True and last["complete"] is False
+    assert last["refused_files"] == [export.data_keys[1]]
+    assert not any(r["blocked"] for r in results[:-1])
