@@ -28,6 +28,7 @@ import errno
 import logging
 import threading
 from dataclasses import dataclass
+from typing import Protocol
 from http.server import ThreadingHTTPServer
 
 from livemigrate.argtypes import non_negative_float, positive_float, positive_int
@@ -39,12 +40,13 @@ from livemigrate.deadletters import DeadLetters, Origin
 from livemigrate.errors import ConfigError, PreflightError
 from livemigrate.exitcodes import ExitCode
 from livemigrate.migration import Migration, open_migration
+from livemigrate.records import RecordSink
 from livemigrate.process import stop_on_signals, worker_id
 from livemigrate.retention import DYNAMODB_STREAMS_RETENTION, Retention, source_retention
 from livemigrate.retention import record as record_retention
 from livemigrate.tables import require_stream
 from stream_consumer.applier import DestinationApplier
-from stream_consumer.engine import Tuning, run_consumer
+from stream_consumer.engine import ConsumerOptions, Tuning, run_consumer
 from stream_consumer.kcl import daemon as kcl_daemon
 from stream_consumer.kinesis.source import stream_ref
 from stream_consumer.metrics import Metrics, serve
@@ -62,7 +64,7 @@ NAME = "source"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_consumer_arguments(parser)
+    add_consumer_arguments(parser, metrics_default="the `metrics_port` setting")
     kcl_daemon.add_arguments(parser)  # --engine kcl, --kcl-property
     parser.add_argument(
         "--finalize-tombstones",
@@ -77,8 +79,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_consumer_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options every stream consumer command shares (``consume``, ``reverse``)."""
+def add_consumer_arguments(parser: argparse.ArgumentParser, metrics_default: str = "none") -> None:
+    """The options of the commands that apply a stream to a table (``consume``, ``reverse``)."""
+    add_stream_arguments(parser, metrics_default)
+    parser.add_argument(
+        "--apply-threads",
+        type=positive_int,
+        default=8,
+        help="parallel writes per batch (default: 8)",
+    )
+
+
+def add_stream_arguments(parser: argparse.ArgumentParser, metrics_default: str = "none") -> None:
+    """The options every command that runs the consumer engine shares (``consume``,
+    ``reverse``, ``search sync``): ``ConsumerRun`` reads them."""
     parser.add_argument(
         "--until-caught-up",
         action="store_true",
@@ -87,7 +101,7 @@ def add_consumer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metrics-port",
         type=positive_int,
-        help="serve Prometheus metrics on this port (default: the `metrics_port` setting)",
+        help=f"serve Prometheus metrics on this port (default: {metrics_default})",
     )
     parser.add_argument(
         "--lease-seconds",
@@ -104,12 +118,6 @@ def add_consumer_arguments(parser: argparse.ArgumentParser) -> None:
         type=positive_float,
         default=0.5,
         help="idle poll, seconds (default: 0.5)",
-    )
-    parser.add_argument(
-        "--apply-threads",
-        type=positive_int,
-        default=8,
-        help="parallel writes per batch (default: 8)",
     )
 
 
@@ -171,6 +179,12 @@ def change_source(migration: Migration) -> ShardSource:
     return KinesisShardSource(kinesis, settings.kinesis_stream)
 
 
+class ClosingSink(RecordSink, Protocol):
+    """A sink with threads or buffers to release once the engine stops."""
+
+    def close(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class ConsumerRun:
     """What a consumer command runs the engine with (``consume``, ``reverse``)."""
@@ -188,35 +202,51 @@ class ConsumerRun:
         self,
         args: argparse.Namespace,
         source: ShardSource,
-        applier: DestinationApplier,
+        sink: ClosingSink,
         metrics: Metrics,
     ) -> int:
-        """Run until stopped (or caught up); the exit status. Serves metrics if asked."""
-        server = _serve(metrics, args.metrics_port) if args.metrics_port else None
+        """Run until stopped (or caught up); the exit status. Closes the sink."""
         try:
-            caught_up = run_consumer(
+            caught_up = self.consume(args, source, sink, metrics)
+        finally:
+            sink.close()
+        return self.exit_code(args, caught_up)
+
+    def consume(
+        self, args: argparse.Namespace, source: ShardSource, sink: RecordSink, metrics: Metrics
+    ) -> bool:
+        """Run the engine with the options ``add_stream_arguments`` declared; True when it
+        caught up. Serves metrics while it runs if ``--metrics-port`` is set."""
+        server = _serve(metrics, args.metrics_port) if args.metrics_port else None
+        options = ConsumerOptions(
+            store=self.store,
+            name=self.name,
+            worker_id=args.worker_id or worker_id(),
+            lease_seconds=args.lease_seconds,
+            clock=self.clock,
+            dead_letters=self.dead_letters,
+            origin=self.origin,
+            tuning=Tuning(
+                batch_size=args.batch_size,
+                poll_interval=args.poll_interval,
+                retention=self.retention,
+            ),
+        )
+        try:
+            return run_consumer(
                 source,
-                self.store,
-                self.name,
-                applier,
-                worker_id=args.worker_id or worker_id(),
-                lease_seconds=args.lease_seconds,
-                clock=self.clock,
-                dead_letters=self.dead_letters,
-                origin=self.origin,
-                tuning=Tuning(
-                    batch_size=args.batch_size,
-                    poll_interval=args.poll_interval,
-                    retention=self.retention,
-                ),
+                sink,
+                options,
                 metrics=metrics,
                 until_caught_up=args.until_caught_up,
                 stop_event=self.stop,
             )
         finally:
-            applier.close()
             if server is not None:
                 server.shutdown()
+
+    def exit_code(self, args: argparse.Namespace, caught_up: bool) -> ExitCode:
+        """OK, or with ``--until-caught-up`` INTERRUPTED (a signal) / INCOMPLETE (else)."""
         if not args.until_caught_up or caught_up:
             return ExitCode.OK  # a continuous consumer has no end: a stop by signal is success
         if self.stop.is_set():

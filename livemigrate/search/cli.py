@@ -56,34 +56,19 @@ from livemigrate.search.resync import Resync, TableSource, cleanup, swap_to_live
 from livemigrate.search.sink import SearchSink, SinkStats, retention_warning
 from livemigrate.search.targets import ControlTargets
 from livemigrate.tables import TableInfo, describe, require_stream
+from stream_consumer.cli import ConsumerRun, add_stream_arguments
+from stream_consumer.metrics import Metrics
+from stream_consumer.source import BotoShardSource
 
 log = logging.getLogger("livemigrate.search")
 
 CONSUMER = "search"
-EXIT_NOT_CAUGHT_UP = ExitCode.INCOMPLETE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="search_command", required=True, metavar="SUBCOMMAND")
     sync = sub.add_parser("sync", help="apply the destination's stream to the index (continuous)")
-    sync.add_argument(
-        "--until-caught-up",
-        action="store_true",
-        help="exit 0 once the destination stream has been read to its current end",
-    )
-    sync.add_argument(
-        "--lease-seconds",
-        type=positive_float,
-        default=30.0,
-        help="a dead sink's shards are taken over after this (default: 30)",
-    )
-    sync.add_argument("--worker-id", help="lease owner name (default: host-pid-random)")
-    sync.add_argument(
-        "--poll-interval",
-        type=positive_float,
-        default=0.5,
-        help="idle poll, seconds (default: 0.5)",
-    )
+    add_stream_arguments(sync)  # the consumer engine's options, as `consume` has them
     resync = sub.add_parser(
         "resync",
         help="rebuild a fresh index from a scan of D (the alias moves only after the cutover)",
@@ -228,11 +213,6 @@ def _sink(args: argparse.Namespace, ctx: Context, on_idle: Any = None) -> Search
 
 
 def _sync(args: argparse.Namespace, ctx: Context, result: dict[str, Any]) -> int:
-    try:
-        from stream_consumer.metrics import Metrics
-    except ImportError as exc:  # the engine ships in the same distribution; say so if not
-        print(f"livemigrate search sync: not yet wired (stream_consumer unavailable: {exc})")
-        return 3
     stream_arn = require_stream(_destination(ctx))
     ctx.backend.create_index(
         ctx.targets.current().indices[0], ctx.config.settings, ctx.config.mappings
@@ -241,15 +221,18 @@ def _sync(args: argparse.Namespace, ctx: Context, result: dict[str, Any]) -> int
     sink = _sink(args, ctx, on_idle=lambda: _retention_watch(metrics))
     stop = threading.Event()
     stop_on_signals(stop)
+    run = ConsumerRun(
+        ctx.store, CONSUMER, DeadLetters(ctx.store), "search", SystemClock(), stop
+    )
     try:
-        caught_up = _consume(args, ctx, sink, stream_arn, metrics=metrics, stop=stop)
+        caught_up = run.consume(
+            args, BotoShardSource(ctx.clients.streams, stream_arn), sink, metrics
+        )
     finally:
         sink.close()
     result.update(caught_up=caught_up, **asdict(sink.stats))
     print(f"search sync stopped ({'caught up' if caught_up else 'stopped'}): {_stats(sink.stats)}")
-    if args.until_caught_up and not caught_up:
-        return EXIT_NOT_CAUGHT_UP
-    return 0
+    return run.exit_code(args, caught_up)
 
 
 def _stats(stats: SinkStats) -> str:
@@ -260,36 +243,7 @@ def _stats(stats: SinkStats) -> str:
     )
 
 
-def _consume(
-    args: argparse.Namespace,
-    ctx: Context,
-    sink: SearchSink,
-    stream_arn: str,
-    *,
-    metrics: Any,
-    stop: threading.Event,
-) -> bool:
-    from stream_consumer.engine import Tuning, run_consumer
-    from stream_consumer.source import BotoShardSource
-
-    return run_consumer(
-        BotoShardSource(ctx.clients.streams, stream_arn),
-        ctx.store,
-        CONSUMER,
-        sink,
-        worker_id=args.worker_id or worker_id(),
-        lease_seconds=args.lease_seconds,
-        clock=SystemClock(),
-        dead_letters=DeadLetters(ctx.store),
-        origin="search",
-        tuning=Tuning(poll_interval=args.poll_interval),
-        metrics=metrics,
-        until_caught_up=args.until_caught_up,
-        stop_event=stop,
-    )
-
-
-def _retention_watch(metrics: Any) -> None:
+def _retention_watch(metrics: Metrics) -> None:
     """The retention guard for the index: trimmed reads or a lag near the retention -> resync."""
     if metrics.value("trimmed_total") > 0:
         log.error(

@@ -24,7 +24,7 @@ from livemigrate.migration import Migration, open_migration
 from livemigrate.records import StreamRecord
 from livemigrate.verify import VerifyOptions, verify
 from stream_consumer.applier import DeleteMode, DestinationApplier
-from stream_consumer.engine import Consumer, Tuning
+from stream_consumer.engine import Consumer, ConsumerOptions, Tuning
 from stream_consumer.metrics import Metrics
 from stream_consumer.scripted import ScriptedStream, ScriptedTable
 from stream_consumer.source import BotoShardSource, Page, ShardInfo, ShardSource
@@ -100,15 +100,17 @@ def consumer(
     options = {"batch_size": 10, "poll_interval": 0.01, "heartbeat_interval": 600.0, **tuning}
     return Consumer(
         source,
-        migration.store,
-        "source",
         sink,
-        worker_id=worker,
-        lease_seconds=lease_seconds,
-        clock=clock,
-        dead_letters=migration.dead_letters,
-        origin="stream",
-        tuning=Tuning(**options),
+        ConsumerOptions(
+            store=migration.store,
+            name="source",
+            worker_id=worker,
+            lease_seconds=lease_seconds,
+            clock=clock,
+            dead_letters=migration.dead_letters,
+            origin="stream",
+            tuning=Tuning(**options),
+        ),
         metrics=metrics,
     )
 

@@ -30,7 +30,7 @@ from livemigrate.migration import Migration, open_migration
 from livemigrate.records import StreamRecord
 from livemigrate.transform import Transformer, load_transform
 from stream_consumer.applier import DestinationApplier
-from stream_consumer.engine import Consumer, Tuning
+from stream_consumer.engine import Consumer, ConsumerOptions, Tuning
 from stream_consumer.kinesis.bridge import Chaos, StreamBridge, create_stream
 from stream_consumer.kinesis.records import pad_position
 from stream_consumer.kinesis.source import KinesisShardSource
@@ -149,15 +149,17 @@ class World:
         self.sinks.append(sink)
         return Consumer(
             self.source,
-            self.migration.store,
-            "source",
             sink,
-            worker_id=worker,
-            lease_seconds=lease_seconds,
-            clock=clock,
-            dead_letters=dead_letters or self.migration.dead_letters,
-            origin="stream",
-            tuning=tuning,
+            ConsumerOptions(
+                store=self.migration.store,
+                name="source",
+                worker_id=worker,
+                lease_seconds=lease_seconds,
+                clock=clock,
+                dead_letters=dead_letters or self.migration.dead_letters,
+                origin="stream",
+                tuning=tuning,
+            ),
             metrics=metrics,
         )
 

@@ -18,7 +18,7 @@ from livemigrate.errors import ConflictError
 from livemigrate.items import to_plain, to_typed
 from livemigrate.migration import Migration, open_migration
 from stream_consumer.applier import DestinationApplier
-from stream_consumer.engine import Consumer, Tuning
+from stream_consumer.engine import Consumer, ConsumerOptions, Tuning
 from stream_consumer.kinesis.bridge import create_stream
 from stream_consumer.kinesis.records import PrecisionRefused, change_record
 from stream_consumer.kinesis.source import KinesisShardSource
@@ -52,15 +52,17 @@ class Setup:
         applier = DestinationApplier.for_migration(self.migration, metrics, refresh_seconds=0.0)
         consumer = Consumer(
             KinesisShardSource(self.clients.kinesis, self.stream),
-            self.migration.store,
-            "source",
             applier,
-            worker_id=unique("w"),
-            lease_seconds=10.0,
-            clock=SystemClock(),
-            dead_letters=self.migration.dead_letters,
-            origin="stream",
-            tuning=Tuning(batch_size=batch_size, poll_interval=0.02, heartbeat_interval=0.1),
+            ConsumerOptions(
+                store=self.migration.store,
+                name="source",
+                worker_id=unique("w"),
+                lease_seconds=10.0,
+                clock=SystemClock(),
+                dead_letters=self.migration.dead_letters,
+                origin="stream",
+                tuning=Tuning(batch_size=batch_size, poll_interval=0.02, heartbeat_interval=0.1),
+            ),
             metrics=metrics,
         )
         assert consumer.run(until_caught_up=True)
