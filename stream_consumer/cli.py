@@ -52,6 +52,7 @@ from stream_consumer.kinesis.source import stream_ref
 from stream_consumer.metrics import Metrics, serve
 from stream_consumer.source import BotoShardSource, ShardSource
 from stream_consumer.tombstones import (
+    FinalizeOptions,
     NotSwitched,
     finalize_tombstones,
     sweep,
@@ -132,9 +133,10 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
     _warn_without_destination_stream(migration)
     clock = SystemClock()
     if args.finalize_tombstones:
-        purged = finalize_tombstones(migration, clock, settle_seconds=args.settle_seconds)
+        options = FinalizeOptions(settle_seconds=args.settle_seconds)
+        purged = finalize_tombstones(migration, clock, options)
         print(f"tombstones purged: {purged}")
-        return 0
+        return ExitCode.OK
     metrics = Metrics(NAME)
     applier = DestinationApplier.for_migration(
         migration,
@@ -295,9 +297,8 @@ def _auto_finalize(migration: Migration, settle: float, stop: threading.Event) -
     def work() -> None:
         try:
             if not tombstones_purged(migration):
-                finalize_tombstones(
-                    migration, SystemClock(), settle_seconds=settle, timeout_seconds=1e12, stop=stop
-                )
+                options = FinalizeOptions(settle_seconds=settle, timeout_seconds=1e12)
+                finalize_tombstones(migration, SystemClock(), options, stop)
         except NotSwitched:
             return
         if kinesis:  # deletes keep leaving tombstones: purge below the watermark from now on

@@ -20,9 +20,12 @@ it anyway: the application then reads the new schema's documents while it still 
 source table.
 
 ``sync`` runs the shared consumer engine (leases, shard lineage, checkpoints) on the
-destination's stream under the consumer name ``search``: run several processes to share the
-shards; SIGTERM checkpoints and releases the leases; a killed process's shards are taken over
-after ``--lease-seconds``.
+destination's stream under the consumer name ``search``, with the options and exit codes of
+``livemigrate consume`` (``stream_consumer.cli``: ``--until-caught-up``, ``--lease-seconds``,
+``--worker-id``, ``--batch-size``, ``--poll-interval``, ``--metrics-port``): run several
+processes to share the shards; SIGTERM checkpoints and releases the leases; a killed process's
+shards are taken over after ``--lease-seconds``. With ``--until-caught-up`` it exits 130 when
+stopped by a signal first and 4 when it stopped otherwise before catching up.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ from livemigrate.search.batcher import BatchPolicy
 from livemigrate.search.documents import load_hook
 from livemigrate.search.indices import IndexConfig, live_index, load_index_config
 from livemigrate.search.resync import Resync, TableSource, cleanup, swap_to_live
-from livemigrate.search.sink import SearchSink, SinkStats, retention_warning
+from livemigrate.search.sink import Indexing, SearchSink, SinkStats, retention_warning
 from livemigrate.search.targets import ControlTargets
 from livemigrate.tables import TableInfo, describe, require_stream
 from stream_consumer.cli import ConsumerRun, add_stream_arguments
@@ -153,11 +156,11 @@ def _run(
         index, previous = swap_to_live(ctx.backend, ctx.targets, ctx.alias, args.index)
         result.update(alias=ctx.alias, index=index, previous=list(previous))
         print(f"alias {ctx.alias} -> {index} (was: {', '.join(previous) or 'nothing'})")
-        return 0
+        return ExitCode.OK
     deleted = cleanup(ctx.backend, ctx.alias, settings.migration_id, ctx.targets.current().indices)
     result.update(deleted=list(deleted))
     print(f"deleted indices: {', '.join(deleted) or 'none'}")
-    return 0
+    return ExitCode.OK
 
 
 def _context(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> Context:
@@ -206,10 +209,15 @@ def _sink(args: argparse.Namespace, ctx: Context, on_idle: Any = None) -> Search
         ctx.backend,
         ctx.targets,
         DeadLetters(ctx.store),
-        hook=load_hook(args.document_hook or ctx.settings.search_document_hook),
-        policy=ctx.policy,
+        _indexing(args, ctx),
         on_idle=on_idle,
     )
+
+
+def _indexing(args: argparse.Namespace, ctx: Context) -> Indexing:
+    """``--document-hook`` (or the setting) and ``--bulk-docs`` / ``--bulk-bytes``."""
+    hook = load_hook(args.document_hook or ctx.settings.search_document_hook)
+    return Indexing(hook=hook, policy=ctx.policy)
 
 
 def _sync(args: argparse.Namespace, ctx: Context, result: dict[str, Any]) -> int:
@@ -263,11 +271,10 @@ def _resync(args: argparse.Namespace, ctx: Context, result: dict[str, Any]) -> i
         ctx.backend,
         ctx.targets,
         DeadLetters(ctx.store),
+        _indexing(args, ctx),
         alias=ctx.alias,
         migration_id=ctx.settings.migration_id,
-        hook=load_hook(args.document_hook or ctx.settings.search_document_hook),
         config=ctx.config,
-        policy=ctx.policy,
     )
     cut_over = _cut_over(args, ctx)
     move = True if (cut_over or args.move_alias_before_cutover) else None

@@ -28,7 +28,7 @@ from stream_consumer.engine import Consumer, ConsumerOptions, Tuning
 from stream_consumer.metrics import Metrics
 from stream_consumer.scripted import ScriptedStream, ScriptedTable
 from stream_consumer.source import BotoShardSource, Page, ShardInfo, ShardSource
-from stream_consumer.tombstones import finalize_tombstones
+from stream_consumer.tombstones import FinalizeOptions, finalize_tombstones
 from tests.services import create_table, scan_all, settings_for, unique
 
 JAN = 1704067200
@@ -259,7 +259,7 @@ def test_a_tombstone_write_delayed_past_the_purge_is_refused_and_the_delete_is_r
     other = DeleteMode(migration.backfill_complete, migration.store, "source", clock, 0.0)
     assert other.decide().real
     clock.advance(16)
-    finalize_tombstones(migration, clock, settle_seconds=15.0, poll_seconds=1.0)
+    finalize_tombstones(migration, clock, FinalizeOptions(settle_seconds=15.0, poll_seconds=1.0))
     stall.release()
     stalled.join(WAIT)
     # THEN the late tombstone was refused (its decision had expired), the batch was applied

@@ -23,7 +23,7 @@ from stream_consumer.kinesis.bridge import create_stream
 from stream_consumer.kinesis.records import PrecisionRefused, change_record
 from stream_consumer.kinesis.source import KinesisShardSource
 from stream_consumer.metrics import Metrics
-from stream_consumer.tombstones import finalize_tombstones
+from stream_consumer.tombstones import FinalizeOptions, finalize_tombstones
 from tests.services import create_table, scan_all, settings_for, unique
 
 pytestmark = pytest.mark.integration
@@ -124,7 +124,7 @@ def test_a_delete_is_never_undone_by_late_or_repeated_older_records(
     # THEN the item is a tombstone, never live again; the watermark purge then removes it
     held = kinesis.destination()
     assert [bool(i.get("_lm_tomb")) for i in held] == [True]
-    purged = finalize_tombstones(kinesis.migration, SystemClock(), settle_seconds=0.0)
+    purged = finalize_tombstones(kinesis.migration, SystemClock(), FinalizeOptions(settle_seconds=0.0))
     assert purged == 1
     assert kinesis.destination() == []
 
@@ -137,7 +137,7 @@ def test_a_tombstone_younger_than_the_watermark_is_kept(clients: AwsClients) -> 
     world.send(change("INSERT", t1, 1, None, table), change("REMOVE", t1 + 1000, None, 1, table))
     world.consume(100)
     # WHEN tombstones are finalised
-    purged = finalize_tombstones(world.migration, SystemClock(), settle_seconds=0.0)
+    purged = finalize_tombstones(world.migration, SystemClock(), FinalizeOptions(settle_seconds=0.0))
     # THEN the young tombstone stays (an older put of the item could still arrive)
     assert purged == 0
     assert [bool(i.get("_lm_tomb")) for i in world.destination()] == [True]

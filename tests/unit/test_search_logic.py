@@ -31,7 +31,7 @@ from livemigrate.search.documents import (
     document_id,
     load_hook,
 )
-from livemigrate.search.sink import RetryPolicy, SearchSink, retention_warning
+from livemigrate.search.sink import Indexing, RetryPolicy, SearchSink, retention_warning
 from livemigrate.search.targets import FixedTargets, TargetState
 from livemigrate.versioning import pad_seq
 from tests.memory_backend import MemoryBackend
@@ -62,9 +62,13 @@ def record(
     return StreamRecord("MODIFY", keys, image, None, pad_seq(str(seq)), 0.0)
 
 
-def make_sink(backend: MemoryBackend, **kw: Any) -> tuple[SearchSink, Letters, FakeClock]:
+def make_sink(
+    backend: MemoryBackend, *, lag_warning: float | None = None, **kw: Any
+) -> tuple[SearchSink, Letters, FakeClock]:
+    """A sink on a fake clock; ``kw``: the ``Indexing`` fields (hook, policy, retry)."""
     letters, clock = Letters(), FakeClock()
-    sink = SearchSink(backend, FixedTargets(INDEX), letters, clock=clock, **kw)
+    more = {} if lag_warning is None else {"lag_warning": lag_warning}
+    sink = SearchSink(backend, FixedTargets(INDEX), letters, Indexing(clock=clock, **kw), **more)
     return sink, letters, clock
 
 
