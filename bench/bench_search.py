@@ -74,7 +74,9 @@ def fresh(backend: ClientBackend) -> str:
 
 def run_sink(backend: ClientBackend, recs: list[StreamRecord]) -> float:
     index = fresh(backend)
-    sink = SearchSink(backend, FixedTargets(index), NoLetters(), Indexing(policy=BatchPolicy(BATCH)))
+    sink = SearchSink(
+        backend, FixedTargets(index), NoLetters(), Indexing(policy=BatchPolicy(BATCH))
+    )
     try:
         start = time.perf_counter()
         for i in range(0, len(recs), 1000):  # the engine hands over GetRecords pages of 1000

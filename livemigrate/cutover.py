@@ -25,10 +25,6 @@ CUTOVER item is written only then. The command's arguments, wiring and exit code
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from livemigrate.argtypes import non_negative_float, positive_float
 from livemigrate.aws import AwsClients
 from livemigrate.clock import Clock, SystemClock
 from livemigrate.config import Settings
@@ -45,7 +40,7 @@ from livemigrate.control import ControlStore
 from livemigrate.deadletters import DeadLetters
 from livemigrate.errors import LivemigrateError, PreflightError
 from livemigrate.exitcodes import ExitCode
-from livemigrate.flag import Flag, FlagStore, open_flag_store
+from livemigrate.flag import Flag, FlagStore
 from livemigrate.gates import (
     CONSUMER_SOURCE,
     LAMBDA_MODE,
@@ -55,11 +50,9 @@ from livemigrate.gates import (
     read_snapshot,
     unmet,
 )
-from livemigrate.hooks import Hooks
-from livemigrate.interrupts import deferred, raise_on_signals
+from livemigrate.interrupts import deferred
 from livemigrate.migration import META, inverse_transform
 from livemigrate.replication import ARM_WAIT
-from livemigrate.status import gate_dict, iso
 from livemigrate.watermark import watermark_of
 
 if TYPE_CHECKING:

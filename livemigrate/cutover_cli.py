@@ -87,8 +87,7 @@ def add_fence_arguments(parser: argparse.ArgumentParser, consumer: str) -> None:
     add(
         "--fenced",
         action="store_true",
-        help=f"pause writers (livemigrate.client) while the {consumer} drains, so no write is "
-        "lost",
+        help=f"pause writers (livemigrate.client) while the {consumer} drains, so no write is lost",
     )
     add(
         "--max-heartbeat-age",

@@ -15,7 +15,13 @@ from livemigrate.argtypes import non_negative_float
 from livemigrate.aws import AwsClients
 from livemigrate.config import Settings
 from livemigrate.cutover import inverse_configured, search_switch
-from livemigrate.cutover_cli import add_fence_arguments, fence_options, flag_json, open_flags, stderr
+from livemigrate.cutover_cli import (
+    add_fence_arguments,
+    fence_options,
+    flag_json,
+    open_flags,
+    stderr,
+)
 from livemigrate.cutover_rollback import Rollback
 from livemigrate.exitcodes import ExitCode
 from livemigrate.hooks import Hooks

@@ -28,8 +28,8 @@ import errno
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Protocol
 from http.server import ThreadingHTTPServer
+from typing import Protocol
 
 from livemigrate.argtypes import non_negative_float, positive_float, positive_int
 from livemigrate.aws import AwsClients
@@ -40,8 +40,8 @@ from livemigrate.deadletters import DeadLetters, Origin
 from livemigrate.errors import ConfigError, PreflightError
 from livemigrate.exitcodes import ExitCode
 from livemigrate.migration import Migration, open_migration
-from livemigrate.records import RecordSink
 from livemigrate.process import stop_on_signals, worker_id
+from livemigrate.records import RecordSink
 from livemigrate.retention import DYNAMODB_STREAMS_RETENTION, Retention, source_retention
 from livemigrate.retention import record as record_retention
 from livemigrate.tables import require_stream

@@ -20,9 +20,7 @@ transform would make every reverse write drop data).
 
 from __future__ import annotations
 
-import argparse
 import logging
-import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -34,17 +32,13 @@ from livemigrate.errors import ConfigError, PreflightError, TransformOutputError
 from livemigrate.flag import ControlFlagStore, FlagView
 from livemigrate.items import TypedItem, key_id, to_plain
 from livemigrate.migration import Migration, open_migration
-from livemigrate.process import stop_on_signals
 from livemigrate.replication import FORWARD, REVERSE
-from livemigrate.retention import DYNAMODB_STREAMS_RETENTION
 from livemigrate.retired import RetiredTable
 from livemigrate.tables import describe, require_stream
 from livemigrate.transform import Transformer, load_transform
 from livemigrate.verify.digest import canonical
 from stream_consumer.applier import DeleteMode, DestinationApplier, Removal
-from stream_consumer.cli import ConsumerRun, add_consumer_arguments
 from stream_consumer.metrics import Metrics
-from stream_consumer.source import BotoShardSource
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient

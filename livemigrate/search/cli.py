@@ -39,7 +39,7 @@ import threading
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from livemigrate.argtypes import positive_float, positive_int
+from livemigrate.argtypes import positive_int
 from livemigrate.aws import AwsClients
 from livemigrate.clock import SystemClock
 from livemigrate.config import Settings
@@ -49,7 +49,7 @@ from livemigrate.errors import ConfigError, ServiceUnreachable
 from livemigrate.exitcodes import ExitCode
 from livemigrate.failures import short
 from livemigrate.flag import open_flag_store
-from livemigrate.process import stop_on_signals, worker_id
+from livemigrate.process import stop_on_signals
 from livemigrate.retention import DYNAMODB_STREAMS_RETENTION, duration
 from livemigrate.search.backend import ClientBackend, SearchUnavailable
 from livemigrate.search.batcher import BatchPolicy
@@ -229,9 +229,7 @@ def _sync(args: argparse.Namespace, ctx: Context, result: dict[str, Any]) -> int
     sink = _sink(args, ctx, on_idle=lambda: _retention_watch(metrics))
     stop = threading.Event()
     stop_on_signals(stop)
-    run = ConsumerRun(
-        ctx.store, CONSUMER, DeadLetters(ctx.store), "search", SystemClock(), stop
-    )
+    run = ConsumerRun(ctx.store, CONSUMER, DeadLetters(ctx.store), "search", SystemClock(), stop)
     try:
         caught_up = run.consume(
             args, BotoShardSource(ctx.clients.streams, stream_arn), sink, metrics
@@ -251,7 +249,7 @@ def _stats(stats: SinkStats) -> str:
     )
 
 
-def _retention_watch(metrics: Metrics) -> None:
+def _retention_watch(metrics: Any) -> None:
     """The retention guard for the index: trimmed reads or a lag near the retention -> resync."""
     if metrics.value("trimmed_total") > 0:
         log.error(

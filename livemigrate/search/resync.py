@@ -39,12 +39,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from livemigrate.clock import Clock, SystemClock
 from livemigrate.errors import PreflightError, ServiceUnreachable
 from livemigrate.items import key_of
 from livemigrate.search.backend import BulkAction, SearchBackend, SearchUnavailable
-from livemigrate.search.batcher import BatchPolicy, chunks
-from livemigrate.search.documents import DocumentHook, build_document, document_id, is_tombstone
+from livemigrate.search.batcher import chunks
+from livemigrate.search.documents import build_document, document_id, is_tombstone
 from livemigrate.search.indices import IndexConfig, owned_by, resync_index
 from livemigrate.search.sink import TRANSIENT_TYPES, DeadLetterSink, Indexing
 from livemigrate.search.targets import READY, SCANNING, ControlTargets

@@ -1,4 +1,5 @@
-"""Verification (``livemigrate verify``): prove that transform(source) == destination (== search index).
+"""Verification (``livemigrate verify``): prove that transform(source) == destination
+(== search index).
 
 See ``livemigrate.verify.engine`` for the method (bucket digests, item diffs only in differing
 buckets, consistent rechecks) and ``livemigrate.verify.repair`` for the ``--repair`` rule. The
@@ -11,13 +12,9 @@ codes: ``livemigrate.verify.cli``.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
-from dataclasses import asdict
 from typing import Any
 
-from livemigrate.argtypes import non_negative_float, non_negative_int, positive_int
 from livemigrate.aws import AwsClients
 from livemigrate.clock import Clock, SystemClock
 from livemigrate.config import Settings
@@ -26,8 +23,7 @@ from livemigrate.deadletters import DeadLetters
 from livemigrate.destination import DestinationWriter
 from livemigrate.errors import PreflightError
 from livemigrate.exitcodes import ExitCode
-from livemigrate.migration import META, Migration, inverse_transform, open_migration
-from livemigrate.status import to_json
+from livemigrate.migration import META, Migration, inverse_transform
 from livemigrate.tables import describe
 from livemigrate.transform import Transformer, load_transform
 from livemigrate.verify.engine import KINDS, Hooks, Verifier, VerifyOptions, VerifyReport

@@ -296,7 +296,9 @@ def test_changes_converge_and_tombstones_block_late_backfill_puts(world: World) 
     world.complete_backfill()
     run_to_caught_up(world.consumer("w2"))
     # THEN after finalisation the destination equals the transformed source exactly
-    purged = finalize_tombstones(world.migration, SystemClock(), FinalizeOptions(settle_seconds=0.0))
+    purged = finalize_tombstones(
+        world.migration, SystemClock(), FinalizeOptions(settle_seconds=0.0)
+    )
     assert purged >= 10
     assert tombstones_purged(world.migration)
     held, tombs = destination(world)
@@ -319,12 +321,18 @@ def test_finalisation_switches_to_real_deletes_when_no_consumer_saw_the_backfill
     store = world.migration.store
     # WHEN finalisation runs while the backfill is incomplete, it waits and records nothing
     with pytest.raises(NotSwitched):
-        finalize_tombstones(world.migration, SystemClock(), FinalizeOptions(timeout_seconds=0.3, poll_seconds=0.05))
+        finalize_tombstones(
+            world.migration, SystemClock(), FinalizeOptions(timeout_seconds=0.3, poll_seconds=0.05)
+        )
     assert switched_at(store, "source") is None
     # WHEN the backfill completes (quiet a second later) with no consumer running
     quiet_at = time.time() + 1.0
     store.put("PLAN", {"state": "complete", "completed_at": time.time(), "quiet_at": quiet_at})
-    purged = finalize_tombstones(world.migration, SystemClock(), FinalizeOptions(settle_seconds=0.2, timeout_seconds=30, poll_seconds=0.05))
+    purged = finalize_tombstones(
+        world.migration,
+        SystemClock(),
+        FinalizeOptions(settle_seconds=0.2, timeout_seconds=30, poll_seconds=0.05),
+    )
     # THEN finalisation records the switch itself, once quiet, and purges every tombstone
     since = switched_at(store, "source")
     assert since is not None and since >= quiet_at

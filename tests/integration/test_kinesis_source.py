@@ -124,7 +124,9 @@ def test_a_delete_is_never_undone_by_late_or_repeated_older_records(
     # THEN the item is a tombstone, never live again; the watermark purge then removes it
     held = kinesis.destination()
     assert [bool(i.get("_lm_tomb")) for i in held] == [True]
-    purged = finalize_tombstones(kinesis.migration, SystemClock(), FinalizeOptions(settle_seconds=0.0))
+    purged = finalize_tombstones(
+        kinesis.migration, SystemClock(), FinalizeOptions(settle_seconds=0.0)
+    )
     assert purged == 1
     assert kinesis.destination() == []
 
@@ -137,7 +139,9 @@ def test_a_tombstone_younger_than_the_watermark_is_kept(clients: AwsClients) -> 
     world.send(change("INSERT", t1, 1, None, table), change("REMOVE", t1 + 1000, None, 1, table))
     world.consume(100)
     # WHEN tombstones are finalised
-    purged = finalize_tombstones(world.migration, SystemClock(), FinalizeOptions(settle_seconds=0.0))
+    purged = finalize_tombstones(
+        world.migration, SystemClock(), FinalizeOptions(settle_seconds=0.0)
+    )
     # THEN the young tombstone stays (an older put of the item could still arrive)
     assert purged == 0
     assert [bool(i.get("_lm_tomb")) for i in world.destination()] == [True]

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from livemigrate.clock import FakeClock
 from livemigrate.records import ApplyFailure, StreamRecord
+from livemigrate.retention import DYNAMODB_STREAMS_RETENTION
 from livemigrate.search.backend import BulkAction, BulkResult
 from livemigrate.search.batcher import BatchPolicy, chunks
 from livemigrate.search.documents import (
@@ -63,12 +64,15 @@ def record(
 
 
 def make_sink(
-    backend: MemoryBackend, *, lag_warning: float | None = None, **kw: Any
+    backend: MemoryBackend,
+    *,
+    lag_warning: float = DYNAMODB_STREAMS_RETENTION.error_seconds,
+    **kw: Any,
 ) -> tuple[SearchSink, Letters, FakeClock]:
     """A sink on a fake clock; ``kw``: the ``Indexing`` fields (hook, policy, retry)."""
     letters, clock = Letters(), FakeClock()
-    more = {} if lag_warning is None else {"lag_warning": lag_warning}
-    sink = SearchSink(backend, FixedTargets(INDEX), letters, Indexing(clock=clock, **kw), **more)
+    indexing = Indexing(clock=clock, **kw)
+    sink = SearchSink(backend, FixedTargets(INDEX), letters, indexing, lag_warning=lag_warning)
     return sink, letters, clock
 
 
