@@ -134,6 +134,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         _global_options(cmd, argparse.SUPPRESS)
         engine = _engine(module) if only in (None, name) else None
         if engine is not None:
+            cmd.description = getattr(engine, "DESCRIPTION", cmd.description)
             engine.add_arguments(cmd)
     return parser
 

@@ -38,6 +38,16 @@ from livemigrate.hooks import Hooks
 from livemigrate.interrupts import raise_on_signals
 from livemigrate.status import gate_dict, iso
 
+DESCRIPTION = (
+    "Check every cutover gate (backfill complete, consumer caught up, verified, no open dead "
+    "letters, tombstones purged, search index ready, ...), then flip the active-table flag to "
+    "the destination in one conditional write. Unmet gates are listed with what to do. "
+    "--fenced pauses the applications' writers while the consumer drains, so no write is "
+    "lost. Exit codes: 0 flipped (or already cut over), 3 gates unmet or the consumer did not "
+    "drain (nothing flipped, fence lifted), 6 a service did not answer, 130 interrupted "
+    "(fence lifted)."
+)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument

@@ -27,6 +27,14 @@ from livemigrate.exitcodes import ExitCode
 from livemigrate.hooks import Hooks
 from livemigrate.interrupts import raise_on_signals
 
+DESCRIPTION = (
+    "Flip the active-table flag back to the source. With the reverse consumer running "
+    "(`livemigrate reverse`) nothing written to the destination since the cutover is lost; "
+    "without it the rollback is refused after --window-seconds unless --force. Exit codes: "
+    "0 rolled back, 3 refused (the reasons are listed), 6 a service did not answer, 130 "
+    "interrupted (fence lifted)."
+)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(

@@ -63,6 +63,15 @@ log = logging.getLogger("livemigrate.consumer")
 
 NAME = "source"
 
+DESCRIPTION = (
+    "Apply the source table's stream to the destination, in order per item, through the "
+    "transform; run it before the backfill and keep it running through the cutover. Run "
+    "several processes to share the shards. Exit codes: 0 stopped by SIGTERM / Ctrl-C (a "
+    "continuous consumer) or caught up (--until-caught-up); with --until-caught-up 130 when "
+    "stopped by a signal first and 4 when it stopped otherwise; 2 bad input; 6 a service did "
+    "not answer for too long."
+)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_consumer_arguments(parser, metrics_default="the `metrics_port` setting")

@@ -26,6 +26,12 @@ from stream_consumer.source import BotoShardSource
 
 log = logging.getLogger("livemigrate.reverse")
 
+DESCRIPTION = (
+    "After the cutover, apply the destination's stream back to the source through the inverse "
+    "transform, so that a rollback loses nothing. Start it before the cutover. Exit codes as "
+    "`livemigrate consume`."
+)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(

@@ -67,14 +67,23 @@ log = logging.getLogger("livemigrate.search")
 
 CONSUMER = "search"
 
+DESCRIPTION = (
+    "Keep a search index equal to the destination table behind the application's alias: "
+    "`sync` applies the destination's stream (options and exit codes as `livemigrate "
+    "consume`), `resync` rebuilds the index from a scan, `swap-alias` points the alias at the "
+    "live index, `cleanup` deletes this migration's unused indices."
+)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="search_command", required=True, metavar="SUBCOMMAND")
-    sync = sub.add_parser("sync", help="apply the destination's stream to the index (continuous)")
+    sync = _subcommand(sub, "sync", "apply the destination's stream to the index (continuous)")
     add_stream_arguments(sync)  # the consumer engine's options, as `consume` has them
-    resync = sub.add_parser(
+    resync = _subcommand(
+        sub,
         "resync",
-        help="rebuild a fresh index from a scan of D (the alias moves only after the cutover)",
+        "rebuild a fresh index from a scan of the destination (the alias moves only after the "
+        "cutover)",
     )
     resync.add_argument(
         "--move-alias-before-cutover",
@@ -89,9 +98,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where the cutover flag lives, to tell whether the cutover happened "
         "(default: control)",
     )
-    swap = sub.add_parser("swap-alias", help="point the alias at the live index (one request)")
+    swap = _subcommand(sub, "swap-alias", "point the alias at the live index (one request)")
     swap.add_argument("--index", help="the index to point at (default: the sink's live index)")
-    clean = sub.add_parser("cleanup", help="delete this migration's indices the alias does not use")
+    clean = _subcommand(sub, "cleanup", "delete this migration's indices the alias does not use")
     for cmd in (sync, resync, swap, clean):
         cmd.add_argument(
             "--json",
@@ -117,6 +126,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             default=5 * 1024 * 1024,
             help="bytes per bulk request (default: 5 MiB)",
         )
+
+
+def _subcommand(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=help_text, description=help_text[:1].upper() + help_text[1:] + "."
+    )
+    return parser
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,14 @@ from livemigrate.status import to_json
 from livemigrate.verify import exit_code, open_for_verify, render, verify
 from livemigrate.verify.engine import VerifyOptions
 
+DESCRIPTION = (
+    "Prove that transform(source) equals the destination (and the search index), while live "
+    "writes continue: differing buckets are rechecked before they count. The result is what "
+    "the cutover's verify gate reads. Read-only unless --repair. Exit codes: 0 parity, "
+    "1 differences, 5 parity but source items fail the transform (dead letters), 2 bad input, "
+    "6 a service did not answer."
+)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
