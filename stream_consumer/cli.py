@@ -198,7 +198,7 @@ class ClosingSink(RecordSink, Protocol):
 
 @dataclass(frozen=True)
 class ConsumerRun:
-    """What a consumer command runs the engine with (``consume``, ``reverse``)."""
+    """What a consumer command runs the engine with (``consume``, ``reverse``, ``search sync``)."""
 
     store: ControlStore
     name: str
