@@ -41,7 +41,6 @@ from livemigrate.status import to_json
 
 log = logging.getLogger(__name__)
 
-EXIT_INCOMPLETE = ExitCode.INCOMPLETE
 DRY_RUN_SAMPLE = 5
 
 

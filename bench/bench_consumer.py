@@ -33,7 +33,7 @@ from livemigrate.records import StreamRecord
 from livemigrate.tables import PK_SK, create_table
 from livemigrate.transform import Transformer
 from stream_consumer.applier import DestinationApplier
-from stream_consumer.engine import Tuning, run_consumer
+from stream_consumer.engine import ConsumerOptions, Tuning, run_consumer
 from stream_consumer.metrics import Metrics
 from stream_consumer.source import BotoShardSource
 
@@ -270,15 +270,17 @@ def _catch_up_tool(clients: AwsClients, migration: Migration, arn: str) -> tuple
     start = time.perf_counter()
     run_consumer(
         BotoShardSource(clients.streams, arn),
-        migration.store,
-        "source",
         applier,
-        worker_id="bench",
-        lease_seconds=30.0,
-        clock=SystemClock(),
-        dead_letters=migration.dead_letters,
-        origin="stream",
-        tuning=Tuning(poll_interval=0.1),
+        ConsumerOptions(
+            store=migration.store,
+            name="source",
+            worker_id="bench",
+            lease_seconds=30.0,
+            clock=SystemClock(),
+            dead_letters=migration.dead_letters,
+            origin="stream",
+            tuning=Tuning(poll_interval=0.1),
+        ),
         metrics=metrics,
         until_caught_up=True,
     )

@@ -36,7 +36,7 @@ from livemigrate.aws import AwsClients
 from livemigrate.clock import Clock, FakeClock, SystemClock
 from livemigrate.migration import BACKFILL_COMPLETE, PLAN, Migration, open_migration
 from stream_consumer.applier import DestinationApplier
-from stream_consumer.engine import Tuning, run_consumer
+from stream_consumer.engine import ConsumerOptions, Tuning, run_consumer
 from stream_consumer.metrics import Metrics
 from stream_consumer.source import BotoShardSource
 
@@ -111,15 +111,17 @@ def _catch_up(clients: AwsClients, migration: Migration, clock: Clock) -> Totals
     def consume() -> None:
         run_consumer(
             BotoShardSource(clients.streams, arn),
-            migration.store,
-            "source",
             applier,
-            worker_id="bench-costs",
-            lease_seconds=30.0,
-            clock=clock,
-            dead_letters=migration.dead_letters,
-            origin="stream",
-            tuning=Tuning(poll_interval=0.1),
+            ConsumerOptions(
+                store=migration.store,
+                name="source",
+                worker_id="bench-costs",
+                lease_seconds=30.0,
+                clock=clock,
+                dead_letters=migration.dead_letters,
+                origin="stream",
+                tuning=Tuning(poll_interval=0.1),
+            ),
             metrics=metrics,
             until_caught_up=True,
         )

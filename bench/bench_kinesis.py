@@ -24,7 +24,7 @@ from livemigrate.config import Settings
 from livemigrate.items import to_typed
 from livemigrate.migration import Migration, open_migration
 from stream_consumer.applier import DestinationApplier
-from stream_consumer.engine import Tuning, run_consumer
+from stream_consumer.engine import ConsumerOptions, Tuning, run_consumer
 from stream_consumer.kinesis.bridge import create_stream, partition_key
 from stream_consumer.kinesis.records import change_record, parse_kinesis_record
 from stream_consumer.kinesis.source import KinesisShardSource
@@ -97,15 +97,17 @@ def _tool(clients: AwsClients, migration: Migration, stream: str) -> tuple[float
     start = time.perf_counter()
     run_consumer(
         KinesisShardSource(clients.kinesis, stream),
-        migration.store,
-        "source",
         applier,
-        worker_id="bench",
-        lease_seconds=30.0,
-        clock=SystemClock(),
-        dead_letters=migration.dead_letters,
-        origin="stream",
-        tuning=Tuning(poll_interval=0.1),
+        ConsumerOptions(
+            store=migration.store,
+            name="source",
+            worker_id="bench",
+            lease_seconds=30.0,
+            clock=SystemClock(),
+            dead_letters=migration.dead_letters,
+            origin="stream",
+            tuning=Tuning(poll_interval=0.1),
+        ),
         metrics=metrics,
         until_caught_up=True,
         stop_event=threading.Event(),

@@ -28,7 +28,7 @@ from livemigrate.search.backend import ClientBackend, Engine
 from livemigrate.search.batcher import BatchPolicy
 from livemigrate.search.clients import backend_for
 from livemigrate.search.documents import default_document, document_id
-from livemigrate.search.sink import SearchSink
+from livemigrate.search.sink import Indexing, SearchSink
 from livemigrate.search.targets import FixedTargets
 from livemigrate.versioning import pad_seq
 
@@ -74,7 +74,9 @@ def fresh(backend: ClientBackend) -> str:
 
 def run_sink(backend: ClientBackend, recs: list[StreamRecord]) -> float:
     index = fresh(backend)
-    sink = SearchSink(backend, FixedTargets(index), NoLetters(), policy=BatchPolicy(BATCH))
+    sink = SearchSink(
+        backend, FixedTargets(index), NoLetters(), Indexing(policy=BatchPolicy(BATCH))
+    )
     try:
         start = time.perf_counter()
         for i in range(0, len(recs), 1000):  # the engine hands over GetRecords pages of 1000

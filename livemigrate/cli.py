@@ -54,16 +54,16 @@ ENGINE_COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "consume": ("stream_consumer.cli", "apply the source stream to the destination, in order"),
     "reverse": (
-        "stream_consumer.reverse",
+        "stream_consumer.reverse_cli",
         "after the cutover, apply the destination's stream back to the source",
     ),
     "search": (
         "livemigrate.search.cli",
         "keep the search index equal to the destination (sync, resync, swap-alias, cleanup)",
     ),
-    "verify": ("livemigrate.verify", "prove parity of source, destination and search"),
-    "cutover": ("livemigrate.cutover", "check the gates and flip the active-table flag"),
-    "rollback": ("livemigrate.cutover_rollback", "flip the flag back"),
+    "verify": ("livemigrate.verify.cli", "prove parity of source, destination and search"),
+    "cutover": ("livemigrate.cutover_cli", "check the gates and flip the active-table flag"),
+    "rollback": ("livemigrate.rollback_cli", "flip the flag back"),
     "dead-letters": ("livemigrate.deadletters_cli", "list, show, replay or ack dead letters"),
     "throttle": (
         "livemigrate.throttle",
@@ -134,6 +134,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         _global_options(cmd, argparse.SUPPRESS)
         engine = _engine(module) if only in (None, name) else None
         if engine is not None:
+            cmd.description = getattr(engine, "DESCRIPTION", cmd.description)
             engine.add_arguments(cmd)
     return parser
 

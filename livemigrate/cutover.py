@@ -1,4 +1,5 @@
-"""``livemigrate cutover``: check every gate, then flip the active-table flag (rule 10).
+"""The cutover (``livemigrate cutover``): check every gate, then flip the active-table flag
+(rule 10).
 
 1. Every gate is checked (``livemigrate.gates``) and every unmet one is listed with why and
    what to do. ``--dry-run`` stops here.
@@ -14,21 +15,16 @@
    to ``--client-ttl``: the command waits until the consumer has drained those (the source is
    quiet) or ``--drain-timeout`` passes.
 
-What it did is recorded in the ``CUTOVER`` control-table item (rollback reads it).
-Exit codes (``livemigrate.exitcodes``): 0 flipped (or already cut over), 3 gates unmet or the
-consumer did not drain (the fence is lifted), 130 interrupted (the fence is lifted), 6 a service
-did not answer. An aborted run changes nothing but the flag's epoch: fencing is a flag write, and
-so is lifting the fence, so the epoch moves on by two (it never goes back, or a concurrent
-operator's stale compare-and-set could succeed); dead letters are acknowledged only after the
-flip and the CUTOVER item is written only then.
+What it did is recorded in the ``CUTOVER`` control-table item (rollback reads it). An aborted
+run changes nothing but the flag's epoch: fencing is a flag write, and so is lifting the fence,
+so the epoch moves on by two (it never goes back, or a concurrent operator's stale
+compare-and-set could succeed); dead letters are acknowledged only after the flip and the
+CUTOVER item is written only then. The command's arguments, wiring and exit codes:
+``livemigrate.cutover_cli``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,7 +33,6 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from livemigrate.argtypes import non_negative_float, positive_float
 from livemigrate.aws import AwsClients
 from livemigrate.clock import Clock, SystemClock
 from livemigrate.config import Settings
@@ -45,7 +40,7 @@ from livemigrate.control import ControlStore
 from livemigrate.deadletters import DeadLetters
 from livemigrate.errors import LivemigrateError, PreflightError
 from livemigrate.exitcodes import ExitCode
-from livemigrate.flag import Flag, FlagStore, open_flag_store
+from livemigrate.flag import Flag, FlagStore
 from livemigrate.gates import (
     CONSUMER_SOURCE,
     LAMBDA_MODE,
@@ -55,11 +50,9 @@ from livemigrate.gates import (
     read_snapshot,
     unmet,
 )
-from livemigrate.hooks import Hooks
-from livemigrate.interrupts import deferred, raise_on_signals
+from livemigrate.interrupts import deferred
 from livemigrate.migration import META, inverse_transform
 from livemigrate.replication import ARM_WAIT
-from livemigrate.status import gate_dict, iso
 from livemigrate.watermark import watermark_of
 
 if TYPE_CHECKING:
@@ -462,92 +455,6 @@ class Cutover:
         )
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add = parser.add_argument
-    add("--dry-run", action="store_true", help="check the gates only; change nothing")
-    add(
-        "--fenced",
-        action="store_true",
-        help="pause writers (livemigrate.client) while the consumer drains, so no write is lost",
-    )
-    add(
-        "--max-lag-seconds",
-        type=non_negative_float,
-        default=5.0,
-        help="consumer lag bound (default: 5)",
-    )
-    add(
-        "--max-heartbeat-age",
-        type=positive_float,
-        default=30.0,
-        help="a consumer heartbeat older than this means it is not running (default: 30)",
-    )
-    add(
-        "--ack-dead-letters",
-        action="store_true",
-        help="cut over despite dead letters (they are acknowledged only if the flag flips)",
-    )
-    add(
-        "--client-ttl",
-        type=non_negative_float,
-        default=1.0,
-        help="applications' flag cache TTL (default: 1)",
-    )
-    add(
-        "--consumer-margin",
-        type=non_negative_float,
-        default=2.0,
-        help="extra seconds a drained heartbeat must postdate the last source write (default: 2)",
-    )
-    add(
-        "--checked-writes",
-        action="store_true",
-        help="every writer uses the client's checked writes (put/delete/update/transact): the "
-        "fence stops them at once, so the write pause skips --client-ttl and its margin",
-    )
-    add(
-        "--fence-seconds",
-        type=positive_float,
-        default=60.0,
-        help="writers wait at most this long, even if this command dies (default: 60)",
-    )
-    add(
-        "--drain-timeout",
-        type=positive_float,
-        default=60.0,
-        help="give up (and lift the fence) if the consumer has not drained by then (default: 60)",
-    )
-    add(
-        "--flag-store",
-        choices=("control", "ssm"),
-        default="control",
-        help="where the applications read the flag: the control table or SSM (default: control)",
-    )
-    add("--json", action="store_true", help="print the result as JSON on stdout (text on stderr)")
-    add(
-        "--when-gates-pass",
-        action="store_true",
-        help="wait, checking the gates every --check-every seconds, and cut over once they pass",
-    )
-    add(
-        "--postpone-until-flag",
-        metavar="FILE",
-        help="wait while FILE exists (and the gates pass); cut over once it is removed",
-    )
-    add(
-        "--check-every",
-        type=positive_float,
-        default=10.0,
-        help="seconds between checks while waiting (default: 10)",
-    )
-    add(
-        "--wait-timeout",
-        type=non_negative_float,
-        default=0.0,
-        help="give up waiting after this many seconds, exit 3 (default: 0, wait forever)",
-    )
-
-
 def evaluate_gates(
     store: ControlStore,
     policy: Policy,
@@ -591,85 +498,6 @@ def search_switch(settings: Settings, store: ControlStore) -> SearchSwitch | Non
     return SearchSwitch(backend, settings.search_alias, index)
 
 
-def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> int:
-    """The ``cutover`` command (exit codes: ``livemigrate.exitcodes``)."""
-    raise_on_signals()  # Ctrl-C / SIGTERM lift the fence (Drain.abandon), then exit 130
-    store = ControlStore(clients.dynamodb, settings.control_table, settings.migration_id)
-    require_started(store)
-    flags = open_flag_store(
-        args.flag_store, store, clients.ssm, settings.source_table, settings.destination_table
-    )
-    options = CutoverOptions(
-        dry_run=args.dry_run,
-        fenced=args.fenced,
-        policy=policy_for(
-            settings,
-            store,
-            max_lag_seconds=args.max_lag_seconds,
-            max_heartbeat_age=args.max_heartbeat_age,
-            ack_dead_letters=args.ack_dead_letters,
-        ),
-        client_ttl=args.client_ttl,
-        consumer_margin=args.consumer_margin,
-        checked_writes=args.checked_writes,
-        fence_seconds=args.fence_seconds,
-        drain_timeout=args.drain_timeout,
-        watermark_margin=(
-            settings.kinesis_delivery_margin if settings.change_source == "kinesis" else None
-        ),
-    )
-    started = time.monotonic()
-    out = _stderr if args.json else print
-    cutover = Cutover(
-        store,
-        flags,
-        options,
-        search=search_switch(settings, store),
-        out=out,
-        watermarks=lambda_watermarks(settings, clients, store),
-        failure_queue=failure_queue(settings),
-    )
-    hooks = Hooks.of(settings)
-    waiting = Waiting.of(args)
-    if waiting is not None and not waiting.wait(cutover):
-        out(f"cutover gave up after waiting {args.wait_timeout:g}s; nothing was changed")
-        return ExitCode.GATES_UNMET
-    try:
-        result = cutover.run()
-    except BaseException:
-        hooks.fire("cutover_aborted")
-        raise
-    _fire(hooks, result)
-    if args.json:
-        summary = {
-            "code": int(result.code),
-            "gates": [gate_dict(g) for g in result.gates],
-            "unmet": [g.name for g in unmet(result.gates)],
-            "flag": flag_json(result.flag) if result.flag else None,
-            "write_pause_seconds": result.write_pause,
-            "drained": result.drained,
-            "seconds": round(time.monotonic() - started, 3),
-        }
-        print(json.dumps(summary, sort_keys=True))
-    return result.code
-
-
-def _fire(hooks: Hooks, result: CutoverResult) -> None:
-    if not unmet(result.gates):
-        hooks.fire("gates_pass")
-    flag = result.flag
-    # This run flipped (not "already cut over"): a fenced flip measured its pause, an
-    # unfenced one waited for the drain.
-    flipped = result.write_pause is not None or result.drained is not None
-    if result.code == ExitCode.OK and flag is not None and flipped:
-        hooks.fire(
-            "cutover_done",
-            active_table=flag.table,
-            epoch=flag.epoch,
-            write_pause_seconds=result.write_pause,
-        )
-
-
 @dataclass(frozen=True)
 class Waiting:
     """``--when-gates-pass`` / ``--postpone-until-flag``: when an unattended cutover may go.
@@ -682,13 +510,6 @@ class Waiting:
     every: float
     timeout: float
     clock: Clock = field(default_factory=SystemClock)
-
-    @classmethod
-    def of(cls, args: argparse.Namespace) -> Waiting | None:
-        if not (args.when_gates_pass or args.postpone_until_flag):
-            return None
-        path = Path(args.postpone_until_flag) if args.postpone_until_flag else None
-        return cls(path, args.check_every, max(0.0, args.wait_timeout))
 
     def wait(self, cutover: Cutover) -> bool:
         """Check until the cutover may go (True) or the timeout passed (False)."""
@@ -713,18 +534,6 @@ class Waiting:
         if self.postpone is not None and self.postpone.exists():
             return f"postponed while {self.postpone} exists (remove it to cut over)"
         return ""
-
-
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr)
-
-
-def flag_json(flag: Flag) -> dict[str, Any]:
-    """The flag for ``--json``: numbers as numbers, times as ISO 8601 (UTC)."""
-    data = flag.to_dict()
-    for name in ("fenced_until", "fenced_at", "flipped_at"):
-        data[name] = iso(float(data[name])) if data.get(name) else None
-    return data
 
 
 def require_started(store: ControlStore) -> None:

@@ -1,4 +1,4 @@
-"""``livemigrate rollback``: flip the flag back to the source table.
+"""The rollback (``livemigrate rollback``): flip the flag back to the source table.
 
 With a reverse consumer (``livemigrate reverse``, an inverse transform configured) the source has
 been kept current since the cutover, and a rollback loses nothing:
@@ -18,106 +18,28 @@ The flip back is one conditional write on the flag's epoch, like the cutover. Th
 consumer keeps running: what the application writes to the source again reaches the destination
 (the reverse consumer skips those echoes), so cutting over again later needs no new backfill. If
 the cutover swapped a search alias, it is pointed back at the index it was taken from (one
-``_aliases`` call). Exit codes: ``livemigrate.exitcodes`` (0 rolled back, 3 refused).
+``_aliases`` call). The command's arguments and wiring: ``livemigrate.rollback_cli``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from collections.abc import Callable
 
-from livemigrate.argtypes import non_negative_float, positive_float
-from livemigrate.aws import AwsClients
 from livemigrate.clock import Clock, SystemClock
-from livemigrate.config import Settings
 from livemigrate.control import ControlStore
 from livemigrate.cutover import (
     CUTOVER_ITEM,
     CutoverOptions,
     Drain,
     SearchSwitch,
-    flag_json,
-    inverse_configured,
     reason_of,
-    require_started,
-    search_switch,
 )
 from livemigrate.exitcodes import ExitCode
-from livemigrate.flag import Flag, FlagStore, open_flag_store
+from livemigrate.flag import Flag, FlagStore
 from livemigrate.gates import CONSUMER_REVERSE, reverse_problems
-from livemigrate.hooks import Hooks
-from livemigrate.interrupts import raise_on_signals
 from livemigrate.transform import load_transform
 
 ROLLBACK_ITEM = "ROLLBACK"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--window-seconds",
-        type=non_negative_float,
-        default=3600.0,
-        help="without a reverse consumer: refuse once the cutover is older than this "
-        "(default 3600)",
-    )
-    parser.add_argument(
-        "--force",
-        action="store_true",
-        help="roll back although writes since the cutover would be lost",
-    )
-    parser.add_argument(
-        "--inverse-transform",
-        help="pkg.mod:fn the reverse consumer runs (default: LIVEMIGRATE_INVERSE_TRANSFORM)",
-    )
-    parser.add_argument(
-        "--fenced", action="store_true", help="pause writers while the reverse consumer drains"
-    )
-    parser.add_argument(
-        "--max-heartbeat-age",
-        type=positive_float,
-        default=30.0,
-        help="a reverse-consumer heartbeat older than this means it is not running (default: 30)",
-    )
-    parser.add_argument(
-        "--client-ttl",
-        type=non_negative_float,
-        default=1.0,
-        help="applications' flag cache TTL (default: 1)",
-    )
-    parser.add_argument(
-        "--fence-seconds",
-        type=positive_float,
-        default=60.0,
-        help="writers wait at most this long, even if this command dies (default: 60)",
-    )
-    parser.add_argument(
-        "--drain-timeout",
-        type=positive_float,
-        default=60.0,
-        help="give up (and lift the fence) if the reverse consumer has not drained (default: 60)",
-    )
-    parser.add_argument(
-        "--json", action="store_true", help="print the result as JSON on stdout (text on stderr)"
-    )
-    parser.add_argument(
-        "--flag-store",
-        choices=("control", "ssm"),
-        default="control",
-        help="where the applications read the flag: the control table or SSM (default: control)",
-    )
-    parser.add_argument(
-        "--checked-writes",
-        action="store_true",
-        help="every writer uses the client's checked writes: no wait for flag caches",
-    )
-    parser.add_argument(
-        "--consumer-margin",
-        type=non_negative_float,
-        default=2.0,
-        help="seconds a drained report must postdate the fence (stream propagation; default: 2)",
-    )
 
 
 class Rollback:
@@ -246,52 +168,3 @@ class Rollback:
             return
         self.search.backend.swap_alias(self.search.alias, previous[0])
         self.out(f"search alias {self.search.alias!r} -> {previous[0]} (back)")
-
-
-def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> int:
-    """The ``rollback`` command (exit codes: ``livemigrate.exitcodes``)."""
-    raise_on_signals()  # Ctrl-C / SIGTERM lift the fence (Drain.abandon), then exit 130
-    store = ControlStore(clients.dynamodb, settings.control_table, settings.migration_id)
-    require_started(store)
-    flags = open_flag_store(
-        args.flag_store, store, clients.ssm, settings.source_table, settings.destination_table
-    )
-    options = CutoverOptions(
-        fenced=args.fenced,
-        client_ttl=args.client_ttl,
-        checked_writes=args.checked_writes,
-        consumer_margin=args.consumer_margin,
-        fence_seconds=args.fence_seconds,
-        drain_timeout=args.drain_timeout,
-    )
-    rollback = Rollback(
-        store,
-        flags,
-        window_seconds=args.window_seconds,
-        force=args.force,
-        inverse_transform=args.inverse_transform or inverse_configured(settings, store),
-        options=options,
-        max_heartbeat_age=args.max_heartbeat_age,
-        search=search_switch(settings, store),
-        out=_stderr if args.json else print,
-    )
-    code = rollback.run()
-    if args.json:
-        result = {
-            "code": int(code),
-            "outcome": ExitCode(code).name,
-            "flag": flag_json(flags.read()),
-            "write_pause_seconds": rollback.write_pause,
-        }
-        print(json.dumps(result, sort_keys=True))
-    if code == ExitCode.OK:
-        Hooks.of(settings).fire(
-            "rollback_done",
-            active_table=settings.source_table,
-            write_pause_seconds=rollback.write_pause,
-        )
-    return code
-
-
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr)

@@ -12,8 +12,8 @@ newer version (``livemigrate.replay``). ``replay`` refuses while a live backfill
 source consumer runs other transform code than this command (fix the transform, restart them
 with the same spec, then replay); ``--ignore-code-version`` overrides.
 
-Exit codes: 0 done (replay: every letter resolved); 1 some letters stay unresolved; 2 bad
-input (unknown id, processes running other code).
+Exit codes (``livemigrate.exitcodes``): 0 done (replay: every letter resolved); 1 some letters
+stay unresolved; 2 bad input (unknown id, processes running other code).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from livemigrate.config import Settings
 from livemigrate.control import ControlStore
 from livemigrate.deadletters import DeadLetter, DeadLetters, stale_processes
 from livemigrate.errors import ConfigError, ConflictError
+from livemigrate.exitcodes import ExitCode
 from livemigrate.records import StreamRecord
 from livemigrate.replay import Replayer
 
@@ -94,7 +95,7 @@ def _show(letter: DeadLetter) -> int:
         print(letter.input)
     else:
         print(json.dumps(letter.dynamodb_json(), indent=2, sort_keys=True))
-    return 0
+    return ExitCode.OK
 
 
 def _describe(letter: DeadLetter) -> list[str]:
@@ -120,7 +121,7 @@ def _ack(letters: DeadLetters, ids: list[str], reason: str) -> int:
     for letter in found:
         letters.acknowledge(letter.id, reason, by)
         print(f"acknowledged {letter.id}: {reason}")
-    return 0
+    return ExitCode.OK
 
 
 def _list(
@@ -136,7 +137,7 @@ def _list(
     shown = [x for x in letters.list() if x.unresolved or not args.unresolved]
     if args.json:
         print(json.dumps([_as_json(x) for x in shown], indent=2, sort_keys=True))
-        return 0
+        return ExitCode.OK
     still_open = sum(1 for x in shown if x.unresolved)
     print(f"{len(shown)} dead letter(s), {still_open} unresolved")
     for letter in shown:
@@ -150,7 +151,7 @@ def _list(
             "consumers, then `livemigrate dead-letters replay --all`; or "
             "`livemigrate dead-letters ack ID... --reason TEXT`"
         )
-    return 0
+    return ExitCode.OK
 
 
 def _as_json(letter: DeadLetter) -> dict[str, Any]:
@@ -186,7 +187,7 @@ def _replay(
         applier.close()
     remaining = letters.unresolved()
     print(f"{remaining} unresolved dead letter(s) remain")
-    return 1 if still_open else 0
+    return ExitCode.DIFFERENCES if still_open else ExitCode.OK
 
 
 def _replay_one(replayer: Replayer, letter: DeadLetter) -> bool:

@@ -62,7 +62,10 @@ def table_markdown() -> str:
 
 MEANINGS: dict[ExitCode, str] = {
     ExitCode.OK: "success: the command did everything it was asked",
-    ExitCode.DIFFERENCES: "`verify` found differences between source, destination or search",
+    ExitCode.DIFFERENCES: (
+        "`verify` found differences between source, destination or search; "
+        "`dead-letters replay` left letters unresolved"
+    ),
     ExitCode.BAD_INPUT: (
         "bad input, configuration or precondition (or a service refused the credentials); "
         "nothing was written; the message names the fix"

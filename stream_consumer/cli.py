@@ -29,6 +29,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from http.server import ThreadingHTTPServer
+from typing import Protocol
 
 from livemigrate.argtypes import non_negative_float, positive_float, positive_int
 from livemigrate.aws import AwsClients
@@ -40,16 +41,18 @@ from livemigrate.errors import ConfigError, PreflightError
 from livemigrate.exitcodes import ExitCode
 from livemigrate.migration import Migration, open_migration
 from livemigrate.process import stop_on_signals, worker_id
+from livemigrate.records import RecordSink
 from livemigrate.retention import DYNAMODB_STREAMS_RETENTION, Retention, source_retention
 from livemigrate.retention import record as record_retention
 from livemigrate.tables import require_stream
 from stream_consumer.applier import DestinationApplier
-from stream_consumer.engine import Tuning, run_consumer
+from stream_consumer.engine import ConsumerOptions, Tuning, run_consumer
 from stream_consumer.kcl import daemon as kcl_daemon
 from stream_consumer.kinesis.source import stream_ref
 from stream_consumer.metrics import Metrics, serve
 from stream_consumer.source import BotoShardSource, ShardSource
 from stream_consumer.tombstones import (
+    FinalizeOptions,
     NotSwitched,
     finalize_tombstones,
     sweep,
@@ -60,9 +63,18 @@ log = logging.getLogger("livemigrate.consumer")
 
 NAME = "source"
 
+DESCRIPTION = (
+    "Apply the source table's stream to the destination, in order per item, through the "
+    "transform; run it before the backfill and keep it running through the cutover. Run "
+    "several processes to share the shards. Exit codes: 0 stopped by SIGTERM / Ctrl-C (a "
+    "continuous consumer) or caught up (--until-caught-up); with --until-caught-up 130 when "
+    "stopped by a signal first and 4 when it stopped otherwise; 2 bad input; 6 a service did "
+    "not answer for too long."
+)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_consumer_arguments(parser)
+    add_consumer_arguments(parser, metrics_default="the `metrics_port` setting")
     kcl_daemon.add_arguments(parser)  # --engine kcl, --kcl-property
     parser.add_argument(
         "--finalize-tombstones",
@@ -77,8 +89,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_consumer_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options every stream consumer command shares (``consume``, ``reverse``)."""
+def add_consumer_arguments(parser: argparse.ArgumentParser, metrics_default: str = "none") -> None:
+    """The options of the commands that apply a stream to a table (``consume``, ``reverse``)."""
+    add_stream_arguments(parser, metrics_default)
+    parser.add_argument(
+        "--apply-threads",
+        type=positive_int,
+        default=8,
+        help="parallel writes per batch (default: 8)",
+    )
+
+
+def add_stream_arguments(parser: argparse.ArgumentParser, metrics_default: str = "none") -> None:
+    """The options every command that runs the consumer engine shares (``consume``,
+    ``reverse``, ``search sync``): ``ConsumerRun`` reads them."""
     parser.add_argument(
         "--until-caught-up",
         action="store_true",
@@ -87,7 +111,7 @@ def add_consumer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metrics-port",
         type=positive_int,
-        help="serve Prometheus metrics on this port (default: the `metrics_port` setting)",
+        help=f"serve Prometheus metrics on this port (default: {metrics_default})",
     )
     parser.add_argument(
         "--lease-seconds",
@@ -105,12 +129,6 @@ def add_consumer_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.5,
         help="idle poll, seconds (default: 0.5)",
     )
-    parser.add_argument(
-        "--apply-threads",
-        type=positive_int,
-        default=8,
-        help="parallel writes per batch (default: 8)",
-    )
 
 
 def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> int:
@@ -124,9 +142,10 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
     _warn_without_destination_stream(migration)
     clock = SystemClock()
     if args.finalize_tombstones:
-        purged = finalize_tombstones(migration, clock, settle_seconds=args.settle_seconds)
+        options = FinalizeOptions(settle_seconds=args.settle_seconds)
+        purged = finalize_tombstones(migration, clock, options)
         print(f"tombstones purged: {purged}")
-        return 0
+        return ExitCode.OK
     metrics = Metrics(NAME)
     applier = DestinationApplier.for_migration(
         migration,
@@ -171,9 +190,15 @@ def change_source(migration: Migration) -> ShardSource:
     return KinesisShardSource(kinesis, settings.kinesis_stream)
 
 
+class ClosingSink(RecordSink, Protocol):
+    """A sink with threads or buffers to release once the engine stops."""
+
+    def close(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class ConsumerRun:
-    """What a consumer command runs the engine with (``consume``, ``reverse``)."""
+    """What a consumer command runs the engine with (``consume``, ``reverse``, ``search sync``)."""
 
     store: ControlStore
     name: str
@@ -188,35 +213,51 @@ class ConsumerRun:
         self,
         args: argparse.Namespace,
         source: ShardSource,
-        applier: DestinationApplier,
+        sink: ClosingSink,
         metrics: Metrics,
     ) -> int:
-        """Run until stopped (or caught up); the exit status. Serves metrics if asked."""
-        server = _serve(metrics, args.metrics_port) if args.metrics_port else None
+        """Run until stopped (or caught up); the exit status. Closes the sink."""
         try:
-            caught_up = run_consumer(
+            caught_up = self.consume(args, source, sink, metrics)
+        finally:
+            sink.close()
+        return self.exit_code(args, caught_up)
+
+    def consume(
+        self, args: argparse.Namespace, source: ShardSource, sink: RecordSink, metrics: Metrics
+    ) -> bool:
+        """Run the engine with the options ``add_stream_arguments`` declared; True when it
+        caught up. Serves metrics while it runs if ``--metrics-port`` is set."""
+        server = _serve(metrics, args.metrics_port) if args.metrics_port else None
+        options = ConsumerOptions(
+            store=self.store,
+            name=self.name,
+            worker_id=args.worker_id or worker_id(),
+            lease_seconds=args.lease_seconds,
+            clock=self.clock,
+            dead_letters=self.dead_letters,
+            origin=self.origin,
+            tuning=Tuning(
+                batch_size=args.batch_size,
+                poll_interval=args.poll_interval,
+                retention=self.retention,
+            ),
+        )
+        try:
+            return run_consumer(
                 source,
-                self.store,
-                self.name,
-                applier,
-                worker_id=args.worker_id or worker_id(),
-                lease_seconds=args.lease_seconds,
-                clock=self.clock,
-                dead_letters=self.dead_letters,
-                origin=self.origin,
-                tuning=Tuning(
-                    batch_size=args.batch_size,
-                    poll_interval=args.poll_interval,
-                    retention=self.retention,
-                ),
+                sink,
+                options,
                 metrics=metrics,
                 until_caught_up=args.until_caught_up,
                 stop_event=self.stop,
             )
         finally:
-            applier.close()
             if server is not None:
                 server.shutdown()
+
+    def exit_code(self, args: argparse.Namespace, caught_up: bool) -> ExitCode:
+        """OK, or with ``--until-caught-up`` INTERRUPTED (a signal) / INCOMPLETE (else)."""
         if not args.until_caught_up or caught_up:
             return ExitCode.OK  # a continuous consumer has no end: a stop by signal is success
         if self.stop.is_set():
@@ -265,9 +306,8 @@ def _auto_finalize(migration: Migration, settle: float, stop: threading.Event) -
     def work() -> None:
         try:
             if not tombstones_purged(migration):
-                finalize_tombstones(
-                    migration, SystemClock(), settle_seconds=settle, timeout_seconds=1e12, stop=stop
-                )
+                options = FinalizeOptions(settle_seconds=settle, timeout_seconds=1e12)
+                finalize_tombstones(migration, SystemClock(), options, stop)
         except NotSwitched:
             return
         if kinesis:  # deletes keep leaving tombstones: purge below the watermark from now on

@@ -12,20 +12,23 @@ Entry point for other engines
 -----------------------------
 ::
 
-    from stream_consumer.engine import Tuning, run_consumer
+    from stream_consumer.engine import ConsumerOptions, Tuning, run_consumer
     from stream_consumer.source import BotoShardSource
 
-    caught_up = run_consumer(
-        BotoShardSource(clients.streams, stream_arn),  # or any ShardSource
-        store,                    # livemigrate.control.ControlStore of the migration
-        "search",                 # consumer name: SHARD#search#<shard>, CONSUMER#search
-        sink,                     # RecordSink: apply(records) / ApplyFailure
+    options = ConsumerOptions(
+        store=store,              # livemigrate.control.ControlStore of the migration
+        name="search",            # consumer name: SHARD#search#<shard>, CONSUMER#search
         worker_id="host-1234",    # unique per process
         lease_seconds=30.0,
         clock=SystemClock(),
         dead_letters=DeadLetters(store),
         origin="search",          # dead-letter origin
         tuning=Tuning(batch_size=500, poll_interval=0.5),
+    )
+    caught_up = run_consumer(
+        BotoShardSource(clients.streams, stream_arn),  # or any ShardSource
+        sink,                     # RecordSink: apply(records) / ApplyFailure
+        options,
         until_caught_up=False,    # True: return once every shard is read to its current end
         stop_event=stop,          # threading.Event: set it to stop; leases are released
     )
@@ -190,19 +193,16 @@ def json_safe_record(record: StreamRecord) -> dict[str, Any]:
     return raw
 
 
-class Consumer:
-    """One consumer process of one stream (see the module docstring).
+@dataclass(frozen=True)
+class ConsumerOptions:
+    """Who a consumer process is and how it runs: everything but its stream, sink and metrics.
 
     Parameters
     ----------
-    source:
-        Shards and records (``BotoShardSource`` or the scripted stream).
     store:
         The migration's control store (leases, checkpoints, CONSUMER# item).
     name:
         Consumer name ("source", "search", "reverse").
-    sink:
-        Where records go, in order per shard.
     worker_id:
         Unique per process; the lease owner.
     lease_seconds:
@@ -213,35 +213,51 @@ class Consumer:
         Where records that cannot be applied go, and under which origin.
     tuning:
         Batch size, poll interval and the rest.
+    """
+
+    store: ControlStore
+    name: str
+    worker_id: str
+    lease_seconds: float
+    clock: Clock
+    dead_letters: DeadLetters
+    origin: Origin
+    tuning: Tuning = field(default_factory=Tuning)
+
+
+class Consumer:
+    """One consumer process of one stream (see the module docstring).
+
+    Parameters
+    ----------
+    source:
+        Shards and records (``BotoShardSource`` or the scripted stream).
+    sink:
+        Where records go, in order per shard.
+    options:
+        The consumer's name, control store, lease, clock, dead letters and tuning.
     metrics:
-        Counters and gauges (a fresh ``Metrics(name)`` if omitted).
+        Counters and gauges (a fresh ``Metrics(options.name)`` if omitted).
     """
 
     def __init__(
         self,
         source: ShardSource,
-        store: ControlStore,
-        name: str,
         sink: RecordSink,
-        *,
-        worker_id: str,
-        lease_seconds: float,
-        clock: Clock,
-        dead_letters: DeadLetters,
-        origin: Origin,
-        tuning: Tuning | None = None,
+        options: ConsumerOptions,
         metrics: Metrics | None = None,
     ) -> None:
+        store, name, clock = options.store, options.name, options.clock
         self.source = source
         self.store = store
         self.name = name
         self.sink = sink
-        self.me = worker_id
-        self.ttl = lease_seconds
+        self.me = options.worker_id
+        self.ttl = options.lease_seconds
         self.clock = clock
-        self.dead_letters = dead_letters
-        self.origin = origin
-        self.tuning = tuning or Tuning()
+        self.dead_letters = options.dead_letters
+        self.origin = options.origin
+        self.tuning = options.tuning
         self.metrics = metrics or Metrics(name)
         self.leases = ShardLeases(store, name, source.stream_arn)
         self._parse = parser_of(source)
@@ -853,32 +869,13 @@ class Consumer:
 
 def run_consumer(
     source: ShardSource,
-    store: ControlStore,
-    name: str,
     sink: RecordSink,
+    options: ConsumerOptions,
     *,
-    worker_id: str,
-    lease_seconds: float,
-    clock: Clock,
-    dead_letters: DeadLetters,
-    origin: Origin,
-    tuning: Tuning | None = None,
     metrics: Metrics | None = None,
     until_caught_up: bool = False,
     stop_event: threading.Event | None = None,
 ) -> bool:
     """Run one consumer process until stopped or caught up (see the module docstring)."""
-    consumer = Consumer(
-        source,
-        store,
-        name,
-        sink,
-        worker_id=worker_id,
-        lease_seconds=lease_seconds,
-        clock=clock,
-        dead_letters=dead_letters,
-        origin=origin,
-        tuning=tuning,
-        metrics=metrics,
-    )
+    consumer = Consumer(source, sink, options, metrics)
     return consumer.run(until_caught_up=until_caught_up, stop_event=stop_event)

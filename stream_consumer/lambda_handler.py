@@ -187,7 +187,7 @@ def search_state() -> dict[str, Any]:
     from livemigrate.search.backend import ElasticsearchBackend
     from livemigrate.search.documents import load_hook
     from livemigrate.search.indices import live_index, load_index_config
-    from livemigrate.search.sink import SearchSink
+    from livemigrate.search.sink import Indexing, SearchSink
     from livemigrate.search.targets import ControlTargets
 
     settings = load_settings()
@@ -200,7 +200,8 @@ def search_state() -> dict[str, Any]:
     config = load_index_config(settings.search_index_config)
     backend.create_index(targets.current().indices[0], config.settings, config.mappings)
     dead_letters = DeadLetters(store)
-    sink = SearchSink(backend, targets, dead_letters, hook=load_hook(settings.search_document_hook))
+    indexing = Indexing(hook=load_hook(settings.search_document_hook))
+    sink = SearchSink(backend, targets, dead_letters, indexing)
     return {"sink": sink, "dead_letters": dead_letters}
 
 

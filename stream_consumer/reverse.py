@@ -1,9 +1,5 @@
-"""``livemigrate reverse``: keep the source current after the cutover (rollback loses nothing).
-
-Usage::
-
-    livemigrate reverse --inverse-transform pkg.mod:fn   # or LIVEMIGRATE_INVERSE_TRANSFORM
-    livemigrate reverse --until-caught-up                # exit 0 once every shard is read
+"""The reverse consumer (``livemigrate reverse``, its wiring in ``stream_consumer.reverse_cli``):
+keep the source current after the cutover (rollback loses nothing).
 
 The reverse consumer is the stream consumer engine under the name ``reverse``, reading the
 destination's stream and applying ``inverse(NewImage)`` to the source with the same version
@@ -19,14 +15,12 @@ it is running.
 
 Before anything is read: the destination has a NEW_AND_OLD_IMAGES stream, the inverse imports,
 and on a sample of source items ``inverse(transform(item))`` gives the item back (a lossy
-transform would make every reverse write drop data). Exit codes as ``consume``.
+transform would make every reverse write drop data).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -38,17 +32,13 @@ from livemigrate.errors import ConfigError, PreflightError, TransformOutputError
 from livemigrate.flag import ControlFlagStore, FlagView
 from livemigrate.items import TypedItem, key_id, to_plain
 from livemigrate.migration import Migration, open_migration
-from livemigrate.process import stop_on_signals
 from livemigrate.replication import FORWARD, REVERSE
-from livemigrate.retention import DYNAMODB_STREAMS_RETENTION
 from livemigrate.retired import RetiredTable
 from livemigrate.tables import describe, require_stream
 from livemigrate.transform import Transformer, load_transform
 from livemigrate.verify.digest import canonical
 from stream_consumer.applier import DeleteMode, DestinationApplier, Removal
-from stream_consumer.cli import ConsumerRun, add_consumer_arguments
 from stream_consumer.metrics import Metrics
-from stream_consumer.source import BotoShardSource
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -56,21 +46,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("livemigrate.reverse")
 
 NAME = "reverse"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--inverse-transform",
-        help="pkg.mod:fn mapping a destination item back to source items "
-        "(default: LIVEMIGRATE_INVERSE_TRANSFORM)",
-    )
-    parser.add_argument(
-        "--round-trip-sample",
-        type=int,
-        default=25,
-        help="source items checked for inverse(transform(item)) == item at start (0: skip)",
-    )
-    add_consumer_arguments(parser)
 
 
 @dataclass(frozen=True)
@@ -194,35 +169,6 @@ def _difference(original: TypedItem, back: list[TypedItem]) -> str:
         if names
     ]
     return ", ".join(parts)
-
-
-def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> int:
-    """The ``reverse`` command; returns the exit status."""
-    spec = inverse_spec(settings, args.inverse_transform)
-    setup = open_reverse(settings, clients, spec, sample=args.round_trip_sample)
-    clock = SystemClock()
-    metrics = Metrics(NAME)
-    store = setup.migration.store
-    applier = build_applier(setup, clients, clock, metrics, args.apply_threads)
-    stop = threading.Event()
-    stop_on_signals(stop)
-    log.info(
-        "reverse consumer: %s stream -> %s via %s",
-        setup.migration.destination.name,
-        setup.migration.source.name,
-        spec,
-    )
-    # The destination's DynamoDB stream keeps 24 h: the reverse consumer's lag window.
-    run = ConsumerRun(
-        store,
-        NAME,
-        setup.migration.dead_letters,
-        "reverse",
-        clock,
-        stop,
-        DYNAMODB_STREAMS_RETENTION,
-    )
-    return run.drive(args, BotoShardSource(clients.streams, setup.stream_arn), applier, metrics)
 
 
 def build_applier(

@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -127,14 +128,35 @@ def purge(writer: DestinationWriter) -> tuple[int, int]:
     return purged, kept
 
 
+@dataclass(frozen=True)
+class FinalizeOptions:
+    """How tombstone finalisation waits for the switch to real deletes, and rides out outages.
+
+    Parameters
+    ----------
+    consumer:
+        The consumer whose switch (``CONSUMER#<consumer>.real_deletes_since``) is waited for.
+    settle_seconds:
+        How long after the switch the purge starts (a tombstone in flight lands first).
+    timeout_seconds:
+        Give up (``NotSwitched``) if the switch has not happened by then.
+    poll_seconds:
+        How often the switch is looked for.
+    outage_seconds:
+        An endpoint outage longer than this raises ``ServiceUnreachable``.
+    """
+
+    consumer: str = "source"
+    settle_seconds: float = SETTLE_SECONDS
+    timeout_seconds: float = 3600.0
+    poll_seconds: float = 2.0
+    outage_seconds: float = 300.0
+
+
 def wait_for_real_deletes(
     migration: Migration,
     clock: Clock,
-    *,
-    consumer: str = "source",
-    settle_seconds: float = SETTLE_SECONDS,
-    timeout_seconds: float = 3600.0,
-    poll_seconds: float = 2.0,
+    options: FinalizeOptions = FinalizeOptions(),
     stop: threading.Event | None = None,
 ) -> float:
     """Block until ``CONSUMER#<consumer>.real_deletes_since`` is older than ``settle_seconds``.
@@ -145,6 +167,8 @@ def wait_for_real_deletes(
     came from a check made before the backfill completed, so before this record, and it
     writes only within ``settle_seconds`` less a margin of that check.
     """
+    consumer, settle_seconds = options.consumer, options.settle_seconds
+    timeout_seconds = options.timeout_seconds
     stop = stop or threading.Event()
     deadline = clock.now() + timeout_seconds
     while not stop.is_set():
@@ -161,7 +185,7 @@ def wait_for_real_deletes(
                 "finish the backfill (`livemigrate status` shows it), then run "
                 "`livemigrate consume --finalize-tombstones` again",
             )
-        clock.sleep(poll_seconds)
+        clock.sleep(options.poll_seconds)
     raise NotSwitched("stopped while waiting for real deletes", "run it again")
 
 
@@ -186,31 +210,18 @@ def record_switch(store: ControlStore, consumer: str, now: float) -> float:
 def finalize_tombstones(
     migration: Migration,
     clock: Clock,
-    *,
-    consumer: str = "source",
-    settle_seconds: float = SETTLE_SECONDS,
-    timeout_seconds: float = 3600.0,
-    poll_seconds: float = 2.0,
+    options: FinalizeOptions = FinalizeOptions(),
     stop: threading.Event | None = None,
-    outage_seconds: float = 300.0,
 ) -> int:
     """Wait for real deletes, purge tombstones, record ``TOMBSTONES``; returns how many purged.
 
     An endpoint outage (``livemigrate.outage``) is ridden out: wait and purge again (the purge
-    is idempotent); ``ServiceUnreachable`` once it lasts longer than ``outage_seconds``.
+    is idempotent); ``ServiceUnreachable`` once it lasts longer than ``options.outage_seconds``.
     """
-    outage = Outage("tombstone finalisation: DynamoDB", clock, outage_seconds)
+    outage = Outage("tombstone finalisation: DynamoDB", clock, options.outage_seconds)
     while True:
         try:
-            purged = _finalize(
-                migration,
-                clock,
-                consumer=consumer,
-                settle_seconds=settle_seconds,
-                timeout_seconds=timeout_seconds,
-                poll_seconds=poll_seconds,
-                stop=stop,
-            )
+            purged = _finalize(migration, clock, options, stop)
         except (ClientError, BotoCoreError) as exc:
             if not is_transient(exc):
                 raise
@@ -221,25 +232,10 @@ def finalize_tombstones(
 
 
 def _finalize(
-    migration: Migration,
-    clock: Clock,
-    *,
-    consumer: str,
-    settle_seconds: float,
-    timeout_seconds: float,
-    poll_seconds: float,
-    stop: threading.Event | None,
+    migration: Migration, clock: Clock, options: FinalizeOptions, stop: threading.Event | None
 ) -> int:
-    wait_for_real_deletes(
-        migration,
-        clock,
-        consumer=consumer,
-        settle_seconds=settle_seconds,
-        timeout_seconds=timeout_seconds,
-        poll_seconds=poll_seconds,
-        stop=stop,
-    )
-    purged, kept = purge_for(migration, consumer)
+    wait_for_real_deletes(migration, clock, options, stop)
+    purged, kept = purge_for(migration, options.consumer)
     migration.store.put(
         TOMBSTONES,
         {"state": "purged", "purged_at": clock.now(), "purged_count": purged},

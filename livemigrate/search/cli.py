@@ -20,9 +20,12 @@ it anyway: the application then reads the new schema's documents while it still 
 source table.
 
 ``sync`` runs the shared consumer engine (leases, shard lineage, checkpoints) on the
-destination's stream under the consumer name ``search``: run several processes to share the
-shards; SIGTERM checkpoints and releases the leases; a killed process's shards are taken over
-after ``--lease-seconds``.
+destination's stream under the consumer name ``search``, with the options and exit codes of
+``livemigrate consume`` (``stream_consumer.cli``: ``--until-caught-up``, ``--lease-seconds``,
+``--worker-id``, ``--batch-size``, ``--poll-interval``, ``--metrics-port``): run several
+processes to share the shards; SIGTERM checkpoints and releases the leases; a killed process's
+shards are taken over after ``--lease-seconds``. With ``--until-caught-up`` it exits 130 when
+stopped by a signal first and 4 when it stopped otherwise before catching up.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ import threading
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from livemigrate.argtypes import positive_float, positive_int
+from livemigrate.argtypes import positive_int
 from livemigrate.aws import AwsClients
 from livemigrate.clock import SystemClock
 from livemigrate.config import Settings
@@ -46,47 +49,41 @@ from livemigrate.errors import ConfigError, ServiceUnreachable
 from livemigrate.exitcodes import ExitCode
 from livemigrate.failures import short
 from livemigrate.flag import open_flag_store
-from livemigrate.process import stop_on_signals, worker_id
+from livemigrate.process import stop_on_signals
 from livemigrate.retention import DYNAMODB_STREAMS_RETENTION, duration
 from livemigrate.search.backend import ClientBackend, SearchUnavailable
 from livemigrate.search.batcher import BatchPolicy
 from livemigrate.search.documents import load_hook
 from livemigrate.search.indices import IndexConfig, live_index, load_index_config
 from livemigrate.search.resync import Resync, TableSource, cleanup, swap_to_live
-from livemigrate.search.sink import SearchSink, SinkStats, retention_warning
+from livemigrate.search.sink import Indexing, SearchSink, SinkStats, retention_warning
 from livemigrate.search.targets import ControlTargets
 from livemigrate.tables import TableInfo, describe, require_stream
+from stream_consumer.cli import ConsumerRun, add_stream_arguments
+from stream_consumer.metrics import Metrics
+from stream_consumer.source import BotoShardSource
 
 log = logging.getLogger("livemigrate.search")
 
 CONSUMER = "search"
-EXIT_NOT_CAUGHT_UP = ExitCode.INCOMPLETE
+
+DESCRIPTION = (
+    "Keep a search index equal to the destination table behind the application's alias: "
+    "`sync` applies the destination's stream (options and exit codes as `livemigrate "
+    "consume`), `resync` rebuilds the index from a scan, `swap-alias` points the alias at the "
+    "live index, `cleanup` deletes this migration's unused indices."
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="search_command", required=True, metavar="SUBCOMMAND")
-    sync = sub.add_parser("sync", help="apply the destination's stream to the index (continuous)")
-    sync.add_argument(
-        "--until-caught-up",
-        action="store_true",
-        help="exit 0 once the destination stream has been read to its current end",
-    )
-    sync.add_argument(
-        "--lease-seconds",
-        type=positive_float,
-        default=30.0,
-        help="a dead sink's shards are taken over after this (default: 30)",
-    )
-    sync.add_argument("--worker-id", help="lease owner name (default: host-pid-random)")
-    sync.add_argument(
-        "--poll-interval",
-        type=positive_float,
-        default=0.5,
-        help="idle poll, seconds (default: 0.5)",
-    )
-    resync = sub.add_parser(
+    sync = _subcommand(sub, "sync", "apply the destination's stream to the index (continuous)")
+    add_stream_arguments(sync)  # the consumer engine's options, as `consume` has them
+    resync = _subcommand(
+        sub,
         "resync",
-        help="rebuild a fresh index from a scan of D (the alias moves only after the cutover)",
+        "rebuild a fresh index from a scan of the destination (the alias moves only after the "
+        "cutover)",
     )
     resync.add_argument(
         "--move-alias-before-cutover",
@@ -101,9 +98,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where the cutover flag lives, to tell whether the cutover happened "
         "(default: control)",
     )
-    swap = sub.add_parser("swap-alias", help="point the alias at the live index (one request)")
+    swap = _subcommand(sub, "swap-alias", "point the alias at the live index (one request)")
     swap.add_argument("--index", help="the index to point at (default: the sink's live index)")
-    clean = sub.add_parser("cleanup", help="delete this migration's indices the alias does not use")
+    clean = _subcommand(sub, "cleanup", "delete this migration's indices the alias does not use")
     for cmd in (sync, resync, swap, clean):
         cmd.add_argument(
             "--json",
@@ -129,6 +126,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             default=5 * 1024 * 1024,
             help="bytes per bulk request (default: 5 MiB)",
         )
+
+
+def _subcommand(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name, help=help_text, description=help_text[:1].upper() + help_text[1:] + "."
+    )
+    return parser
 
 
 @dataclass(frozen=True)
@@ -168,11 +172,11 @@ def _run(
         index, previous = swap_to_live(ctx.backend, ctx.targets, ctx.alias, args.index)
         result.update(alias=ctx.alias, index=index, previous=list(previous))
         print(f"alias {ctx.alias} -> {index} (was: {', '.join(previous) or 'nothing'})")
-        return 0
+        return ExitCode.OK
     deleted = cleanup(ctx.backend, ctx.alias, settings.migration_id, ctx.targets.current().indices)
     result.update(deleted=list(deleted))
     print(f"deleted indices: {', '.join(deleted) or 'none'}")
-    return 0
+    return ExitCode.OK
 
 
 def _context(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> Context:
@@ -221,18 +225,18 @@ def _sink(args: argparse.Namespace, ctx: Context, on_idle: Any = None) -> Search
         ctx.backend,
         ctx.targets,
         DeadLetters(ctx.store),
-        hook=load_hook(args.document_hook or ctx.settings.search_document_hook),
-        policy=ctx.policy,
+        _indexing(args, ctx),
         on_idle=on_idle,
     )
 
 
+def _indexing(args: argparse.Namespace, ctx: Context) -> Indexing:
+    """``--document-hook`` (or the setting) and ``--bulk-docs`` / ``--bulk-bytes``."""
+    hook = load_hook(args.document_hook or ctx.settings.search_document_hook)
+    return Indexing(hook=hook, policy=ctx.policy)
+
+
 def _sync(args: argparse.Namespace, ctx: Context, result: dict[str, Any]) -> int:
-    try:
-        from stream_consumer.metrics import Metrics
-    except ImportError as exc:  # the engine ships in the same distribution; say so if not
-        print(f"livemigrate search sync: not yet wired (stream_consumer unavailable: {exc})")
-        return 3
     stream_arn = require_stream(_destination(ctx))
     ctx.backend.create_index(
         ctx.targets.current().indices[0], ctx.config.settings, ctx.config.mappings
@@ -241,15 +245,16 @@ def _sync(args: argparse.Namespace, ctx: Context, result: dict[str, Any]) -> int
     sink = _sink(args, ctx, on_idle=lambda: _retention_watch(metrics))
     stop = threading.Event()
     stop_on_signals(stop)
+    run = ConsumerRun(ctx.store, CONSUMER, DeadLetters(ctx.store), "search", SystemClock(), stop)
     try:
-        caught_up = _consume(args, ctx, sink, stream_arn, metrics=metrics, stop=stop)
+        caught_up = run.consume(
+            args, BotoShardSource(ctx.clients.streams, stream_arn), sink, metrics
+        )
     finally:
         sink.close()
     result.update(caught_up=caught_up, **asdict(sink.stats))
     print(f"search sync stopped ({'caught up' if caught_up else 'stopped'}): {_stats(sink.stats)}")
-    if args.until_caught_up and not caught_up:
-        return EXIT_NOT_CAUGHT_UP
-    return 0
+    return run.exit_code(args, caught_up)
 
 
 def _stats(stats: SinkStats) -> str:
@@ -257,35 +262,6 @@ def _stats(stats: SinkStats) -> str:
         f"indexed {stats.indexed}, deleted {stats.deleted}, tombstones {stats.tombstoned}, "
         f"stale skipped {stats.stale}, dead-lettered {stats.dead_lettered}, retried "
         f"{stats.retried}, lag {stats.lag_seconds:.1f}s"
-    )
-
-
-def _consume(
-    args: argparse.Namespace,
-    ctx: Context,
-    sink: SearchSink,
-    stream_arn: str,
-    *,
-    metrics: Any,
-    stop: threading.Event,
-) -> bool:
-    from stream_consumer.engine import Tuning, run_consumer
-    from stream_consumer.source import BotoShardSource
-
-    return run_consumer(
-        BotoShardSource(ctx.clients.streams, stream_arn),
-        ctx.store,
-        CONSUMER,
-        sink,
-        worker_id=args.worker_id or worker_id(),
-        lease_seconds=args.lease_seconds,
-        clock=SystemClock(),
-        dead_letters=DeadLetters(ctx.store),
-        origin="search",
-        tuning=Tuning(poll_interval=args.poll_interval),
-        metrics=metrics,
-        until_caught_up=args.until_caught_up,
-        stop_event=stop,
     )
 
 
@@ -309,11 +285,10 @@ def _resync(args: argparse.Namespace, ctx: Context, result: dict[str, Any]) -> i
         ctx.backend,
         ctx.targets,
         DeadLetters(ctx.store),
+        _indexing(args, ctx),
         alias=ctx.alias,
         migration_id=ctx.settings.migration_id,
-        hook=load_hook(args.document_hook or ctx.settings.search_document_hook),
         config=ctx.config,
-        policy=ctx.policy,
     )
     cut_over = _cut_over(args, ctx)
     move = True if (cut_over or args.move_alias_before_cutover) else None

@@ -39,14 +39,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from livemigrate.clock import Clock, SystemClock
 from livemigrate.errors import PreflightError, ServiceUnreachable
 from livemigrate.items import key_of
 from livemigrate.search.backend import BulkAction, SearchBackend, SearchUnavailable
-from livemigrate.search.batcher import BatchPolicy, chunks
-from livemigrate.search.documents import DocumentHook, build_document, document_id, is_tombstone
+from livemigrate.search.batcher import chunks
+from livemigrate.search.documents import build_document, document_id, is_tombstone
 from livemigrate.search.indices import IndexConfig, owned_by, resync_index
-from livemigrate.search.sink import TRANSIENT_TYPES, DeadLetterSink, RetryPolicy
+from livemigrate.search.sink import TRANSIENT_TYPES, DeadLetterSink, Indexing
 from livemigrate.search.targets import READY, SCANNING, ControlTargets
 from livemigrate.versioning import BACKFILL_SEQ, SEQ_ATTR
 
@@ -101,25 +100,22 @@ class Resync:
         backend: SearchBackend,
         targets: ControlTargets,
         dead_letters: DeadLetterSink,
+        indexing: Indexing,
         *,
         alias: str,
         migration_id: str,
-        hook: DocumentHook,
         config: IndexConfig,
-        policy: BatchPolicy | None = None,
-        retry: RetryPolicy | None = None,
-        clock: Clock | None = None,
     ) -> None:
         self.backend = backend
         self.targets = targets
         self.dead_letters = dead_letters
         self.alias = alias
         self.migration_id = migration_id
-        self.hook = hook
+        self.hook = indexing.hook
         self.config = config
-        self.policy = policy or BatchPolicy()
-        self.retry = retry or RetryPolicy()
-        self.clock = clock or SystemClock()
+        self.policy = indexing.policy
+        self.retry = indexing.retry
+        self.clock = indexing.clock
 
     def run(
         self, source: TableSource, epoch: int | None = None, *, move_alias: bool | None = None

@@ -139,6 +139,28 @@ class RetryPolicy:
         return float(min(self.cap, self.base * (2**attempt)))
 
 
+@dataclass(frozen=True)
+class Indexing:
+    """How documents are built and written: what the sink and the resync share.
+
+    Parameters
+    ----------
+    hook:
+        Maps a plain item to its document, or None (not indexed).
+    policy:
+        Batch limits (documents and bytes per bulk request).
+    retry:
+        Backoff for rejected documents and an unavailable node.
+    clock:
+        Time (injectable).
+    """
+
+    hook: DocumentHook = default_document
+    policy: BatchPolicy = field(default_factory=BatchPolicy)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    clock: Clock = field(default_factory=SystemClock)
+
+
 class _Persisting(Exception):
     def __init__(self, reason: str, transient: bool = False) -> None:
         self.reason = reason
@@ -175,10 +197,8 @@ class SearchSink:
         Which indices to write (``ControlTargets`` follows a resync; ``FixedTargets``).
     dead_letters:
         Where documents rejected for good go (origin ``search``).
-    hook:
-        Maps a plain item to its document, or None (not indexed).
-    policy, retry, clock:
-        Batch limits, backoff, time (injectable).
+    indexing:
+        The document hook, batch limits, backoff and clock (defaults: ``Indexing()``).
     lag_warning:
         Lag (seconds) from which every batch logs a loud retention warning.
     """
@@ -188,21 +208,19 @@ class SearchSink:
         backend: DocumentStore,
         targets: Targets,
         dead_letters: DeadLetterSink,
+        indexing: Indexing | None = None,
         *,
-        hook: DocumentHook = default_document,
-        policy: BatchPolicy | None = None,
-        retry: RetryPolicy | None = None,
-        clock: Clock | None = None,
         lag_warning: float = DYNAMODB_STREAMS_RETENTION.error_seconds,
         on_idle: Callable[[], None] | None = None,
     ) -> None:
+        indexing = indexing or Indexing()
         self.backend = backend
         self.targets = targets
         self.dead_letters = dead_letters
-        self.hook = hook
-        self.policy = policy or BatchPolicy()
-        self.retry = retry or RetryPolicy()
-        self.clock = clock or SystemClock()
+        self.hook = indexing.hook
+        self.policy = indexing.policy
+        self.retry = indexing.retry
+        self.clock = indexing.clock
         self.lag_warning = lag_warning
         self._idle = on_idle
         # Threads start on first use; shared by the engine's shard threads (tasks never wait

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from backfill import plan
-from backfill.cli import EXIT_INCOMPLETE, add_arguments, run
+from backfill.cli import add_arguments, run
 from backfill.lambda_handler import invoke
 from backfill.worker import Engine, Options
 from livemigrate.aws import AwsClients
@@ -18,6 +18,7 @@ from livemigrate.clock import FakeClock
 from livemigrate.config import Settings
 from livemigrate.control import ControlStore
 from livemigrate.destination import Outcome
+from livemigrate.exitcodes import ExitCode
 from livemigrate.items import to_plain
 from livemigrate.migration import open_migration
 from livemigrate.versioning import TOMBSTONE_ATTR, pad_seq
@@ -228,7 +229,7 @@ def test_cli_says_how_to_continue_when_the_budget_runs_out(
 ) -> None:
     settings = tables(clients, outbox_items(400))
     rc = backfill(settings, clients, "--workers", "1", "--page-size", "5", "--budget-seconds", "1")
-    assert rc == EXIT_INCOMPLETE
+    assert rc == ExitCode.INCOMPLETE
     assert "run `livemigrate backfill` again" in capsys.readouterr().err
     assert backfill(settings, clients, "--workers", "4", "--page-size", "50") == 0
 

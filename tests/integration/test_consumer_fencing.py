@@ -24,11 +24,11 @@ from livemigrate.migration import Migration, open_migration
 from livemigrate.records import StreamRecord
 from livemigrate.verify import VerifyOptions, verify
 from stream_consumer.applier import DeleteMode, DestinationApplier
-from stream_consumer.engine import Consumer, Tuning
+from stream_consumer.engine import Consumer, ConsumerOptions, Tuning
 from stream_consumer.metrics import Metrics
 from stream_consumer.scripted import ScriptedStream, ScriptedTable
 from stream_consumer.source import BotoShardSource, Page, ShardInfo, ShardSource
-from stream_consumer.tombstones import finalize_tombstones
+from stream_consumer.tombstones import FinalizeOptions, finalize_tombstones
 from tests.services import create_table, scan_all, settings_for, unique
 
 JAN = 1704067200
@@ -100,15 +100,17 @@ def consumer(
     options = {"batch_size": 10, "poll_interval": 0.01, "heartbeat_interval": 600.0, **tuning}
     return Consumer(
         source,
-        migration.store,
-        "source",
         sink,
-        worker_id=worker,
-        lease_seconds=lease_seconds,
-        clock=clock,
-        dead_letters=migration.dead_letters,
-        origin="stream",
-        tuning=Tuning(**options),
+        ConsumerOptions(
+            store=migration.store,
+            name="source",
+            worker_id=worker,
+            lease_seconds=lease_seconds,
+            clock=clock,
+            dead_letters=migration.dead_letters,
+            origin="stream",
+            tuning=Tuning(**options),
+        ),
         metrics=metrics,
     )
 
@@ -257,7 +259,7 @@ def test_a_tombstone_write_delayed_past_the_purge_is_refused_and_the_delete_is_r
     other = DeleteMode(migration.backfill_complete, migration.store, "source", clock, 0.0)
     assert other.decide().real
     clock.advance(16)
-    finalize_tombstones(migration, clock, settle_seconds=15.0, poll_seconds=1.0)
+    finalize_tombstones(migration, clock, FinalizeOptions(settle_seconds=15.0, poll_seconds=1.0))
     stall.release()
     stalled.join(WAIT)
     # THEN the late tombstone was refused (its decision had expired), the batch was applied

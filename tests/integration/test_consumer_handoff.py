@@ -29,7 +29,7 @@ from livemigrate.status import collect, render
 from livemigrate.verify import VerifyOptions, verify
 from livemigrate.versioning import OWNER_ATTR, pad_seq
 from stream_consumer.applier import DestinationApplier
-from stream_consumer.engine import Consumer, Tuning
+from stream_consumer.engine import Consumer, ConsumerOptions, Tuning
 from stream_consumer.metrics import Metrics
 from stream_consumer.scripted import ScriptedStream, ScriptedTable
 from stream_consumer.source import BotoShardSource
@@ -125,15 +125,17 @@ def consume(migration: Migration) -> Consumer:
     metrics = Metrics("source")
     consumer = Consumer(
         BotoShardSource(migration.clients.streams, str(migration.source.stream_arn)),
-        migration.store,
-        "source",
         DestinationApplier.for_migration(migration, metrics, threads=2, refresh_seconds=0.0),
-        worker_id="w1",
-        lease_seconds=5,
-        clock=SystemClock(),
-        dead_letters=migration.dead_letters,
-        origin="stream",
-        tuning=FAST,
+        ConsumerOptions(
+            store=migration.store,
+            name="source",
+            worker_id="w1",
+            lease_seconds=5,
+            clock=SystemClock(),
+            dead_letters=migration.dead_letters,
+            origin="stream",
+            tuning=FAST,
+        ),
         metrics=metrics,
     )
     assert consumer.run(until_caught_up=True)
@@ -265,15 +267,17 @@ def test_the_consumer_engine_hands_keys_over_between_scripted_shards(
     )
     consumer = Consumer(
         stream,
-        migration.store,
-        "source",
         applier,
-        worker_id="w1",
-        lease_seconds=5,
-        clock=stream.clock,
-        dead_letters=migration.dead_letters,
-        origin="stream",
-        tuning=FAST,
+        ConsumerOptions(
+            store=migration.store,
+            name="source",
+            worker_id="w1",
+            lease_seconds=5,
+            clock=stream.clock,
+            dead_letters=migration.dead_letters,
+            origin="stream",
+            tuning=FAST,
+        ),
         metrics=metrics,
     )
     assert consumer.run(until_caught_up=True)

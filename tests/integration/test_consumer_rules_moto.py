@@ -23,7 +23,7 @@ from livemigrate.replication import FORWARD, written_by
 from livemigrate.versioning import SEQ_ATTR
 from stream_consumer import lambda_handler
 from stream_consumer.applier import DestinationApplier
-from stream_consumer.engine import Consumer, Tuning
+from stream_consumer.engine import Consumer, ConsumerOptions, Tuning
 from stream_consumer.lambda_handler import handle
 from stream_consumer.metrics import Metrics, serve
 from stream_consumer.scripted import SEQ_BASE, SEQ_STRIDE, ScriptedStream, ScriptedTable
@@ -216,15 +216,17 @@ def scripted_consumer(migration: Migration, stream: ScriptedStream, worker: str 
     applier = DestinationApplier.for_migration(migration, metrics, threads=2)
     return Consumer(
         stream,
-        migration.store,
-        "source",
         applier,
-        worker_id=worker,
-        lease_seconds=5,
-        clock=stream.clock,
-        dead_letters=migration.dead_letters,
-        origin="stream",
-        tuning=FAST,
+        ConsumerOptions(
+            store=migration.store,
+            name="source",
+            worker_id=worker,
+            lease_seconds=5,
+            clock=stream.clock,
+            dead_letters=migration.dead_letters,
+            origin="stream",
+            tuning=FAST,
+        ),
         metrics=metrics,
     )
 

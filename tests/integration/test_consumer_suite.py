@@ -30,7 +30,7 @@ from livemigrate.migration import Migration, open_migration
 from livemigrate.records import StreamRecord
 from livemigrate.transform import Transformer, load_transform
 from stream_consumer.applier import DestinationApplier
-from stream_consumer.engine import Consumer, Tuning
+from stream_consumer.engine import Consumer, ConsumerOptions, Tuning
 from stream_consumer.kinesis.bridge import Chaos, StreamBridge, create_stream
 from stream_consumer.kinesis.records import pad_position
 from stream_consumer.kinesis.source import KinesisShardSource
@@ -39,6 +39,7 @@ from stream_consumer.metrics import Metrics
 from stream_consumer.scripted import ScriptedStream, ScriptedTable
 from stream_consumer.source import BotoShardSource, ShardSource
 from stream_consumer.tombstones import (
+    FinalizeOptions,
     NotSwitched,
     finalize_tombstones,
     switched_at,
@@ -149,15 +150,17 @@ class World:
         self.sinks.append(sink)
         return Consumer(
             self.source,
-            self.migration.store,
-            "source",
             sink,
-            worker_id=worker,
-            lease_seconds=lease_seconds,
-            clock=clock,
-            dead_letters=dead_letters or self.migration.dead_letters,
-            origin="stream",
-            tuning=tuning,
+            ConsumerOptions(
+                store=self.migration.store,
+                name="source",
+                worker_id=worker,
+                lease_seconds=lease_seconds,
+                clock=clock,
+                dead_letters=dead_letters or self.migration.dead_letters,
+                origin="stream",
+                tuning=tuning,
+            ),
             metrics=metrics,
         )
 
@@ -293,7 +296,9 @@ def test_changes_converge_and_tombstones_block_late_backfill_puts(world: World) 
     world.complete_backfill()
     run_to_caught_up(world.consumer("w2"))
     # THEN after finalisation the destination equals the transformed source exactly
-    purged = finalize_tombstones(world.migration, SystemClock(), settle_seconds=0.0)
+    purged = finalize_tombstones(
+        world.migration, SystemClock(), FinalizeOptions(settle_seconds=0.0)
+    )
     assert purged >= 10
     assert tombstones_purged(world.migration)
     held, tombs = destination(world)
@@ -316,13 +321,17 @@ def test_finalisation_switches_to_real_deletes_when_no_consumer_saw_the_backfill
     store = world.migration.store
     # WHEN finalisation runs while the backfill is incomplete, it waits and records nothing
     with pytest.raises(NotSwitched):
-        finalize_tombstones(world.migration, SystemClock(), timeout_seconds=0.3, poll_seconds=0.05)
+        finalize_tombstones(
+            world.migration, SystemClock(), FinalizeOptions(timeout_seconds=0.3, poll_seconds=0.05)
+        )
     assert switched_at(store, "source") is None
     # WHEN the backfill completes (quiet a second later) with no consumer running
     quiet_at = time.time() + 1.0
     store.put("PLAN", {"state": "complete", "completed_at": time.time(), "quiet_at": quiet_at})
     purged = finalize_tombstones(
-        world.migration, SystemClock(), settle_seconds=0.2, timeout_seconds=30, poll_seconds=0.05
+        world.migration,
+        SystemClock(),
+        FinalizeOptions(settle_seconds=0.2, timeout_seconds=30, poll_seconds=0.05),
     )
     # THEN finalisation records the switch itself, once quiet, and purges every tombstone
     since = switched_at(store, "source")

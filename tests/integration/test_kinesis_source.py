@@ -18,12 +18,12 @@ from livemigrate.errors import ConflictError
 from livemigrate.items import to_plain, to_typed
 from livemigrate.migration import Migration, open_migration
 from stream_consumer.applier import DestinationApplier
-from stream_consumer.engine import Consumer, Tuning
+from stream_consumer.engine import Consumer, ConsumerOptions, Tuning
 from stream_consumer.kinesis.bridge import create_stream
 from stream_consumer.kinesis.records import PrecisionRefused, change_record
 from stream_consumer.kinesis.source import KinesisShardSource
 from stream_consumer.metrics import Metrics
-from stream_consumer.tombstones import finalize_tombstones
+from stream_consumer.tombstones import FinalizeOptions, finalize_tombstones
 from tests.services import create_table, scan_all, settings_for, unique
 
 pytestmark = pytest.mark.integration
@@ -52,15 +52,17 @@ class Setup:
         applier = DestinationApplier.for_migration(self.migration, metrics, refresh_seconds=0.0)
         consumer = Consumer(
             KinesisShardSource(self.clients.kinesis, self.stream),
-            self.migration.store,
-            "source",
             applier,
-            worker_id=unique("w"),
-            lease_seconds=10.0,
-            clock=SystemClock(),
-            dead_letters=self.migration.dead_letters,
-            origin="stream",
-            tuning=Tuning(batch_size=batch_size, poll_interval=0.02, heartbeat_interval=0.1),
+            ConsumerOptions(
+                store=self.migration.store,
+                name="source",
+                worker_id=unique("w"),
+                lease_seconds=10.0,
+                clock=SystemClock(),
+                dead_letters=self.migration.dead_letters,
+                origin="stream",
+                tuning=Tuning(batch_size=batch_size, poll_interval=0.02, heartbeat_interval=0.1),
+            ),
             metrics=metrics,
         )
         assert consumer.run(until_caught_up=True)
@@ -122,7 +124,9 @@ def test_a_delete_is_never_undone_by_late_or_repeated_older_records(
     # THEN the item is a tombstone, never live again; the watermark purge then removes it
     held = kinesis.destination()
     assert [bool(i.get("_lm_tomb")) for i in held] == [True]
-    purged = finalize_tombstones(kinesis.migration, SystemClock(), settle_seconds=0.0)
+    purged = finalize_tombstones(
+        kinesis.migration, SystemClock(), FinalizeOptions(settle_seconds=0.0)
+    )
     assert purged == 1
     assert kinesis.destination() == []
 
@@ -135,7 +139,9 @@ def test_a_tombstone_younger_than_the_watermark_is_kept(clients: AwsClients) -> 
     world.send(change("INSERT", t1, 1, None, table), change("REMOVE", t1 + 1000, None, 1, table))
     world.consume(100)
     # WHEN tombstones are finalised
-    purged = finalize_tombstones(world.migration, SystemClock(), settle_seconds=0.0)
+    purged = finalize_tombstones(
+        world.migration, SystemClock(), FinalizeOptions(settle_seconds=0.0)
+    )
     # THEN the young tombstone stays (an older put of the item could still arrive)
     assert purged == 0
     assert [bool(i.get("_lm_tomb")) for i in world.destination()] == [True]

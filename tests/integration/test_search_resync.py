@@ -16,7 +16,7 @@ from livemigrate.search.backend import ClientBackend
 from livemigrate.search.batcher import BatchPolicy
 from livemigrate.search.indices import IndexConfig, live_index
 from livemigrate.search.resync import Resync, TableSource, cleanup
-from livemigrate.search.sink import SearchSink
+from livemigrate.search.sink import Indexing, SearchSink
 from livemigrate.search.targets import ControlTargets
 from tests.integration.test_search_sink import Writes, destination, index_state, table_state
 from tests.services import StreamTail, unique
@@ -79,7 +79,7 @@ def test_resync_during_concurrent_writes_ends_with_index_equal_to_table(
     targets = ControlTargets(store, old)
     writes = Writes(writer, keys=100, seed=3)
     writes.run(150, seed=99)  # history before the resync, partly deleted
-    sink = SearchSink(backend, targets, letters, policy=BatchPolicy(max_count=25))
+    sink = SearchSink(backend, targets, letters, Indexing(policy=BatchPolicy(max_count=25)))
     live = SinkThread(StreamTail(clients, table), sink)
     live.start()
     threads = writes.threads(3, 10_000)  # until the resync is done
@@ -88,11 +88,10 @@ def test_resync_during_concurrent_writes_ends_with_index_equal_to_table(
         backend,
         targets,
         letters,
+        Indexing(hook=sink.hook, policy=BatchPolicy(max_count=10)),
         alias=alias,
         migration_id=mid,
-        hook=sink.hook,
         config=CONFIG,
-        policy=BatchPolicy(max_count=10),
     )
     report = resync.run(SlowScan(clients.dynamodb, table, ("pk", "sk"), page_size=25))
     still_writing = any(t.is_alive() for t in threads)

@@ -24,7 +24,7 @@ from livemigrate.records import StreamRecord
 from livemigrate.search.backend import ClientBackend, SearchBackend
 from livemigrate.search.batcher import BatchPolicy
 from livemigrate.search.clients import backend_for
-from livemigrate.search.sink import SearchSink
+from livemigrate.search.sink import Indexing, SearchSink
 from livemigrate.search.targets import FixedTargets
 from livemigrate.versioning import pad_seq
 from tests.services import StreamTail, create_table, scan_all, unique
@@ -172,7 +172,10 @@ def test_concurrent_writes_with_crashes_and_replays_end_with_index_equal_to_tabl
         seen.extend(new)
         # a crash before the checkpoint: a fresh sink re-applies from an earlier position
         sink = SearchSink(
-            backend, FixedTargets(index), sink.dead_letters, policy=BatchPolicy(rng.randint(1, 50))
+            backend,
+            FixedTargets(index),
+            sink.dead_letters,
+            Indexing(policy=BatchPolicy(rng.randint(1, 50))),
         )
         start = max(0, len(seen) - len(new) - rng.randint(0, 60))
         sink.apply(seen[start:])

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from livemigrate.clock import FakeClock
 from livemigrate.records import ApplyFailure, StreamRecord
+from livemigrate.retention import DYNAMODB_STREAMS_RETENTION
 from livemigrate.search.backend import BulkAction, BulkResult
 from livemigrate.search.batcher import BatchPolicy, chunks
 from livemigrate.search.documents import (
@@ -31,7 +32,7 @@ from livemigrate.search.documents import (
     document_id,
     load_hook,
 )
-from livemigrate.search.sink import RetryPolicy, SearchSink, retention_warning
+from livemigrate.search.sink import Indexing, RetryPolicy, SearchSink, retention_warning
 from livemigrate.search.targets import FixedTargets, TargetState
 from livemigrate.versioning import pad_seq
 from tests.memory_backend import MemoryBackend
@@ -62,9 +63,16 @@ def record(
     return StreamRecord("MODIFY", keys, image, None, pad_seq(str(seq)), 0.0)
 
 
-def make_sink(backend: MemoryBackend, **kw: Any) -> tuple[SearchSink, Letters, FakeClock]:
+def make_sink(
+    backend: MemoryBackend,
+    *,
+    lag_warning: float = DYNAMODB_STREAMS_RETENTION.error_seconds,
+    **kw: Any,
+) -> tuple[SearchSink, Letters, FakeClock]:
+    """A sink on a fake clock; ``kw``: the ``Indexing`` fields (hook, policy, retry)."""
     letters, clock = Letters(), FakeClock()
-    sink = SearchSink(backend, FixedTargets(INDEX), letters, clock=clock, **kw)
+    indexing = Indexing(clock=clock, **kw)
+    sink = SearchSink(backend, FixedTargets(INDEX), letters, indexing, lag_warning=lag_warning)
     return sink, letters, clock
 
 
