@@ -53,6 +53,8 @@ def test_values_are_summed_over_shards_and_a_released_shard_drops_only_its_gauge
     assert metrics.value("lag_seconds", shard="s1") == 0
     assert metrics.value("records_applied_total", shard="s1") == 7  # counters stay
     assert 'shard="s1"} 1.5' not in metrics.render()
+    metrics.set("lag_seconds", 2.5, shard="s1")  # the shard's lease is taken again
+    assert f'{PREFIX}lag_seconds{{consumer="source",shard="s1"}} 2.5' in metrics.render()
 
 
 def test_two_metrics_objects_in_one_process_share_nothing() -> None:
