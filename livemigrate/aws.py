@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import boto3
 from botocore.config import Config
@@ -37,11 +37,23 @@ class AwsClients:
     kinesis: KinesisClient | None = None
 
 
-def client_config(max_pool: int = 50) -> Config:
-    # Throttling is handled by our own rate limiter and backoff; botocore's standard mode
-    # still retries transient network errors a few times.
+RetryMode = Literal["standard", "adaptive"]
+
+
+def client_config(max_pool: int = 50, retry_mode: RetryMode = "standard") -> Config:
+    """The botocore configuration of every client (``retry_mode``: the ``retry_mode`` setting).
+
+    botocore retries each call itself: throttling, 5xx, connection errors and timeouts, 5
+    retries (6 attempts) with jittered exponential back-off (``standard``); ``adaptive`` also
+    rate-limits the client when the service throttles. Every attempt passes the client's
+    ``before-send`` hooks, so a fence (``livemigrate.fencing``) refuses a retry past a lease's
+    deadline, after any wait of the adaptive rate limit. The tool's own loops stay above it:
+    the rate caps and their throttling back-off (``livemigrate.ratelimit``: items/s, budget
+    deadlines) and riding out an outage that outlasts botocore's attempts
+    (``livemigrate.outage``).
+    """
     return Config(
-        retries={"max_attempts": 5, "mode": "standard"},
+        retries={"max_attempts": 5, "mode": retry_mode},
         max_pool_connections=max_pool,
         connect_timeout=5,
         read_timeout=30,
@@ -50,7 +62,8 @@ def client_config(max_pool: int = 50) -> Config:
 
 def make_clients(settings: Settings | None = None, max_pool: int = 50) -> AwsClients:
     """Build the clients for the configured endpoint (moto, LocalStack or AWS)."""
-    kwargs: dict[str, Any] = {"config": client_config(max_pool)}
+    mode: RetryMode = settings.retry_mode if settings is not None else "standard"
+    kwargs: dict[str, Any] = {"config": client_config(max_pool, mode)}
     # boto3 reads AWS_DEFAULT_REGION but not every version reads AWS_REGION; honour both.
     region = (settings.region if settings else None) or os.environ.get("AWS_REGION")
     if region:

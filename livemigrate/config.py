@@ -9,6 +9,7 @@ credentials follow boto3's own standard variables (``AWS_ENDPOINT_URL``, ``AWS_R
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import logging
 import os
 import tomllib
@@ -49,6 +50,9 @@ _OTHER_VARIABLES = frozenset(
 
 _NAME = r"^[A-Za-z0-9_.-]{3,255}$"
 
+# The metrics endpoint answers on this host only unless the operator opens it (issue 19).
+DEFAULT_METRICS_ADDRESS = "127.0.0.1"
+
 # What to tell the user per field when it is wrong; the field's env variable is added.
 _FIXES: dict[str, str] = {
     "migration_id": "use 1-64 letters, digits, '-', '_' or '.', e.g. 'orders-v2'",
@@ -67,6 +71,14 @@ _FIXES: dict[str, str] = {
     "search_service": "es (Amazon OpenSearch Service) or aoss (OpenSearch Serverless)",
     "search_alias": "an index alias name in lowercase, e.g. 'orders'",
     "search_document_hook": "give 'package.module:function' mapping an item to its document",
+    "metrics_address": (
+        "an IP address of this host to serve metrics on: 127.0.0.1 (this host only, the "
+        "default), 0.0.0.0 (every IPv4 interface) or :: (every interface)"
+    ),
+    "retry_mode": (
+        "standard (botocore's retries with back-off) or adaptive (the same, and a client-side "
+        "rate limit that slows down on throttling)"
+    ),
     "change_source": "'dynamodb-streams' (the table's stream, the default) or 'kinesis'",
     "kinesis_stream": (
         "name the Kinesis data stream of the source table's Kinesis streaming destination "
@@ -134,6 +146,13 @@ class Settings(BaseSettings):
     retention_margin_seconds: float | None = Field(default=None, ge=0)
     total_segments: int | None = Field(default=None, ge=1, le=1_000_000)
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_address: str = Field(
+        default=DEFAULT_METRICS_ADDRESS, description="where the metrics port listens"
+    )
+    retry_mode: Literal["standard", "adaptive"] = Field(
+        default="standard",
+        description="botocore's retry mode for every AWS client (livemigrate.aws)",
+    )
     hooks: dict[str, str] = Field(
         default_factory=dict, description="event -> shell command (livemigrate.hooks)"
     )
@@ -162,6 +181,11 @@ class Settings(BaseSettings):
         if info.data.get("change_source") == "kinesis" and not value:
             raise ValueError("it is needed when change_source is 'kinesis'")
         return value
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _ip_address(cls, value: str) -> str:
+        return str(ipaddress.ip_address(value.strip()))  # ValueError names the bad input
 
     @field_validator("hooks")
     @classmethod

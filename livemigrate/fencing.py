@@ -135,16 +135,26 @@ _installed: weakref.WeakSet[Any] = weakref.WeakSet()
 _install_lock = threading.Lock()
 
 
+_WRITE_EVENTS = frozenset(f"before-send.dynamodb.{operation}" for operation in WRITE_OPERATIONS)
+
+
 def install(client: Any) -> None:
-    """Make every write attempt of a DynamoDB ``client`` (retries too) check the thread's fence."""
+    """Make every write attempt of a DynamoDB ``client`` (retries too) check the thread's fence.
+
+    The check is the last ``before-send`` handler, registered on the generic event: botocore
+    calls the handlers of ``before-send.dynamodb.PutItem`` before those of ``before-send``, and
+    the adaptive retry mode waits for its client-side rate limit in a ``before-send`` handler.
+    A check made before that wait would let a write leave after the deadline (issue 19).
+    """
     with _install_lock:
         if client in _installed:
             return
-        for operation in WRITE_OPERATIONS:
-            client.meta.events.register(f"before-send.dynamodb.{operation}", _check_fence)
+        client.meta.events.register_last("before-send", _check_fence)
         _installed.add(client)
 
 
-def _check_fence(**_: Any) -> None:
+def _check_fence(event_name: str = "", **_: Any) -> None:
+    if event_name not in _WRITE_EVENTS:
+        return
     for fence in active():
         fence.check()

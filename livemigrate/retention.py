@@ -166,9 +166,10 @@ def kinesis_client(settings: Any) -> Any:
     """A Kinesis client for the configured endpoint and region."""
     import boto3
 
-    from livemigrate.aws import client_config
+    from livemigrate.aws import RetryMode, client_config
 
-    kwargs: dict[str, Any] = {"config": client_config(4)}
+    mode: RetryMode = getattr(settings, "retry_mode", "standard")
+    kwargs: dict[str, Any] = {"config": client_config(4, mode)}
     if getattr(settings, "endpoint_url", None):
         kwargs["endpoint_url"] = settings.endpoint_url
     if getattr(settings, "region", None):

@@ -4,7 +4,7 @@ Usage::
 
     livemigrate consume                        # run continuously (SIGTERM: checkpoint, release)
     livemigrate consume --until-caught-up      # exit 0 once every shard is read to its end
-    livemigrate consume --metrics-port 9108    # Prometheus text at :9108/metrics
+    livemigrate consume --metrics-port 9108    # Prometheus text at 127.0.0.1:9108/metrics
     livemigrate consume --lease-seconds 30     # takeover time of a dead consumer's shards
     livemigrate consume --finalize-tombstones  # wait for real deletes, purge tombstones, exit
     livemigrate consume --engine kcl           # Kinesis source: the KCL (stream_consumer/kcl)
@@ -28,13 +28,13 @@ import errno
 import logging
 import threading
 from dataclasses import dataclass
-from http.server import ThreadingHTTPServer
 from typing import Protocol
+from wsgiref.simple_server import WSGIServer
 
 from livemigrate.argtypes import non_negative_float, positive_float, positive_int
 from livemigrate.aws import AwsClients
 from livemigrate.clock import Clock, SystemClock
-from livemigrate.config import Settings
+from livemigrate.config import DEFAULT_METRICS_ADDRESS, Settings
 from livemigrate.control import ControlStore
 from livemigrate.deadletters import DeadLetters, Origin
 from livemigrate.errors import ConfigError, PreflightError
@@ -162,7 +162,14 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
     retention = source_retention(settings, clients)
     record_retention(migration.store, retention)  # what status and the gates show
     run = ConsumerRun(
-        migration.store, NAME, migration.dead_letters, "stream", clock, stop, retention
+        migration.store,
+        NAME,
+        migration.dead_letters,
+        "stream",
+        clock,
+        stop,
+        retention,
+        metrics_address=settings.metrics_address,
     )
     return run.drive(args, source, applier, metrics)
 
@@ -208,6 +215,9 @@ class ConsumerRun:
     stop: threading.Event
     # The stream's retention: the lag thresholds (rule 9, livemigrate.retention).
     retention: Retention = DYNAMODB_STREAMS_RETENTION
+    # Where ``--metrics-port`` listens (the ``metrics_address`` setting): this host only unless
+    # the operator opens it to the network.
+    metrics_address: str = DEFAULT_METRICS_ADDRESS
 
     def drive(
         self,
@@ -228,7 +238,8 @@ class ConsumerRun:
     ) -> bool:
         """Run the engine with the options ``add_stream_arguments`` declared; True when it
         caught up. Serves metrics while it runs if ``--metrics-port`` is set."""
-        server = _serve(metrics, args.metrics_port) if args.metrics_port else None
+        port = args.metrics_port
+        server = _serve(metrics, self.metrics_address, port) if port else None
         options = ConsumerOptions(
             store=self.store,
             name=self.name,
@@ -255,6 +266,7 @@ class ConsumerRun:
         finally:
             if server is not None:
                 server.shutdown()
+                server.server_close()
 
     def exit_code(self, args: argparse.Namespace, caught_up: bool) -> ExitCode:
         """OK, or with ``--until-caught-up`` INTERRUPTED (a signal) / INCOMPLETE (else)."""
@@ -265,17 +277,21 @@ class ConsumerRun:
         return ExitCode.INCOMPLETE
 
 
-def _serve(metrics: Metrics, port: int) -> ThreadingHTTPServer:
-    """The metrics server; a port already in use is the operator's to fix, not a crash."""
+def _serve(metrics: Metrics, address: str, port: int) -> WSGIServer:
+    """The metrics server; an address it cannot bind is the operator's to fix, not a crash."""
     try:
-        return serve(metrics, port)
+        return serve(metrics, port, host=address)
     except OSError as exc:
-        if exc.errno != errno.EADDRINUSE:
-            raise
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"metrics port {port} is already in use",
+                "choose another --metrics-port (or LIVEMIGRATE_METRICS_PORT), or stop the "
+                "process that listens on it",
+            ) from exc
         raise ConfigError(
-            f"metrics port {port} is already in use",
-            "choose another --metrics-port (or LIVEMIGRATE_METRICS_PORT), or stop the process "
-            "that listens on it",
+            f"cannot serve metrics on {address}:{port} ({exc.strerror or exc})",
+            "set LIVEMIGRATE_METRICS_ADDRESS (metrics_address) to an address of this host: "
+            "127.0.0.1 (this host only, the default) or 0.0.0.0 (every interface)",
         ) from exc
 
 

@@ -73,5 +73,6 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
         clock,
         stop,
         DYNAMODB_STREAMS_RETENTION,
+        metrics_address=settings.metrics_address,
     )
     return run.drive(args, BotoShardSource(clients.streams, setup.stream_arn), applier, metrics)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 def make_s3_client(settings: Settings, max_pool: int = 50) -> S3Client:
     """An S3 client for the configured endpoint (moto, LocalStack or AWS)."""
-    kwargs: dict[str, Any] = {"config": client_config(max_pool)}
+    kwargs: dict[str, Any] = {"config": client_config(max_pool, settings.retry_mode)}
     region = settings.region or os.environ.get("AWS_REGION")
     if region:
         kwargs["region_name"] = region

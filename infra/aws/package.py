@@ -21,8 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "build"
 PLATFORMS = {"x86_64": "manylinux2014_x86_64", "arm64": "manylinux2014_aarch64"}
 PACKAGES = ("livemigrate", "backfill", "stream_consumer")
-# Not needed in Lambda: localstack-client serves local runs only (imported lazily).
-LOCAL_ONLY = ("localstack-client",)
+# Not needed in Lambda: localstack-client serves local runs only, rich the progress bar on a
+# terminal (both imported lazily, only there).
+LOCAL_ONLY = ("localstack-client", "rich")
 
 
 def runtime_requirements() -> list[str]:

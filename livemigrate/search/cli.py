@@ -245,7 +245,15 @@ def _sync(args: argparse.Namespace, ctx: Context, result: dict[str, Any]) -> int
     sink = _sink(args, ctx, on_idle=lambda: _retention_watch(metrics))
     stop = threading.Event()
     stop_on_signals(stop)
-    run = ConsumerRun(ctx.store, CONSUMER, DeadLetters(ctx.store), "search", SystemClock(), stop)
+    run = ConsumerRun(
+        ctx.store,
+        CONSUMER,
+        DeadLetters(ctx.store),
+        "search",
+        SystemClock(),
+        stop,
+        metrics_address=ctx.settings.metrics_address,
+    )
     try:
         caught_up = run.consume(
             args, BotoShardSource(ctx.clients.streams, stream_arn), sink, metrics
