@@ -81,6 +81,8 @@ from livemigrate.search.targets import Targets
 from livemigrate.versioning import SEQ_ATTR, TOMBSTONE_ATTR, is_newer
 
 log = logging.getLogger("livemigrate.search")
+# One encoder for every document (json.dumps with options builds a new one per call).
+_to_json = json.JSONEncoder(separators=(",", ":")).encode
 
 # The sink reads the destination table's DynamoDB stream: its retention (rule 9).
 STREAM_RETENTION = DYNAMODB_STREAMS_RETENTION.seconds
@@ -333,8 +335,10 @@ class SearchSink:
         blind: bool = False,
     ) -> _Round:
         """One read-decide-write round; with ``blind``, inserted documents skip the read."""
-        skipped = [c for c in pending if blind and self._skips_read(c)]
-        unread = [c for c in pending if not (blind and self._skips_read(c))]
+        skipped: list[Change] = []
+        unread: list[Change] = []
+        for change in pending:
+            (skipped if blind and self._skips_read(change) else unread).append(change)
         try:
             held = self._read(index, unread, prefetched)
         except SearchUnavailable as exc:
@@ -468,7 +472,7 @@ class SearchSink:
         seq = record.sequence_number
         if document is None:
             return Change(position, doc_id, seq, record.keys, None, 64)
-        body = json.dumps({**document, SEQ_ATTR: seq}, separators=(",", ":"))
+        body = _to_json({**document, SEQ_ATTR: seq})
         inserted = record.event_name == "INSERT"
         return Change(position, doc_id, seq, record.keys, document, len(body), body, inserted)
 
