@@ -39,7 +39,7 @@ def document_id(keys: Mapping[str, Any]) -> str:
     """The document id of an item, from its typed key attributes (``{"pk": {"S": "a"}}``)."""
     parts = [_escape(_key_text(keys[n])) for n in sorted(keys)]
     readable = "~".join(parts)
-    if len(readable.encode()) <= MAX_ID_BYTES:
+    if len(readable) <= MAX_ID_BYTES:  # escaped: ASCII, one byte per character
         return readable
     return "~" + hashlib.sha256(readable.encode()).hexdigest()
 

@@ -57,7 +57,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from livemigrate.clock import Clock, SystemClock
 from livemigrate.records import ApplyFailure, StreamRecord
@@ -81,8 +81,9 @@ from livemigrate.search.targets import Targets
 from livemigrate.versioning import SEQ_ATTR, TOMBSTONE_ATTR, is_newer
 
 log = logging.getLogger("livemigrate.search")
-# One encoder for every document (json.dumps with options builds a new one per call).
-_to_json = json.JSONEncoder(separators=(",", ":")).encode
+# One encoder for every document (json.dumps with options builds a new one per call); a
+# document is a tree of fresh dicts and lists, so the cycle check is work for nothing.
+_to_json = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 
 # The sink reads the destination table's DynamoDB stream: its retention (rule 9).
 STREAM_RETENTION = DYNAMODB_STREAMS_RETENTION.seconds
@@ -115,9 +116,12 @@ class SinkStats:
     lag_seconds: float = 0.0
 
 
-@dataclass(frozen=True)
-class Change:
-    """The intended state of one document after one record (``document`` None = delete)."""
+class Change(NamedTuple):
+    """The intended state of one document after one record (``document`` None = delete).
+
+    A named tuple, not a frozen dataclass: one is built per stream record, and a frozen
+    dataclass sets each field through ``object.__setattr__`` (several times the cost).
+    """
 
     position: int
     doc_id: str
