@@ -39,7 +39,7 @@ def document_id(keys: Mapping[str, Any]) -> str:
     """The document id of an item, from its typed key attributes (``{"pk": {"S": "a"}}``)."""
     parts = [_escape(_key_text(keys[n])) for n in sorted(keys)]
     readable = "~".join(parts)
-    if len(readable.encode()) <= MAX_ID_BYTES:
+    if len(readable) <= MAX_ID_BYTES:  # escaped: ASCII, one byte per character
         return readable
     return "~" + hashlib.sha256(readable.encode()).hexdigest()
 
@@ -60,6 +60,8 @@ def _escape(text: str) -> str:
 
 
 def _key_text(value: Mapping[str, Any]) -> str:
+    if len(value) == 1 and "S" in value:  # most keys: a string is its own canonical form
+        return str(value["S"])
     ((_kind, inner),) = canonical_value(value).items()
     return str(inner)  # S as is, N canonical (38 digits), B base64 of the bytes
 
@@ -106,10 +108,21 @@ def typed_json(value: Mapping[str, Any]) -> Any:
     Decimals and sets first: the default document of every stream record goes through here.
     """
     ((kind, inner),) = value.items()
+    if kind == "S":  # the commonest kinds first, without a table lookup and a call
+        return inner
+    if kind == "N":
+        return _number(inner)
     return _TYPED[kind](inner)
 
 
+# An integer of at most 18 digits is within Elasticsearch's long range whatever its digits.
+_SHORT_INT = 18
+
+
 def _number(text: str) -> int | float | str:
+    digits = text[1:] if text[:1] == "-" else text
+    if 0 < len(digits) <= _SHORT_INT and digits.isascii() and digits.isdigit():
+        return int(text)  # what json_number gives for it, without building a Decimal
     return json_number(Decimal(text))
 
 
