@@ -143,7 +143,10 @@ integer_texts = st.one_of(
 typed_values = st.recursive(
     st.one_of(
         st.text().map(lambda v: {"S": v}),
-        st.decimals(allow_nan=False, allow_infinity=False, places=3).map(lambda d: {"N": str(d)}),
+        # at most 38 significant digits (35 + 3 places): DynamoDB holds no more
+        st.decimals(min_value=-(10**35) + 1, max_value=10**35 - 1, places=3).map(
+            lambda d: {"N": str(d)}
+        ),
         integer_texts.map(lambda n: {"N": n}),
         st.booleans().map(lambda b: {"BOOL": b}),
         st.just({"NULL": True}),
