@@ -81,6 +81,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
+from livemigrate import keys
 from livemigrate.errors import ConflictError, LeaseLost
 from livemigrate.items import decimalize, to_plain
 from livemigrate.items import to_typed as _to_typed
@@ -118,7 +119,7 @@ class ControlStore:
         self.client = client
         self.table = table_name
         self.migration_id = migration_id
-        self.pk = f"MIG#{migration_id}"
+        self.pk = keys.migration_pk(migration_id)
         # Set by open_migration: request-unit deltas ride along with counter writes.
         self.ledger: Ledger | None = None
 
@@ -408,9 +409,9 @@ class ControlStore:
         ConflictError
             When a different migration id already owns that destination.
         """
-        pk = f"DEST#{destination_table}"
+        pk = keys.destination_pk(destination_table)
         item = to_typed(
-            {"pk": pk, "sk": "OWNER", "migration_id": self.migration_id, "source": source_table}
+            {"pk": pk, "sk": keys.OWNER, "migration_id": self.migration_id, "source": source_table}
         )
         try:
             self.client.put_item(
@@ -422,7 +423,7 @@ class ControlStore:
         except ClientError as exc:
             if not condition_failed(exc):
                 raise
-            owner = self.get("OWNER", pk=pk) or {}
+            owner = self.get(keys.OWNER, pk=pk) or {}
             raise ConflictError(
                 f"destination table {destination_table!r} already belongs to migration "
                 f"{owner.get('migration_id')!r} (from {owner.get('source')!r}); "
@@ -432,7 +433,7 @@ class ControlStore:
             ) from exc
 
     def destination_owner(self, destination_table: str) -> str | None:
-        owner = self.get("OWNER", pk=f"DEST#{destination_table}")
+        owner = self.get(keys.OWNER, pk=keys.destination_pk(destination_table))
         return None if owner is None else str(owner["migration_id"])
 
     # -- counters -------------------------------------------------------------------------
@@ -442,7 +443,7 @@ class ControlStore:
         with self.unsent_costs() as costs:
             nonzero = {k: v for k, v in {**counts, **costs}.items() if v}
             if nonzero:
-                self.update("METRICS", add=nonzero)
+                self.update(keys.METRICS, add=nonzero)
 
     @contextmanager
     def unsent_costs(self) -> Iterator[dict[str, float]]:
@@ -455,7 +456,7 @@ class ControlStore:
             yield costs
 
     def metrics(self) -> dict[str, Any]:
-        return self.get("METRICS") or {}
+        return self.get(keys.METRICS) or {}
 
 
 def to_typed(item: Mapping[str, Any]) -> dict[str, Any]:

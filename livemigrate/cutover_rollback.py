@@ -34,7 +34,6 @@ from livemigrate.clock import Clock, SystemClock
 from livemigrate.config import Settings
 from livemigrate.control import ControlStore
 from livemigrate.cutover import (
-    CUTOVER_ITEM,
     CutoverOptions,
     Drain,
     SearchSwitch,
@@ -46,12 +45,11 @@ from livemigrate.cutover import (
 )
 from livemigrate.exitcodes import ExitCode
 from livemigrate.flag import Flag, FlagStore, open_flag_store
-from livemigrate.gates import CONSUMER_REVERSE, reverse_problems
+from livemigrate.gates import reverse_problems
 from livemigrate.hooks import Hooks
 from livemigrate.interrupts import raise_on_signals
+from livemigrate.keys import CONSUMER_REVERSE, CUTOVER, ROLLBACK
 from livemigrate.transform import load_transform
-
-ROLLBACK_ITEM = "ROLLBACK"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -172,7 +170,7 @@ class Rollback:
                 "backups."
             )
         self.store.put(
-            ROLLBACK_ITEM,
+            ROLLBACK,
             {
                 "flipped_at": flag.flipped_at,
                 "epoch": flag.epoch,
@@ -240,7 +238,7 @@ class Rollback:
         return flag
 
     def _search_back(self) -> None:
-        record = self.store.get(CUTOVER_ITEM) or {}
+        record = self.store.get(CUTOVER) or {}
         previous = [str(p) for p in record.get("search_previous") or []]
         if self.search is None or not previous:
             return

@@ -32,6 +32,7 @@ from botocore.exceptions import ClientError
 
 from livemigrate.clock import Clock, SystemClock
 from livemigrate.control import ControlStore
+from livemigrate.keys import RATES
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,6 @@ THROTTLE_CODES = frozenset(
         "TooManyRequestsException",
     }
 )
-
-RATES = "RATES"
 
 Deadline = Callable[[], float]
 """Seconds the caller may still wait (0 or less: none)."""

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from livemigrate.clock import Clock, SystemClock
 from livemigrate.errors import ConfigError
+from livemigrate.keys import RETENTION
 
 if TYPE_CHECKING:
     from livemigrate.control import ControlStore
@@ -43,7 +44,6 @@ DYNAMODB_STREAMS_HOURS = 24.0
 WARN_FRACTION = 1 / 2
 ERROR_FRACTION = 5 / 6
 MARGIN_FRACTION = 1 / 6
-RETENTION_ITEM = "RETENTION"
 RECORD_SECONDS = 60.0  # how often a running backfill's ETA is written for status
 
 
@@ -353,7 +353,7 @@ def record(
     }
     if eta is not None:
         fields.update({"backfill_eta_seconds": round(eta.seconds), "backfill_eta_verdict": verdict})
-    store.update(RETENTION_ITEM, fields)
+    store.update(RETENTION, fields)
 
 
 def recorded(item: dict[str, Any] | None) -> Retention:

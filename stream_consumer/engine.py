@@ -70,7 +70,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from livemigrate import fencing
+from livemigrate import fencing, keys
 from livemigrate.clock import Clock
 from livemigrate.control import ControlStore
 from livemigrate.deadletters import DeadLetters, Origin
@@ -269,7 +269,7 @@ class Consumer:
 
     @property
     def consumer_sk(self) -> str:
-        return f"CONSUMER#{self.name}"
+        return keys.consumer(self.name)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:

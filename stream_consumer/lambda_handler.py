@@ -31,12 +31,12 @@ from livemigrate import lambda_mode
 from livemigrate.control import ControlStore
 from livemigrate.deadletters import DeadLetters, Origin
 from livemigrate.fencing import WindowClosed
+from livemigrate.keys import CONSUMER_SOURCE
 from livemigrate.lambda_mode import MODE, watermark_of
 from livemigrate.records import ApplyFailure, RecordSink, StreamRecord
 from stream_consumer.engine import json_safe_record
 
 _STATE: dict[str, Any] = {}
-CONSUMER_SOURCE = "CONSUMER#source"
 # Set by the template from its ParallelizationFactor parameter (the drain proof needs 1).
 PARALLELIZATION_VARIABLE = "LIVEMIGRATE_PARALLELIZATION_FACTOR"
 

@@ -22,7 +22,8 @@ from backfill import plan
 from backfill.export.manifest import DataFile, Export
 from livemigrate.control import ControlStore
 from livemigrate.errors import PreflightError
-from livemigrate.migration import PLAN, Migration
+from livemigrate.keys import PLAN
+from livemigrate.migration import Migration
 
 SOURCE = "export"
 REFUSED = "refused"

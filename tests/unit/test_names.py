@@ -1,0 +1,38 @@
+"""The names declared once in the core (issue 19): what is stored must never change spelling."""
+
+from __future__ import annotations
+
+from livemigrate import keys
+from livemigrate.versioning import is_reserved, user_attributes
+
+
+def test_control_table_keys_keep_the_spellings_existing_tables_hold() -> None:
+    # GIVEN control tables written by earlier releases, WHEN keys are built, THEN they match.
+    assert keys.migration_pk("m1") == "MIG#m1"
+    assert keys.destination_pk("orders_v2") == "DEST#orders_v2"
+    assert keys.CONSUMER_SOURCE == "CONSUMER#source"
+    assert keys.CONSUMER_REVERSE == "CONSUMER#reverse"
+    assert keys.shard("source", "shardId-1") == "SHARD#source#shardId-1"
+    assert keys.segment(7) == "SEG#000007"
+    assert keys.split(7, 2) == "SPLIT#000007#2"
+    assert keys.split(7, 2).startswith(keys.split_prefix(7))
+    assert keys.export("abc") == "EXPORT#abc"
+    singles = [keys.META, keys.PLAN, keys.RATES, keys.TOMBSTONES, keys.SEARCH, keys.CUTOVER]
+    singles += [keys.ROLLBACK, keys.VERIFY, keys.FLAG, keys.FLAG_LOCK, keys.METRICS]
+    assert singles == [
+        "META", "PLAN", "RATES", "TOMBSTONES", "SEARCH", "CUTOVER",
+        "ROLLBACK", "VERIFY", "FLAG", "FLAGLOCK", "METRICS",
+    ]  # fmt: skip
+
+
+def test_kind_groups_a_family_under_its_prefix_and_a_single_item_under_itself() -> None:
+    assert keys.kind(keys.consumer("search")) == keys.kind(keys.CONSUMER_PREFIX) == "CONSUMER"
+    assert keys.kind(keys.split(1, 0)) == keys.kind(keys.SPLIT_PREFIX) == "SPLIT"
+    assert keys.kind(keys.PLAN) == "PLAN"
+    assert keys.kind(keys.FLAG_LOCK) != keys.kind(keys.FLAG)
+
+
+def test_user_attributes_drops_only_the_reserved_prefix() -> None:
+    item = {"pk": 1, "_lm_seq": "0", "_lm_tomb": True, "lm_x": 2, "x_lm_": 3}
+    assert user_attributes(item) == {"pk": 1, "lm_x": 2, "x_lm_": 3}
+    assert is_reserved("_lm_src") and not is_reserved("_lmx")
