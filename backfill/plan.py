@@ -45,6 +45,7 @@ from typing import Any
 
 from livemigrate import keys
 from livemigrate.control import ControlStore
+from livemigrate.counters import fresh_unit_counters
 from livemigrate.errors import PreflightError
 from livemigrate.keys import PLAN
 from livemigrate.migration import BACKFILL_COMPLETE
@@ -139,10 +140,7 @@ def _fresh(segment: int) -> dict[str, Any]:
         "state": PENDING,
         "segment": segment,
         "checkpoint": None,
-        "items_read": 0,
-        "items_written": 0,
-        "superseded": 0,
-        "dead_lettered": 0,
+        **fresh_unit_counters(),
         "hot_keys_skipped": [],
     }
 

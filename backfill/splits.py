@@ -25,6 +25,7 @@ from backfill.keys import dump_json, load_json
 from backfill.lease import UnitLease
 from backfill.plan import PENDING, split_sk
 from livemigrate import keys
+from livemigrate.counters import fresh_unit_counters
 from livemigrate.items import to_plain
 
 
@@ -75,10 +76,7 @@ def _put_all(lease: UnitLease, segment: int, hot: Attr, base: int, bounds: list[
                 "base": base,
                 "bounds": text,
                 "checkpoint": None,
-                "items_read": 0,
-                "items_written": 0,
-                "superseded": 0,
-                "dead_lettered": 0,
+                **fresh_unit_counters(),
             }
             for i in range(len(bounds) - 1)
         }

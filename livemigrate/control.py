@@ -82,6 +82,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 from livemigrate import keys
+from livemigrate.counters import Counter
 from livemigrate.errors import ConflictError, LeaseLost
 from livemigrate.items import decimalize, to_plain
 from livemigrate.items import to_typed as _to_typed
@@ -437,11 +438,12 @@ class ControlStore:
         return None if owner is None else str(owner["migration_id"])
 
     # -- counters -------------------------------------------------------------------------
-    def add_metrics(self, counts: Mapping[str, int | float]) -> None:
+    def add_metrics(self, counts: Mapping[Counter, int | float]) -> None:
         """Add to the migration's counters (one write for all of them), with the request
         units this process has spent since the last such write (``livemigrate.accounting``)."""
         with self.unsent_costs() as costs:
-            nonzero = {k: v for k, v in {**counts, **costs}.items() if v}
+            added: list[tuple[str, int | float]] = [*counts.items(), *costs.items()]
+            nonzero = {k: v for k, v in added if v}
             if nonzero:
                 self.update(keys.METRICS, add=nonzero)
 

@@ -32,6 +32,7 @@ from typing import Any, Literal
 from boto3.dynamodb.types import Binary
 
 from livemigrate.control import ControlStore
+from livemigrate.counters import DEAD_LETTERS_BY_ORIGIN
 from livemigrate.items import to_json, to_plain, to_typed
 from livemigrate.keys import CODE_PREFIX, DLQ_PREFIX, SEG_PREFIX, SPLIT_PREFIX, shard_prefix
 from livemigrate.values import from_dynamodb_json, to_dynamodb_json, typed
@@ -198,7 +199,7 @@ class DeadLetters:
                 "code_hash": self.code_hash,
             },
         )
-        self.store.add_metrics({f"dead_letters_{origin}": 1})
+        self.store.add_metrics({DEAD_LETTERS_BY_ORIGIN[origin]: 1})
         return letter_id
 
     def count(self) -> int:

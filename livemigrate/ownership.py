@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from livemigrate.counters import Counter
 from livemigrate.items import TypedItem, key_id, to_json
 from livemigrate.keys import OWNED_PREFIX
 
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
 
     from livemigrate.control import ControlStore
 
-COLLISIONS_COUNTER: Final = "collisions_dead_lettered"
+COLLISIONS_COUNTER: Final[Counter] = "collisions_dead_lettered"
 
 # A source item's current typed item by its key (consistent read), or None when it is absent.
 SourceReader = Callable[[TypedItem], TypedItem | None]

@@ -73,6 +73,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from livemigrate import fencing, keys
 from livemigrate.clock import Clock
 from livemigrate.control import ControlStore
+from livemigrate.counters import ConsumerMetric
 from livemigrate.deadletters import DeadLetters, Origin
 from livemigrate.errors import LeaseLost
 from livemigrate.fencing import Fence, LeaseExpired, WindowClosed
@@ -536,7 +537,7 @@ class Consumer:
                 self._drop(reader, "leases_lost_total")
             return False
 
-    def _drop(self, reader: _Reader, metric: str) -> None:
+    def _drop(self, reader: _Reader, metric: ConsumerMetric) -> None:
         if reader.fence is not None:
             reader.fence.revoke()
         reader.lost = True
@@ -604,7 +605,7 @@ class Consumer:
         reader.backoff = 0
         return page
 
-    def _back_off(self, reader: _Reader, metric: str, what: str) -> None:
+    def _back_off(self, reader: _Reader, metric: ConsumerMetric, what: str) -> None:
         reader.backoff += 1
         self.metrics.inc(metric, shard=reader.shard_id)
         delay = self.tuning.backoff(reader.backoff)

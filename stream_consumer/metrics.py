@@ -11,10 +11,12 @@ from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Final
 
+from livemigrate.counters import ConsumerMetric
+
 PREFIX: Final = "livemigrate_consumer_"
 
 # name -> (type, meaning). Labels: consumer (always), shard (per-shard gauges).
-METRICS: Final[Mapping[str, tuple[str, str]]] = {
+METRICS: Final[Mapping[ConsumerMetric, tuple[str, str]]] = {
     "records_read_total": ("counter", "stream records returned by GetRecords"),
     "records_applied_total": ("counter", "records applied to the sink and checkpointed"),
     "records_dead_lettered_total": ("counter", "records sent to the dead-letter store"),
@@ -57,19 +59,19 @@ class Metrics:
     def __init__(self, consumer: str) -> None:
         self.consumer = consumer
         self._lock = threading.Lock()
-        self._values: dict[tuple[str, str], float] = {}
+        self._values: dict[tuple[ConsumerMetric, str], float] = {}
 
-    def inc(self, name: str, by: float = 1, shard: str = "") -> None:
+    def inc(self, name: ConsumerMetric, by: float = 1, shard: str = "") -> None:
         self._check(name)
         with self._lock:
             self._values[(name, shard)] = self._values.get((name, shard), 0) + by
 
-    def set(self, name: str, value: float, shard: str = "") -> None:
+    def set(self, name: ConsumerMetric, value: float, shard: str = "") -> None:
         self._check(name)
         with self._lock:
             self._values[(name, shard)] = value
 
-    def value(self, name: str, shard: str | None = None) -> float:
+    def value(self, name: ConsumerMetric, shard: str | None = None) -> float:
         """A counter summed over shards, or one shard's value."""
         with self._lock:
             return sum(v for (n, s), v in self._values.items() if n == name and shard in (None, s))
@@ -99,7 +101,7 @@ class Metrics:
         return "\n".join(lines) + "\n"
 
     @staticmethod
-    def _check(name: str) -> None:
+    def _check(name: ConsumerMetric) -> None:
         if name not in METRICS:
             raise KeyError(f"undeclared metric {name!r}: declare it in METRICS")
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from livemigrate import keys
+from typing import get_args
+
+from livemigrate import counters, keys
+from livemigrate.deadletters import Origin
 from livemigrate.versioning import is_reserved, user_attributes
+from stream_consumer.metrics import METRICS
 
 
 def test_control_table_keys_keep_the_spellings_existing_tables_hold() -> None:
@@ -36,3 +40,27 @@ def test_user_attributes_drops_only_the_reserved_prefix() -> None:
     item = {"pk": 1, "_lm_seq": "0", "_lm_tomb": True, "lm_x": 2, "x_lm_": 3}
     assert user_attributes(item) == {"pk": 1, "lm_x": 2, "x_lm_": 3}
     assert is_reserved("_lm_src") and not is_reserved("_lmx")
+
+
+def test_every_consumer_metric_has_one_meaning_and_every_meaning_a_name() -> None:
+    assert sorted(METRICS) == sorted(get_args(counters.ConsumerMetric))
+
+
+def test_unit_counters_keep_the_attribute_names_existing_units_hold() -> None:
+    # GIVEN unit items written by earlier releases: the two older spellings stay what is stored.
+    assert counters.fresh_unit_counters() == {
+        "items_read": 0,
+        "items_written": 0,
+        "superseded": 0,
+        "dead_lettered": 0,
+        "already_copied": 0,
+    }
+    assert set(counters.UNIT_COUNTERS) == set(get_args(counters.UnitCounter))
+    assert set(counters.UNIT_COUNTERS) <= set(get_args(counters.Counter))
+
+
+def test_each_dead_letter_origin_has_its_counter() -> None:
+    origins = get_args(Origin)
+    assert sorted(counters.DEAD_LETTERS_BY_ORIGIN) == sorted(origins)
+    assert all(counters.DEAD_LETTERS_BY_ORIGIN[o] == f"dead_letters_{o}" for o in origins)
+    assert set(counters.DEAD_LETTERS_BY_ORIGIN.values()) <= set(get_args(counters.Counter))
