@@ -59,7 +59,6 @@ expires (then this process takes it over).
 from __future__ import annotations
 
 import logging
-import random
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -71,6 +70,7 @@ from typing import Any, Protocol, runtime_checkable
 from botocore.exceptions import BotoCoreError, ClientError
 
 from livemigrate import fencing, keys
+from livemigrate.backoff import Backoff
 from livemigrate.clock import Clock
 from livemigrate.control import ControlStore
 from livemigrate.counters import ConsumerMetric
@@ -125,8 +125,7 @@ class Tuning:
 
     def backoff(self, attempt: int) -> float:
         """Capped exponential backoff with jitter (attempt counts from 1)."""
-        delay: float = min(self.backoff_cap, self.backoff_base * 2 ** max(0, attempt - 1))
-        return delay * random.uniform(0.5, 1.0)
+        return Backoff(self.backoff_base, self.backoff_cap).delay(attempt)
 
 
 def transient(exc: BaseException) -> bool:

@@ -59,6 +59,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from livemigrate.backoff import Backoff
 from livemigrate.clock import Clock, SystemClock
 from livemigrate.records import ApplyFailure, StreamRecord
 from livemigrate.retention import DYNAMODB_STREAMS_RETENTION, duration
@@ -136,7 +137,7 @@ class RetryPolicy:
     cap: float = 5.0
 
     def delay(self, attempt: int) -> float:
-        return float(min(self.cap, self.base * (2**attempt)))
+        return Backoff(self.base, self.cap, jitter=False).delay(attempt + 1)  # attempt from 0
 
 
 class _Persisting(Exception):

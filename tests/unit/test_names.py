@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import get_args
 
 from livemigrate import counters, keys
+from livemigrate.backoff import Backoff
 from livemigrate.deadletters import Origin
 from livemigrate.versioning import is_reserved, user_attributes
 from stream_consumer.metrics import METRICS
@@ -64,3 +65,12 @@ def test_each_dead_letter_origin_has_its_counter() -> None:
     assert sorted(counters.DEAD_LETTERS_BY_ORIGIN) == sorted(origins)
     assert all(counters.DEAD_LETTERS_BY_ORIGIN[o] == f"dead_letters_{o}" for o in origins)
     assert set(counters.DEAD_LETTERS_BY_ORIGIN.values()) <= set(get_args(counters.Counter))
+
+
+def test_backoff_doubles_from_base_to_cap_and_jitters_within_half_to_all() -> None:
+    exact = Backoff(base=0.1, cap=1.0, jitter=False)
+    assert [exact.delay(n) for n in range(1, 6)] == [0.1, 0.2, 0.4, 0.8, 1.0]
+    assert exact.delay(0) == 0.1  # attempt counts from 1; 0 is the first too
+    assert exact.delay(10**6) == 1.0  # a long outage's failure count never overflows
+    jittered = Backoff(base=0.1, cap=1.0)
+    assert all(0.5 * exact.delay(n) <= jittered.delay(n) <= exact.delay(n) for n in range(1, 40))
