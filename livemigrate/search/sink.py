@@ -70,7 +70,7 @@ from livemigrate.search.backend import (
     Held,
     SearchUnavailable,
 )
-from livemigrate.search.batcher import BatchPolicy
+from livemigrate.search.batcher import BatchPolicy, chunks
 from livemigrate.search.documents import (
     DocumentHook,
     build_document,
@@ -246,9 +246,7 @@ class SearchSink:
         return [c for c in built if c is not None]
 
     def _apply_group(self, changes: list[Change]) -> None:
-        batches = [
-            changes[start:end] for start, end in self.policy.split([c.size for c in changes])
-        ]
+        batches = list(chunks(((c, c.size) for c in changes), self.policy))
         prefetched: _Prefetch | None = None
         for j, batch in enumerate(batches):
             following = batches[j + 1] if j + 1 < len(batches) else []
