@@ -203,6 +203,15 @@ class Eta:
     rate: float
 
 
+def seconds_left(remaining: float, rate: float) -> float | None:
+    """The ETA: seconds to read ``remaining`` items at ``rate`` items/s; 0 when none remain,
+    None while the rate is unknown (nothing read yet). The one ETA of the backfill's progress
+    line, ``status`` and this guard."""
+    if remaining <= 0:
+        return 0.0
+    return remaining / rate if rate > 0 else None
+
+
 def estimate(total: int, already: int, read: int, elapsed: float) -> Eta | None:
     """ETA from the items read by this run in ``elapsed`` seconds (None: nothing read yet).
 
@@ -212,7 +221,7 @@ def estimate(total: int, already: int, read: int, elapsed: float) -> Eta | None:
         return None
     rate = read / elapsed
     remaining = max(0, total - already - read)
-    return Eta(remaining / rate, read, remaining, rate)
+    return Eta(seconds_left(remaining, rate) or 0.0, read, remaining, rate)
 
 
 Verdict = Literal["ok", "refuse", "warn"]

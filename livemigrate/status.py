@@ -205,7 +205,7 @@ def _progress(
     percent = min(100.0, 100.0 * read / source_items)
     elapsed = now - float(plan.get("created_at", now))
     rate = read / elapsed if elapsed > 0 else 0.0
-    eta = (source_items - read) / rate if rate > 0 and read < source_items else None
+    eta = retention.seconds_left(source_items - read, rate) if read < source_items else None
     return {"percent": round(percent, 1), "eta_seconds": None if eta is None else round(eta)}
 
 

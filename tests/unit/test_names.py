@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import get_args
 
+from backfill.progress import line
 from livemigrate import counters, keys
 from livemigrate.backoff import Backoff
 from livemigrate.deadletters import Origin
+from livemigrate.retention import estimate, seconds_left
 from livemigrate.versioning import is_reserved, user_attributes
 from stream_consumer.metrics import METRICS
 
@@ -74,3 +76,14 @@ def test_backoff_doubles_from_base_to_cap_and_jitters_within_half_to_all() -> No
     assert exact.delay(10**6) == 1.0  # a long outage's failure count never overflows
     jittered = Backoff(base=0.1, cap=1.0)
     assert all(0.5 * exact.delay(n) <= jittered.delay(n) <= exact.delay(n) for n in range(1, 40))
+
+
+def test_one_eta_for_the_progress_line_status_and_the_retention_guard() -> None:
+    assert seconds_left(300, 100.0) == 3.0
+    assert seconds_left(0, 0.0) == 0.0  # done: no time left, even before a rate is known
+    assert seconds_left(300, 0.0) is None  # nothing read yet: unknown
+    assert line(read=700, total=1000, rate=100.0).endswith("ETA 0:00:03")
+    assert line(read=1000, total=1000, rate=0.0).endswith("ETA 0:00:00")
+    assert line(read=10, total=0, rate=5.0).endswith("ETA ?")
+    eta = estimate(total=1000, already=100, read=600, elapsed=6.0)
+    assert eta is not None and eta.seconds == 3.0 and eta.remaining == 300
