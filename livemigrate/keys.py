@@ -38,26 +38,19 @@ METRICS: Final = "METRICS"  # counters and request units
 RETENTION: Final = "RETENTION"  # the retention guard's last verdict
 OWNER: Final = "OWNER"  # under destination_pk: the migration that owns the destination
 
-# -- families of items (sort-key prefixes) -----------------------------------------------------
+# -- families of items (sort-key prefixes, and the keys of their members) ----------------------
 
-SEG_PREFIX: Final = "SEG#"  # backfill segments (and an export plan's files)
-SPLIT_PREFIX: Final = "SPLIT#"  # hot-key sub-ranges of a segment
-EXPORT_PREFIX: Final = "EXPORT#"  # exports requested by `export start`
-CONSUMER_PREFIX: Final = "CONSUMER#"  # stream consumers
-SHARD_PREFIX: Final = "SHARD#"  # shard leases and checkpoints
-DLQ_PREFIX: Final = "DLQ#"  # dead letters
-CODE_PREFIX: Final = "CODE#"  # transform code a process loaded
-WATERMARK_PREFIX: Final = "WATERMARK#"  # Lambda mode's watermark tokens
-OWNED_PREFIX: Final = "OWNED#"  # destination keys a source item owns (rule 12)
+CONSUMER_PREFIX: Final = "CONSUMER#"  # stream consumers: source, search, reverse
 
 
 def consumer(name: str) -> str:
-    """A stream consumer's item (``source``, ``search`` or ``reverse``)."""
+    """A stream consumer's item."""
     return f"{CONSUMER_PREFIX}{name}"
 
 
 CONSUMER_SOURCE: Final = consumer("source")
 CONSUMER_REVERSE: Final = consumer("reverse")
+SHARD_PREFIX: Final = "SHARD#"  # shard leases and checkpoints, per consumer
 
 
 def shard_prefix(consumer_name: str) -> str:
@@ -66,28 +59,36 @@ def shard_prefix(consumer_name: str) -> str:
 
 
 def shard(consumer_name: str, shard_id: str) -> str:
-    """One shard's lease and checkpoint."""
-    return f"{shard_prefix(consumer_name)}{shard_id}"
+    return shard_prefix(consumer_name) + shard_id
+
+
+SEG_PREFIX: Final = "SEG#"  # backfill segments (and an export plan's files)
+SPLIT_PREFIX: Final = "SPLIT#"  # hot-key sub-ranges of a segment
 
 
 def segment(n: int) -> str:
-    """A backfill segment (zero-padded, so sort keys sort by number)."""
+    """A backfill segment (zero-padded, so sort keys sort by number), and its splits' prefix."""
     return f"{SEG_PREFIX}{n:06d}"
 
 
 def split_prefix(segment_n: int) -> str:
-    """The prefix of one segment's hot-key splits."""
     return f"{SPLIT_PREFIX}{segment_n:06d}#"
 
 
 def split(segment_n: int, n: int) -> str:
     """One hot-key split of a segment."""
-    return f"{split_prefix(segment_n)}{n}"
+    return split_prefix(segment_n) + str(n)
+
+
+EXPORT_PREFIX: Final = "EXPORT#"  # exports requested by `export start`, by export id
+DLQ_PREFIX: Final = "DLQ#"  # dead letters
+CODE_PREFIX: Final = "CODE#"  # transform code a process loaded
+WATERMARK_PREFIX: Final = "WATERMARK#"  # Lambda mode's watermark tokens
+OWNED_PREFIX: Final = "OWNED#"  # destination keys a source item owns (rule 12)
 
 
 def export(export_id: str) -> str:
-    """An export's record."""
-    return f"{EXPORT_PREFIX}{export_id}"
+    return EXPORT_PREFIX + export_id
 
 
 def kind(sk: str) -> str:
