@@ -8,7 +8,7 @@ tables and ``status --json`` keep working); where two spellings are stored, both
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 # Counters of the migration's METRICS item (``ControlStore.add_metrics``), shown by ``status``.
 Counter = Literal[
@@ -98,3 +98,8 @@ ConsumerMetric = Literal[
 def fresh_unit_counters() -> dict[str, int]:
     """The counter attributes of a new unit item, all zero."""
     return {UNIT_FIELDS[name]: 0 for name in UNIT_COUNTERS}
+
+
+def count(metrics: Mapping[str, Any], name: Counter) -> Any:
+    """A counter as read from the METRICS item (0 while nothing was ever added to it)."""
+    return metrics.get(name, 0)
