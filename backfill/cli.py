@@ -31,6 +31,7 @@ from backfill.worker import Engine, Options
 from livemigrate.argtypes import non_negative_int, positive_float, positive_int
 from livemigrate.aws import AwsClients
 from livemigrate.config import Settings
+from livemigrate.counters import count
 from livemigrate.deadletters import DeadLetters
 from livemigrate.exitcodes import ExitCode
 from livemigrate.hooks import Hooks
@@ -159,7 +160,7 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
         # A paused run (livemigrate throttle --pause) still ends at its budget or on Ctrl-C.
         limiter.interrupt = budget_over
     stopped: list[bool] = []
-    already = int(migration.store.metrics().get("items_read", 0))
+    already = int(count(migration.store.metrics(), "items_read"))
     watch = eta_guard.for_run(
         args, settings, clients, migration=migration, already=already, engine=engine
     )  # rule 9
@@ -197,10 +198,10 @@ def summary(migration: Migration, code: ExitCode) -> dict[str, Any]:
         "state": plan.plan_state(store),
         "segments_done": sum(1 for unit in units if unit.done),
         "segments_total": len(units),
-        "items_read": metrics.get("items_read", 0),
-        "items_written": metrics.get("items_written", 0),
-        "superseded_by_live_write": metrics.get("superseded_by_live_write", 0),
-        "items_already_copied": metrics.get("items_already_copied", 0),
+        "items_read": count(metrics, "items_read"),
+        "items_written": count(metrics, "items_written"),
+        "superseded_by_live_write": count(metrics, "superseded_by_live_write"),
+        "items_already_copied": count(metrics, "items_already_copied"),
         "dead_letters": _backfill_dead_letters(migration),
     }
 
@@ -229,16 +230,16 @@ def _verdict(
         dead = _backfill_dead_letters(migration)
         print(
             f"backfill complete: {migration.source.name} -> {migration.destination.name}; "
-            f"read {metrics.get('items_read', 0)}, written {metrics.get('items_written', 0)}, "
-            f"superseded by live writes {metrics.get('superseded_by_live_write', 0)}, "
-            f"already copied (pages read again) {metrics.get('items_already_copied', 0)}, "
+            f"read {count(metrics, 'items_read')}, written {count(metrics, 'items_written')}, "
+            f"superseded by live writes {count(metrics, 'superseded_by_live_write')}, "
+            f"already copied (pages read again) {count(metrics, 'items_already_copied')}, "
             f"dead letters {dead}"
         )
         if not was_complete:
             Hooks.of(migration.settings).fire(
                 "backfill_complete",
-                items_read=metrics.get("items_read", 0),
-                items_written=metrics.get("items_written", 0),
+                items_read=count(metrics, "items_read"),
+                items_written=count(metrics, "items_written"),
                 dead_letters=dead,
             )
         if dead:

@@ -23,7 +23,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from livemigrate.clock import Clock
 from livemigrate.control import ControlStore
-from livemigrate.migration import PLAN
+from livemigrate.keys import PLAN
 from livemigrate.outage import Outage, is_transient
 
 log = logging.getLogger(__name__)

@@ -43,12 +43,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from livemigrate import keys
 from livemigrate.control import ControlStore
+from livemigrate.counters import fresh_unit_counters
 from livemigrate.errors import PreflightError
-from livemigrate.migration import BACKFILL_COMPLETE, PLAN
+from livemigrate.keys import PLAN
+from livemigrate.migration import BACKFILL_COMPLETE
 
-SEG_PREFIX = "SEG#"
-SPLIT_PREFIX = "SPLIT#"
+# The unit families, as the backfill's modules and tests name them (spelled in livemigrate.keys).
+SEG_PREFIX = keys.SEG_PREFIX
+SPLIT_PREFIX = keys.SPLIT_PREFIX
 PENDING = "pending"
 DONE = "done"
 PLANNED = "planned"
@@ -69,11 +73,11 @@ QUIET_MARGIN_SECONDS = 10.0
 
 
 def seg_sk(segment: int) -> str:
-    return f"{SEG_PREFIX}{segment:06d}"
+    return keys.segment(segment)
 
 
 def split_sk(segment: int, n: int) -> str:
-    return f"{SPLIT_PREFIX}{segment:06d}#{n}"
+    return keys.split(segment, n)
 
 
 def choose_total_segments(item_count: int, size_bytes: int, workers: int) -> int:
@@ -136,10 +140,7 @@ def _fresh(segment: int) -> dict[str, Any]:
         "state": PENDING,
         "segment": segment,
         "checkpoint": None,
-        "items_read": 0,
-        "items_written": 0,
-        "superseded": 0,
-        "dead_lettered": 0,
+        **fresh_unit_counters(),
         "hot_keys_skipped": [],
     }
 

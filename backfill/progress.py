@@ -15,6 +15,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, TextIO
 
 from backfill.writes import Stats
+from livemigrate.retention import seconds_left
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -32,11 +33,7 @@ def _clock_text(seconds: float | None) -> str:
 def line(read: int, total: int, rate: float) -> str:
     """The display text: percent of the source's ItemCount, items/s and ETA."""
     percent = 100.0 * read / total if total else 0.0
-    eta: float | None = None
-    if total and read >= total:
-        eta = 0.0
-    elif total and rate > 0:
-        eta = (total - read) / rate
+    eta = seconds_left(total - read, rate) if total else None
     return (
         f"backfill {min(percent, 100.0):5.1f}%  {read}/{total or '?'} items  "
         f"{rate:,.0f} items/s  ETA {_clock_text(eta)}"

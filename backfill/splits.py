@@ -23,7 +23,9 @@ from typing import Any
 from backfill.hotkey import Attr, attr_id, split_bounds
 from backfill.keys import dump_json, load_json
 from backfill.lease import UnitLease
-from backfill.plan import PENDING, SPLIT_PREFIX, split_sk
+from backfill.plan import PENDING, split_sk
+from livemigrate import keys
+from livemigrate.counters import fresh_unit_counters
 from livemigrate.items import to_plain
 
 
@@ -52,7 +54,7 @@ def create_splits(
     LeaseLost
         When ``lease`` (on the segment) is no longer held: no split is created.
     """
-    existing = [sk for sk, _ in lease.store.query(f"{SPLIT_PREFIX}{segment:06d}#")]
+    existing = [sk for sk, _ in lease.store.query(keys.split_prefix(segment))]
     base = 1 + max((int(sk.rsplit("#", 1)[1]) for sk in existing), default=-1)
     bounds = split_bounds(lower, upper, ways)
     _put_all(lease, segment, hot, base, bounds)
@@ -74,10 +76,7 @@ def _put_all(lease: UnitLease, segment: int, hot: Attr, base: int, bounds: list[
                 "base": base,
                 "bounds": text,
                 "checkpoint": None,
-                "items_read": 0,
-                "items_written": 0,
-                "superseded": 0,
-                "dead_lettered": 0,
+                **fresh_unit_counters(),
             }
             for i in range(len(bounds) - 1)
         }
@@ -87,7 +86,7 @@ def _put_all(lease: UnitLease, segment: int, hot: Attr, base: int, bounds: list[
 def unfinished_jumps(lease: UnitLease, segment: int, skipped: set[str]) -> list[Jump]:
     """Splits of ``segment`` whose jump was not recorded (a crash); missing splits re-created."""
     seen: dict[str, dict[str, Any]] = {}
-    for _, item in lease.store.query(f"{SPLIT_PREFIX}{segment:06d}#"):
+    for _, item in lease.store.query(keys.split_prefix(segment)):
         key_id = str(item["hot_key_id"])
         if key_id not in skipped:
             seen.setdefault(key_id, item)

@@ -36,6 +36,7 @@ from backfill.splits import create_splits, unfinished_jumps
 from backfill.writes import PageResult, PageWriter, Stats, Tally
 from livemigrate import fencing
 from livemigrate.clock import Clock, SystemClock
+from livemigrate.counters import UNIT_COUNTERS, UNIT_FIELDS, Counter
 from livemigrate.errors import LeaseLost
 from livemigrate.items import key_of
 from livemigrate.migration import Migration
@@ -44,9 +45,10 @@ from livemigrate.ratelimit import PastDeadline, RateLimiter, RatesFromControl
 
 log = logging.getLogger(__name__)
 
-COUNTERS = ("items_read", "items_written", "superseded", "dead_lettered", "already_copied")
+# The unit item's counter attributes, in the order of ``_checkpoint``'s tally fields.
+COUNTERS = tuple(UNIT_FIELDS[name] for name in UNIT_COUNTERS)
 # METRICS counter: items of pages cut by the budget, read again by the next run.
-CUT_BY_BUDGET = "items_reread_after_budget"
+CUT_BY_BUDGET: Counter = "items_reread_after_budget"
 
 T = TypeVar("T")
 
@@ -242,7 +244,7 @@ class Worker:
         self.health = engine.health
         self.source = engine.migration.source
         self.client = engine.migration.clients.dynamodb
-        self._pending: dict[str, int] = {}  # METRICS not yet added (sent with the next read)
+        self._pending: dict[Counter, int] = {}  # METRICS not yet added (sent with the next read)
         self._unfinished_seen = True  # the last claim's listing held an unfinished unit
 
     def run(self, stagger: float = 0.0) -> None:
@@ -559,12 +561,13 @@ class Worker:
         self._call(lambda: lease.renew(values))
         counters.update(totals)
         self.engine.stats.add(tally)
-        for name, n in (
+        pending: tuple[tuple[Counter, int], ...] = (
             ("items_written", tally.written),
             ("superseded_by_live_write", tally.superseded),
             ("items_already_copied", tally.recopied),
             ("dead_letters", tally.dead),
-        ):
+        )
+        for name, n in pending:
             self._pending[name] = self._pending.get(name, 0) + n
 
     def _stop(self, lease: UnitLease) -> None:
@@ -575,7 +578,7 @@ class Worker:
         except Interrupted:
             log.warning("%s: could not release %s; it expires by itself", self.owner, lease.sk)
 
-    def _flush_metrics(self, counts: dict[str, int]) -> None:
+    def _flush_metrics(self, counts: dict[Counter, int]) -> None:
         merged = dict(counts)
         for name, n in self._pending.items():
             merged[name] = merged.get(name, 0) + n

@@ -28,7 +28,8 @@ from livemigrate.clock import SystemClock
 from livemigrate.config import Settings
 from livemigrate.flag import ControlFlagStore
 from livemigrate.items import to_plain, to_typed
-from livemigrate.migration import BACKFILL_COMPLETE, PLAN, Migration, open_migration
+from livemigrate.keys import PLAN
+from livemigrate.migration import BACKFILL_COMPLETE, Migration, open_migration
 from livemigrate.records import StreamRecord
 from livemigrate.tables import PK_SK, create_table
 from livemigrate.transform import Transformer

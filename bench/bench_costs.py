@@ -34,7 +34,8 @@ from bench import bench_backfill, bench_consumer
 from bench.common import Result
 from livemigrate.aws import AwsClients
 from livemigrate.clock import Clock, FakeClock, SystemClock
-from livemigrate.migration import BACKFILL_COMPLETE, PLAN, Migration, open_migration
+from livemigrate.keys import PLAN
+from livemigrate.migration import BACKFILL_COMPLETE, Migration, open_migration
 from stream_consumer.applier import DestinationApplier
 from stream_consumer.engine import ConsumerOptions, Tuning, run_consumer
 from stream_consumer.metrics import Metrics

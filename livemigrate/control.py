@@ -81,6 +81,8 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
+from livemigrate import keys
+from livemigrate.counters import Counter
 from livemigrate.errors import ConflictError, LeaseLost
 from livemigrate.items import decimalize, to_plain
 from livemigrate.items import to_typed as _to_typed
@@ -118,7 +120,7 @@ class ControlStore:
         self.client = client
         self.table = table_name
         self.migration_id = migration_id
-        self.pk = f"MIG#{migration_id}"
+        self.pk = keys.migration_pk(migration_id)
         # Set by open_migration: request-unit deltas ride along with counter writes.
         self.ledger: Ledger | None = None
 
@@ -408,9 +410,9 @@ class ControlStore:
         ConflictError
             When a different migration id already owns that destination.
         """
-        pk = f"DEST#{destination_table}"
+        pk = keys.destination_pk(destination_table)
         item = to_typed(
-            {"pk": pk, "sk": "OWNER", "migration_id": self.migration_id, "source": source_table}
+            {"pk": pk, "sk": keys.OWNER, "migration_id": self.migration_id, "source": source_table}
         )
         try:
             self.client.put_item(
@@ -422,7 +424,7 @@ class ControlStore:
         except ClientError as exc:
             if not condition_failed(exc):
                 raise
-            owner = self.get("OWNER", pk=pk) or {}
+            owner = self.get(keys.OWNER, pk=pk) or {}
             raise ConflictError(
                 f"destination table {destination_table!r} already belongs to migration "
                 f"{owner.get('migration_id')!r} (from {owner.get('source')!r}); "
@@ -432,17 +434,18 @@ class ControlStore:
             ) from exc
 
     def destination_owner(self, destination_table: str) -> str | None:
-        owner = self.get("OWNER", pk=f"DEST#{destination_table}")
+        owner = self.get(keys.OWNER, pk=keys.destination_pk(destination_table))
         return None if owner is None else str(owner["migration_id"])
 
     # -- counters -------------------------------------------------------------------------
-    def add_metrics(self, counts: Mapping[str, int | float]) -> None:
+    def add_metrics(self, counts: Mapping[Counter, int | float]) -> None:
         """Add to the migration's counters (one write for all of them), with the request
         units this process has spent since the last such write (``livemigrate.accounting``)."""
         with self.unsent_costs() as costs:
-            nonzero = {k: v for k, v in {**counts, **costs}.items() if v}
+            added: list[tuple[str, int | float]] = [*counts.items(), *costs.items()]
+            nonzero = {k: v for k, v in added if v}
             if nonzero:
-                self.update("METRICS", add=nonzero)
+                self.update(keys.METRICS, add=nonzero)
 
     @contextmanager
     def unsent_costs(self) -> Iterator[dict[str, float]]:
@@ -455,7 +458,7 @@ class ControlStore:
             yield costs
 
     def metrics(self) -> dict[str, Any]:
-        return self.get("METRICS") or {}
+        return self.get(keys.METRICS) or {}
 
 
 def to_typed(item: Mapping[str, Any]) -> dict[str, Any]:

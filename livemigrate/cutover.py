@@ -42,7 +42,6 @@ from livemigrate.errors import LivemigrateError, PreflightError
 from livemigrate.exitcodes import ExitCode
 from livemigrate.flag import Flag, FlagStore
 from livemigrate.gates import (
-    CONSUMER_SOURCE,
     LAMBDA_MODE,
     Gate,
     Policy,
@@ -51,15 +50,14 @@ from livemigrate.gates import (
     unmet,
 )
 from livemigrate.interrupts import deferred
-from livemigrate.migration import META, inverse_transform
+from livemigrate.keys import CONSUMER_SOURCE, CUTOVER, META, shard_prefix
+from livemigrate.migration import inverse_transform
 from livemigrate.replication import ARM_WAIT
 from livemigrate.watermark import watermark_of
 
 if TYPE_CHECKING:
     from livemigrate.lambda_mode import FailureQueue, Watermarks
     from livemigrate.search.backend import SearchBackend
-
-CUTOVER_ITEM = "CUTOVER"
 
 
 class DrainTimeout(LivemigrateError):
@@ -274,12 +272,12 @@ class Drain:
         if self.options.watermark_margin is not None:
             # Every shard read to its end by a read sent after `since` (the fence plus the
             # delivery margin): every change made before the fence is applied.
-            shards = dict(self.store.query(f"SHARD#{name}#"))
+            shards = dict(self.store.query(shard_prefix(name)))
             mark = watermark_of(shards, 0.0)
             return mark is not None and mark >= since
         if not drained(self.store.get(self.consumer_sk), since, self.options.drain_lag):
             return False
-        shards_held = [item for _, item in self.store.query(f"SHARD#{name}#")]
+        shards_held = [item for _, item in self.store.query(shard_prefix(name))]
         return shards_drained(shards_held, since, self.options.drain_lag, self.clock.now())
 
     def wait(self, since: float, deadline: float) -> bool:
@@ -441,7 +439,7 @@ class Cutover:
     def _record(self, result: CutoverResult) -> None:
         flag = result.flag
         self.store.put(
-            CUTOVER_ITEM,
+            CUTOVER,
             {
                 "flipped_at": flag.flipped_at if flag else 0,
                 "epoch": flag.epoch if flag else 0,

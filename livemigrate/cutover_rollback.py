@@ -28,7 +28,6 @@ from collections.abc import Callable
 from livemigrate.clock import Clock, SystemClock
 from livemigrate.control import ControlStore
 from livemigrate.cutover import (
-    CUTOVER_ITEM,
     CutoverOptions,
     Drain,
     SearchSwitch,
@@ -36,10 +35,9 @@ from livemigrate.cutover import (
 )
 from livemigrate.exitcodes import ExitCode
 from livemigrate.flag import Flag, FlagStore
-from livemigrate.gates import CONSUMER_REVERSE, reverse_problems
+from livemigrate.gates import reverse_problems
+from livemigrate.keys import CONSUMER_REVERSE, CUTOVER, ROLLBACK
 from livemigrate.transform import load_transform
-
-ROLLBACK_ITEM = "ROLLBACK"
 
 
 class Rollback:
@@ -94,7 +92,7 @@ class Rollback:
                 "backups."
             )
         self.store.put(
-            ROLLBACK_ITEM,
+            ROLLBACK,
             {
                 "flipped_at": flag.flipped_at,
                 "epoch": flag.epoch,
@@ -162,7 +160,7 @@ class Rollback:
         return flag
 
     def _search_back(self) -> None:
-        record = self.store.get(CUTOVER_ITEM) or {}
+        record = self.store.get(CUTOVER) or {}
         previous = [str(p) for p in record.get("search_previous") or []]
         if self.search is None or not previous:
             return

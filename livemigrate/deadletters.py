@@ -32,7 +32,9 @@ from typing import Any, Literal
 from boto3.dynamodb.types import Binary
 
 from livemigrate.control import ControlStore
+from livemigrate.counters import DEAD_LETTERS_BY_ORIGIN
 from livemigrate.items import to_json, to_plain, to_typed
+from livemigrate.keys import CODE_PREFIX, DLQ_PREFIX, SEG_PREFIX, SPLIT_PREFIX, shard_prefix
 from livemigrate.values import from_dynamodb_json, to_dynamodb_json, typed
 
 Origin = Literal["backfill", "stream", "search", "verify", "reverse"]
@@ -44,9 +46,8 @@ InputKind = Literal["item", "record", "json"]
 # is still too large (an oversized source item), cut: the source table still holds the original.
 _MAX_RAW = 300 * 1024
 _IMAGES = ("Keys", "NewImage", "OldImage")
-CODE_PREFIX = "CODE#"
 # Lease items whose holders run the forward transform (backfill segments, source consumer).
-_TRANSFORM_LEASES = ("SEG#", "SPLIT#", "SHARD#source#")
+_TRANSFORM_LEASES = (SEG_PREFIX, SPLIT_PREFIX, shard_prefix("source"))
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,7 @@ class DeadLetters:
         The hash of this process's transform module, stamped on the letters it writes.
     """
 
-    PREFIX = "DLQ#"
+    PREFIX = DLQ_PREFIX
 
     def __init__(self, store: ControlStore, code_hash: str = "") -> None:
         self.store = store
@@ -198,7 +199,7 @@ class DeadLetters:
                 "code_hash": self.code_hash,
             },
         )
-        self.store.add_metrics({f"dead_letters_{origin}": 1})
+        self.store.add_metrics({DEAD_LETTERS_BY_ORIGIN[origin]: 1})
         return letter_id
 
     def count(self) -> int:

@@ -31,6 +31,7 @@ from livemigrate.aws import AwsClients
 from livemigrate.clock import SystemClock
 from livemigrate.config import Settings
 from livemigrate.control import ControlStore
+from livemigrate.counters import ConsumerMetric
 from livemigrate.deadletters import DeadLetter, DeadLetters, stale_processes
 from livemigrate.errors import ConfigError, ConflictError
 from livemigrate.exitcodes import ExitCode
@@ -201,7 +202,7 @@ def _replay_one(replayer: Replayer, letter: DeadLetter) -> bool:
 
 
 # What a replayed record's writes did, as the consumer counts them.
-_OUTCOMES = {
+_OUTCOMES: dict[str, ConsumerMetric] = {
     "applied": "writes_applied_total",
     "stale (a newer version is held)": "writes_stale_total",
     "tombstoned": "tombstones_written_total",

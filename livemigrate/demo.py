@@ -44,7 +44,9 @@ from livemigrate.demo_data import (
 from livemigrate.errors import LivemigrateError
 from livemigrate.examples.hot_outbox import inverse, transform
 from livemigrate.items import to_plain, to_typed
+from livemigrate.keys import CONSUMER_SOURCE, DLQ_PREFIX, TOMBSTONES
 from livemigrate.tables import create_like, describe
+from livemigrate.versioning import user_attributes
 
 # --source kinesis: the bridge's unfaithfulness (every 10th record put twice, records shuffled
 # within windows of 4), and the delivery margin the watermark allows.
@@ -192,7 +194,7 @@ def _run(demo: Demo) -> int:
     demo.background("consume", "--settle-seconds", "3", "--lease-seconds", "10")
     demo.wait_for(
         "the consumer to start",
-        lambda: demo.store.exists() and any(demo.store.query("CONSUMER#source")),
+        lambda: demo.store.exists() and any(demo.store.query(CONSUMER_SOURCE)),
     )
     if demo.search:
         demo.say("starting the search sink")
@@ -212,7 +214,7 @@ def _run(demo: Demo) -> int:
     demo.wait_for(
         "tombstones to be purged",
         lambda: (
-            (demo.store.get("TOMBSTONES") or {}).get("state") == "purged"
+            (demo.store.get(TOMBSTONES) or {}).get("state") == "purged"
             and (not demo.kinesis or _no_tombstones(demo))
         ),
         # Kinesis: the last tombstones go once the consumer has caught up past them plus the
@@ -379,7 +381,7 @@ def _source_item(ddb: Any, table: str, key: tuple[str, str]) -> dict[str, Any] |
     ).get("Item")
     if got is None:
         return None
-    return {k: v for k, v in to_plain(got).items() if not k.startswith("_lm_")}
+    return user_attributes(to_plain(got))
 
 
 def _last_json(text: str) -> dict[str, Any]:
@@ -404,7 +406,7 @@ def _summary(
     seconds: float,
 ) -> dict[str, Any]:
     metrics = demo.store.metrics()
-    consumer = next((item for _, item in demo.store.query("CONSUMER#source")), {})
+    consumer = next((item for _, item in demo.store.query(CONSUMER_SOURCE)), {})
     report = _last_json(verify.stdout)
     return {
         "migration_id": demo.env["LIVEMIGRATE_MIGRATION_ID"],
@@ -416,7 +418,7 @@ def _summary(
         "items_written": metrics.get("items_written"),
         "conflicts_reconciled_superseded_by_live_write": metrics.get("superseded_by_live_write"),
         "consumer_lag_seconds": consumer.get("lag_seconds"),
-        "dead_letters": demo.store.count("DLQ#"),
+        "dead_letters": demo.store.count(DLQ_PREFIX),
         "verification": "passed" if verify.returncode == 0 else "FAILED",
         "verification_report": report,
         "cutover": cutover,

@@ -44,17 +44,16 @@ from botocore.exceptions import ClientError
 from livemigrate.clock import Clock
 from livemigrate.control import ControlStore
 from livemigrate.errors import ConflictError
+from livemigrate.keys import FLAG, FLAG_LOCK, META
 from livemigrate.records import CLOCK_SKEW, STREAM_TIME_PRECISION
 
 if TYPE_CHECKING:
     from mypy_boto3_ssm import SSMClient
 
 Side = Literal["source", "destination"]
-FLAG_SK = "FLAG"
 # A record made this long before a flag read is certainly covered by it (rounding and skew).
 _STALE = STREAM_TIME_PRECISION + CLOCK_SKEW
 _TORN_READS = 20
-LOCK_SK = "FLAGLOCK"
 
 
 class FlagConflict(ConflictError):
@@ -224,7 +223,7 @@ class ControlFlagStore:
     def __init__(self, store: ControlStore, source_table: str = "", destination_table: str = ""):
         self.store = store
         if not (source_table and destination_table):
-            meta = store.get("META") or {}
+            meta = store.get(META) or {}
             source_table = source_table or str(meta.get("source_table", ""))
             destination_table = destination_table or str(meta.get("destination_table", ""))
         self.source_table = source_table
@@ -232,7 +231,7 @@ class ControlFlagStore:
 
     def read(self) -> Flag:
         for _ in range(_TORN_READS):
-            item = self.store.get(FLAG_SK)
+            item = self.store.get(FLAG)
             if item is None:
                 return _initial(self.source_table, self.destination_table)
             if "table" in item and "epoch" in item:
@@ -254,7 +253,7 @@ class ControlFlagStore:
         return {
             "ConditionCheck": {
                 "TableName": self.store.table,
-                "Key": {"pk": {"S": self.store.pk}, "sk": {"S": FLAG_SK}},
+                "Key": {"pk": {"S": self.store.pk}, "sk": {"S": FLAG}},
                 "ConditionExpression": condition,
                 "ExpressionAttributeNames": {"#epoch": "epoch"},
                 "ExpressionAttributeValues": {":epoch": {"N": str(flag.epoch)}},
@@ -269,7 +268,7 @@ class ControlFlagStore:
             condition = "attribute_not_exists(#epoch) OR " + condition
         values = {k: v for k, v in stored.to_dict().items()}
         if self.store.update(
-            FLAG_SK, values, condition=condition, condition_values={"expected": expected_epoch}
+            FLAG, values, condition=condition, condition_values={"expected": expected_epoch}
         ):
             return stored
         raise _conflict(expected_epoch, self.read())
@@ -337,7 +336,7 @@ class SsmFlagStore:
             return stored
         finally:
             self.lock_store.update(
-                LOCK_SK,
+                FLAG_LOCK,
                 remove=("owner", "expires"),
                 condition="#owner = :me",
                 condition_values={"me": me},
@@ -346,7 +345,7 @@ class SsmFlagStore:
     def _lock(self, me: str) -> None:
         now = time.time()
         taken = self.lock_store.update(
-            LOCK_SK,
+            FLAG_LOCK,
             {"owner": me, "expires": now + self.lock_seconds},
             condition="attribute_not_exists(#owner) OR #expires < :now",
             condition_values={"now": now},

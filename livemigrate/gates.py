@@ -15,15 +15,20 @@ from typing import Any
 
 from livemigrate.control import ControlStore
 from livemigrate.deadletters import DeadLetters
-from livemigrate.migration import BACKFILL_COMPLETE, PLAN
+from livemigrate.keys import (
+    CONSUMER_REVERSE,
+    CONSUMER_SOURCE,
+    FLAG,
+    PLAN,
+    RETENTION,
+    ROLLBACK,
+    TOMBSTONES,
+    VERIFY,
+)
+from livemigrate.migration import BACKFILL_COMPLETE
 from livemigrate.retention import DYNAMODB_STREAMS_RETENTION as DDB
-from livemigrate.retention import RETENTION_ITEM, headroom, lag_message
+from livemigrate.retention import headroom, lag_message
 
-CONSUMER_SOURCE = "CONSUMER#source"
-CONSUMER_REVERSE = "CONSUMER#reverse"
-TOMBSTONES = "TOMBSTONES"
-VERIFY = "VERIFY"
-FLAG = "FLAG"
 LAMBDA_MODE = "lambda"  # CONSUMER#source written by the Lambda handler (livemigrate.lambda_mode)
 
 
@@ -357,7 +362,7 @@ def read_snapshot(
         search_index=search_index,
         flag=store.get(FLAG),
         reverse=store.get(CONSUMER_REVERSE),
-        rollback=store.get("ROLLBACK"),
-        retention=store.get(RETENTION_ITEM),
+        rollback=store.get(ROLLBACK),
+        retention=store.get(RETENTION),
         failed_batches=failed_batches,
     )

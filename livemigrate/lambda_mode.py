@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from livemigrate.clock import Clock
 from livemigrate.control import ControlStore
 from livemigrate.errors import PreflightError
+from livemigrate.keys import WATERMARK_PREFIX
 from livemigrate.records import StreamRecord
 from livemigrate.tables import TableInfo
 
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
 
 MODE = "lambda"
 WATERMARK_ATTR = "_lm_watermark"
-SEEN_PREFIX = "WATERMARK#"
 # Watermarks written per open shard at most before the drain gives up (keys hash to shards).
 TRIES_PER_SHARD = 16
 
@@ -55,7 +55,7 @@ def watermark_of(record: StreamRecord) -> tuple[bool, str | None]:
 
 def report_seen(store: ControlStore, token: str, now: float) -> None:
     """The handler applied every record before this watermark (``WATERMARK#<token>``)."""
-    store.put(SEEN_PREFIX + token, {"seen_at": now})
+    store.put(WATERMARK_PREFIX + token, {"seen_at": now})
 
 
 def watermark_item(source: TableInfo, token: str) -> dict[str, Any]:
@@ -160,7 +160,7 @@ class Watermarks:
     def _wait_seen(self, tokens: list[str], clock: Clock, deadline: float, poll: float) -> bool:
         waiting = list(tokens)
         while waiting:
-            waiting = [t for t in waiting if self.store.get(SEEN_PREFIX + t) is None]
+            waiting = [t for t in waiting if self.store.get(WATERMARK_PREFIX + t) is None]
             if not waiting:
                 return True
             if clock.now() >= deadline:

@@ -19,13 +19,10 @@ from livemigrate.control import ControlStore
 from livemigrate.deadletters import DeadLetters, record_code_version
 from livemigrate.destination import DestinationWriter
 from livemigrate.errors import ConflictError, PreflightError
+from livemigrate.keys import CONSUMER_SOURCE, META, PLAN
 from livemigrate.tables import TableInfo, create_like, describe, require_stream
 from livemigrate.transform import Transformer, load_transform
 
-# Control-table items that carry the phase (see control.py for the full schema).
-PLAN = "PLAN"
-META = "META"
-CONSUMER_PREFIX = "CONSUMER#"
 BACKFILL_COMPLETE = "complete"
 # The change source kinds (ARCHITECTURE.md rule 15); META of a migration recorded before the
 # setting existed has none and is a DynamoDB Streams migration.
@@ -73,7 +70,7 @@ class Migration:
         Only ``CONSUMER#source`` counts: the search sink and the reverse consumer read other
         streams, and a backfill with neither of them running would lose live writes.
         """
-        return self.store.get(f"{CONSUMER_PREFIX}source")
+        return self.store.get(CONSUMER_SOURCE)
 
 
 def inverse_transform(settings: Settings, meta: dict[str, Any]) -> str | None:

@@ -13,7 +13,6 @@ and is raised as it is.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 from dataclasses import dataclass, field
 
@@ -27,6 +26,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from livemigrate.backoff import Backoff
 from livemigrate.clock import Clock
 from livemigrate.errors import ServiceUnreachable
 
@@ -112,14 +112,14 @@ class Outage:
                 log.warning("%s is failing (%s); degraded, retrying", self.what, exc)
             self._failures += 1
             lasted = now - self._since
-            delay: float = min(self.cap, self.base * 2.0 ** min(self._failures - 1, 16))
+            failures = self._failures
         if lasted > self.max_seconds:
             raise ServiceUnreachable(
                 f"{self.what} has not answered for {lasted:.0f}s (last error: {exc})",
                 "check the endpoint and the network, then run the command again: its position "
                 "is saved",
             ) from exc
-        return delay * random.uniform(0.5, 1.0)
+        return Backoff(self.base, self.cap).delay(failures)
 
     def recovered(self) -> None:
         """A call succeeded: the outage (if any) is over."""

@@ -25,15 +25,16 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from livemigrate.counters import Counter
 from livemigrate.items import TypedItem, key_id, to_json
+from livemigrate.keys import OWNED_PREFIX
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
     from livemigrate.control import ControlStore
 
-OWNED_PREFIX: Final = "OWNED#"
-COLLISIONS_COUNTER: Final = "collisions_dead_lettered"
+COLLISIONS_COUNTER: Final[Counter] = "collisions_dead_lettered"
 
 # A source item's current typed item by its key (consistent read), or None when it is absent.
 SourceReader = Callable[[TypedItem], TypedItem | None]

@@ -23,15 +23,16 @@ says resume or the limiter's ``interrupt`` says stop (a backfill's budget ran ou
 from __future__ import annotations
 
 import logging
-import random
 import threading
 from collections.abc import Callable
 from typing import TypeVar
 
 from botocore.exceptions import ClientError
 
+from livemigrate.backoff import Backoff
 from livemigrate.clock import Clock, SystemClock
 from livemigrate.control import ControlStore
+from livemigrate.keys import RATES
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,6 @@ THROTTLE_CODES = frozenset(
         "TooManyRequestsException",
     }
 )
-
-RATES = "RATES"
 
 Deadline = Callable[[], float]
 """Seconds the caller may still wait (0 or less: none)."""
@@ -76,8 +75,7 @@ class RateLimiter:
     """
 
     MIN_FACTOR = 0.05
-    BASE_BACKOFF = 0.05
-    MAX_BACKOFF = 5.0
+    BACKOFF = Backoff(base=0.05, cap=5.0)
     PAUSE_POLL = 0.5
 
     def __init__(
@@ -175,8 +173,8 @@ class RateLimiter:
             self._refill()
             self._factor = max(self.MIN_FACTOR, self._factor * 0.5)
             self._streak += 1
-            ceiling = min(self.MAX_BACKOFF, self.BASE_BACKOFF * 2 ** (self._streak - 1))
-        return random.uniform(ceiling / 2, ceiling)
+            streak = self._streak
+        return self.BACKOFF.delay(streak)
 
     def succeeded(self) -> None:
         """Record a success: recover the rate step by step after throttling."""

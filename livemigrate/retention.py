@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from livemigrate.clock import Clock, SystemClock
 from livemigrate.errors import ConfigError
+from livemigrate.keys import RETENTION
 
 if TYPE_CHECKING:
     from livemigrate.control import ControlStore
@@ -43,7 +44,6 @@ DYNAMODB_STREAMS_HOURS = 24.0
 WARN_FRACTION = 1 / 2
 ERROR_FRACTION = 5 / 6
 MARGIN_FRACTION = 1 / 6
-RETENTION_ITEM = "RETENTION"
 RECORD_SECONDS = 60.0  # how often a running backfill's ETA is written for status
 
 
@@ -204,6 +204,15 @@ class Eta:
     rate: float
 
 
+def seconds_left(remaining: float, rate: float) -> float | None:
+    """The ETA: seconds to read ``remaining`` items at ``rate`` items/s; 0 when none remain,
+    None while the rate is unknown (nothing read yet). The one ETA of the backfill's progress
+    line, ``status`` and this guard."""
+    if remaining <= 0:
+        return 0.0
+    return remaining / rate if rate > 0 else None
+
+
 def estimate(total: int, already: int, read: int, elapsed: float) -> Eta | None:
     """ETA from the items read by this run in ``elapsed`` seconds (None: nothing read yet).
 
@@ -213,7 +222,7 @@ def estimate(total: int, already: int, read: int, elapsed: float) -> Eta | None:
         return None
     rate = read / elapsed
     remaining = max(0, total - already - read)
-    return Eta(remaining / rate, read, remaining, rate)
+    return Eta(seconds_left(remaining, rate) or 0.0, read, remaining, rate)
 
 
 Verdict = Literal["ok", "refuse", "warn"]
@@ -354,7 +363,7 @@ def record(
     }
     if eta is not None:
         fields.update({"backfill_eta_seconds": round(eta.seconds), "backfill_eta_verdict": verdict})
-    store.update(RETENTION_ITEM, fields)
+    store.update(RETENTION, fields)
 
 
 def recorded(item: dict[str, Any] | None) -> Retention:

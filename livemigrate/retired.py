@@ -37,6 +37,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from livemigrate import keys
 from livemigrate.control import ControlStore
 from livemigrate.flag import FlagView, Side
 from livemigrate.items import key_id
@@ -66,7 +67,7 @@ class RetiredTable:
         self.view = view
         self.side = side
         self.store = store
-        self.consumer_sk = f"CONSUMER#{consumer}"
+        self.consumer_sk = keys.consumer(consumer)
 
     def frozen(self, records: Sequence[StreamRecord]) -> set[int]:
         """Positions in ``records`` that must not be applied (the flag is read if needed)."""

@@ -12,7 +12,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from livemigrate import accounting, retention
+from livemigrate import accounting, keys, retention
 from livemigrate.control import ControlStore
 from livemigrate.deadletters import DeadLetters
 from livemigrate.gates import Gate, Policy, check_all, read_snapshot, unmet
@@ -39,7 +39,7 @@ def collect(
         }
     groups: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     for sk, item in store.query(""):
-        groups.setdefault(sk.split("#", 1)[0], []).append((sk, item))
+        groups.setdefault(keys.kind(sk), []).append((sk, item))
     if not groups:
         return {
             "migration_id": store.migration_id,
@@ -48,9 +48,9 @@ def collect(
             "note": "nothing is recorded for this migration yet",
         }
     now = time.time()
-    meta = dict(groups.get("META", [("", {})])[0][1])
-    plan = dict(groups.get("PLAN", [("", {})])[0][1])
-    backfill = _backfill(plan, groups.get("SEG", []), groups.get("SPLIT", []), now)
+    meta = _one(groups, keys.META)
+    plan = _one(groups, keys.PLAN)
+    backfill = _backfill(plan, _all(groups, keys.SEG_PREFIX), _all(groups, keys.SPLIT_PREFIX), now)
     backfill.update(_progress(plan, backfill["items_read"], source_items, now))
     if gates is None:
         policy = Policy(require_reverse=bool(meta.get("inverse_transform")))
@@ -65,24 +65,31 @@ def collect(
         "phase": _stopped(_phase(plan, groups, verdicts), backfill),
         "gates": [gate_dict(g) for g in verdicts],
         "backfill": backfill,
-        "stream": _shards(groups.get("SHARD", []), groups.get("CONSUMER", []), now),
+        "stream": _shards(_all(groups, keys.SHARD_PREFIX), _all(groups, keys.CONSUMER_PREFIX), now),
         "dead_letters": DeadLetters(store).count(),
         "dead_letters_unresolved": DeadLetters(store).unresolved(),
-        "flag": dict(groups.get("FLAG", [("", {})])[0][1]),
-        "metrics": _without_costs(dict(groups.get("METRICS", [("", {})])[0][1])),
-        "rates": rates_of(dict(groups.get("RATES", [("", {})])[0][1])),
+        "flag": _one(groups, keys.FLAG),
+        "metrics": _without_costs(_one(groups, keys.METRICS)),
+        "rates": rates_of(_one(groups, keys.RATES)),
         "retention": retention.summary(
-            _one(groups, "RETENTION"), _one(groups, "CONSUMER#source").get("lag_seconds")
+            _one(groups, keys.RETENTION), _one(groups, keys.CONSUMER_SOURCE).get("lag_seconds")
         ),
         "requests": requests_of(groups),
         "exports": exports_of(groups, store),
     }
 
 
-def _one(groups: dict[str, list[tuple[str, dict[str, Any]]]], sk: str) -> dict[str, Any]:
+def _one(groups: Mapping[str, list[tuple[str, dict[str, Any]]]], sk: str) -> dict[str, Any]:
     """The item ``sk`` (empty when absent)."""
-    group = groups.get(sk.split("#", maxsplit=1)[0], [])
+    group = groups.get(keys.kind(sk), [])
     return next((dict(item) for key, item in group if key == sk), {})
+
+
+def _all(
+    groups: Mapping[str, list[tuple[str, dict[str, Any]]]], prefix: str
+) -> list[tuple[str, dict[str, Any]]]:
+    """The items of one family (``keys.SEG_PREFIX``, ...) or the one item ``prefix`` names."""
+    return groups.get(keys.kind(prefix), [])
 
 
 def exports_of(
@@ -91,7 +98,7 @@ def exports_of(
     """The exports ``livemigrate export start`` recorded, with their progress now (DescribeExport
     when it answers, else the last recorded state; nothing is written)."""
     out = []
-    for sk, item in groups.get("EXPORT", []):
+    for sk, item in _all(groups, keys.EXPORT_PREFIX):
         arn = str(item.get("export_arn"))
         status, count = item.get("status"), int(item.get("item_count") or 0)
         live = _describe_export(store, arn)
@@ -121,7 +128,7 @@ def requests_of(groups: Mapping[str, list[tuple[str, dict[str, Any]]]]) -> dict[
     """Request totals (``livemigrate.accounting``): the backfill's ride on METRICS, each
     consumer's on its CONSUMER# heartbeat; summed per table role and operation."""
     merged: dict[str, float] = {}
-    for _, item in groups.get("METRICS", []) + groups.get("CONSUMER", []):
+    for _, item in _all(groups, keys.METRICS) + _all(groups, keys.CONSUMER_PREFIX):
         for name, value in item.items():
             if name.startswith(accounting.PREFIX):
                 merged[name] = merged.get(name, 0.0) + float(value)
@@ -145,15 +152,17 @@ def gate_dict(gate: Gate) -> dict[str, Any]:
 def _phase(
     plan: dict[str, Any], groups: dict[str, list[tuple[str, dict[str, Any]]]], gates: list[Gate]
 ) -> str:
-    flag = dict(groups.get("FLAG", [("", {})])[0][1])
-    reverse = [item for sk, item in groups.get("CONSUMER", []) if sk == "CONSUMER#reverse"]
+    flag = _one(groups, keys.FLAG)
+    reverse = [
+        item for sk, item in _all(groups, keys.CONSUMER_PREFIX) if sk == keys.CONSUMER_REVERSE
+    ]
     if flag.get("active") == "destination":
         if reverse:
             return "cut over (the reverse consumer keeps the source current for a rollback)"
         return "cut over"
-    if groups.get("ROLLBACK"):
+    if groups.get(keys.ROLLBACK):
         return "rolled back (the source is active; the consumer keeps the destination current)"
-    if not groups.get("CONSUMER"):
+    if not _all(groups, keys.CONSUMER_PREFIX):
         return "not started (start the consumer first: livemigrate consume)"
     if plan.get("state") != "complete":
         return "backfilling" if plan else "consumer running, backfill not started"
@@ -196,7 +205,7 @@ def _progress(
     percent = min(100.0, 100.0 * read / source_items)
     elapsed = now - float(plan.get("created_at", now))
     rate = read / elapsed if elapsed > 0 else 0.0
-    eta = (source_items - read) / rate if rate > 0 and read < source_items else None
+    eta = retention.seconds_left(source_items - read, rate) if read < source_items else None
     return {"percent": round(percent, 1), "eta_seconds": None if eta is None else round(eta)}
 
 
@@ -331,7 +340,7 @@ def _backfill_lines(bf: dict[str, Any]) -> list[str]:
         f"written {bf['items_written']}",
     ]
     for split in bf["hot_key_splits"]:
-        part = str(split["id"]).removeprefix("SPLIT#")
+        part = str(split["id"]).removeprefix(keys.SPLIT_PREFIX)
         lines.append(f"    hot-key split {part}: {split['state']} (key {split['hot_key']})")
     return lines
 

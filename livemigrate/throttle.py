@@ -23,7 +23,7 @@ from livemigrate.config import Settings
 from livemigrate.control import ControlStore
 from livemigrate.cutover import require_started
 from livemigrate.exitcodes import ExitCode
-from livemigrate.ratelimit import RATES
+from livemigrate.keys import RATES
 from livemigrate.status import rates_line, rates_of, to_json
 
 __all__ = ["add_arguments", "changes", "run"]

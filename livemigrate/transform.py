@@ -16,7 +16,7 @@ from typing import Any
 from livemigrate.errors import TransformLoadError, TransformOutputError
 from livemigrate.items import MAX_ITEM_BYTES, PlainItem, TypedItem, to_typed, typed_size
 from livemigrate.values import is_binary, raw_bytes
-from livemigrate.versioning import RESERVED_PREFIX
+from livemigrate.versioning import is_reserved, user_attributes
 
 TransformFn = Callable[[PlainItem], Iterable[Mapping[str, Any]]]
 
@@ -80,7 +80,7 @@ class Transformer:
         the application's item only (after a cutover, both tables carry stamps).
         """
         try:
-            produced = self.fn({k: v for k, v in item.items() if not k.startswith(RESERVED_PREFIX)})
+            produced = self.fn(user_attributes(item))
             if isinstance(produced, Mapping) or produced is None:
                 raise TransformOutputError(
                     "transform returned a single dict or None; return a list of 0, 1 or N items"
@@ -105,7 +105,7 @@ class Transformer:
             # boto3 deserialises binary as ``Binary``, which is not a bytes subclass (issue 11).
             if want == "B" and not (is_binary(value) and raw_bytes(value)):
                 raise TransformOutputError(f"key {name!r} must be non-empty bytes (or Binary)")
-        reserved = [name for name in out if name.startswith(RESERVED_PREFIX)]
+        reserved = [name for name in out if is_reserved(name)]
         if reserved:
             raise TransformOutputError(f"output uses reserved attribute names {reserved}")
         try:

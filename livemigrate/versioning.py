@@ -8,7 +8,10 @@ which is older than any stream record.
 
 from __future__ import annotations
 
-from typing import Final
+from collections.abc import Mapping
+from typing import Final, TypeVar
+
+V = TypeVar("V")
 
 SEQ_WIDTH: Final = 40
 BACKFILL_SEQ: Final = "0" * SEQ_WIDTH
@@ -21,6 +24,17 @@ MIGRATION_ATTR: Final = "_lm_mid"
 # its key): removals and puts of other source items are decided by it (rule 12).
 OWNER_ATTR: Final = "_lm_src"
 RESERVED_PREFIX: Final = "_lm_"
+
+
+def is_reserved(name: str) -> bool:
+    """Whether an attribute name is livemigrate's own (``_lm_*``), never the application's."""
+    return name.startswith(RESERVED_PREFIX)
+
+
+def user_attributes(item: Mapping[str, V]) -> dict[str, V]:
+    """The item without livemigrate's reserved ``_lm_*`` attributes: what the application
+    wrote, as transforms, digests and search documents see it."""
+    return {k: v for k, v in item.items() if not is_reserved(k)}
 
 
 def pad_seq(sequence_number: str) -> str:

@@ -45,6 +45,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from livemigrate import fencing
 from livemigrate.clock import Clock, SystemClock
 from livemigrate.control import ControlStore
+from livemigrate.counters import ConsumerMetric
 from livemigrate.destination import DestinationWriter, Held, Outcome
 from livemigrate.errors import TransformOutputError
 from livemigrate.flag import ControlFlagStore, FlagView
@@ -64,7 +65,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("livemigrate.consumer.applier")
 
-_OUTCOME_METRIC = {
+_OUTCOME_METRIC: dict[Outcome, ConsumerMetric] = {
     Outcome.APPLIED: "writes_applied_total",
     Outcome.STALE: "writes_stale_total",
     Outcome.TOMBSTONED: "tombstones_written_total",

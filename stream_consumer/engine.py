@@ -62,7 +62,6 @@ expires (then this process takes it over).
 from __future__ import annotations
 
 import logging
-import random
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
@@ -73,9 +72,11 @@ from typing import Any, Protocol, runtime_checkable
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from livemigrate import fencing
+from livemigrate import fencing, keys
+from livemigrate.backoff import Backoff
 from livemigrate.clock import Clock
 from livemigrate.control import ControlStore
+from livemigrate.counters import ConsumerMetric
 from livemigrate.deadletters import DeadLetters, Origin
 from livemigrate.errors import LeaseLost
 from livemigrate.fencing import Fence, LeaseExpired, WindowClosed
@@ -127,8 +128,7 @@ class Tuning:
 
     def backoff(self, attempt: int) -> float:
         """Capped exponential backoff with jitter (attempt counts from 1)."""
-        delay: float = min(self.backoff_cap, self.backoff_base * 2 ** max(0, attempt - 1))
-        return delay * random.uniform(0.5, 1.0)
+        return Backoff(self.backoff_base, self.backoff_cap).delay(attempt)
 
 
 def transient(exc: BaseException) -> bool:
@@ -285,7 +285,7 @@ class Consumer:
 
     @property
     def consumer_sk(self) -> str:
-        return f"CONSUMER#{self.name}"
+        return keys.consumer(self.name)
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -552,7 +552,7 @@ class Consumer:
                 self._drop(reader, "leases_lost_total")
             return False
 
-    def _drop(self, reader: _Reader, metric: str) -> None:
+    def _drop(self, reader: _Reader, metric: ConsumerMetric) -> None:
         if reader.fence is not None:
             reader.fence.revoke()
         reader.lost = True
@@ -620,7 +620,7 @@ class Consumer:
         reader.backoff = 0
         return page
 
-    def _back_off(self, reader: _Reader, metric: str, what: str) -> None:
+    def _back_off(self, reader: _Reader, metric: ConsumerMetric, what: str) -> None:
         reader.backoff += 1
         self.metrics.inc(metric, shard=reader.shard_id)
         delay = self.tuning.backoff(reader.backoff)

@@ -31,12 +31,12 @@ from livemigrate import lambda_mode
 from livemigrate.control import ControlStore
 from livemigrate.deadletters import DeadLetters, Origin
 from livemigrate.fencing import WindowClosed
+from livemigrate.keys import CONSUMER_SOURCE
 from livemigrate.lambda_mode import MODE, watermark_of
 from livemigrate.records import ApplyFailure, RecordSink, StreamRecord
 from stream_consumer.engine import json_safe_record
 
 _STATE: dict[str, Any] = {}
-CONSUMER_SOURCE = "CONSUMER#source"
 # Set by the template from its ParallelizationFactor parameter (the drain proof needs 1).
 PARALLELIZATION_VARIABLE = "LIVEMIGRATE_PARALLELIZATION_FACTOR"
 
@@ -180,11 +180,9 @@ def handler(event: Mapping[str, Any], context: object) -> Response:
 
 def search_state() -> dict[str, Any]:
     """The search sink on the destination's stream (the code ``livemigrate search sync`` runs)."""
-    from elasticsearch import Elasticsearch
-
     from livemigrate.aws import make_clients
     from livemigrate.config import load_settings
-    from livemigrate.search.backend import ElasticsearchBackend
+    from livemigrate.search.clients import open_backend
     from livemigrate.search.documents import load_hook
     from livemigrate.search.indices import live_index, load_index_config
     from livemigrate.search.sink import Indexing, SearchSink
@@ -195,7 +193,7 @@ def search_state() -> dict[str, Any]:
         raise ValueError("the search function needs LIVEMIGRATE_SEARCH_URL and _SEARCH_ALIAS")
     clients = make_clients(settings)
     store = ControlStore(clients.dynamodb, settings.control_table, settings.migration_id)
-    backend = ElasticsearchBackend(Elasticsearch(settings.search_url, request_timeout=60))
+    backend = open_backend(settings, check=False)  # the engine, auth and timeout the settings name
     targets = ControlTargets(store, live_index(settings.search_alias, settings.migration_id))
     config = load_index_config(settings.search_index_config)
     backend.create_index(targets.current().indices[0], config.settings, config.mappings)

@@ -18,14 +18,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from livemigrate import keys
 from livemigrate.control import ControlStore
 from stream_consumer.source import ShardInfo
 
-SHARD_PREFIX = "SHARD#"
-
 
 def shard_sk(name: str, shard_id: str) -> str:
-    return f"{SHARD_PREFIX}{name}#{shard_id}"
+    return keys.shard(name, shard_id)
 
 
 def live_owner(state: Mapping[str, Any], now: float) -> str | None:
@@ -82,7 +81,7 @@ class ShardLeases:
 
     def states(self) -> dict[str, dict[str, Any]]:
         """Every recorded shard item of this consumer, by shard id (consistent read)."""
-        prefix = f"{SHARD_PREFIX}{self.name}#"
+        prefix = keys.shard_prefix(self.name)
         return {sk[len(prefix) :]: item for sk, item in self.store.query(prefix)}
 
     def register(self, shards: Iterable[ShardInfo], known: Mapping[str, Any]) -> int:

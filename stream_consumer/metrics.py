@@ -13,10 +13,12 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest, start_http_server
 
+from livemigrate.counters import ConsumerMetric
+
 PREFIX: Final = "livemigrate_consumer_"
 
 # name -> (type, meaning). Labels: consumer, and shard (empty for a process-wide value).
-METRICS: Final[Mapping[str, tuple[str, str]]] = {
+METRICS: Final[Mapping[ConsumerMetric, tuple[str, str]]] = {
     "records_read_total": ("counter", "stream records returned by GetRecords"),
     "records_applied_total": ("counter", "records applied to the sink and checkpointed"),
     "records_dead_lettered_total": ("counter", "records sent to the dead-letter store"),
@@ -79,16 +81,16 @@ class Metrics:
             metric.labels(consumer, "")  # every series is scraped from the start, at 0
             self._metrics[name] = metric
 
-    def inc(self, name: str, by: float = 1, shard: str = "") -> None:
+    def inc(self, name: ConsumerMetric, by: float = 1, shard: str = "") -> None:
         self._labelled(name, shard).inc(by)
 
-    def set(self, name: str, value: float, shard: str = "") -> None:
+    def set(self, name: ConsumerMetric, value: float, shard: str = "") -> None:
         series = self._labelled(name, shard)
         if not isinstance(series, Gauge):
             raise TypeError(f"{name!r} is a counter: it only goes up (inc)")
         series.set(value)
 
-    def value(self, name: str, shard: str | None = None) -> float:
+    def value(self, name: ConsumerMetric, shard: str | None = None) -> float:
         """A counter summed over shards, or one shard's value."""
         wanted = PREFIX + name
         return sum(

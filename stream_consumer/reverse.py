@@ -31,12 +31,14 @@ from livemigrate.destination import DestinationWriter
 from livemigrate.errors import ConfigError, PreflightError, TransformOutputError
 from livemigrate.flag import ControlFlagStore, FlagView
 from livemigrate.items import TypedItem, key_id, to_plain
+from livemigrate.keys import META
 from livemigrate.migration import Migration, open_migration
 from livemigrate.replication import FORWARD, REVERSE
 from livemigrate.retired import RetiredTable
 from livemigrate.tables import describe, require_stream
 from livemigrate.transform import Transformer, load_transform
 from livemigrate.verify.digest import canonical
+from livemigrate.versioning import user_attributes
 from stream_consumer.applier import DeleteMode, DestinationApplier, Removal
 from stream_consumer.metrics import Metrics
 
@@ -113,7 +115,7 @@ def open_reverse(
     )
     check_round_trip(clients.dynamodb, source.name, forward, inverse, sample)
     migration = open_migration(settings, clients)  # the same checks, then records the migration
-    migration.store.update("META", {"inverse_transform": spec})
+    migration.store.update(META, {"inverse_transform": spec})
     writer = DestinationWriter(
         clients.dynamodb, source.name, source.key_names, settings.migration_id, marks=REVERSE
     )
@@ -156,7 +158,7 @@ def _check_one(original: TypedItem, out: TypedItem, inverse: Transformer) -> Non
 def _difference(original: TypedItem, back: list[TypedItem]) -> str:
     if len(back) != 1:
         return f"it returned {len(back)} items instead of 1"
-    want = {k: v for k, v in original.items() if not k.startswith("_lm_")}
+    want = user_attributes(original)
     got = back[0]
     lost = sorted(set(want) - set(got))
     added = sorted(set(got) - set(want))

@@ -34,10 +34,12 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from livemigrate import keys
 from livemigrate.clock import Clock
 from livemigrate.errors import LivemigrateError
 from livemigrate.fencing import Fence, WindowClosed
 from livemigrate.items import TypedItem
+from livemigrate.keys import TOMBSTONES
 from livemigrate.outage import Outage, is_transient
 from livemigrate.versioning import SEQ_ATTR, TOMBSTONE_ATTR
 
@@ -48,7 +50,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("livemigrate.consumer.tombstones")
 
-TOMBSTONES = "TOMBSTONES"
 # How long finalisation waits after the switch to real deletes; consumers write a tombstone
 # only within this time (less a margin) of the check that allowed it.
 SETTLE_SECONDS = 15.0
@@ -191,7 +192,7 @@ def wait_for_real_deletes(
 
 def switched_at(store: ControlStore, consumer: str) -> float | None:
     """When the consumer switched to real deletes (``real_deletes_since``), if it has."""
-    since = (store.get(f"CONSUMER#{consumer}") or {}).get("real_deletes_since")
+    since = (store.get(keys.consumer(consumer)) or {}).get("real_deletes_since")
     return None if since is None else float(since)
 
 
@@ -199,7 +200,7 @@ def record_switch(store: ControlStore, consumer: str, now: float) -> float:
     """Record the switch to real deletes at ``now`` unless one is recorded; returns the
     recorded time (the first writer's)."""
     store.update(
-        f"CONSUMER#{consumer}",
+        keys.consumer(consumer),
         {"real_deletes_since": now},
         condition="attribute_not_exists(#real_deletes_since)",
     )

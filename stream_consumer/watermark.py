@@ -24,10 +24,10 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from livemigrate import keys
 from livemigrate.control import ControlStore
 from livemigrate.watermark import watermark_of
 from stream_consumer.kinesis.records import version_floor
-from stream_consumer.leases import SHARD_PREFIX
 from stream_consumer.tombstones import tombstones
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ DELIVERY_MARGIN = 60.0
 
 def watermark(store: ControlStore, consumer: str, margin: float) -> float | None:
     """The watermark of ``consumer`` (all its processes' shards) as the control table says."""
-    prefix = f"{SHARD_PREFIX}{consumer}#"
+    prefix = keys.shard_prefix(consumer)
     return watermark_of({sk: item for sk, item in store.query(prefix)}, margin)
 
 

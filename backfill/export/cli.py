@@ -19,18 +19,18 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 from backfill.export.plan import iso
+from livemigrate import keys
 from livemigrate.aws import AwsClients
 from livemigrate.config import Settings
 from livemigrate.control import ControlStore
 from livemigrate.errors import PreflightError
 from livemigrate.exitcodes import ExitCode
-from livemigrate.migration import CONSUMER_PREFIX
+from livemigrate.keys import CONSUMER_SOURCE, EXPORT_PREFIX
 from livemigrate.tables import describe
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
-EXPORT_PREFIX = "EXPORT#"
 PITR_FIX = (
     "enable point-in-time recovery on the source (it has a storage cost: README, Backfill from "
     "an S3 export): aws dynamodb update-continuous-backups --table-name {table} "
@@ -92,13 +92,13 @@ def start(
         "consumer_started_at": started,
         "status": desc.get("ExportStatus", "IN_PROGRESS"),
     }
-    store.put(EXPORT_PREFIX + export_id(desc["ExportArn"]), record)
+    store.put(keys.export(export_id(desc["ExportArn"])), record)
     return record
 
 
 def consumer_start(store: ControlStore) -> float:
     """When the source-stream consumer started; refuses when none has."""
-    consumer = store.get(f"{CONSUMER_PREFIX}source") if store.exists() else None
+    consumer = store.get(CONSUMER_SOURCE) if store.exists() else None
     if consumer is None:
         raise PreflightError(
             f"no stream consumer has started for migration {store.migration_id!r}; an export "

@@ -21,8 +21,10 @@ from typing import Any
 from backfill import plan
 from backfill.export.manifest import DataFile, Export
 from livemigrate.control import ControlStore
+from livemigrate.counters import fresh_unit_counters
 from livemigrate.errors import PreflightError
-from livemigrate.migration import PLAN, Migration
+from livemigrate.keys import PLAN
+from livemigrate.migration import Migration
 
 SOURCE = "export"
 REFUSED = "refused"
@@ -64,10 +66,7 @@ def _fresh_unit(n: int, data: DataFile) -> dict[str, Any]:
         "state": plan.PENDING,
         "segment": n,
         "checkpoint": None,
-        "items_read": 0,
-        "items_written": 0,
-        "superseded": 0,
-        "dead_lettered": 0,
+        **fresh_unit_counters(),
         "file_key": data.key,
         "file_items": data.item_count,
         "file_md5": data.md5,

@@ -7,7 +7,7 @@ dataclasses with a pure decision method that takes ``now``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -45,23 +45,11 @@ class BatchPolicy:
             return True
         return started_at is not None and now - started_at >= self.max_age
 
-    def split(self, sizes: Sequence[int]) -> Iterator[tuple[int, int]]:
-        """``(start, end)`` ranges over items of the given sizes, each within count and bytes.
-
-        An item larger than ``max_bytes`` goes alone in its batch (never dropped).
-        """
-        start, size = 0, 0
-        for i, item_size in enumerate(sizes):
-            if i > start and (i - start >= self.max_count or size + item_size > self.max_bytes):
-                yield start, i
-                start, size = i, 0
-            size += item_size
-        if start < len(sizes):
-            yield start, len(sizes)
-
 
 def chunks(sized: Iterable[tuple[T, int]], policy: BatchPolicy) -> Iterator[list[T]]:
-    """Group a stream of ``(item, size)`` into lists that respect the count and byte limits."""
+    """Group a stream of ``(item, size)`` into lists that respect the count and byte limits:
+    the one chunker every bulk path feeds (sink and resync). An item larger than ``max_bytes``
+    goes alone in its batch (never dropped)."""
     batch: list[T] = []
     size = 0
     for item, item_size in sized:

@@ -28,7 +28,7 @@ from urllib.parse import quote
 from livemigrate.errors import TransformLoadError
 from livemigrate.items import to_plain
 from livemigrate.values import canonical_value, is_binary, number_text, raw_bytes
-from livemigrate.versioning import DELETE_ATTR, RESERVED_PREFIX, TOMBSTONE_ATTR
+from livemigrate.versioning import DELETE_ATTR, TOMBSTONE_ATTR, is_reserved, user_attributes
 
 MAX_ID_BYTES = 512
 Document = dict[str, Any]
@@ -146,7 +146,7 @@ _TYPED: dict[str, Callable[[Any], Any]] = {
 
 def default_document(item: Mapping[str, Any]) -> Document:
     """The plain item, JSON-safe, without the reserved ``_lm_*`` attributes."""
-    return {k: json_safe(v) for k, v in item.items() if not k.startswith(RESERVED_PREFIX)}
+    return {k: json_safe(v) for k, v in user_attributes(item).items()}
 
 
 def is_tombstone(typed_item: Mapping[str, Any] | None) -> bool:
@@ -191,9 +191,7 @@ def build_document(hook: DocumentHook, typed_item: Mapping[str, Any]) -> Documen
         When the hook returns something other than a mapping or None, or a reserved field.
     """
     if hook is default_document:  # the common case, without the plain round trip
-        return {
-            k: typed_json(v) for k, v in typed_item.items() if not k.startswith(RESERVED_PREFIX)
-        }
+        return {k: typed_json(v) for k, v in user_attributes(typed_item).items()}
     try:
         out = hook(to_plain(typed_item))
     except Exception as exc:  # user code: any failure is this item's dead letter
@@ -203,7 +201,7 @@ def build_document(hook: DocumentHook, typed_item: Mapping[str, Any]) -> Documen
     if not isinstance(out, Mapping):
         raise ValueError(f"document hook returned {type(out).__name__}, not a mapping or None")
     doc = {str(k): json_safe(v) for k, v in out.items()}
-    reserved = [k for k in doc if k.startswith(RESERVED_PREFIX)]
+    reserved = [k for k in doc if is_reserved(k)]
     if reserved and hook is not default_document:
         raise ValueError(f"document hook returned reserved fields {reserved}")
     return doc

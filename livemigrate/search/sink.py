@@ -62,6 +62,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
+from livemigrate.backoff import Backoff
 from livemigrate.clock import Clock, SystemClock
 from livemigrate.records import ApplyFailure, StreamRecord
 from livemigrate.retention import DYNAMODB_STREAMS_RETENTION, duration
@@ -72,7 +73,7 @@ from livemigrate.search.backend import (
     Held,
     SearchUnavailable,
 )
-from livemigrate.search.batcher import BatchPolicy
+from livemigrate.search.batcher import BatchPolicy, chunks
 from livemigrate.search.documents import (
     DocumentHook,
     build_document,
@@ -145,7 +146,7 @@ class RetryPolicy:
     cap: float = 5.0
 
     def delay(self, attempt: int) -> float:
-        return float(min(self.cap, self.base * (2**attempt)))
+        return Backoff(self.base, self.cap, jitter=False).delay(attempt + 1)  # attempt from 0
 
 
 @dataclass(frozen=True)
@@ -272,9 +273,7 @@ class SearchSink:
         return [c for c in built if c is not None]
 
     def _apply_group(self, changes: list[Change]) -> None:
-        batches = [
-            changes[start:end] for start, end in self.policy.split([c.size for c in changes])
-        ]
+        batches = list(chunks(((c, c.size) for c in changes), self.policy))
         prefetched: _Prefetch | None = None
         for j, batch in enumerate(batches):
             following = batches[j + 1] if j + 1 < len(batches) else []

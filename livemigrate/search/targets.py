@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from livemigrate.control import ControlStore
+from livemigrate.keys import SEARCH
 
-SEARCH_ITEM = "SEARCH"
 SCANNING = "scanning"
 READY = "ready"
 
@@ -64,7 +64,7 @@ class ControlTargets:
         self.default_index = default_index
 
     def current(self) -> TargetState:
-        item = self.store.get(SEARCH_ITEM) or {}
+        item = self.store.get(SEARCH) or {}
         live = str(item.get("live_index") or self.default_index)
         building = item.get("building")
         if not building or building == live:
@@ -74,13 +74,11 @@ class ControlTargets:
 
     def record(self, **values: object) -> None:
         """Set fields of the ``SEARCH`` item (creating it with the default live index)."""
-        current = self.store.get(SEARCH_ITEM)
+        current = self.store.get(SEARCH)
         if current is None:
-            self.store.put(SEARCH_ITEM, {"live_index": self.default_index}, only_if_absent=True)
-        self.store.update(SEARCH_ITEM, dict(values))
+            self.store.put(SEARCH, {"live_index": self.default_index}, only_if_absent=True)
+        self.store.update(SEARCH, dict(values))
 
     def clear_building(self, new_live: str) -> None:
         """The resync is complete: ``new_live`` is the only index the sink writes."""
-        self.store.update(
-            SEARCH_ITEM, {"live_index": new_live}, remove=("building", "building_state")
-        )
+        self.store.update(SEARCH, {"live_index": new_live}, remove=("building", "building_state"))

@@ -23,14 +23,13 @@ from livemigrate.deadletters import DeadLetters
 from livemigrate.destination import DestinationWriter
 from livemigrate.errors import PreflightError
 from livemigrate.exitcodes import ExitCode
-from livemigrate.migration import META, Migration, inverse_transform
+from livemigrate.keys import CONSUMER_SOURCE, META, VERIFY
+from livemigrate.migration import Migration, inverse_transform
 from livemigrate.tables import describe
 from livemigrate.transform import Transformer, load_transform
 from livemigrate.verify.engine import KINDS, Hooks, Verifier, VerifyOptions, VerifyReport
 from livemigrate.verify.repair import Repairer
 
-VERIFY_ITEM = "VERIFY"
-CONSUMER_SOURCE = "CONSUMER#source"
 HEARTBEAT_STALE = 60.0  # seconds: an older heartbeat means no consumer is running
 
 __all__ = ["Hooks", "VerifyOptions", "VerifyReport", "verify"]
@@ -116,7 +115,7 @@ def record(store: ControlStore, report: VerifyReport) -> None:
     if report.search is not None:
         values["search_passed"] = bool(report.search.get("passed"))
         values["search_index"] = str(report.search.get("index"))
-    store.put(VERIFY_ITEM, values)
+    store.put(VERIFY, values)
 
 
 def render(report: VerifyReport) -> str:

@@ -15,15 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from livemigrate.values import canonical_text, key_text
-from livemigrate.versioning import DELETE_ATTR, RESERVED_PREFIX, TOMBSTONE_ATTR
+from livemigrate.versioning import DELETE_ATTR, TOMBSTONE_ATTR, user_attributes
 
 MASK = (1 << 64) - 1
 MAX_BUCKETS = 1 << 16
-
-
-def strip_reserved(item: Mapping[str, Any]) -> dict[str, Any]:
-    """The item without livemigrate's ``_lm_*`` bookkeeping attributes."""
-    return {k: v for k, v in item.items() if not k.startswith(RESERVED_PREFIX)}
 
 
 def is_tombstone(item: Mapping[str, Any] | None) -> bool:
@@ -38,7 +33,7 @@ def canonical(item: Mapping[str, Any]) -> bytes:
     """Stable bytes of a typed item: its canonical form (``livemigrate.values``: numbers by
     DynamoDB's value with all 38 digits, sets as sets, binary by its bytes), ``_lm_*`` stripped.
     """
-    return canonical_text(strip_reserved(item)).encode()
+    return canonical_text(user_attributes(item)).encode()
 
 
 def item_hash(item: Mapping[str, Any]) -> int:

@@ -45,9 +45,8 @@ from livemigrate.verify.digest import (
     is_tombstone,
     item_hash,
     key_id,
-    strip_reserved,
 )
-from livemigrate.versioning import OWNER_ATTR, SEQ_ATTR, TOMBSTONE_ATTR
+from livemigrate.versioning import OWNER_ATTR, SEQ_ATTR, TOMBSTONE_ATTR, user_attributes
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -108,7 +107,7 @@ def classify(
     """The difference at one key, or None when both sides agree (absent on both is agreement)."""
     held = None if actual_raw is None else actual_raw.get(SEQ_ATTR, {}).get("S")
     owner = None if actual_raw is None else actual_raw.get(OWNER_ATTR, {}).get("S")
-    actual = None if actual_raw is None or is_tombstone(actual_raw) else strip_reserved(actual_raw)
+    actual = None if actual_raw is None or is_tombstone(actual_raw) else user_attributes(actual_raw)
     if expected is None and actual is None:
         return None
     if expected is not None and actual is not None:

@@ -23,7 +23,7 @@ from livemigrate.search.documents import build_document, default_document, docum
 from livemigrate.tables import TableInfo
 from livemigrate.verify.digest import Digests, batches, bucket_of, choose_buckets, is_tombstone
 from livemigrate.verify.engine import KINDS, VerifyOptions
-from livemigrate.versioning import RESERVED_PREFIX, TOMBSTONE_ATTR
+from livemigrate.versioning import TOMBSTONE_ATTR, user_attributes
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -40,7 +40,7 @@ def index_doc(source: Mapping[str, Any]) -> Doc | None:
     """An index document as comparable with a destination item (None for a tombstone)."""
     if source.get(TOMBSTONE_ATTR):
         return None
-    return {k: v for k, v in source.items() if not k.startswith(RESERVED_PREFIX)}
+    return user_attributes(source)
 
 
 @dataclass

@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from livemigrate.backoff import Backoff
 from livemigrate.clock import Clock, SystemClock
 from livemigrate.errors import LivemigrateError
 from livemigrate.records import ApplyFailure, RecordSink, StreamRecord
@@ -69,7 +70,7 @@ class Retry:
     cap: float = 5.0
 
     def delay(self, attempt: int) -> float:
-        return float(min(self.cap, self.base * 2 ** max(0, attempt - 1)))
+        return Backoff(self.base, self.cap, jitter=False).delay(attempt)
 
 
 @dataclass

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from livemigrate.backoff import Backoff
 from livemigrate.values import key_text
 from livemigrate.versioning import pad_seq
 from stream_consumer.kinesis.records import change_record
@@ -219,5 +220,5 @@ class StreamBridge:
             if not failed:
                 return
             entries = failed
-            time.sleep(min(1.0, 0.05 * 2**attempt))
+            time.sleep(Backoff(base=0.05, cap=1.0, jitter=False).delay(attempt + 1))
         raise RuntimeError(f"PutRecords kept failing for {len(entries)} record(s)")

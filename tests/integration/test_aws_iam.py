@@ -25,6 +25,7 @@ from livemigrate.flag import ControlFlagStore
 from livemigrate.items import to_plain, to_typed
 from livemigrate.lambda_mode import watermark_item
 from livemigrate.migration import Migration
+from livemigrate.versioning import user_attributes
 from stream_consumer import lambda_handler
 from tests import cfn
 from tests.integration.test_aws_lambda import Context, new_migration, put
@@ -290,7 +291,7 @@ def test_reverse_role_grants_exactly_the_reverse_calls(
     flag = flags.read()
     flags.write(flag.flipped("destination", time.time(), time.time()), flag.epoch)
     copied = {str(i["sk"]["S"]): i for i in scan_all(clients.dynamodb, dest)}
-    changed = {k: v for k, v in to_plain(copied["a"]).items() if not k.startswith("_lm_")}
+    changed = user_attributes(to_plain(copied["a"]))
     clients.dynamodb.put_item(TableName=dest, Item=to_typed({**changed, "n": 5}))
     clients.dynamodb.delete_item(TableName=dest, Key={k: copied["b"][k] for k in ("pk", "sk")})
     calls, _ = recording(migration, monkeypatch)

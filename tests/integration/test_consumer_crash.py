@@ -28,6 +28,7 @@ from livemigrate.destination import Outcome
 from livemigrate.items import key_id, to_plain, to_typed
 from livemigrate.migration import Migration, open_migration
 from livemigrate.transform import Transformer, load_transform
+from livemigrate.versioning import user_attributes
 from stream_consumer.kinesis.bridge import Chaos as BridgeChaos
 from stream_consumer.kinesis.bridge import StreamBridge, create_stream
 from tests.services import TEST_ENV, create_table, scan_all, settings_for, unique
@@ -215,7 +216,7 @@ def destination(clients: AwsClients, table: str) -> tuple[dict[str, dict[str, An
     for raw in scan_all(clients.dynamodb, table):
         plain = to_plain(raw)
         tombstones += bool(plain.get("_lm_tomb"))
-        clean = {k: v for k, v in plain.items() if not k.startswith("_lm_")}
+        clean = user_attributes(plain)
         got[key_id({"pk": plain["pk"], "sk": plain["sk"]})] = clean
     return got, tombstones
 

@@ -27,7 +27,7 @@ from livemigrate.ownership import COLLISIONS_COUNTER, owner_id
 from livemigrate.replication import FORWARD, REVERSE, written_by
 from livemigrate.status import collect, render
 from livemigrate.verify import VerifyOptions, verify
-from livemigrate.versioning import OWNER_ATTR, pad_seq
+from livemigrate.versioning import OWNER_ATTR, pad_seq, user_attributes
 from stream_consumer.applier import DestinationApplier
 from stream_consumer.engine import Consumer, ConsumerOptions, Tuning
 from stream_consumer.metrics import Metrics
@@ -56,7 +56,7 @@ def visible(writer: DestinationWriter, tag: str) -> dict[str, dict[str, Any]]:
     for raw in scan_all(writer.client, writer.table):
         if tag not in raw["pk"]["S"] or "_lm_tomb" in raw:
             continue
-        plain = {k: v for k, v in to_plain(raw).items() if not k.startswith("_lm_")}
+        plain = user_attributes(to_plain(raw))
         out[key_id({"pk": raw["pk"], "sk": raw["sk"]})] = plain
     return out
 

@@ -29,6 +29,7 @@ from livemigrate.items import key_id, to_plain, to_typed
 from livemigrate.migration import Migration, open_migration
 from livemigrate.records import StreamRecord
 from livemigrate.transform import Transformer, load_transform
+from livemigrate.versioning import user_attributes
 from stream_consumer.applier import DestinationApplier
 from stream_consumer.engine import Consumer, ConsumerOptions, Tuning
 from stream_consumer.kinesis.bridge import Chaos, StreamBridge, create_stream
@@ -197,7 +198,7 @@ def destination(world: World) -> tuple[dict[str, dict[str, Any]], int]:
         if plain.get("_lm_tomb"):
             tombs += 1
             continue
-        clean = {k: v for k, v in plain.items() if not k.startswith("_lm_")}
+        clean = user_attributes(plain)
         items[key_id({"pk": plain["pk"], "sk": plain["sk"]})] = clean
     return items, tombs
 

@@ -23,9 +23,9 @@ from livemigrate.gates import Policy, dead_letters_gate, read_snapshot
 from livemigrate.migration import open_migration
 from livemigrate.values import canonical_text, from_dynamodb_json, key_text
 from livemigrate.verify import verify
-from livemigrate.verify.digest import strip_reserved
 from livemigrate.verify.engine import VerifyOptions
 from livemigrate.versioning import SEQ_ATTR
+from livemigrate.versioning import user_attributes as strip_reserved
 from tests.integration.test_values_roundtrip import command, put_all
 from tests.services import StreamTail, create_table, scan_all, settings_for, unique
 

@@ -38,6 +38,7 @@ from livemigrate.examples.hot_outbox import transform
 from livemigrate.flag import ControlFlagStore
 from livemigrate.items import to_plain, to_typed
 from livemigrate.tables import create_like, describe
+from livemigrate.versioning import user_attributes
 from tests.services import TEST_ENV, scan_all, unique
 
 Key = tuple[str, str]
@@ -128,7 +129,7 @@ def expected_destination(seeded: list[dict[str, Any]], app: App) -> dict[Key, di
 def destination_state(clients: AwsClients, table: str) -> dict[Key, dict[str, Any]]:
     state = {}
     for raw in scan_all(clients.dynamodb, table):
-        item = {k: v for k, v in to_plain(raw).items() if not k.startswith("_lm_")}
+        item = user_attributes(to_plain(raw))
         state[(item["pk"], item["sk"])] = item
     return state
 

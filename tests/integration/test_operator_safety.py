@@ -21,11 +21,12 @@ from elasticsearch import Elasticsearch
 from livemigrate.aws import AwsClients
 from livemigrate.clock import SystemClock
 from livemigrate.control import ControlStore
-from livemigrate.cutover import CUTOVER_ITEM, Cutover, CutoverOptions
+from livemigrate.cutover import Cutover, CutoverOptions
 from livemigrate.deadletters import DeadLetters
 from livemigrate.exitcodes import ExitCode
 from livemigrate.flag import ControlFlagStore
 from livemigrate.gates import Policy
+from livemigrate.keys import CUTOVER as CUTOVER_ITEM
 from livemigrate.search.backend import ElasticsearchBackend
 from livemigrate.search.indices import live_index
 from livemigrate.search.targets import ControlTargets

@@ -20,6 +20,7 @@ from livemigrate.flag import ControlFlagStore
 from livemigrate.items import to_plain, to_typed
 from livemigrate.migration import open_migration
 from livemigrate.replication import FORWARD, written_by
+from livemigrate.versioning import user_attributes
 from stream_consumer.applier import DestinationApplier
 from stream_consumer.metrics import Metrics
 from tests.integration.test_backfill_support import fill, outbox_items, settings_env
@@ -133,10 +134,7 @@ def test_application_writes_to_the_destination_reach_the_source(
     assert reverse(monkeypatch, settings, "--inverse-transform", INVERSE, "--until-caught-up") == 0
 
     # THEN exactly the application's three writes reached the source
-    held = {
-        (i["pk"], i["sk"]): {k: v for k, v in i.items() if not k.startswith("_lm_")}
-        for i in map(to_plain, scan_all(ddb, source))
-    }
+    held = {(i["pk"], i["sk"]): user_attributes(i) for i in map(to_plain, scan_all(ddb, source))}
     want = {(i["pk"], i["sk"]): dict(i) for i in items}
     want[(new["pk"], new["sk"])] = new
     want[(items[0]["pk"], items[0]["sk"])] = {**items[0], "section": "edited"}

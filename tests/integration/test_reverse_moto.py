@@ -30,6 +30,7 @@ from livemigrate.records import StreamRecord
 from livemigrate.replication import FORWARD, REVERSE
 from livemigrate.tables import create_like, describe
 from livemigrate.transform import Transformer
+from livemigrate.versioning import user_attributes
 from stream_consumer.applier import DestinationApplier
 from stream_consumer.metrics import Metrics
 from stream_consumer.reverse import StillMapsGuard
@@ -209,7 +210,7 @@ def world(clients: AwsClients) -> World:
 def visible(clients: AwsClients, table: str) -> dict[tuple[str, str], dict[str, Any]]:
     out = {}
     for raw in scan_all(clients.dynamodb, table):
-        item = {k: v for k, v in to_plain(raw).items() if not k.startswith("_lm_")}
+        item = user_attributes(to_plain(raw))
         out[(item["pk"], item["sk"])] = item
     return out
 

@@ -26,7 +26,7 @@ from livemigrate.search.batcher import BatchPolicy
 from livemigrate.search.clients import backend_for
 from livemigrate.search.sink import Indexing, SearchSink
 from livemigrate.search.targets import FixedTargets
-from livemigrate.versioning import pad_seq
+from livemigrate.versioning import pad_seq, user_attributes
 from tests.services import StreamTail, create_table, scan_all, unique
 
 _deser = TypeDeserializer()
@@ -50,7 +50,7 @@ def table_state(clients: AwsClients, table: str) -> dict[tuple[str, str], dict[s
         item = {k: _deser.deserialize(v) for k, v in raw.items()}
         if item.get("_lm_tomb"):
             continue
-        doc = {k: plain_json(v) for k, v in item.items() if not k.startswith("_lm_")}
+        doc = {k: plain_json(v) for k, v in user_attributes(item).items()}
         out[(doc["pk"], doc["sk"])] = doc
     return out
 

@@ -43,8 +43,8 @@ from livemigrate.migration import open_migration
 from livemigrate.search.documents import build_document, default_document, document_id
 from livemigrate.values import canonical_text, key_text, number_text
 from livemigrate.verify import verify
-from livemigrate.verify.digest import strip_reserved
 from livemigrate.verify.engine import VerifyOptions
+from livemigrate.versioning import user_attributes as strip_reserved
 from tests.services import create_table, scan_all, settings_for, unique
 
 pytestmark = pytest.mark.integration

@@ -27,7 +27,14 @@ from livemigrate.ownership import owner_id
 from livemigrate.records import EventName, StreamRecord
 from livemigrate.replication import FORWARD
 from livemigrate.transform import Transformer, load_transform
-from livemigrate.versioning import BACKFILL_SEQ, OWNER_ATTR, SEQ_ATTR, TOMBSTONE_ATTR, pad_seq
+from livemigrate.versioning import (
+    BACKFILL_SEQ,
+    OWNER_ATTR,
+    SEQ_ATTR,
+    TOMBSTONE_ATTR,
+    pad_seq,
+    user_attributes,
+)
 from stream_consumer.applier import DeleteMode, DestinationApplier
 from stream_consumer.metrics import Metrics
 
@@ -126,7 +133,7 @@ class ModelWriter(DestinationWriter):
 
     def visible(self) -> dict[str, dict[str, Any]]:
         return {
-            k: {n: v for n, v in to_plain(i).items() if not n.startswith("_lm_")}
+            k: user_attributes(to_plain(i))
             for k, i in self.items.items()
             if TOMBSTONE_ATTR not in i
         }

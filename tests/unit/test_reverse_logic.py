@@ -13,13 +13,15 @@ from hypothesis import strategies as st
 from livemigrate.clock import FakeClock
 from livemigrate.control import ControlStore
 from livemigrate.cutover import CutoverOptions
-from livemigrate.cutover_rollback import ROLLBACK_ITEM, Rollback
+from livemigrate.cutover_rollback import Rollback
 from livemigrate.errors import PreflightError
 from livemigrate.examples.hot_outbox import inverse, transform
 from livemigrate.exitcodes import ExitCode
 from livemigrate.flag import Flag
-from livemigrate.gates import CONSUMER_REVERSE, Policy, Snapshot, reverse_gate, reverse_problems
+from livemigrate.gates import Policy, Snapshot, reverse_gate, reverse_problems
 from livemigrate.items import to_typed
+from livemigrate.keys import CONSUMER_REVERSE
+from livemigrate.keys import ROLLBACK as ROLLBACK_ITEM
 from livemigrate.records import EventName, StreamRecord
 from livemigrate.replication import FORWARD, REVERSE, Marks
 from livemigrate.transform import Transformer, load_transform
