@@ -148,6 +148,45 @@ class IdleAware(Protocol):
     def on_idle(self) -> None: ...
 
 
+class PageSize:
+    """The GetRecords limit of each shard, fitted to the lease.
+
+    A read slower than a quarter of the lease shrinks the shard's limit so that the next one
+    takes about an eighth; a read faster than a sixteenth doubles it, up to the tuning's batch
+    size. Without it a source slower than the lease (moto returns 1,000 records in ~5 s on a
+    loaded machine) let the lease expire during every read: the batch was refused at the
+    fence, the shard taken again from the same checkpoint, and the consumer never advanced.
+    The limits outlive a lost lease (a new reader of the shard starts from its fitted limit).
+    """
+
+    def __init__(self, most: int, lease_seconds: float) -> None:
+        self.most = most
+        self.slow = lease_seconds / 4
+        self.fast = lease_seconds / 16
+        self.target = lease_seconds / 8
+        self._limits: dict[str, int] = {}
+
+    def of(self, shard_id: str) -> int:
+        return self._limits.get(shard_id, self.most)
+
+    def observe(self, shard_id: str, limit: int, seconds: float) -> None:
+        """A read of ``limit`` records from ``shard_id`` took ``seconds``."""
+        if seconds > self.slow and limit > 1:
+            fitted = max(1, min(limit // 2, int(limit * self.target / seconds)))
+            log.info(
+                "shard %s: a read of at most %d records took %.2fs (lease %gs): reading %d "
+                "at a time",
+                shard_id,
+                limit,
+                seconds,
+                self.target * 8,
+                fitted,
+            )
+            self._limits[shard_id] = fitted
+        elif seconds < self.fast and limit < self.most:
+            self._limits[shard_id] = min(self.most, limit * 2)
+
+
 @dataclass
 class _Reader:
     """What this process knows about one shard it holds."""
@@ -167,6 +206,7 @@ class _Reader:
     # arrived before it is applied): the shard's part of the watermark (rule 15).
     caught_up_at: float | None = None
     backoff: int = 0
+    limit: int = 0  # the GetRecords limit of the latest read (PageSize)
     last_renew: float = 0.0
     # The local deadline of our lease: writes of this shard's batches stop once it passes.
     fence: Fence | None = field(default=None, repr=False)
@@ -282,6 +322,7 @@ class Consumer:
         )
         self.outage = Outage(f"consumer {name}: service", clock, self.tuning.outage_seconds)
         self._degraded_recorded = False
+        self.page_size = PageSize(self.tuning.batch_size, self.ttl)
 
     @property
     def consumer_sk(self) -> str:
@@ -578,7 +619,7 @@ class Consumer:
         reader.caught_up = not page.records
         if reader.caught_up:
             reader.caught_up_at = reader.read_at
-        reader.behind = len(page.records) if len(page.records) >= self.tuning.batch_size else 0
+        reader.behind = len(page.records) if len(page.records) >= reader.limit else 0
         if reader.caught_up:
             reader.lag = 0.0
         self.metrics.set("lag_seconds", reader.lag, shard=reader.shard_id)
@@ -591,8 +632,10 @@ class Consumer:
             if reader.iterator is None:
                 after = None if reader.from_horizon else reader.checkpoint
                 reader.iterator = self.source.iterator(reader.shard_id, after)
-            sent = self.clock.now()
-            page = self.source.get_records(reader.iterator, self.tuning.batch_size)
+            sent, began = self.clock.now(), self.clock.monotonic()
+            reader.limit = self.page_size.of(reader.shard_id)
+            page = self.source.get_records(reader.iterator, reader.limit)
+            self.page_size.observe(reader.shard_id, reader.limit, self.clock.monotonic() - began)
             reader.read_at = sent
         except IteratorExpired:
             self.metrics.inc("iterators_expired_total", shard=reader.shard_id)
