@@ -96,6 +96,7 @@ ts-test: services
 lint: install cfn-lint
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache  # the layers: pyproject.toml [tool.importlinter]
 
 # Every CloudFormation template (issue 15); the moto stack test runs with the tests.
 cfn-lint: install

@@ -4,8 +4,8 @@ import-linter's own ``layers`` contract wants each layer to be a package of its 
 wiring (CLI modules, Lambda handlers, the demo) lives inside the engine packages it wires
 (``backfill.cli``), so the tiers are given by names instead:
 
-- **wiring**: modules matching a ``wiring`` pattern (``*`` matches one dotted part, ``**`` any
-  number); they may import anything;
+- **wiring**: modules matching a ``wiring`` pattern (``*`` matches within one dotted part,
+  ``**`` any number of parts); they may import anything;
 - **engines**: the packages named in ``engines``; an engine imports the core, itself, and only
   the engines that ``uses`` names for it (``"livemigrate.verify -> livemigrate.search"``);
 - **core**: every other module of the root packages; it imports only the core.
@@ -80,11 +80,11 @@ class TiersContract(Contract):
 
 
 def _matches(module: str, pattern: str) -> bool:
-    """``*`` matches one dotted part, ``**`` any number of parts (none included)."""
+    """``*`` matches within one dotted part (``*_cli``), ``**`` any number of whole parts."""
     regex = ""
     for part in pattern.split("."):
         if part == "**":
             regex += r"(?:[^.]+\.)*"
         else:
-            regex += ("[^.]+" if part == "*" else re.escape(part)) + r"\."
+            regex += re.escape(part).replace(r"\*", "[^.]*") + r"\."
     return re.fullmatch(regex, f"{module}.") is not None

@@ -52,3 +52,23 @@ class LeaseLost(Exception):
 
 class ServiceUnreachable(LivemigrateError):
     """A service (DynamoDB endpoint, Elasticsearch) did not answer."""
+
+
+# The search node's failures: in the core so that the exit-code mapping (livemigrate.failures)
+# names them without importing the search engine.
+class SearchUnavailable(Exception):
+    """The whole request failed for a reason that may pass (connection, 429, 5xx)."""
+
+    def __init__(self, reason: str, engine: str = "the search node") -> None:
+        self.engine = engine  # who did not answer, for the operator's message
+        super().__init__(reason)
+
+
+class SearchRequestError(Exception):
+    """The node refused a request for good (4xx other than 429)."""
+
+    def __init__(self, status: int, error_type: str, reason: str) -> None:
+        self.status = status
+        self.error_type = error_type
+        self.reason = reason
+        super().__init__(f"{status} {error_type}: {reason}")

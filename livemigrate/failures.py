@@ -126,7 +126,7 @@ def _client_failure(exc: ClientError) -> Failure:
 
 
 def _search_failure(exc: BaseException) -> Failure | None:
-    from livemigrate.search.backend import SearchRequestError, SearchUnavailable
+    from livemigrate.errors import SearchRequestError, SearchUnavailable
 
     unreachable = Failure(
         f"{getattr(exc, 'engine', 'Elasticsearch')} did not answer ({short(exc)})",

@@ -29,6 +29,8 @@ from typing import Any
 
 from boto3.dynamodb.types import Binary, TypeSerializer
 
+from livemigrate.versioning import user_attributes
+
 MAX_DIGITS = 38
 # DynamoDB's range: 1E-130 to 9.9999999999999999999999999999999999999E+125 in magnitude.
 MIN_EXPONENT = -130
@@ -197,3 +199,10 @@ def to_dynamodb_json(item: Mapping[str, Any]) -> dict[str, TypedValue]:
 def from_dynamodb_json(item: Mapping[str, Any]) -> dict[str, TypedValue]:
     """DynamoDB JSON back to a typed item boto3 accepts."""
     return {str(name): value_from_json(value) for name, value in item.items()}
+
+
+def canonical_bytes(item: Mapping[str, Any]) -> bytes:
+    """Stable bytes of a typed item: its canonical form (numbers by DynamoDB's value with all
+    38 digits, sets as sets, binary by its bytes), livemigrate's ``_lm_*`` attributes stripped.
+    Verify's digests and the reverse consumer's round-trip check compare items by it."""
+    return canonical_text(user_attributes(item)).encode()

@@ -37,7 +37,7 @@ from livemigrate.replication import FORWARD, REVERSE
 from livemigrate.retired import RetiredTable
 from livemigrate.tables import describe, require_stream
 from livemigrate.transform import Transformer, load_transform
-from livemigrate.verify.digest import canonical
+from livemigrate.values import canonical_bytes
 from livemigrate.versioning import user_attributes
 from stream_consumer.applier import DeleteMode, DestinationApplier, Removal
 from stream_consumer.metrics import Metrics
@@ -147,7 +147,7 @@ def _check_one(original: TypedItem, out: TypedItem, inverse: Transformer) -> Non
         back = inverse.run(to_plain(out))
     except TransformOutputError as exc:
         raise PreflightError(f"the inverse transform fails on {where}: {exc.reason}", fix) from exc
-    if [canonical(item) for item in back] != [canonical(original)]:
+    if [canonical_bytes(item) for item in back] != [canonical_bytes(original)]:
         raise PreflightError(
             f"the inverse transform does not give {where} back: {_difference(original, back)}; "
             "the reverse consumer would write that into the source",
@@ -163,7 +163,9 @@ def _difference(original: TypedItem, back: list[TypedItem]) -> str:
     lost = sorted(set(want) - set(got))
     added = sorted(set(got) - set(want))
     changed = sorted(
-        k for k in set(want) & set(got) if canonical({k: want[k]}) != canonical({k: got[k]})
+        k
+        for k in set(want) & set(got)
+        if canonical_bytes({k: want[k]}) != canonical_bytes({k: got[k]})
     )
     parts = [
         f"{label} {names}"

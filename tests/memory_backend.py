@@ -10,7 +10,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from livemigrate.search.backend import BulkAction, BulkResult, Held, SearchUnavailable
+from livemigrate.errors import SearchUnavailable
+from livemigrate.search.backend import BulkAction, BulkResult, Held
 
 
 class MemoryBackend:

@@ -24,7 +24,7 @@ from json.encoder import encode_basestring_ascii
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import quote
 
-from livemigrate.errors import ConfigError
+from livemigrate.errors import ConfigError, SearchRequestError, SearchUnavailable
 from livemigrate.versioning import SEQ_ATTR, TOMBSTONE_ATTR
 
 if TYPE_CHECKING:
@@ -94,24 +94,6 @@ class BulkResult:
     @property
     def ok(self) -> bool:
         return self.status < 300 or (self.status == 404 and self.error_type is None)
-
-
-class SearchUnavailable(Exception):
-    """The whole request failed for a reason that may pass (connection, 429, 5xx)."""
-
-    def __init__(self, reason: str, engine: str = "the search node") -> None:
-        self.engine = engine  # who did not answer, for the operator's message
-        super().__init__(reason)
-
-
-class SearchRequestError(Exception):
-    """The node refused a request for good (4xx other than 429)."""
-
-    def __init__(self, status: int, error_type: str, reason: str) -> None:
-        self.status = status
-        self.error_type = error_type
-        self.reason = reason
-        super().__init__(f"{status} {error_type}: {reason}")
 
 
 class WrongEngine(ConfigError):

@@ -45,13 +45,13 @@ from livemigrate.clock import SystemClock
 from livemigrate.config import Settings
 from livemigrate.control import ControlStore
 from livemigrate.deadletters import DeadLetters
-from livemigrate.errors import ConfigError, ServiceUnreachable
+from livemigrate.errors import ConfigError, SearchUnavailable, ServiceUnreachable
 from livemigrate.exitcodes import ExitCode
 from livemigrate.failures import short
 from livemigrate.flag import open_flag_store
 from livemigrate.process import stop_on_signals
 from livemigrate.retention import DYNAMODB_STREAMS_RETENTION, duration
-from livemigrate.search.backend import ClientBackend, SearchUnavailable
+from livemigrate.search.backend import ClientBackend
 from livemigrate.search.batcher import BatchPolicy
 from livemigrate.search.documents import load_hook
 from livemigrate.search.indices import IndexConfig, live_index, load_index_config

@@ -39,9 +39,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from livemigrate.errors import PreflightError, ServiceUnreachable
+from livemigrate.errors import PreflightError, SearchUnavailable, ServiceUnreachable
 from livemigrate.items import key_of
-from livemigrate.search.backend import BulkAction, SearchBackend, SearchUnavailable
+from livemigrate.search.backend import BulkAction, SearchBackend
 from livemigrate.search.batcher import chunks
 from livemigrate.search.documents import build_document, document_id, is_tombstone
 from livemigrate.search.indices import IndexConfig, owned_by, resync_index

@@ -64,6 +64,7 @@ from typing import Any, NamedTuple, Protocol
 
 from livemigrate.backoff import Backoff
 from livemigrate.clock import Clock, SystemClock
+from livemigrate.errors import SearchUnavailable
 from livemigrate.records import ApplyFailure, StreamRecord
 from livemigrate.retention import DYNAMODB_STREAMS_RETENTION, duration
 from livemigrate.search.backend import (
@@ -71,7 +72,6 @@ from livemigrate.search.backend import (
     BulkResult,
     DocumentStore,
     Held,
-    SearchUnavailable,
 )
 from livemigrate.search.batcher import BatchPolicy, chunks
 from livemigrate.search.documents import (

@@ -14,8 +14,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from livemigrate.values import canonical_text, key_text
-from livemigrate.versioning import DELETE_ATTR, TOMBSTONE_ATTR, user_attributes
+from livemigrate.values import canonical_bytes, key_text
+from livemigrate.versioning import DELETE_ATTR, TOMBSTONE_ATTR
 
 MASK = (1 << 64) - 1
 MAX_BUCKETS = 1 << 16
@@ -29,16 +29,9 @@ def is_tombstone(item: Mapping[str, Any] | None) -> bool:
     return any(item.get(name, {}).get("BOOL", False) for name in (TOMBSTONE_ATTR, DELETE_ATTR))
 
 
-def canonical(item: Mapping[str, Any]) -> bytes:
-    """Stable bytes of a typed item: its canonical form (``livemigrate.values``: numbers by
-    DynamoDB's value with all 38 digits, sets as sets, binary by its bytes), ``_lm_*`` stripped.
-    """
-    return canonical_text(user_attributes(item)).encode()
-
-
 def item_hash(item: Mapping[str, Any]) -> int:
     """64-bit hash of an item's canonical form."""
-    return int.from_bytes(hashlib.blake2b(canonical(item), digest_size=8).digest(), "big")
+    return int.from_bytes(hashlib.blake2b(canonical_bytes(item), digest_size=8).digest(), "big")
 
 
 def key_id(item: Mapping[str, Any], key_names: Sequence[str]) -> str:

@@ -36,11 +36,11 @@ from livemigrate.errors import TransformOutputError
 from livemigrate.items import TypedItem, to_json, to_plain
 from livemigrate.tables import TableInfo
 from livemigrate.transform import Transformer
+from livemigrate.values import canonical_bytes
 from livemigrate.verify.digest import (
     Digests,
     batches,
     bucket_of,
-    canonical,
     choose_buckets,
     is_tombstone,
     item_hash,
@@ -111,7 +111,7 @@ def classify(
     if expected is None and actual is None:
         return None
     if expected is not None and actual is not None:
-        if canonical(expected) == canonical(actual):
+        if canonical_bytes(expected) == canonical_bytes(actual):
             return None
         kind: Kind = "different"
     else:

@@ -38,6 +38,9 @@ def broken(*imports: tuple[str, str]) -> list[str]:
         ("app.demo_data", "app.demo", False),
         ("copy.kcl.daemon", "copy.*.daemon", True),
         ("copy.daemon", "copy.*.daemon", False),
+        ("app.cutover_cli", "**.*_cli", True),
+        ("app.cutover", "**.*_cli", False),
+        ("app.cli.x", "**.cli", False),
     ],
 )
 def test_patterns_match_whole_dotted_parts(module: str, pattern: str, matched: bool) -> None:
