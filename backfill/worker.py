@@ -133,6 +133,8 @@ class Engine:
         self._errors: list[BaseException] = []
         self._changes = threading.Condition()
         self._complete = False
+        self._listed_at = float("-inf")  # monotonic time of this process's last unit listing
+        self._owners = owner_prefix()  # this run's workers are "<prefix>-<n>"
         # Every write attempt through this client checks the fence of the thread sending it.
         fencing.install(migration.clients.dynamodb)
 
@@ -164,7 +166,7 @@ class Engine:
         threads = self.options.workers * self.options.write_threads
         with ThreadPoolExecutor(threads, thread_name_prefix="backfill-write") as pool:
             writer = PageWriter(self.migration, pool, self.write_limiter)
-            prefix = owner_prefix()
+            prefix = self._owners = owner_prefix()
             workers = [
                 threading.Thread(
                     target=self._guarded,
@@ -192,24 +194,47 @@ class Engine:
         except BaseException as exc:  # re-raised by run() in the calling thread
             log.exception("backfill worker %s failed", worker.owner)
             self._errors.append(exc)
+            self.changed()  # idle siblings stop too
 
-    def idle(self, seconds: float) -> None:
-        """An idle worker's wait: ``seconds``, or until a sibling finishes or leaves a unit.
+    def idle(self, seconds: float) -> bool:
+        """An idle worker's wait: ``seconds``, or until a sibling leaves a unit unfinished,
+        sees more units free than it takes, or completes the plan. True when woken so.
 
         Without the wake-up, a run's last unit left every other worker asleep for up to
         ``idle_poll_seconds`` after the plan completed (a few % of a short run, issue 18).
         """
         if not isinstance(self.clock, SystemClock):  # simulated time: no real waiting
             self.clock.sleep(seconds)
-            return
+            return self._complete
         with self._changes:
-            if not self._complete:
-                self._changes.wait(seconds)
+            if self._complete:
+                return True
+            return self._changes.wait(seconds)
 
     def changed(self, complete: bool = False) -> None:
         with self._changes:
             self._complete = self._complete or complete
             self._changes.notify_all()
+
+    def ours(self, owner: str) -> bool:
+        """Whether ``owner`` is one of this process's workers."""
+        return owner.startswith(f"{self._owners}-")
+
+    @property
+    def complete(self) -> bool:
+        """A worker of this process saw the plan complete."""
+        return self._complete
+
+    def listed(self, more_free: bool) -> None:
+        """A worker listed the units; ``more_free``: more were free than it can take."""
+        self._listed_at = self.clock.monotonic()
+        if more_free:
+            self.changed()
+
+    def listing_due(self, period: float) -> bool:
+        """No worker of this process has listed the units for ``period`` seconds: each
+        listing is two queries, so idle workers share one per poll (issue 18)."""
+        return self.clock.monotonic() - self._listed_at >= period
 
     def claimed(self) -> None:
         if not self._running_marked:
@@ -233,6 +258,8 @@ class Worker:
         self.client = engine.migration.clients.dynamodb
         self._pending: dict[str, int] = {}  # METRICS not yet added (sent with the next read)
         self._unfinished_seen = True  # the last claim's listing held an unfinished unit
+        self._finished = False  # the last unit worked on was finished (and released) by us
+        self._remote_seen = True  # the last listing held a unit not held by this process
 
     def run(self, stagger: float = 0.0) -> None:
         # Workers started together would all race for the same first units.
@@ -241,23 +268,36 @@ class Worker:
             self._loop()
         except Interrupted:
             log.warning("%s: budget spent during an outage; positions are saved", self.owner)
+            return
+        self._flush_at_exit()
 
     def _loop(self) -> None:
+        look = True
         while not self.budget.expired() and not self.engine._errors:
+            if self.engine.complete:  # a sibling completed the plan: nothing is left to list
+                return
             self._call(self.engine.rates.maybe_refresh)
-            claimed = self._call(self._claim)
+            claimed = self._call(self._claim) if look else None
             if claimed is not None:
                 self._work(*claimed)
-                self.engine.changed()  # a unit finished or left: idle siblings look again
+                if not self._finished:  # left unfinished: it may be claimed again
+                    self.engine.changed()
                 continue
             # The claim just listed every unit: while one is unfinished, completing would
             # only list them again (two more queries per idle poll, issue 18).
-            if not self._unfinished_seen and self._call(self._mark_complete):
+            if look and not self._unfinished_seen and self._call(self._mark_complete):
                 self.engine.changed(complete=True)
                 return
-            # Others hold the remaining leases: wait for one to finish or expire.
+            # Others hold the remaining leases: wait for one to be left or to expire. A
+            # sibling that finishes a unit lists the units itself (and completes the plan),
+            # so only a unit left unfinished, new splits or a poll make idle workers list.
             wait = min(self.options.idle_poll_seconds, self.budget.remaining())
-            self.engine.idle(max(0.0, wait))
+            woken = self.engine.idle(max(0.0, wait))
+            # Units held by siblings only: they tell when they leave one; a safety poll a lease.
+            poll = (
+                self.options.idle_poll_seconds if self._remote_seen else self.options.lease_seconds
+            )
+            look = woken or self.engine.listing_due(poll)
 
     def _call(self, fn: Callable[[], T]) -> T:
         """``fn()`` with outages backed off (until the budget is spent)."""
@@ -277,8 +317,16 @@ class Worker:
             *plan.units(self.store, plan.SEG_PREFIX),
         ]
         self._unfinished_seen = any(not self._settled(u) for u in listed)
+        # Held by another process: it may leave the unit (or die) without telling us.
+        self._remote_seen = any(
+            not self._settled(u) and not self.engine.ours(str(u.item.get("lease_owner") or ""))
+            for u in listed
+        )
         splits = [u for u in listed if u.is_split and self._free(u, now)]
         segments = [u for u in listed if not u.is_split and self._free(u, now)]
+        # More than this worker can take (a remote worker left some, or made splits): tell
+        # idle siblings, who otherwise only list once per poll per process.
+        self.engine.listed(more_free=len(splits) + len(segments) > 1)
         # Splits first: they are the long pole. Shuffled so workers spread over the table.
         random.shuffle(splits)
         random.shuffle(segments)
@@ -292,7 +340,7 @@ class Worker:
                 now=now,
                 require_state=plan.PENDING,
             )
-            if item is not None and self._still_mine(unit.sk):
+            if item is not None:
                 self.engine.claimed()
                 lease = UnitLease(
                     self.store,
@@ -306,19 +354,13 @@ class Worker:
                 return plan.Unit(unit.sk, item), lease
         return None
 
-    def _still_mine(self, sk: str) -> bool:
-        # DynamoDB applies a conditional write atomically; moto's server does not under
-        # concurrent requests (two claims can both pass). Reading back catches most of those
-        # races at the price of one read per claim; renewals catch the rest (LeaseLost).
-        held = self.store.get(sk) or {}
-        return held.get("lease_owner") == self.owner
-
     def _free(self, unit: plan.Unit, now: float) -> bool:
         item = unit.item
         held = item.get("lease_owner") not in (None, self.owner)
         return not unit.done and not (held and float(item.get("lease_expires", 0)) >= now)
 
     def _work(self, unit: plan.Unit, lease: UnitLease) -> None:
+        self._finished = False
         try:
             if unit.is_split:
                 self._work_split(unit, lease)
@@ -396,6 +438,7 @@ class Worker:
                 ways=self.options.ways,
             )
             log.info("segment %s: hot key %s split; scan jumps past it", unit.sk, hot)
+            self.engine.changed()  # idle siblings: new units to claim
             extra = {**detector.state(), "hot_keys_skipped": sorted(detector.skipped)}
             return jump.key(hash_name, range_name), extra, 1
 
@@ -456,9 +499,9 @@ class Worker:
             page = self._call(lambda: read(start))
         except PastDeadline:  # the read cap would keep us past the budget
             return False, start
-        # Reads are counted as soon as they happen (a page re-read after a crash counts
-        # twice); the previous page's write counters ride along in the same update.
-        self._call(lambda: self._flush_metrics({"items_read": len(page.items)}))
+        # Reads are counted with the page's checkpoint (a page read again after a failure
+        # counts twice); one METRICS update carries them and the write counters (issue 18).
+        self._pending["items_read"] = self._pending.get("items_read", 0) + len(page.items)
         result = self.writer.write_page(page.items, lease, self.budget.writes_left)
         if result.lost is not None:
             raise result.lost
@@ -498,7 +541,7 @@ class Worker:
         # Not retried here: a hot key's splits are created once per page (a failure re-reads it).
         following, extra, extra_reads = hook(page, page.last_key)
         tally.read += extra_reads
-        self._pending["items_read"] = extra_reads
+        self._pending["items_read"] = self._pending.get("items_read", 0) + extra_reads
         return following, extra
 
     def _checkpoint_prefix(
@@ -533,7 +576,13 @@ class Worker:
         tally: Tally,
         following: tuple[dict[str, Any], dict[str, Any]] | None,
     ) -> None:
-        """Save the position after written items (with a renewal); LeaseLost if it is gone."""
+        """Save the position after written items (with a renewal); LeaseLost if it is gone.
+
+        The migration's counters go first (the items are written, whatever becomes of the
+        checkpoint), then the checkpoint: a finished unit's last one releases the lease in the
+        same update (every write of ours is acknowledged by then), so a page costs two
+        control-table writes and a unit no more (issue 18).
+        """
         totals = dict(counters)
         for name, n in zip(
             COUNTERS,
@@ -541,13 +590,6 @@ class Worker:
             strict=True,
         ):
             totals[name] += n
-        key, extra = following if following is not None else (None, {})
-        values: dict[str, Any] = {"checkpoint": dump_key(key), **totals, **extra}
-        if following is None:
-            values["state"] = plan.DONE
-        self._call(lambda: lease.renew(values))
-        counters.update(totals)
-        self.engine.stats.add(tally)
         for name, n in (
             ("items_written", tally.written),
             ("superseded_by_live_write", tally.superseded),
@@ -555,12 +597,26 @@ class Worker:
             ("dead_letters", tally.dead),
         ):
             self._pending[name] = self._pending.get(name, 0) + n
+        self._call(lambda: self._flush_metrics({}))
+        key, extra = following if following is not None else (None, {})
+        values: dict[str, Any] = {"checkpoint": dump_key(key), **totals, **extra}
+        if following is None:
+            values["state"] = plan.DONE
+            self._call(lambda: lease.finish(values))
+            self._finished = True
+        else:
+            self._call(lambda: lease.renew(values))
+        counters.update(totals)
+        self.engine.stats.add(tally)
 
     def _stop(self, lease: UnitLease) -> None:
-        """Leave the unit after every write of ours is acknowledged: counters, then release."""
+        """Leave the unit after every write of ours is acknowledged: counters, then release
+        (a finished unit's last checkpoint released it already)."""
         try:
-            self._call(lambda: self._flush_metrics({}))
-            self._call(lease.release)
+            if self._pending:
+                self._call(lambda: self._flush_metrics({}))
+            if not lease.released:
+                self._call(lease.release)
         except Interrupted:
             log.warning("%s: could not release %s; it expires by itself", self.owner, lease.sk)
 
@@ -570,3 +626,13 @@ class Worker:
             merged[name] = merged.get(name, 0) + n
         self.store.add_metrics(merged)
         self._pending = {}
+
+    def _flush_at_exit(self) -> None:
+        """Counters of a unit left on a lost lease ride with the next unit; at the end they
+        are sent on their own."""
+        if not self._pending:
+            return
+        try:
+            self._call(lambda: self._flush_metrics({}))
+        except Interrupted:
+            log.warning("%s: budget spent during an outage; counters not saved", self.owner)
