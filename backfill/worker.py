@@ -31,6 +31,7 @@ from backfill.health import AWS_ERRORS, Health, Interrupted
 from backfill.hotkey import HotKeyDetector, attr_id, attr_less, named_key
 from backfill.keys import dump_key, load_json, load_key
 from backfill.lease import UnitLease
+from backfill.plan import Unit
 from backfill.reader import Page, RangeReader, SegmentReader, last_sort_key
 from backfill.splits import create_splits, unfinished_jumps
 from backfill.writes import PageResult, PageWriter, Stats, Tally
@@ -134,6 +135,8 @@ class Engine:
         self._changes = threading.Condition()
         self._complete = False
         self._listed_at = float("-inf")  # monotonic time of this process's last unit listing
+        self._view: list[Unit] = []  # that listing
+        self._taken: set[str] = set()  # units claimed (or being claimed) by this process
         self._owners = owner_prefix()  # this run's workers are "<prefix>-<n>"
         # Every write attempt through this client checks the fence of the thread sending it.
         fencing.install(migration.clients.dynamodb)
@@ -225,11 +228,35 @@ class Engine:
         """A worker of this process saw the plan complete."""
         return self._complete
 
-    def listed(self, more_free: bool) -> None:
+    def listed(self, units: list[Unit], more_free: bool) -> None:
         """A worker listed the units; ``more_free``: more were free than it can take."""
-        self._listed_at = self.clock.monotonic()
+        with self._changes:
+            self._view = units
+            self._listed_at = self.clock.monotonic()
         if more_free:
             self.changed()
+
+    def view(self) -> list[Unit]:
+        """The units as this process last listed them (claims check the real state)."""
+        with self._changes:
+            return list(self._view)
+
+    def drop_view(self) -> None:
+        with self._changes:
+            self._view = []
+
+    def take(self, sk: str) -> bool:
+        """Reserve ``sk`` for one worker of this process; False if a sibling has it."""
+        with self._changes:
+            if sk in self._taken:
+                return False
+            self._taken.add(sk)
+            return True
+
+    def left(self, sk: str) -> None:
+        """``sk`` is not (or no longer) being worked on here: a listing may offer it again."""
+        with self._changes:
+            self._taken.discard(sk)
 
     def listing_due(self, period: float) -> bool:
         """No worker of this process has listed the units for ``period`` seconds: each
@@ -281,6 +308,7 @@ class Worker:
             if claimed is not None:
                 self._work(*claimed)
                 if not self._finished:  # left unfinished: it may be claimed again
+                    self.engine.left(claimed[0].sk)
                     self.engine.changed()
                 continue
             # The claim just listed every unit: while one is unfinished, completing would
@@ -311,7 +339,14 @@ class Worker:
         return plan.mark_complete(self.store, self.options.lease_margin, self.clock.now())
 
     def _claim(self) -> tuple[plan.Unit, UnitLease] | None:
-        now = self.clock.now()
+        """Claim a unit: from this process's last listing while it shows one nobody here has
+        taken (a listing is two queries: issue 18), else from a fresh listing."""
+        view = self.engine.view()
+        if view:
+            claimed = self._claim_from(view)
+            if claimed is not None:
+                return claimed
+            self.engine.drop_view()  # taken elsewhere meanwhile: look again
         listed = [
             *plan.units(self.store, plan.SPLIT_PREFIX),
             *plan.units(self.store, plan.SEG_PREFIX),
@@ -322,15 +357,22 @@ class Worker:
             not self._settled(u) and not self.engine.ours(str(u.item.get("lease_owner") or ""))
             for u in listed
         )
-        splits = [u for u in listed if u.is_split and self._free(u, now)]
-        segments = [u for u in listed if not u.is_split and self._free(u, now)]
+        free = sum(1 for u in listed if self._free(u, self.clock.now()))
         # More than this worker can take (a remote worker left some, or made splits): tell
         # idle siblings, who otherwise only list once per poll per process.
-        self.engine.listed(more_free=len(splits) + len(segments) > 1)
+        self.engine.listed(listed, more_free=free > 1)
+        return self._claim_from(listed)
+
+    def _claim_from(self, listed: list[plan.Unit]) -> tuple[plan.Unit, UnitLease] | None:
+        now = self.clock.now()
+        splits = [u for u in listed if u.is_split and self._free(u, now)]
+        segments = [u for u in listed if not u.is_split and self._free(u, now)]
         # Splits first: they are the long pole. Shuffled so workers spread over the table.
         random.shuffle(splits)
         random.shuffle(segments)
         for unit in splits + segments:
+            if not self.engine.take(unit.sk):  # a sibling is claiming or working on it
+                continue
             # The fence counts from just before the claim is sent: never later than the lease.
             sent, now = self.clock.monotonic(), self.clock.now()
             item = self.store.claim(
@@ -341,6 +383,7 @@ class Worker:
                 require_state=plan.PENDING,
             )
             if item is not None:
+                self._finished = False
                 self.engine.claimed()
                 lease = UnitLease(
                     self.store,
@@ -352,15 +395,15 @@ class Worker:
                     sent_at=sent,
                 )
                 return plan.Unit(unit.sk, item), lease
+            self.engine.left(unit.sk)  # held elsewhere (or no longer pending): not ours
         return None
 
     def _free(self, unit: plan.Unit, now: float) -> bool:
         item = unit.item
         held = item.get("lease_owner") not in (None, self.owner)
-        return not unit.done and not (held and float(item.get("lease_expires", 0)) >= now)
+        return not self._settled(unit) and not (held and float(item.get("lease_expires", 0)) >= now)
 
     def _work(self, unit: plan.Unit, lease: UnitLease) -> None:
-        self._finished = False
         try:
             if unit.is_split:
                 self._work_split(unit, lease)
@@ -382,7 +425,10 @@ class Worker:
         )
         skipped = {str(k) for k in unit.item.get("hot_keys_skipped") or []}
         start = load_key(unit.item.get("checkpoint"))
-        start = self._call(lambda: self._finish_jumps(unit, lease, skipped, start))
+        # Splits of a segment are made only under its lease: a first claim (lease_counter is
+        # 1) has no crashed jump to finish, and saves the query that looks (issue 18).
+        if int(unit.item.get("lease_counter", 0)) != 1:
+            start = self._call(lambda: self._finish_jumps(unit, lease, skipped, start))
         detector = HotKeyDetector(
             self.options.hot_pages,
             self.options.hot_share,
@@ -564,9 +610,14 @@ class Worker:
         self._pending[CUT_BY_BUDGET] = self._pending.get(CUT_BY_BUDGET, 0) + unread
         if result.done == 0:
             return
-        last = key_of(page.items[result.done - 1], self.source.key_names)
         result.tally.read = result.done
-        self._checkpoint(unit, lease, counters, result.tally, (last, {}))
+        position = self._prefix_position(page, result.done)
+        self._checkpoint(unit, lease, counters, result.tally, (position, {}))
+
+    def _prefix_position(self, page: Page, done: int) -> dict[str, Any]:
+        """The position after the first ``done`` items of ``page``: the last one's key (the
+        export worker counts lines instead)."""
+        return key_of(page.items[done - 1], self.source.key_names)
 
     def _checkpoint(
         self,

@@ -26,8 +26,8 @@ from backfill.export.plan import REFUSED, data_file, ensure_export_plan, settled
 from backfill.keys import load_key
 from backfill.lease import UnitLease
 from backfill.reader import Page
-from backfill.worker import CUT_BY_BUDGET, Engine, Options, Worker
-from backfill.writes import PageResult, PageWriter, Stats
+from backfill.worker import Engine, Options, Worker
+from backfill.writes import PageWriter, Stats
 from livemigrate.clock import Clock
 from livemigrate.errors import LeaseLost
 from livemigrate.migration import Migration
@@ -124,21 +124,7 @@ class ExportWorker(Worker):
         self._call(lambda: lease.renew({"state": REFUSED, "refused": problem}))
         self._stop(lease)
 
-    def _checkpoint_prefix(
-        self,
-        unit: plan.Unit,
-        lease: UnitLease,
-        counters: dict[str, int],
-        page: Page,
-        result: PageResult,
-    ) -> None:
-        """The budget cut the page: save the line after its written prefix (if any)."""
-        unread = len(page.items) - result.done
-        self._pending["items_read"] = self._pending.get("items_read", 0) - unread
-        self._pending[CUT_BY_BUDGET] = self._pending.get(CUT_BY_BUDGET, 0) + unread
-        if result.done == 0:
-            return
+    def _prefix_position(self, page: Page, done: int) -> dict[str, Any]:
+        """The line after the first ``done`` items of ``page``."""
         first = page.first_line if isinstance(page, ExportPage) else 0
-        position: dict[str, Any] = {"line": first + result.done}
-        result.tally.read = result.done
-        self._checkpoint(unit, lease, counters, result.tally, (position, {}))
+        return {"line": first + done}
