@@ -353,10 +353,7 @@ class Worker:
         ]
         self._unfinished_seen = any(not self._settled(u) for u in listed)
         # Held by another process: it may leave the unit (or die) without telling us.
-        self._remote_seen = any(
-            not self._settled(u) and not self.engine.ours(str(u.item.get("lease_owner") or ""))
-            for u in listed
-        )
+        self._remote_seen = any(not self._settled(u) and self._held_elsewhere(u) for u in listed)
         free = sum(1 for u in listed if self._free(u, self.clock.now()))
         # More than this worker can take (a remote worker left some, or made splits): tell
         # idle siblings, who otherwise only list once per poll per process.
@@ -396,7 +393,13 @@ class Worker:
                 )
                 return plan.Unit(unit.sk, item), lease
             self.engine.left(unit.sk)  # held elsewhere (or no longer pending): not ours
+            self._remote_seen = True
         return None
+
+    def _held_elsewhere(self, unit: plan.Unit) -> bool:
+        """Leased by another process, which may leave the unit (or die) without telling us."""
+        owner = str(unit.item.get("lease_owner") or "")
+        return bool(owner) and not self.engine.ours(owner)
 
     def _free(self, unit: plan.Unit, now: float) -> bool:
         item = unit.item
