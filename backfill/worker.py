@@ -342,8 +342,8 @@ class Worker:
         """Claim a unit: from this process's last listing while it shows one nobody here has
         taken (a listing is two queries: issue 18), else from a fresh listing."""
         view = self.engine.view()
-        if view:
-            claimed = self._claim_from(view)
+        if view:  # one try: a failed claim means the view is out of date
+            claimed = self._claim_from(view, tries=1)
             if claimed is not None:
                 return claimed
             self.engine.drop_view()  # taken elsewhere meanwhile: look again
@@ -360,7 +360,9 @@ class Worker:
         self.engine.listed(listed, more_free=free > 1)
         return self._claim_from(listed)
 
-    def _claim_from(self, listed: list[plan.Unit]) -> tuple[plan.Unit, UnitLease] | None:
+    def _claim_from(
+        self, listed: list[plan.Unit], tries: int | None = None
+    ) -> tuple[plan.Unit, UnitLease] | None:
         now = self.clock.now()
         splits = [u for u in listed if u.is_split and self._free(u, now)]
         segments = [u for u in listed if not u.is_split and self._free(u, now)]
@@ -368,8 +370,11 @@ class Worker:
         random.shuffle(splits)
         random.shuffle(segments)
         for unit in splits + segments:
+            if tries == 0:
+                return None
             if not self.engine.take(unit.sk):  # a sibling is claiming or working on it
                 continue
+            tries = None if tries is None else tries - 1
             # The fence counts from just before the claim is sent: never later than the lease.
             sent, now = self.clock.monotonic(), self.clock.now()
             item = self.store.claim(
@@ -632,10 +637,10 @@ class Worker:
     ) -> None:
         """Save the position after written items (with a renewal); LeaseLost if it is gone.
 
-        The migration's counters go first (the items are written, whatever becomes of the
-        checkpoint), then the checkpoint: a finished unit's last one releases the lease in the
-        same update (every write of ours is acknowledged by then), so a page costs two
-        control-table writes and a unit no more (issue 18).
+        A finished unit's last checkpoint releases the lease in the same update (every write
+        of ours is acknowledged by then); the migration's counters follow in one update, so a
+        page costs two control-table writes and a unit no more (issue 18). The checkpoint goes
+        first: it renews the lease, which must not wait behind another request.
         """
         totals = dict(counters)
         for name, n in zip(
@@ -644,14 +649,6 @@ class Worker:
             strict=True,
         ):
             totals[name] += n
-        for name, n in (
-            ("items_written", tally.written),
-            ("superseded_by_live_write", tally.superseded),
-            ("items_already_copied", tally.recopied),
-            ("dead_letters", tally.dead),
-        ):
-            self._pending[name] = self._pending.get(name, 0) + n
-        self._call(lambda: self._flush_metrics({}))
         key, extra = following if following is not None else (None, {})
         values: dict[str, Any] = {"checkpoint": dump_key(key), **totals, **extra}
         if following is None:
@@ -662,6 +659,14 @@ class Worker:
             self._call(lambda: lease.renew(values))
         counters.update(totals)
         self.engine.stats.add(tally)
+        for name, n in (
+            ("items_written", tally.written),
+            ("superseded_by_live_write", tally.superseded),
+            ("items_already_copied", tally.recopied),
+            ("dead_letters", tally.dead),
+        ):
+            self._pending[name] = self._pending.get(name, 0) + n
+        self._call(lambda: self._flush_metrics({}))
 
     def _stop(self, lease: UnitLease) -> None:
         """Leave the unit after every write of ours is acknowledged: counters, then release
