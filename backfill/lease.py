@@ -22,7 +22,7 @@ from typing import Any
 
 from livemigrate import fencing
 from livemigrate.clock import Clock
-from livemigrate.control import ControlStore
+from livemigrate.control import HELD, ControlStore
 from livemigrate.errors import LeaseLost
 from livemigrate.fencing import Fence
 
@@ -68,6 +68,7 @@ class UnitLease:
         self.interval = max(0.0, ttl - margin) / 2
         self._next = sent_at + self.interval
         self._renewing = threading.Lock()
+        self.released = False
 
     @property
     def poll_seconds(self) -> float:
@@ -110,7 +111,25 @@ class UnitLease:
                 self.fence.revoke()
                 raise
 
+    def finish(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """Write the last checkpoint and give the lease up in one update (after every write
+        of ours is acknowledged): the fence is revoked first; the update needs the lease
+        still ours and unexpired, as a renewal does (LeaseLost otherwise)."""
+        self.fence.revoke()
+        item = self.store.update(
+            self.sk,
+            values,
+            remove=("lease_owner", "lease_expires"),
+            condition=HELD,
+            condition_values={"me": self.owner, "now": self.clock.now()},
+        )
+        if item is None:
+            raise LeaseLost(f"lease {self.sk} is no longer held by {self.owner}")
+        self.released = True
+        return item
+
     def release(self) -> bool:
         """Give the lease up (after every write of ours is acknowledged); revokes the fence."""
         self.fence.revoke()
+        self.released = True
         return self.store.release(self.sk, self.owner)

@@ -31,6 +31,7 @@ from backfill.health import AWS_ERRORS, Health, Interrupted
 from backfill.hotkey import HotKeyDetector, attr_id, attr_less, named_key
 from backfill.keys import dump_key, load_json, load_key
 from backfill.lease import UnitLease
+from backfill.plan import Unit
 from backfill.reader import Page, RangeReader, SegmentReader, last_sort_key
 from backfill.splits import create_splits, unfinished_jumps
 from backfill.writes import PageResult, PageWriter, Stats, Tally
@@ -136,6 +137,10 @@ class Engine:
         self._errors: list[BaseException] = []
         self._changes = threading.Condition()
         self._complete = False
+        self._listed_at = float("-inf")  # monotonic time of this process's last unit listing
+        self._view: list[Unit] = []  # that listing
+        self._taken: set[str] = set()  # units claimed (or being claimed) by this process
+        self._owners = owner_prefix()  # this run's workers are "<prefix>-<n>"
         # Every write attempt through this client checks the fence of the thread sending it.
         fencing.install(migration.clients.dynamodb)
 
@@ -169,7 +174,7 @@ class Engine:
         threads = self.options.workers * self.options.write_threads
         with ThreadPoolExecutor(threads, thread_name_prefix="backfill-write") as pool:
             writer = PageWriter(self.migration, pool, self.write_limiter)
-            prefix = owner_prefix()
+            prefix = self._owners = owner_prefix()
             workers = [
                 threading.Thread(
                     target=self._guarded,
@@ -205,24 +210,71 @@ class Engine:
         except BaseException as exc:  # re-raised by run() in the calling thread
             log.exception("backfill worker %s failed", worker.owner)
             self._errors.append(exc)
+            self.changed()  # idle siblings stop too
 
-    def idle(self, seconds: float) -> None:
-        """An idle worker's wait: ``seconds``, or until a sibling finishes or leaves a unit.
+    def idle(self, seconds: float) -> bool:
+        """An idle worker's wait: ``seconds``, or until a sibling leaves a unit unfinished,
+        sees more units free than it takes, or completes the plan. True when woken so.
 
         Without the wake-up, a run's last unit left every other worker asleep for up to
         ``idle_poll_seconds`` after the plan completed (a few % of a short run, issue 18).
         """
         if not isinstance(self.clock, SystemClock):  # simulated time: no real waiting
             self.clock.sleep(seconds)
-            return
+            return self._complete
         with self._changes:
-            if not self._complete:
-                self._changes.wait(seconds)
+            if self._complete:
+                return True
+            return self._changes.wait(seconds)
 
     def changed(self, complete: bool = False) -> None:
         with self._changes:
             self._complete = self._complete or complete
             self._changes.notify_all()
+
+    def ours(self, owner: str) -> bool:
+        """Whether ``owner`` is one of this process's workers."""
+        return owner.startswith(f"{self._owners}-")
+
+    @property
+    def complete(self) -> bool:
+        """A worker of this process saw the plan complete."""
+        return self._complete
+
+    def listed(self, units: list[Unit], more_free: bool) -> None:
+        """A worker listed the units; ``more_free``: more were free than it can take."""
+        with self._changes:
+            self._view = units
+            self._listed_at = self.clock.monotonic()
+        if more_free:
+            self.changed()
+
+    def view(self) -> list[Unit]:
+        """The units as this process last listed them (claims check the real state)."""
+        with self._changes:
+            return list(self._view)
+
+    def drop_view(self) -> None:
+        with self._changes:
+            self._view = []
+
+    def take(self, sk: str) -> bool:
+        """Reserve ``sk`` for one worker of this process; False if a sibling has it."""
+        with self._changes:
+            if sk in self._taken:
+                return False
+            self._taken.add(sk)
+            return True
+
+    def left(self, sk: str) -> None:
+        """``sk`` is not (or no longer) being worked on here: a listing may offer it again."""
+        with self._changes:
+            self._taken.discard(sk)
+
+    def listing_due(self, period: float) -> bool:
+        """No worker of this process has listed the units for ``period`` seconds: each
+        listing is two queries, so idle workers share one per poll (issue 18)."""
+        return self.clock.monotonic() - self._listed_at >= period
 
     def claimed(self) -> None:
         if not self._running_marked:
@@ -246,6 +298,8 @@ class Worker:
         self.client = engine.migration.clients.dynamodb
         self._pending: dict[Counter, int] = {}  # METRICS not yet added (sent with the next read)
         self._unfinished_seen = True  # the last claim's listing held an unfinished unit
+        self._finished = False  # the last unit worked on was finished (and released) by us
+        self._remote_seen = True  # the last listing held a unit not held by this process
 
     def run(self, stagger: float = 0.0) -> None:
         # Workers started together would all race for the same first units.
@@ -254,23 +308,37 @@ class Worker:
             self._loop()
         except Interrupted:
             log.warning("%s: budget spent during an outage; positions are saved", self.owner)
+            return
+        self._flush_at_exit()
 
     def _loop(self) -> None:
+        look = True
         while not self.budget.expired() and not self.engine._errors:
+            if self.engine.complete:  # a sibling completed the plan: nothing is left to list
+                return
             self._call(self.engine.rates.maybe_refresh)
-            claimed = self._call(self._claim)
+            claimed = self._call(self._claim) if look else None
             if claimed is not None:
                 self._work(*claimed)
-                self.engine.changed()  # a unit finished or left: idle siblings look again
+                if not self._finished:  # left unfinished: it may be claimed again
+                    self.engine.left(claimed[0].sk)
+                    self.engine.changed()
                 continue
             # The claim just listed every unit: while one is unfinished, completing would
             # only list them again (two more queries per idle poll, issue 18).
-            if not self._unfinished_seen and self._call(self._mark_complete):
+            if look and not self._unfinished_seen and self._call(self._mark_complete):
                 self.engine.changed(complete=True)
                 return
-            # Others hold the remaining leases: wait for one to finish or expire.
+            # Others hold the remaining leases: wait for one to be left or to expire. A
+            # sibling that finishes a unit lists the units itself (and completes the plan),
+            # so only a unit left unfinished, new splits or a poll make idle workers list.
             wait = min(self.options.idle_poll_seconds, self.budget.remaining())
-            self.engine.idle(max(0.0, wait))
+            woken = self.engine.idle(max(0.0, wait))
+            # Units held by siblings only: they tell when they leave one; a safety poll a lease.
+            poll = (
+                self.options.idle_poll_seconds if self._remote_seen else self.options.lease_seconds
+            )
+            look = woken or self.engine.listing_due(poll)
 
     def _call(self, fn: Callable[[], T]) -> T:
         """``fn()`` with outages backed off (until the budget is spent)."""
@@ -284,18 +352,42 @@ class Worker:
         return plan.mark_complete(self.store, self.options.lease_margin, self.clock.now())
 
     def _claim(self) -> tuple[plan.Unit, UnitLease] | None:
-        now = self.clock.now()
+        """Claim a unit: from this process's last listing while it shows one nobody here has
+        taken (a listing is two queries: issue 18), else from a fresh listing."""
+        view = self.engine.view()
+        if view:  # one try: a failed claim means the view is out of date
+            claimed = self._claim_from(view, tries=1)
+            if claimed is not None:
+                return claimed
+            self.engine.drop_view()  # taken elsewhere meanwhile: look again
         listed = [
             *plan.units(self.store, plan.SPLIT_PREFIX),
             *plan.units(self.store, plan.SEG_PREFIX),
         ]
         self._unfinished_seen = any(not self._settled(u) for u in listed)
+        # Held by another process: it may leave the unit (or die) without telling us.
+        self._remote_seen = any(not self._settled(u) and self._held_elsewhere(u) for u in listed)
+        free = sum(1 for u in listed if self._free(u, self.clock.now()))
+        # More than this worker can take (a remote worker left some, or made splits): tell
+        # idle siblings, who otherwise only list once per poll per process.
+        self.engine.listed(listed, more_free=free > 1)
+        return self._claim_from(listed)
+
+    def _claim_from(
+        self, listed: list[plan.Unit], tries: int | None = None
+    ) -> tuple[plan.Unit, UnitLease] | None:
+        now = self.clock.now()
         splits = [u for u in listed if u.is_split and self._free(u, now)]
         segments = [u for u in listed if not u.is_split and self._free(u, now)]
         # Splits first: they are the long pole. Shuffled so workers spread over the table.
         random.shuffle(splits)
         random.shuffle(segments)
         for unit in splits + segments:
+            if tries == 0:
+                return None
+            if not self.engine.take(unit.sk):  # a sibling is claiming or working on it
+                continue
+            tries = None if tries is None else tries - 1
             # The fence counts from just before the claim is sent: never later than the lease.
             sent, now = self.clock.monotonic(), self.clock.now()
             item = self.store.claim(
@@ -305,7 +397,8 @@ class Worker:
                 now=now,
                 require_state=plan.PENDING,
             )
-            if item is not None and self._still_mine(unit.sk):
+            if item is not None:
+                self._finished = False
                 self.engine.claimed()
                 lease = UnitLease(
                     self.store,
@@ -317,19 +410,19 @@ class Worker:
                     sent_at=sent,
                 )
                 return plan.Unit(unit.sk, item), lease
+            self.engine.left(unit.sk)  # held elsewhere (or no longer pending): not ours
+            self._remote_seen = True
         return None
 
-    def _still_mine(self, sk: str) -> bool:
-        # DynamoDB applies a conditional write atomically; moto's server does not under
-        # concurrent requests (two claims can both pass). Reading back catches most of those
-        # races at the price of one read per claim; renewals catch the rest (LeaseLost).
-        held = self.store.get(sk) or {}
-        return held.get("lease_owner") == self.owner
+    def _held_elsewhere(self, unit: plan.Unit) -> bool:
+        """Leased by another process, which may leave the unit (or die) without telling us."""
+        owner = str(unit.item.get("lease_owner") or "")
+        return bool(owner) and not self.engine.ours(owner)
 
     def _free(self, unit: plan.Unit, now: float) -> bool:
         item = unit.item
         held = item.get("lease_owner") not in (None, self.owner)
-        return not unit.done and not (held and float(item.get("lease_expires", 0)) >= now)
+        return not self._settled(unit) and not (held and float(item.get("lease_expires", 0)) >= now)
 
     def _work(self, unit: plan.Unit, lease: UnitLease) -> None:
         try:
@@ -353,7 +446,10 @@ class Worker:
         )
         skipped = {str(k) for k in unit.item.get("hot_keys_skipped") or []}
         start = load_key(unit.item.get("checkpoint"))
-        start = self._call(lambda: self._finish_jumps(unit, lease, skipped, start))
+        # Splits of a segment are made only under its lease: a first claim (lease_counter is
+        # 1) has no crashed jump to finish, and saves the query that looks (issue 18).
+        if int(unit.item.get("lease_counter", 0)) != 1:
+            start = self._call(lambda: self._finish_jumps(unit, lease, skipped, start))
         detector = HotKeyDetector(
             self.options.hot_pages,
             self.options.hot_share,
@@ -409,6 +505,7 @@ class Worker:
                 ways=self.options.ways,
             )
             log.info("segment %s: hot key %s split; scan jumps past it", unit.sk, hot)
+            self.engine.changed()  # idle siblings: new units to claim
             extra = {**detector.state(), "hot_keys_skipped": sorted(detector.skipped)}
             return jump.key(hash_name, range_name), extra, 1
 
@@ -469,9 +566,9 @@ class Worker:
             page = self._call(lambda: read(start))
         except PastDeadline:  # the read cap would keep us past the budget
             return False, start
-        # Reads are counted as soon as they happen (a page re-read after a crash counts
-        # twice); the previous page's write counters ride along in the same update.
-        self._call(lambda: self._flush_metrics({"items_read": len(page.items)}))
+        # Reads are counted with the page's checkpoint (a page read again after a failure
+        # counts twice); one METRICS update carries them and the write counters (issue 18).
+        self._pending["items_read"] = self._pending.get("items_read", 0) + len(page.items)
         result = self.writer.write_page(page.items, lease, self.budget.writes_left)
         if result.lost is not None:
             raise result.lost
@@ -511,7 +608,7 @@ class Worker:
         # Not retried here: a hot key's splits are created once per page (a failure re-reads it).
         following, extra, extra_reads = hook(page, page.last_key)
         tally.read += extra_reads
-        self._pending["items_read"] = extra_reads
+        self._pending["items_read"] = self._pending.get("items_read", 0) + extra_reads
         return following, extra
 
     def _checkpoint_prefix(
@@ -534,9 +631,14 @@ class Worker:
         self._pending[CUT_BY_BUDGET] = self._pending.get(CUT_BY_BUDGET, 0) + unread
         if result.done == 0:
             return
-        last = key_of(page.items[result.done - 1], self.source.key_names)
         result.tally.read = result.done
-        self._checkpoint(unit, lease, counters, result.tally, (last, {}))
+        position = self._prefix_position(page, result.done)
+        self._checkpoint(unit, lease, counters, result.tally, (position, {}))
+
+    def _prefix_position(self, page: Page, done: int) -> dict[str, Any]:
+        """The position after the first ``done`` items of ``page``: the last one's key (the
+        export worker counts lines instead)."""
+        return key_of(page.items[done - 1], self.source.key_names)
 
     def _checkpoint(
         self,
@@ -546,7 +648,13 @@ class Worker:
         tally: Tally,
         following: tuple[dict[str, Any], dict[str, Any]] | None,
     ) -> None:
-        """Save the position after written items (with a renewal); LeaseLost if it is gone."""
+        """Save the position after written items (with a renewal); LeaseLost if it is gone.
+
+        A finished unit's last checkpoint releases the lease in the same update (every write
+        of ours is acknowledged by then); the migration's counters follow in one update, so a
+        page costs two control-table writes and a unit no more (issue 18). The checkpoint goes
+        first: it renews the lease, which must not wait behind another request.
+        """
         totals = dict(counters)
         for name, n in zip(
             COUNTERS,
@@ -558,7 +666,10 @@ class Worker:
         values: dict[str, Any] = {"checkpoint": dump_key(key), **totals, **extra}
         if following is None:
             values["state"] = plan.DONE
-        self._call(lambda: lease.renew(values))
+            self._call(lambda: lease.finish(values))
+            self._finished = True
+        else:
+            self._call(lambda: lease.renew(values))
         counters.update(totals)
         self.engine.stats.add(tally)
         pending: tuple[tuple[Counter, int], ...] = (
@@ -569,12 +680,16 @@ class Worker:
         )
         for name, n in pending:
             self._pending[name] = self._pending.get(name, 0) + n
+        self._call(lambda: self._flush_metrics({}))
 
     def _stop(self, lease: UnitLease) -> None:
-        """Leave the unit after every write of ours is acknowledged: counters, then release."""
+        """Leave the unit after every write of ours is acknowledged: counters, then release
+        (a finished unit's last checkpoint released it already)."""
         try:
-            self._call(lambda: self._flush_metrics({}))
-            self._call(lease.release)
+            if self._pending:
+                self._call(lambda: self._flush_metrics({}))
+            if not lease.released:
+                self._call(lease.release)
         except Interrupted:
             log.warning("%s: could not release %s; it expires by itself", self.owner, lease.sk)
 
@@ -584,3 +699,13 @@ class Worker:
             merged[name] = merged.get(name, 0) + n
         self.store.add_metrics(merged)
         self._pending = {}
+
+    def _flush_at_exit(self) -> None:
+        """Counters of a unit left on a lost lease ride with the next unit; at the end they
+        are sent on their own."""
+        if not self._pending:
+            return
+        try:
+            self._call(lambda: self._flush_metrics({}))
+        except Interrupted:
+            log.warning("%s: budget spent during an outage; counters not saved", self.owner)

@@ -1,7 +1,8 @@
 """Backfill benchmarks against the moto server, each next to a plain baseline in the same run.
 
 1. Throughput: backfill items/s vs a plain script that scans the source and does the same
-   transform + conditional puts at the same concurrency (target ratio >= 0.8).
+   transform + conditional puts at the same concurrency, on a client of its own (target ratio
+   >= 0.95, issue 18).
 2. Skew: with 25 ms of latency injected before every request (a botocore ``before-send``
    hook on both tools' clients, to model the network), makespan(skewed) / makespan(uniform)
    at the same worker count, where half of the skewed table's items share one partition key;
@@ -206,11 +207,14 @@ def run_baseline(
 def bench_throughput(control: str) -> Result:
     count, threads = 1500, 8
     clients = _clients()
+    # The baseline's own client: the tool's installs fence and accounting hooks on its client,
+    # which a plain script would not pay for (they made the baseline's second run slower).
+    plain = _clients()
     source = _source(clients.dynamodb, count)
     options = Options(workers=WORKERS, write_threads=threads, page_size=250)
     tool = base = 0.0
     for _ in range(2):  # interleaved: the shared machine's load drifts
-        base += run_baseline(clients.dynamodb, source, WORKERS, threads, 250, shared_pool=True)
+        base += run_baseline(plain.dynamodb, source, WORKERS, threads, 250, shared_pool=True)
         tool += run_tool(clients, source, options, control)
     _drop(clients.dynamodb, source)
     rate, base_rate = 2 * count / tool, 2 * count / base
@@ -220,7 +224,7 @@ def bench_throughput(control: str) -> Result:
         "items/s",
         base_rate,
         rate / base_rate,
-        f"{count} items x2 runs each; baseline: plain parallel Scan + same puts; target >= 0.8",
+        f"{count} items x2 runs each; baseline: plain parallel Scan + same puts; target >= 0.95",
     )
 
 

@@ -55,6 +55,8 @@ WRITES: Final = frozenset(
     {"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem", "TransactWriteItems"}
 )
 
+_ITEM_OPERATIONS: Final = READS | WRITES
+
 
 @dataclass
 class Usage:
@@ -204,8 +206,11 @@ def value_size(value: Mapping[str, Any]) -> int:
 
 def number_size(text: str) -> int:
     """1 byte per two significant digits, plus 1 (plus 1 for a negative number)."""
-    digits = Decimal(text).normalize().as_tuple().digits
-    significant = len(digits) if any(digits) else 1
+    if text.isdigit():  # a plain integer (most numbers; every put is sized): no Decimal
+        significant = len(text.strip("0")) or 1
+    else:
+        digits = Decimal(text).normalize().as_tuple().digits
+        significant = len(digits) if any(digits) else 1
     return math.ceil(significant / 2) + 1 + (1 if text.startswith("-") else 0)
 
 
@@ -224,7 +229,7 @@ def charge(
 ) -> dict[str, Usage]:
     """Usage per table of one request (``ok``: it succeeded or only its condition failed)."""
     table = str(params.get("TableName", ""))
-    if operation not in READS | WRITES:
+    if operation not in _ITEM_OPERATIONS:
         return {table: Usage(requests=1)} if table else {}
     if operation == "BatchWriteItem":
         return _batch_write(params, parsed, ok)

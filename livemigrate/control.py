@@ -94,7 +94,8 @@ if TYPE_CHECKING:
 
 CONDITION_FAILED = "ConditionalCheckFailedException"
 # Held: ours and not expired by the caller's clock (a stale holder's renewal is refused).
-_HELD = "#lease_owner = :me AND #lease_expires > :now"
+HELD = "#lease_owner = :me AND #lease_expires > :now"
+_HELD = HELD
 # TransactWriteItems takes 100 actions: one lease check plus this many puts.
 _TRANSACT_PUTS = 99
 

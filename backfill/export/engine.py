@@ -26,8 +26,8 @@ from backfill.export.plan import REFUSED, data_file, ensure_export_plan, settled
 from backfill.keys import load_key
 from backfill.lease import UnitLease
 from backfill.reader import Page
-from backfill.worker import CUT_BY_BUDGET, Engine, Options, Worker
-from backfill.writes import PageResult, PageWriter, Stats
+from backfill.worker import Engine, Hook, Options, Worker
+from backfill.writes import PageWriter, Stats
 from livemigrate.clock import Clock
 from livemigrate.errors import LeaseLost
 from livemigrate.migration import Migration
@@ -94,7 +94,7 @@ class ExportWorker(Worker):
         reader = LineReader(self.s3, self.bucket, data, etag, self.options.page_size)
         start = load_key(unit.item.get("checkpoint"))
         try:
-            self._drain(unit, lease, reader.page, start, None)
+            self._drain(unit, lease, reader.page, start, self._keep_etag(etag))
         except ClientError as exc:
             if exc.response["Error"].get("Code") not in ("PreconditionFailed", "412"):
                 raise
@@ -116,29 +116,25 @@ class ExportWorker(Worker):
         if verdict.problem is not None:
             self._refuse(unit, lease, data, verdict.problem)
             return ""
-        self._call(lambda: lease.renew({"verified_etag": verdict.etag}))
+        # Saved with the first checkpoint (``_keep_etag``), not on its own: a holder that dies
+        # before it only costs its successor another first pass (issue 18).
         return verdict.etag
+
+    @staticmethod
+    def _keep_etag(etag: str) -> Hook:
+        """The page hook that saves the verified ETag with every checkpoint of the file."""
+
+        def after_page(_: Page, last: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], int]:
+            return last, {"verified_etag": etag}, 0
+
+        return after_page
 
     def _refuse(self, unit: plan.Unit, lease: UnitLease, data: DataFile, problem: str) -> None:
         log.error("export data file %s does not match its manifest: %s", data.key, problem)
         self._call(lambda: lease.renew({"state": REFUSED, "refused": problem}))
         self._stop(lease)
 
-    def _checkpoint_prefix(
-        self,
-        unit: plan.Unit,
-        lease: UnitLease,
-        counters: dict[str, int],
-        page: Page,
-        result: PageResult,
-    ) -> None:
-        """The budget cut the page: save the line after its written prefix (if any)."""
-        unread = len(page.items) - result.done
-        self._pending["items_read"] = self._pending.get("items_read", 0) - unread
-        self._pending[CUT_BY_BUDGET] = self._pending.get(CUT_BY_BUDGET, 0) + unread
-        if result.done == 0:
-            return
+    def _prefix_position(self, page: Page, done: int) -> dict[str, Any]:
+        """The line after the first ``done`` items of ``page``."""
         first = page.first_line if isinstance(page, ExportPage) else 0
-        position: dict[str, Any] = {"line": first + result.done}
-        result.tally.read = result.done
-        self._checkpoint(unit, lease, counters, result.tally, (position, {}))
+        return {"line": first + done}

@@ -6,8 +6,8 @@ Export units are segments to everything that reads the plan (claims, leases, com
 - ``PLAN`` {the Scan plan's fields, source: "export", export_arn, export_uri, export_time,
   export_items}
 - ``SEG#<nnnnnn>`` {the segment fields, file_key, file_items, file_md5, file_etag,
-  verified_etag (set once the file matched its manifest), checkpoint ``{"line": n}`` (JSON),
-  refused (why the file does not match; state refused)}
+  verified_etag (saved with the first checkpoint after the file matched its manifest),
+  checkpoint ``{"line": n}`` (JSON), refused (why the file does not match; state refused)}
 
 A migration has one plan: a Scan plan and an export plan never mix.
 """

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from livemigrate import accounting, status
 from livemigrate.accounting import Accounting, Ledger, Usage, charge, item_size
+from livemigrate.values import number_text
 
 
 def s(text: str) -> dict[str, Any]:
@@ -132,3 +136,12 @@ def test_the_hook_charges_a_refused_condition_but_not_a_throttled_request() -> N
     counter(http_response=_Response(400), parsed=throttled, model=_Model(), context=context)
     # THEN the refused write is charged its 2 units, the throttled one none; both are requests
     assert book.totals()[("t", "PutItem")] == Usage(2, write_units=2)
+
+
+@given(st.integers(min_value=0, max_value=10**38 - 1), st.integers(min_value=0, max_value=3))
+def test_integer_text_is_sized_like_any_number(n: int, zeros: int) -> None:
+    # the plain-integer shortcut (no Decimal) counts the significant digits of DynamoDB's
+    # canonical number text, leading and trailing zeroes not counted, all 38 digits kept
+    text = "0" * zeros + str(n)
+    significant = len(number_text(text).strip("0")) or 1
+    assert accounting.number_size(text) == math.ceil(significant / 2) + 1

@@ -1,0 +1,85 @@
+"""Control-table requests a backfill makes, against moto's server (issue 18: each one costs
+as much as a put on the emulator, and request units on AWS)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from backfill.worker import Engine, Options
+from livemigrate.aws import AwsClients
+from livemigrate.config import Settings
+from livemigrate.migration import open_migration
+from tests.integration.test_backfill_support import destination, expected, fill, outbox_items
+from tests.services import create_table, settings_for, unique
+
+pytestmark = pytest.mark.integration
+
+
+def tables(clients: AwsClients, count: int) -> Settings:
+    source, dest = unique("src"), unique("dst")
+    create_table(clients.dynamodb, source)
+    create_table(clients.dynamodb, dest, stream=None)
+    fill(clients.dynamodb, source, outbox_items(count))
+    return settings_for(source, dest)
+
+
+@contextmanager
+def control_requests(clients: AwsClients, table: str) -> Iterator[Counter[str]]:
+    """Requests sent to the control table ``table`` within the block, by operation."""
+    seen: Counter[str] = Counter()
+
+    def count(params: dict[str, Any], model: Any, **_: Any) -> None:
+        if params.get("TableName") == table:
+            seen[model.name] += 1
+
+    events = clients.dynamodb.meta.events
+    events.register("before-parameter-build.dynamodb", count, unique_id="test-control-requests")
+    try:
+        yield seen
+    finally:
+        events.unregister("before-parameter-build.dynamodb", unique_id="test-control-requests")
+
+
+def test_a_unit_of_one_page_costs_three_writes_and_claims_share_one_listing(
+    clients: AwsClients,
+) -> None:
+    # GIVEN 4 segments of one page each, for one worker
+    settings = tables(clients, 40)
+    options = Options(workers=1, page_size=100, total_segments=4)
+    migration = open_migration(settings, clients)
+    # WHEN it backfills them
+    with control_requests(clients, settings.control_table) as seen:
+        assert Engine(migration, options).run()
+    # THEN each unit costs a claim, one counter update and a checkpoint that also releases
+    # the lease (was 5: a second counter update, a release; and a read-back of the claim);
+    # beyond them: the plan's state twice (running, complete) and the run's last counters
+    assert seen["UpdateItem"] == 3 * 4 + 1 + 3
+    # and the units are listed (2 queries) once for the first 4 claims, once when none is
+    # left, once to complete; plus the plan's count (was 17: 2 per claim, 1 per segment for
+    # crashed splits, listings by idle polls)
+    assert seen["Query"] == 2 + 2 + 2 + 1
+    assert destination(clients.dynamodb, settings.destination_table) == expected(
+        clients.dynamodb, settings.source_table
+    )
+
+
+def test_idle_workers_do_not_poll_while_siblings_hold_the_units(clients: AwsClients) -> None:
+    # GIVEN one unit of several pages for three workers that would poll every 20 ms
+    settings = tables(clients, 60)
+    options = Options(workers=3, page_size=10, total_segments=1, idle_poll_seconds=0.02)
+    migration = open_migration(settings, clients)
+    # WHEN one worker copies it while the other two wait
+    with control_requests(clients, settings.control_table) as seen:
+        assert Engine(migration, options).run()
+    # THEN the idle ones listed the units at most twice each (once more when their first
+    # listing came before the claim) and were woken by the completion: a unit held in this
+    # process is left only with a notice (was: a listing per poll and worker)
+    assert seen["Query"] <= 1 + 3 * 2 + 2 * 2 + 2 + 2
+    assert destination(clients.dynamodb, settings.destination_table) == expected(
+        clients.dynamodb, settings.source_table
+    )
