@@ -24,9 +24,8 @@ from livemigrate.aws import AwsClients
 from livemigrate.clock import FakeClock
 from livemigrate.errors import ServiceUnreachable
 from livemigrate.migration import PLAN, open_migration
-from tests.integration.test_backfill_engine import tables
-from tests.integration.test_backfill_support import destination, expected, outbox_items
 from tests.services import MOTO_URL, TEST_ENV, aws_clients
+from tests.support.backfill import destination, expected, outbox_items, tables
 
 pytestmark = pytest.mark.integration
 

@@ -35,7 +35,7 @@ from stream_consumer.scripted import ScriptedStream, ScriptedTable
 from stream_consumer.source import BotoShardSource
 from stream_consumer.tombstones import tombstones
 from tests.services import StreamTail, create_table, scan_all, settings_for, unique
-from tests.unit.test_consumer_handoff import Harness, Scenario, play, scenarios, users_on_shards
+from tests.support.handoff import Harness, Scenario, play, scenarios, users_on_shards
 
 BY_EMAIL = "livemigrate.examples.by_email:transform"
 FAST = Tuning(batch_size=10, poll_interval=0.02, discover_interval=0.1, heartbeat_interval=0.1)

@@ -26,8 +26,8 @@ from livemigrate.verify import verify
 from livemigrate.verify.digest import strip_reserved
 from livemigrate.verify.engine import VerifyOptions
 from livemigrate.versioning import SEQ_ATTR
-from tests.integration.test_values_roundtrip import command, put_all
 from tests.services import StreamTail, create_table, scan_all, settings_for, unique
+from tests.support.values import command, put_all
 
 pytestmark = pytest.mark.integration
 
@@ -211,7 +211,7 @@ def test_a_letter_whose_item_is_since_newer_in_the_destination_resolves_itself(
     source, dest = unique("dsrc"), unique("ddst")
     create_table(clients.dynamodb, source)
     create_table(clients.dynamodb, dest, stream=None)
-    s = settings_for(source, dest, transform="tests.integration.test_values_roundtrip:identity")
+    s = settings_for(source, dest, transform="tests.support.values:identity")
     assert command(s, clients, *CONSUME) == 0
     put_all(clients, source, [{"pk": {"S": "a"}, "sk": {"S": "1"}, "v": {"N": "1"}}])
     (first,) = StreamTail(clients, source).drain()

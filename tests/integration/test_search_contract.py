@@ -128,6 +128,70 @@ def test_results_come_one_per_action_in_order_and_tombstones_are_held_as_such(
     assert (held["a"].tombstone, held["b"].tombstone) == (False, True)
 
 
+def test_an_unconditional_index_creates_then_replaces(store: tuple[DocumentStore, str]) -> None:
+    backend, index = store
+    (created,) = backend.bulk([BulkAction("index", index, "a", doc(5, v=1))])
+    first = backend.held(index, ["a"])["a"]
+    (replaced,) = backend.bulk([BulkAction("index", index, "a", doc(4, v=2))])
+    second = backend.held(index, ["a"])["a"]
+    assert (created.status, replaced.status) == (201, 200)
+    assert second.seq == pad_seq("4"), "an unconditional write does not compare versions"
+    assert (second.seq_no, second.primary_term) != (first.seq_no, first.primary_term)
+
+
+def test_a_delete_on_a_stale_token_is_refused_and_keeps_the_document(
+    store: tuple[DocumentStore, str],
+) -> None:
+    backend, index = store
+    backend.bulk([BulkAction("create", index, "a", doc(5))])
+    old = backend.held(index, ["a"])["a"]
+    backend.bulk([BulkAction("index", index, "a", doc(6))])
+    occ: dict[str, Any] = {"if_seq_no": old.seq_no, "if_primary_term": old.primary_term}
+    (stale,) = backend.bulk([BulkAction("delete", index, "a", **occ)])
+    assert stale.status == 409 and stale.error_type == "version_conflict_engine_exception"
+    assert backend.held(index, ["a"])["a"].seq == pad_seq("6")
+
+
+def test_a_document_created_again_after_a_delete_does_not_match_the_old_token(
+    store: tuple[DocumentStore, str],
+) -> None:
+    backend, index = store
+    backend.bulk([BulkAction("create", index, "a", doc(5))])
+    gone = backend.held(index, ["a"])["a"]
+    backend.bulk([BulkAction("delete", index, "a")])
+    (again,) = backend.bulk([BulkAction("create", index, "a", doc(7))])
+    assert again.status == 201
+    back = backend.held(index, ["a"])["a"]
+    assert (back.seq_no, back.primary_term) != (gone.seq_no, gone.primary_term)
+    occ: dict[str, Any] = {"if_seq_no": gone.seq_no, "if_primary_term": gone.primary_term}
+    (stale,) = backend.bulk([BulkAction("index", index, "a", doc(8), **occ)])
+    assert stale.status == 409
+    assert backend.held(index, ["a"])["a"].seq == pad_seq("7")
+
+
+def test_actions_on_one_id_in_one_request_apply_in_order(store: tuple[DocumentStore, str]) -> None:
+    backend, index = store
+    results = backend.bulk(
+        [
+            BulkAction("create", index, "a", doc(1)),
+            BulkAction("index", index, "a", doc(2)),
+            BulkAction("delete", index, "a"),
+            BulkAction("create", index, "a", doc(3)),
+        ]
+    )
+    assert [r.status for r in results] == [201, 200, 200, 201]
+    assert backend.held(index, ["a"])["a"].seq == pad_seq("3")
+
+
+def test_a_document_without_a_livemigrate_version_is_held_with_an_empty_one(
+    store: tuple[DocumentStore, str],
+) -> None:
+    backend, index = store
+    backend.bulk([BulkAction("create", index, "a", {"written": "by someone else"})])
+    held = backend.held(index, ["a"])["a"]
+    assert (held.seq, held.tombstone) == ("", False)
+
+
 # -- index operations (the real engines) ---------------------------------------------------------
 def test_index_lifecycle_and_the_alias_swap(
     search_backend: ClientBackend, index_name: Callable[[], str]
