@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from livemigrate.search.backend import (
     BulkAction,
+    BulkResult,
     ClientBackend,
     DocumentStore,
+    Held,
     WrongEngine,
 )
 from livemigrate.search.clients import backend_for
@@ -31,9 +34,10 @@ from tests.services import ENGINE_URLS
 STORES = ["memory", "elasticsearch", "opensearch"]
 
 
-@pytest.fixture(params=STORES)
-def store(request: pytest.FixtureRequest) -> Iterator[tuple[DocumentStore, str]]:
-    """(a document store, an empty index in it)."""
+@pytest.fixture(scope="module", params=STORES)
+def shared_index(request: pytest.FixtureRequest) -> Iterator[tuple[DocumentStore, str]]:
+    """(a document store, an index in it) for the whole module: creating an index takes the
+    engines a second or two, so the cases share one, each with documents of its own."""
     if request.param == "memory":
         yield MemoryBackend(), "idx"
         return
@@ -43,6 +47,28 @@ def store(request: pytest.FixtureRequest) -> Iterator[tuple[DocumentStore, str]]
     backend.create_index(index, {"number_of_replicas": 0}, {})
     yield backend, index
     backend.delete_index(index)
+
+
+class OwnIds:
+    """A test's view of the shared index: its document ids carry a prefix of its own."""
+
+    def __init__(self, backend: DocumentStore) -> None:
+        self.backend = backend
+        self.prefix = uuid.uuid4().hex[:8] + "-"
+
+    def held(self, index: str, ids: Sequence[str]) -> dict[str, Held]:
+        held = self.backend.held(index, [self.prefix + i for i in ids])
+        return {doc_id.removeprefix(self.prefix): h for doc_id, h in held.items()}
+
+    def bulk(self, actions: Sequence[BulkAction]) -> list[BulkResult]:
+        return self.backend.bulk([replace(a, id=self.prefix + a.id) for a in actions])
+
+
+@pytest.fixture
+def store(shared_index: tuple[DocumentStore, str]) -> tuple[DocumentStore, str]:
+    """(a document store, an index in it where no document of this test exists yet)."""
+    backend, index = shared_index
+    return OwnIds(backend), index
 
 
 def doc(seq: int, **fields: object) -> dict[str, object]:
