@@ -2,7 +2,8 @@
 
 - a destination key handed from one source item to another on different scripted shards ends
   with the new owner, in either apply order, with tombstones or real deletes (item 7), and the
-  hypothesis scenarios of tests/unit/test_consumer_handoff.py hold through the real writer;
+  hypothesis scenarios of tests/unit/test_consumer_handoff.py (tests/support/handoff.py) hold
+  through the real writer;
 - an item whose intermediate version the transform refuses leaves no orphan (item 8), and
   ``verify --repair`` removes an orphan it can prove;
 - two live source items mapping to one destination key are a collision: dead-lettered,

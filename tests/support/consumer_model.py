@@ -61,8 +61,11 @@ class ModelWriter(DestinationWriter):
     def put_if_absent(
         self, item: TypedItem, source_key: Mapping[str, Any] | None = None
     ) -> Outcome:
-        if key_id(self.key(item)) in self.items:
-            return Outcome.SUPERSEDED
+        held = self.items.get(key_id(self.key(item)))
+        if held is not None:
+            # The backfill's own earlier copy (a page read again) is not a live write.
+            own = held[SEQ_ATTR]["S"] == BACKFILL_SEQ and TOMBSTONE_ATTR not in held
+            return Outcome.ALREADY_COPIED if own else Outcome.SUPERSEDED
         self._set(item, BACKFILL_SEQ, None if source_key is None else owner_id(source_key))
         return Outcome.WRITTEN
 

@@ -17,7 +17,7 @@ optionally a backfill that read the source at one step and writes that stale cop
 it applied). Expected: the destination equals the transform of the final source exactly, and
 the only dead letters are the records whose new image the transform refuses.
 
-``ModelWriter`` (tests/unit/test_consumer_model.py) holds the destination here;
+``ModelWriter`` (tests/support/consumer_model.py) holds the destination here;
 tests/integration/test_consumer_handoff.py runs the same scenarios against moto.
 """
 
