@@ -18,6 +18,7 @@ from dataclasses import replace
 
 import pytest
 
+from livemigrate.aws import AwsClients
 from livemigrate.control import ControlStore
 from livemigrate.flag import ControlFlagStore, Flag, FlagConflict, FlagStore, SsmFlagStore
 from tests.services import unique
@@ -29,6 +30,14 @@ STORES = ["memory", "control", "ssm"]
 Opener = Callable[[], FlagStore]
 
 
+@pytest.fixture(scope="module")
+def control_table(clients: AwsClients) -> str:
+    """One control table for the module; each case is a migration of its own in it."""
+    table = unique("control")
+    ControlStore(clients.dynamodb, table, "none").ensure_table()
+    return table
+
+
 @pytest.fixture(params=STORES)
 def open_flags(request: pytest.FixtureRequest) -> Opener:
     """Handles on one fresh flag whose tables are ``INITIAL``'s."""
@@ -36,8 +45,8 @@ def open_flags(request: pytest.FixtureRequest) -> Opener:
         memory = MemoryFlags(INITIAL)
         return lambda: memory
     clients = request.getfixturevalue("clients")
-    store = ControlStore(clients.dynamodb, unique("control"), unique("mig"))
-    store.ensure_table()
+    table = request.getfixturevalue("control_table")
+    store = ControlStore(clients.dynamodb, table, unique("mig"))
     source, destination = INITIAL.source_table, INITIAL.destination_table
     if request.param == "control":
         return lambda: ControlFlagStore(store, source, destination)

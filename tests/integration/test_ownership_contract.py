@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 
+from livemigrate.aws import AwsClients
 from livemigrate.control import ControlStore
 from livemigrate.items import to_typed
 from livemigrate.ownership import OwnershipRecords
@@ -24,14 +25,21 @@ K2 = to_typed({"pk": "by-email|b@example.com", "sk": "user"})
 LONG_OWNER = "users~" + "x" * 1500
 
 
+@pytest.fixture(scope="module")
+def control_table(clients: AwsClients) -> str:
+    """One control table for the module; each case is a migration of its own in it."""
+    table = unique("control")
+    ControlStore(clients.dynamodb, table, "none").ensure_table()
+    return table
+
+
 @pytest.fixture(params=["memory", "control-table"])
 def records(request: pytest.FixtureRequest) -> OwnershipRecords:
     if request.param == "memory":
         return MemoryOwnership()
     clients = request.getfixturevalue("clients")
-    store = ControlStore(clients.dynamodb, unique("control"), unique("mig"))
-    store.ensure_table()
-    return OwnershipRecords(store)
+    table = request.getfixturevalue("control_table")
+    return OwnershipRecords(ControlStore(clients.dynamodb, table, unique("mig")))
 
 
 def test_an_owner_never_remembered_owns_nothing(records: OwnershipRecords) -> None:
