@@ -88,6 +88,28 @@ def test_the_check_sees_every_form_of_import(tmp_path: Path) -> None:
         assert imports_of_test_modules(tmp_path / "tests") == [], fine
 
 
+def helper_only_test_modules(tests: Path) -> list[str]:
+    """Test modules that define no test: helpers named like tests (move them to support/)."""
+    found = []
+    for path in sorted(tests.rglob("test_*.py")):
+        names = [
+            node.name
+            for node in ast.parse(path.read_text(), str(path)).body
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+        ]
+        if not any(name.startswith(("test_", "Test")) for name in names):
+            found.append(str(path.relative_to(tests.parent)))
+    return found
+
+
+def test_every_test_module_holds_tests(tmp_path: Path) -> None:
+    assert helper_only_test_modules(TESTS) == []
+    helpers = tmp_path / "tests" / "integration" / "test_helpers.py"
+    helpers.parent.mkdir(parents=True)
+    helpers.write_text("def fill() -> None: ...\n")
+    assert helper_only_test_modules(tmp_path / "tests") == ["tests/integration/test_helpers.py"]
+
+
 def collected(*args: str) -> list[str]:
     """The test ids ``pytest --collect-only`` selects with ``args``."""
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
