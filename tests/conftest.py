@@ -5,14 +5,17 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+from elasticsearch import Elasticsearch
 from hypothesis import HealthCheck, settings
 
 from livemigrate.aws import AwsClients
 from livemigrate.search.backend import ClientBackend, Engine
 from livemigrate.search.clients import backend_for
-from tests.services import ENGINE_URLS, ES_URL, MOTO_URL, TEST_ENV, aws_clients, require
+from tests.services import ENGINE_URLS, ES_URL, MOTO_URL, TEST_ENV, aws_clients, require, unique
+from tests.support.search import es_client
 
 settings.register_profile(
     "ci", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -94,6 +97,26 @@ def index_name(search_backend: ClientBackend) -> Iterator[Callable[[], str]]:
         search_backend.delete_index(name + "*")
 
 
+@pytest.fixture
+def es(es_url: str) -> Iterator[Elasticsearch]:
+    """An elasticsearch-py client (tests of other subjects that read the node directly)."""
+    yield from es_client(es_url)
+
+
+@pytest.fixture
+def es_backend(es_url: str) -> ClientBackend:
+    """Elasticsearch only: for the slow tests whose subject is the sink, not the engine (the
+    contract suite and the tests taking ``search_backend`` cover OpenSearch)."""
+    return backend_for("elasticsearch", es_url, timeout=30)
+
+
+@pytest.fixture
+def es_index(es_backend: ClientBackend) -> Iterator[str]:
+    name = unique("lmtest").lower()
+    yield name
+    es_backend.delete_index(name + "*")
+
+
 @pytest.fixture(scope="session")
 def clients(moto_url: str) -> Iterator[AwsClients]:
     yield aws_clients()
@@ -113,7 +136,16 @@ HEAVY_MODULES = frozenset(
 )
 
 
+# Every test under tests/integration is an integration test: the marker is added here, so no
+# module can forget it (`-m "not integration"` runs what needs no service; checked by
+# tests/unit/test_suite_layout.py). tryfirst: before pytest's own hook deselects by marker.
+INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
+        if INTEGRATION_DIR in item.path.resolve().parents:
+            item.add_marker(pytest.mark.integration)
         name = item.path.name
         item.add_marker(pytest.mark.xdist_group("heavy" if name in HEAVY_MODULES else name))

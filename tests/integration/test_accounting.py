@@ -12,8 +12,8 @@ from livemigrate import accounting, status
 from livemigrate.aws import AwsClients
 from livemigrate.control import ControlStore
 from livemigrate.migration import open_migration
-from tests.integration.test_backfill_support import fill, outbox_items
 from tests.services import create_table, settings_for, unique
+from tests.support.backfill import fill, outbox_items
 
 pytestmark = pytest.mark.integration
 

@@ -20,9 +20,9 @@ from livemigrate.lambda_mode import FailureQueue, Watermarks, watermark_item
 from livemigrate.migration import Migration
 from livemigrate.tables import TableInfo
 from stream_consumer import lambda_handler
-from tests.integration.test_aws_lambda import FailsOnceAt, dest_items, new_migration, put
 from tests.lambda_esm import StreamMapping
 from tests.services import scan_all, unique
+from tests.support.lambdas import FailsOnceAt, dest_items, new_migration, put
 
 
 @pytest.fixture

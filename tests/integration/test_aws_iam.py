@@ -28,9 +28,9 @@ from livemigrate.migration import Migration
 from livemigrate.versioning import user_attributes
 from stream_consumer import lambda_handler
 from tests import cfn
-from tests.integration.test_aws_lambda import Context, new_migration, put
 from tests.lambda_esm import StreamMapping
 from tests.services import ES_URL, scan_all, unique
+from tests.support.lambdas import Context, new_migration, put
 
 Grant = tuple[str, str]  # (IAM action, resource kind)
 LOGS = {

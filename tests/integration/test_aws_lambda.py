@@ -4,9 +4,6 @@ plays the event source mapping), the backfill looped as the state machine loops 
 
 from __future__ import annotations
 
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -14,67 +11,18 @@ from elasticsearch import Elasticsearch
 
 from backfill import lambda_handler as backfill_lambda
 from livemigrate.aws import AwsClients
-from livemigrate.config import Settings
-from livemigrate.items import to_plain, to_typed
-from livemigrate.migration import Migration, open_migration
-from livemigrate.records import ApplyFailure, RecordSink, StreamRecord
+from livemigrate.items import to_typed
+from livemigrate.migration import Migration
 from livemigrate.search.indices import live_index
 from stream_consumer import lambda_handler
-from tests.integration.test_backfill_support import settings_env
 from tests.lambda_esm import StreamMapping
-from tests.services import ES_URL, create_table, scan_all, settings_for, unique
-
-
-def use_function_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The function's environment as the template sets it; a cold container."""
-    for name, value in settings_env(settings).items():
-        if name.startswith(("LIVEMIGRATE_", "AWS_")):
-            monkeypatch.setenv(name, value)
-    monkeypatch.setattr(lambda_handler, "_STATE", {})
+from tests.services import ES_URL, unique
+from tests.support.lambdas import Context, FailsOnceAt, dest_items, new_migration, put
 
 
 @pytest.fixture
 def migration(clients: AwsClients, monkeypatch: pytest.MonkeyPatch) -> Migration:
     return new_migration(clients, monkeypatch)
-
-
-def new_migration(clients: AwsClients, monkeypatch: pytest.MonkeyPatch) -> Migration:
-    """Source and destination with streams, the functions' environment set for them."""
-    source, dest = unique("src"), unique("dst")
-    create_table(clients.dynamodb, source)
-    create_table(clients.dynamodb, dest)
-    migration = open_migration(settings_for(source, dest), clients)
-    use_function_env(migration.settings, monkeypatch)
-    return migration
-
-
-@dataclass
-class FailsOnceAt:
-    """The real applier, but the first batch holding ``sk`` fails there (retryably), as a
-    throttled destination write would: everything before it is applied, nothing after."""
-
-    inner: RecordSink
-    sk: str
-    failed: bool = False
-
-    def apply(self, records: Sequence[StreamRecord]) -> None:
-        at = next((i for i, r in enumerate(records) if r.keys["sk"]["S"] == self.sk), None)
-        if at is None or self.failed:
-            self.inner.apply(records)
-            return
-        self.failed = True
-        self.inner.apply(records[:at])
-        raise ApplyFailure(at, "destination throttled", retryable=True)
-
-
-def dest_items(clients: AwsClients, migration: Migration) -> dict[str, dict[str, Any]]:
-    items = scan_all(clients.dynamodb, migration.settings.destination_table)
-    return {str(i["sk"]["S"]): to_plain(i) for i in items}
-
-
-def put(clients: AwsClients, table: str, sk: str, n: int) -> None:
-    item = {"pk": "section-outbox|docket", "sk": sk, "createdAt": 1704067200, "n": n}
-    clients.dynamodb.put_item(TableName=table, Item=to_typed(item))
 
 
 def test_consumer_batch_with_a_failing_record_in_the_middle_is_retried_from_it_in_order(
@@ -105,28 +53,6 @@ def test_consumer_batch_with_a_failing_record_in_the_middle_is_retried_from_it_i
     # and the function reported itself as the Lambda-mode consumer, with its lag
     consumer = migration.store.get("CONSUMER#source") or {}
     assert consumer["mode"] == "lambda" and float(consumer["lag_seconds"]) < 600
-
-
-class Context:
-    """A Lambda context with ``remaining`` seconds.
-
-    ``lazy``: the countdown starts at the second question (the handler asks once before its
-    preflight and once after planning), so the workers get the same short budget however
-    slowly a loaded machine answers the preflight.
-    """
-
-    def __init__(self, remaining: float, lazy: bool = False) -> None:
-        self.remaining = remaining
-        self.asked = 0
-        self.deadline = None if lazy else time.monotonic() + remaining
-
-    def get_remaining_time_in_millis(self) -> int:
-        self.asked += 1
-        if self.deadline is None:
-            if self.asked < 2:
-                return int(self.remaining * 1000)
-            self.deadline = time.monotonic() + self.remaining
-        return int((self.deadline - time.monotonic()) * 1000)
 
 
 @pytest.mark.slow

@@ -9,39 +9,23 @@ import pytest
 
 from backfill import plan
 from livemigrate.aws import AwsClients
-from livemigrate.cli import main
 from livemigrate.config import Settings
 from livemigrate.control import ControlStore
 from livemigrate.deadletters import DeadLetters
 from livemigrate.exitcodes import ExitCode
-from tests.integration.test_backfill_support import (
+from tests.services import create_table, scan_all, settings_for, unique
+from tests.support.backfill import (
+    backfill_cli,
     destination,
     fill,
     outbox_items,
-    settings_env,
+    outbox_tables,
 )
-from tests.services import create_table, scan_all, settings_for, unique
 
 pytestmark = pytest.mark.integration
 
-SUPPORT = "tests.integration.test_backfill_support"
+SUPPORT = "tests.support.backfill"
 FAST = ("--without-consumer", "--workers", "2", "--page-size", "25")
-
-
-def tables(clients: AwsClients, count: int = 40, **extra: str) -> Settings:
-    source, dest = unique("src"), unique("dst")
-    create_table(clients.dynamodb, source)
-    create_table(clients.dynamodb, dest, stream=None)
-    fill(clients.dynamodb, source, outbox_items(count))
-    return settings_for(source, dest, **extra)
-
-
-def command(monkeypatch: pytest.MonkeyPatch, settings: Settings, *flags: str) -> int:
-    env = settings_env(settings)
-    for name, value in env.items():
-        if name.startswith("LIVEMIGRATE_"):
-            monkeypatch.setenv(name, value)
-    return main(["backfill", *flags])
 
 
 def store_of(settings: Settings, clients: AwsClients) -> ControlStore:
@@ -54,7 +38,7 @@ def test_missing_source_table_is_refused_by_name(
     dest = unique("dst")
     create_table(clients.dynamodb, dest, stream=None)
     settings = settings_for(unique("nosuch"), dest)
-    assert command(monkeypatch, settings, *FAST) == 2
+    assert backfill_cli(monkeypatch, settings, *FAST) == 2
     err = capsys.readouterr().err
     assert f"source table '{settings.source_table}' does not exist" in err
     assert "LIVEMIGRATE_SOURCE_TABLE" in err
@@ -67,13 +51,13 @@ def test_missing_destination_says_how_to_create_it_and_creates_it_when_asked(
     create_table(clients.dynamodb, source)
     fill(clients.dynamodb, source, outbox_items(20))
     settings = settings_for(source, unique("dst"))
-    assert command(monkeypatch, settings, *FAST) == 2
+    assert backfill_cli(monkeypatch, settings, *FAST) == 2
     err = capsys.readouterr().err
     assert f"destination table '{settings.destination_table}' does not exist" in err
     assert "--create-destination" in err
     # Nothing was recorded: the refusal came before any write.
     assert not store_of(settings, clients).exists()
-    assert command(monkeypatch, settings, *FAST, "--create-destination") == 0
+    assert backfill_cli(monkeypatch, settings, *FAST, "--create-destination") == 0
     table = clients.dynamodb.describe_table(TableName=settings.destination_table)["Table"]
     assert {k["AttributeName"] for k in table["KeySchema"]} == {"pk", "sk"}
     assert len(destination(clients.dynamodb, settings.destination_table)) == 20
@@ -82,9 +66,9 @@ def test_missing_destination_says_how_to_create_it_and_creates_it_when_asked(
 def test_transform_that_raises_dead_letters_the_item_and_the_run_continues(
     clients: AwsClients, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = tables(clients, 40, transform=f"{SUPPORT}:raising_transform")
+    settings = outbox_tables(clients, 40, transform=f"{SUPPORT}:raising_transform")
     assert (
-        command(monkeypatch, settings, *FAST) == ExitCode.NOT_MIGRATED
+        backfill_cli(monkeypatch, settings, *FAST) == ExitCode.NOT_MIGRATED
     )  # complete, items not migrated
     letters = list(DeadLetters(store_of(settings, clients)).list())
     failing = [i for i in range(40) if i % 7 == 0]
@@ -99,9 +83,9 @@ def test_transform_that_raises_dead_letters_the_item_and_the_run_continues(
 def test_output_without_destination_keys_is_dead_lettered(
     clients: AwsClients, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = tables(clients, 30, transform=f"{SUPPORT}:keyless_transform")
+    settings = outbox_tables(clients, 30, transform=f"{SUPPORT}:keyless_transform")
     assert (
-        command(monkeypatch, settings, *FAST) == ExitCode.NOT_MIGRATED
+        backfill_cli(monkeypatch, settings, *FAST) == ExitCode.NOT_MIGRATED
     )  # complete, items not migrated
     letters = list(DeadLetters(store_of(settings, clients)).list())
     assert len(letters) == 6  # every 5th of 30
@@ -112,11 +96,11 @@ def test_output_without_destination_keys_is_dead_lettered(
 def test_oversized_output_is_dead_lettered_with_its_size(
     clients: AwsClients, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = tables(clients, 10, transform=f"{SUPPORT}:bloating_transform")
+    settings = outbox_tables(clients, 10, transform=f"{SUPPORT}:bloating_transform")
     big = {"pk": "section-outbox|big", "sk": "msg-999999", "createdAt": Decimal(1), "big": True}
     fill(clients.dynamodb, settings.source_table, [big])
     assert (
-        command(monkeypatch, settings, *FAST) == ExitCode.NOT_MIGRATED
+        backfill_cli(monkeypatch, settings, *FAST) == ExitCode.NOT_MIGRATED
     )  # complete, items not migrated
     (letter,) = DeadLetters(store_of(settings, clients)).list()
     assert "bytes; DynamoDB's limit is 409600 bytes" in letter.reason
@@ -127,8 +111,8 @@ def test_oversized_output_is_dead_lettered_with_its_size(
 def test_second_migration_on_the_same_destination_is_refused(
     clients: AwsClients, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    first = tables(clients, 10)
-    assert command(monkeypatch, first, *FAST) == 0
+    first = outbox_tables(clients, 10)
+    assert backfill_cli(monkeypatch, first, *FAST) == 0
     other_source = unique("src")
     create_table(clients.dynamodb, other_source)
     second = settings_for(
@@ -137,7 +121,7 @@ def test_second_migration_on_the_same_destination_is_refused(
         control_table=first.control_table,
         migration_id=unique("other"),
     )
-    assert command(monkeypatch, second, *FAST) == 2
+    assert backfill_cli(monkeypatch, second, *FAST) == 2
     err = capsys.readouterr().err
     assert f"already belongs to migration '{first.migration_id}'" in err
     # The refusal wrote nothing for the second migration and left the first one's data alone.
@@ -148,21 +132,21 @@ def test_second_migration_on_the_same_destination_is_refused(
 def test_refuses_to_start_before_the_consumer_and_names_the_risk(
     clients: AwsClients, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    settings = tables(clients, 10)
-    assert command(monkeypatch, settings, "--page-size", "25") == 2
+    settings = outbox_tables(clients, 10)
+    assert backfill_cli(monkeypatch, settings, "--page-size", "25") == 2
     err = capsys.readouterr().err
     assert "no stream consumer has started" in err
     assert "live writes made to the source before the stream consumer starts are LOST" in err
     # GIVEN a consumer recorded its start, THEN the same command runs
     store_of(settings, clients).put("CONSUMER#source", {"started_at": 1.0})
-    assert command(monkeypatch, settings, "--page-size", "25") == 0
+    assert backfill_cli(monkeypatch, settings, "--page-size", "25") == 0
 
 
 def test_dry_run_shows_before_and_after_and_writes_nothing(
     clients: AwsClients, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    settings = tables(clients, 12)
-    assert command(monkeypatch, settings, "--dry-run") == 0
+    settings = outbox_tables(clients, 12)
+    assert backfill_cli(monkeypatch, settings, "--dry-run") == 0
     out = capsys.readouterr().out
     assert out.count("before: ") == 5
     assert out.count("after: ") == 5

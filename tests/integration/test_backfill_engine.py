@@ -22,25 +22,16 @@ from livemigrate.exitcodes import ExitCode
 from livemigrate.items import to_plain
 from livemigrate.migration import open_migration
 from livemigrate.versioning import TOMBSTONE_ATTR, pad_seq
-from tests.integration.test_backfill_support import (
+from tests.support.backfill import (
     HOT,
     destination,
     expected,
-    fill,
     outbox_items,
     settings_env,
+    tables,
 )
-from tests.services import create_table, settings_for, unique
 
 pytestmark = pytest.mark.integration
-
-
-def tables(clients: AwsClients, items: list[dict[str, Any]]) -> Settings:
-    source, dest = unique("src"), unique("dst")
-    create_table(clients.dynamodb, source)
-    create_table(clients.dynamodb, dest, stream=None)
-    fill(clients.dynamodb, source, items)
-    return settings_for(source, dest)
 
 
 def backfill(settings: Settings, clients: AwsClients, *flags: str) -> int:

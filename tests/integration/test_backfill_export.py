@@ -32,14 +32,8 @@ from livemigrate.exitcodes import ExitCode
 from livemigrate.items import to_typed
 from livemigrate.migration import open_migration
 from tests.export_layout import Written, gzip_lines, md5_b64, write_export
-from tests.integration.test_backfill_support import (
-    destination,
-    expected,
-    fill,
-    outbox_items,
-    settings_env,
-)
 from tests.services import create_table, settings_for, unique
+from tests.support.backfill import destination, expected, fill, outbox_items, settings_env
 
 SCHEMA = Path(__file__).resolve().parents[2] / "livemigrate" / "status.schema.json"
 

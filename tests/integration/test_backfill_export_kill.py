@@ -27,7 +27,8 @@ from livemigrate.aws import AwsClients
 from livemigrate.control import ControlStore
 from livemigrate.migration import open_migration
 from tests.export_layout import write_export
-from tests.integration.test_consumer_crash import (
+from tests.services import create_table, scan_all, settings_for, unique
+from tests.support.consumers import (
     ROOT,
     Chaos,
     consumer_cmd,
@@ -35,7 +36,6 @@ from tests.integration.test_consumer_crash import (
     destination,
     transformed_source,
 )
-from tests.services import create_table, scan_all, settings_for, unique
 
 # A loaded machine (a shared moto, 2 cores) can take minutes; an idle one ~30 s.
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600)]

@@ -24,9 +24,8 @@ from livemigrate.examples.hot_outbox import transform as hot_outbox
 from livemigrate.items import to_typed
 from livemigrate.migration import Migration, open_migration
 from livemigrate.versioning import pad_seq
-from tests.integration.test_backfill_engine import tables
-from tests.integration.test_backfill_support import destination, expected, outbox_items
 from tests.services import aws_clients, settings_for, unique
+from tests.support.backfill import destination, expected, outbox_items, tables
 
 pytestmark = pytest.mark.integration
 

@@ -22,14 +22,8 @@ import pytest
 from backfill import plan
 from livemigrate.aws import AwsClients
 from livemigrate.control import ControlStore
-from tests.integration.test_backfill_support import (
-    destination,
-    expected,
-    fill,
-    outbox_items,
-    settings_env,
-)
 from tests.services import create_table, settings_for, unique
+from tests.support.backfill import destination, expected, fill, outbox_items, settings_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -25,9 +25,8 @@ from livemigrate.clock import FakeClock
 from livemigrate.errors import ServiceUnreachable
 from livemigrate.keys import PLAN
 from livemigrate.migration import open_migration
-from tests.integration.test_backfill_engine import tables
-from tests.integration.test_backfill_support import destination, expected, outbox_items
 from tests.services import MOTO_URL, TEST_ENV, aws_clients
+from tests.support.backfill import destination, expected, outbox_items, tables
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,8 @@ from backfill.worker import Engine, Options
 from livemigrate.aws import AwsClients
 from livemigrate.config import Settings
 from livemigrate.migration import open_migration
-from tests.integration.test_backfill_support import destination, expected, fill, outbox_items
 from tests.services import create_table, settings_for, unique
+from tests.support.backfill import destination, expected, fill, outbox_items
 
 pytestmark = pytest.mark.integration
 

@@ -17,18 +17,10 @@ import pytest
 from livemigrate.aws import AwsClients
 from livemigrate.client import ActiveTable
 from livemigrate.clock import FakeClock
-from livemigrate.control import ControlStore
 from livemigrate.cutover import Cutover, CutoverOptions
 from livemigrate.flag import ControlFlagStore
-from tests.integration.test_cutover_gates import ready_store
 from tests.services import create_table, scan_all, unique
-
-
-@dataclass
-class Tables:
-    store: ControlStore
-    source: str
-    destination: str
+from tests.support.cutover import Tables, ready_store
 
 
 @pytest.fixture

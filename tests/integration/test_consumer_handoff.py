@@ -2,7 +2,8 @@
 
 - a destination key handed from one source item to another on different scripted shards ends
   with the new owner, in either apply order, with tombstones or real deletes (item 7), and the
-  hypothesis scenarios of tests/unit/test_consumer_handoff.py hold through the real writer;
+  hypothesis scenarios of tests/unit/test_consumer_handoff.py (tests/support/handoff.py) hold
+  through the real writer;
 - an item whose intermediate version the transform refuses leaves no orphan (item 8), and
   ``verify --repair`` removes an orphan it can prove;
 - two live source items mapping to one destination key are a collision: dead-lettered,
@@ -35,7 +36,7 @@ from stream_consumer.scripted import ScriptedStream, ScriptedTable
 from stream_consumer.source import BotoShardSource
 from stream_consumer.tombstones import tombstones
 from tests.services import StreamTail, create_table, scan_all, settings_for, unique
-from tests.unit.test_consumer_handoff import Harness, Scenario, play, scenarios, users_on_shards
+from tests.support.handoff import Harness, Scenario, play, scenarios, users_on_shards
 
 BY_EMAIL = "livemigrate.examples.by_email:transform"
 FAST = Tuning(batch_size=10, poll_interval=0.02, discover_interval=0.1, heartbeat_interval=0.1)

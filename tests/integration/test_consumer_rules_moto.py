@@ -29,9 +29,9 @@ from stream_consumer.metrics import Metrics, serve
 from stream_consumer.scripted import SEQ_BASE, SEQ_STRIDE, ScriptedStream, ScriptedTable
 from stream_consumer.source import BotoShardSource
 from stream_consumer.tombstones import tombstones
-from tests.integration.test_backfill_support import settings_env
 from tests.services import StreamTail, create_table, scan_all, settings_for, unique
-from tests.unit.test_consumer_model import Scenario, expected, play, scenarios
+from tests.support.backfill import settings_env
+from tests.support.consumer_model import Scenario, expected, play, scenarios
 
 FAST = Tuning(batch_size=10, poll_interval=0.02, discover_interval=0.1, heartbeat_interval=0.1)
 

@@ -24,10 +24,9 @@ from livemigrate.migration import open_migration
 from livemigrate.values import canonical_text, from_dynamodb_json, key_text
 from livemigrate.verify import verify
 from livemigrate.verify.engine import VerifyOptions
-from livemigrate.versioning import SEQ_ATTR
-from livemigrate.versioning import user_attributes as strip_reserved
-from tests.integration.test_values_roundtrip import command, put_all
+from livemigrate.versioning import SEQ_ATTR, user_attributes
 from tests.services import StreamTail, create_table, scan_all, settings_for, unique
+from tests.support.values import command, put_all
 
 pytestmark = pytest.mark.integration
 
@@ -123,7 +122,7 @@ def expected(clients: AwsClients, source: str) -> dict[str, str]:
 
 def held(clients: AwsClients, dest: str) -> dict[str, str]:
     return {
-        key_text({"pk": i["pk"], "sk": i["sk"]}): canonical_text(strip_reserved(i))
+        key_text({"pk": i["pk"], "sk": i["sk"]}): canonical_text(user_attributes(i))
         for i in scan_all(clients.dynamodb, dest)
         if "_lm_tomb" not in i
     }
@@ -211,7 +210,7 @@ def test_a_letter_whose_item_is_since_newer_in_the_destination_resolves_itself(
     source, dest = unique("dsrc"), unique("ddst")
     create_table(clients.dynamodb, source)
     create_table(clients.dynamodb, dest, stream=None)
-    s = settings_for(source, dest, transform="tests.integration.test_values_roundtrip:identity")
+    s = settings_for(source, dest, transform="tests.support.values:identity")
     assert command(s, clients, *CONSUME) == 0
     put_all(clients, source, [{"pk": {"S": "a"}, "sk": {"S": "1"}, "v": {"N": "1"}}])
     (first,) = StreamTail(clients, source).drain()

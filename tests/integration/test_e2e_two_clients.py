@@ -26,9 +26,8 @@ import pytest
 from livemigrate.aws import AwsClients
 from livemigrate.client import ActiveTable, LostRace
 from livemigrate.flag import ControlFlagStore
-from tests.integration.test_client_fenced import Tables
-from tests.integration.test_cutover_gates import ready_store
 from tests.services import TEST_ENV, create_table, scan_all, unique
+from tests.support.cutover import Tables, ready_store
 
 PACKAGE = Path(__file__).resolve().parents[2] / "clients" / "typescript"
 

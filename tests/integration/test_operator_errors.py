@@ -21,10 +21,9 @@ import pytest
 from livemigrate.aws import AwsClients
 from livemigrate.control import ControlStore
 from livemigrate.exitcodes import ExitCode
-from tests.integration.test_backfill_support import fill, outbox_items
-from tests.services import ES_URL, TEST_ENV, create_table, unique
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.services import ES_URL, create_table, unique
+from tests.support.backfill import fill, outbox_items
+from tests.support.operator import environment, finish, start
 
 
 def closed_port() -> int:
@@ -32,26 +31,6 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def environment(**values: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LIVEMIGRATE_")}
-    env.update(TEST_ENV)
-    env.update({"PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
-    env.update(values)
-    return env
-
-
-def start(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "livemigrate.cli", *args]
-    return subprocess.Popen(
-        command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-
-
-def finish(proc: subprocess.Popen[str], timeout: float = 120) -> tuple[int, str, str]:
-    out, err = proc.communicate(timeout=timeout)
-    return proc.returncode, out, err
 
 
 def migration_env(control: str, **extra: str) -> dict[str, str]:
@@ -281,7 +260,7 @@ def test_backfill_and_verify_do_not_go_green_while_items_are_missing(
         unique("control"),
         LIVEMIGRATE_SOURCE_TABLE=source,
         LIVEMIGRATE_DESTINATION_TABLE=destination,
-        LIVEMIGRATE_TRANSFORM="tests.integration.test_backfill_support:raising_transform",
+        LIVEMIGRATE_TRANSFORM="tests.support.backfill:raising_transform",
     )
     code, out, err = finish(start(["backfill", "--without-consumer", "--workers", "2"], env))
     assert code == ExitCode.NOT_MIGRATED, err

@@ -11,10 +11,10 @@ from livemigrate.aws import AwsClients
 from livemigrate.control import ControlStore
 from livemigrate.exitcodes import ExitCode
 from livemigrate.flag import ControlFlagStore
-from tests.integration.test_backfill_support import destination, fill, outbox_items
-from tests.integration.test_cutover_gates import Heartbeat, ready_store
-from tests.integration.test_operator_errors import environment, finish, start
 from tests.services import create_table, unique
+from tests.support.backfill import destination, fill, outbox_items
+from tests.support.cutover import Heartbeat, ready_store
+from tests.support.operator import environment, finish, start
 
 
 def started_backfill_env(clients: AwsClients, items: int) -> tuple[dict[str, str], ControlStore]:

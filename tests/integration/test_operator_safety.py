@@ -30,13 +30,10 @@ from livemigrate.keys import CUTOVER as CUTOVER_ITEM
 from livemigrate.search.backend import ElasticsearchBackend
 from livemigrate.search.indices import live_index
 from livemigrate.search.targets import ControlTargets
-from tests.integration.test_cutover_gates import ready_store
-from tests.integration.test_search_cli import cli as search_cli
-from tests.integration.test_search_cli import env_for, run_cli
-from tests.integration.test_search_sink import Writes, destination, es, new_index
 from tests.services import TEST_ENV
-
-__all__ = ["es"]  # the fixture, shared with test_search_sink
+from tests.support.cutover import ready_store
+from tests.support.search import Writes, destination, env_for, new_index, run_cli
+from tests.support.search import cli as search_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 

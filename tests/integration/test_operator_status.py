@@ -14,12 +14,10 @@ from livemigrate.aws import AwsClients
 from livemigrate.control import ControlStore
 from livemigrate.exitcodes import ExitCode
 from livemigrate.flag import ControlFlagStore
-from tests.integration.test_cutover_gates import ready_store
-from tests.integration.test_operator_errors import environment, finish, start
-from tests.integration.test_search_sink import es, new_index
 from tests.services import ES_URL
-
-__all__ = ["es"]  # the fixture, shared with test_search_sink
+from tests.support.cutover import ready_store
+from tests.support.operator import environment, finish, start
+from tests.support.search import new_index
 
 SCHEMA = Path(__file__).resolve().parents[2] / "livemigrate" / "status.schema.json"
 

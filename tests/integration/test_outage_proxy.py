@@ -34,9 +34,9 @@ from livemigrate.control import ControlStore
 from livemigrate.items import to_typed
 from livemigrate.search.indices import live_index
 from tests.faultproxy import FaultProxy
-from tests.integration.test_consumer_crash import destination, transformed_source
-from tests.integration.test_search_sink import table_state
 from tests.services import ES_URL, MOTO_URL, TEST_ENV, create_table, unique
+from tests.support.consumers import destination, transformed_source
+from tests.support.search import table_state
 
 ROOT = Path(__file__).resolve().parents[2]
 JAN = 1704067200

@@ -16,9 +16,8 @@ from livemigrate.exitcodes import ExitCode
 from livemigrate.gates import Policy, check_all, read_snapshot
 from livemigrate.retention import HOUR, KINESIS, kinesis_retention
 from livemigrate.status import collect, render
-from tests.integration.test_backfill_bad_input import command, tables
-from tests.integration.test_backfill_support import destination
 from tests.services import unique
+from tests.support.backfill import backfill_cli, destination, outbox_tables
 
 pytestmark = pytest.mark.integration
 
@@ -36,13 +35,13 @@ def test_a_slow_backfill_is_refused_naming_the_eta_and_the_retention_then_forced
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     # GIVEN 60 items read at 20 items/s at most, and a limit of 0.5 s before the retention
-    settings = tables(clients, count=60)
+    settings = outbox_tables(clients, count=60)
     monkeypatch.setenv("LIVEMIGRATE_READ_RATE", "20")
     monkeypatch.setenv("LIVEMIGRATE_RETENTION_MARGIN_SECONDS", MARGIN)
     monkeypatch.setattr(eta_guard, "CHECK_SECONDS", 0.5)
     # WHEN the backfill starts THEN it stops after its first pages with exit 7
     assert int(ExitCode.RETENTION_RISK) == 7
-    assert command(monkeypatch, settings, *SLOW) == ExitCode.RETENTION_RISK
+    assert backfill_cli(monkeypatch, settings, *SLOW) == ExitCode.RETENTION_RISK
     err = capsys.readouterr().err
     assert "backfill refused: the backfill's ETA is" in err
     assert "retention of 24 h (DynamoDB Streams)" in err
@@ -61,7 +60,7 @@ def test_a_slow_backfill_is_refused_naming_the_eta_and_the_retention_then_forced
     # measurement after 3 pages, however fast the machine: at 20/s it once did, unwarned.
     monkeypatch.setenv("LIVEMIGRATE_READ_RATE", "5")
     with caplog.at_level(logging.WARNING, "livemigrate.retention"):
-        assert command(monkeypatch, settings, *SLOW, "--force") == ExitCode.OK
+        assert backfill_cli(monkeypatch, settings, *SLOW, "--force") == ExitCode.OK
     assert any("RETENTION RISK" in r.getMessage() for r in caplog.records)
     assert len(destination(clients.dynamodb, settings.destination_table)) == 60
 

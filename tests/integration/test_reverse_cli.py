@@ -23,9 +23,9 @@ from livemigrate.replication import FORWARD, written_by
 from livemigrate.versioning import user_attributes
 from stream_consumer.applier import DestinationApplier
 from stream_consumer.metrics import Metrics
-from tests.integration.test_backfill_support import fill, outbox_items, settings_env
 from tests.services import StreamTail, create_table, scan_all, settings_for, unique
-from tests.unit.test_consumer_model import SwitchableMode
+from tests.support.backfill import fill, outbox_items, settings_env
+from tests.support.consumer_model import SwitchableMode
 
 INVERSE = "livemigrate.examples.hot_outbox:inverse"
 

@@ -35,7 +35,7 @@ from stream_consumer.applier import DestinationApplier
 from stream_consumer.metrics import Metrics
 from stream_consumer.reverse import StillMapsGuard
 from tests.services import StreamTail, create_table, scan_all, unique
-from tests.unit.test_consumer_model import SwitchableMode
+from tests.support.consumer_model import SwitchableMode
 
 KEYS = [("section-outbox|docket", "a"), ("user|7", "b"), ("section-outbox|docket", "c")]
 JAN, FEB = 1735689600, 1738368000

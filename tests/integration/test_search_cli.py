@@ -3,60 +3,27 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from livemigrate.aws import AwsClients
 from livemigrate.search.backend import ClientBackend
 from livemigrate.search.indices import live_index
-from tests.integration.test_search_sink import (
+from tests.services import ENGINE_URLS, unique
+from tests.support.search import (
+    ROOT,
     Writes,
+    cli,
     destination,
-    es_backend,
-    es_index,
+    env_for,
     index_state,
+    run_cli,
     table_state,
 )
-from tests.services import ENGINE_URLS, TEST_ENV, unique
-
-__all__ = ["es_backend", "es_index"]  # fixtures shared with test_search_sink
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def env_for(
-    table: str, alias: str, mid: str, control: str, engine: str = "elasticsearch"
-) -> dict[str, str]:
-    return {
-        **os.environ,
-        **TEST_ENV,
-        "LIVEMIGRATE_MIGRATION_ID": mid,
-        "LIVEMIGRATE_SOURCE_TABLE": "unused-source",
-        "LIVEMIGRATE_DESTINATION_TABLE": table,
-        "LIVEMIGRATE_CONTROL_TABLE": control,
-        "LIVEMIGRATE_SEARCH_URL": ENGINE_URLS[engine],
-        "LIVEMIGRATE_SEARCH_ENGINE": engine,
-        "LIVEMIGRATE_SEARCH_ALIAS": alias,
-        "PYTHONPATH": str(ROOT),
-    }
-
-
-def cli(*args: str) -> list[str]:
-    level = os.environ.get("LIVEMIGRATE_TEST_LOG_LEVEL", "WARNING")
-    return [sys.executable, "-m", "livemigrate.cli", "--log-level", level, "search", *args]
-
-
-def run_cli(args: list[str], env: dict[str, str], timeout: float = 60) -> Any:
-    return subprocess.run(
-        args, check=False, env=env, cwd=ROOT, capture_output=True, timeout=timeout
-    )
 
 
 def indexed(backend: ClientBackend, index: str) -> int:

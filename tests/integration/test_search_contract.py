@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from livemigrate.search.backend import (
     BulkAction,
+    BulkResult,
     ClientBackend,
     DocumentStore,
+    Held,
     WrongEngine,
 )
 from livemigrate.search.clients import backend_for
@@ -31,9 +34,10 @@ from tests.services import ENGINE_URLS
 STORES = ["memory", "elasticsearch", "opensearch"]
 
 
-@pytest.fixture(params=STORES)
-def store(request: pytest.FixtureRequest) -> Iterator[tuple[DocumentStore, str]]:
-    """(a document store, an empty index in it)."""
+@pytest.fixture(scope="module", params=STORES)
+def shared_index(request: pytest.FixtureRequest) -> Iterator[tuple[DocumentStore, str]]:
+    """(a document store, an index in it) for the whole module: creating an index takes the
+    engines a second or two, so the cases share one, each with documents of its own."""
     if request.param == "memory":
         yield MemoryBackend(), "idx"
         return
@@ -43,6 +47,28 @@ def store(request: pytest.FixtureRequest) -> Iterator[tuple[DocumentStore, str]]
     backend.create_index(index, {"number_of_replicas": 0}, {})
     yield backend, index
     backend.delete_index(index)
+
+
+class OwnIds:
+    """A test's view of the shared index: its document ids carry a prefix of its own."""
+
+    def __init__(self, backend: DocumentStore) -> None:
+        self.backend = backend
+        self.prefix = uuid.uuid4().hex[:8] + "-"
+
+    def held(self, index: str, ids: Sequence[str]) -> dict[str, Held]:
+        held = self.backend.held(index, [self.prefix + i for i in ids])
+        return {doc_id.removeprefix(self.prefix): h for doc_id, h in held.items()}
+
+    def bulk(self, actions: Sequence[BulkAction]) -> list[BulkResult]:
+        return self.backend.bulk([replace(a, id=self.prefix + a.id) for a in actions])
+
+
+@pytest.fixture
+def store(shared_index: tuple[DocumentStore, str]) -> tuple[DocumentStore, str]:
+    """(a document store, an index in it where no document of this test exists yet)."""
+    backend, index = shared_index
+    return OwnIds(backend), index
 
 
 def doc(seq: int, **fields: object) -> dict[str, object]:
@@ -126,6 +152,70 @@ def test_results_come_one_per_action_in_order_and_tombstones_are_held_as_such(
     assert [r.status for r in backend.bulk(actions)] == [201, 201, 409, 404]
     held = backend.held(index, ["a", "b"])
     assert (held["a"].tombstone, held["b"].tombstone) == (False, True)
+
+
+def test_an_unconditional_index_creates_then_replaces(store: tuple[DocumentStore, str]) -> None:
+    backend, index = store
+    (created,) = backend.bulk([BulkAction("index", index, "a", doc(5, v=1))])
+    first = backend.held(index, ["a"])["a"]
+    (replaced,) = backend.bulk([BulkAction("index", index, "a", doc(4, v=2))])
+    second = backend.held(index, ["a"])["a"]
+    assert (created.status, replaced.status) == (201, 200)
+    assert second.seq == pad_seq("4"), "an unconditional write does not compare versions"
+    assert (second.seq_no, second.primary_term) != (first.seq_no, first.primary_term)
+
+
+def test_a_delete_on_a_stale_token_is_refused_and_keeps_the_document(
+    store: tuple[DocumentStore, str],
+) -> None:
+    backend, index = store
+    backend.bulk([BulkAction("create", index, "a", doc(5))])
+    old = backend.held(index, ["a"])["a"]
+    backend.bulk([BulkAction("index", index, "a", doc(6))])
+    occ: dict[str, Any] = {"if_seq_no": old.seq_no, "if_primary_term": old.primary_term}
+    (stale,) = backend.bulk([BulkAction("delete", index, "a", **occ)])
+    assert stale.status == 409 and stale.error_type == "version_conflict_engine_exception"
+    assert backend.held(index, ["a"])["a"].seq == pad_seq("6")
+
+
+def test_a_document_created_again_after_a_delete_does_not_match_the_old_token(
+    store: tuple[DocumentStore, str],
+) -> None:
+    backend, index = store
+    backend.bulk([BulkAction("create", index, "a", doc(5))])
+    gone = backend.held(index, ["a"])["a"]
+    backend.bulk([BulkAction("delete", index, "a")])
+    (again,) = backend.bulk([BulkAction("create", index, "a", doc(7))])
+    assert again.status == 201
+    back = backend.held(index, ["a"])["a"]
+    assert (back.seq_no, back.primary_term) != (gone.seq_no, gone.primary_term)
+    occ: dict[str, Any] = {"if_seq_no": gone.seq_no, "if_primary_term": gone.primary_term}
+    (stale,) = backend.bulk([BulkAction("index", index, "a", doc(8), **occ)])
+    assert stale.status == 409
+    assert backend.held(index, ["a"])["a"].seq == pad_seq("7")
+
+
+def test_actions_on_one_id_in_one_request_apply_in_order(store: tuple[DocumentStore, str]) -> None:
+    backend, index = store
+    results = backend.bulk(
+        [
+            BulkAction("create", index, "a", doc(1)),
+            BulkAction("index", index, "a", doc(2)),
+            BulkAction("delete", index, "a"),
+            BulkAction("create", index, "a", doc(3)),
+        ]
+    )
+    assert [r.status for r in results] == [201, 200, 200, 201]
+    assert backend.held(index, ["a"])["a"].seq == pad_seq("3")
+
+
+def test_a_document_without_a_livemigrate_version_is_held_with_an_empty_one(
+    store: tuple[DocumentStore, str],
+) -> None:
+    backend, index = store
+    backend.bulk([BulkAction("create", index, "a", {"written": "by someone else"})])
+    held = backend.held(index, ["a"])["a"]
+    assert (held.seq, held.tombstone) == ("", False)
 
 
 # -- index operations (the real engines) ---------------------------------------------------------

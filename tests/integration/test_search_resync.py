@@ -18,8 +18,8 @@ from livemigrate.search.indices import IndexConfig, live_index
 from livemigrate.search.resync import Resync, TableSource, cleanup
 from livemigrate.search.sink import Indexing, SearchSink
 from livemigrate.search.targets import ControlTargets
-from tests.integration.test_search_sink import Writes, destination, index_state, table_state
 from tests.services import StreamTail, unique
+from tests.support.search import Writes, destination, index_state, table_state
 
 CONFIG = IndexConfig({"number_of_replicas": 0}, {})
 

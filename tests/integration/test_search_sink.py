@@ -7,142 +7,19 @@ converted here; the index is read with the backend's scroll (checked by the cont
 from __future__ import annotations
 
 import random
-import threading
-from collections.abc import Callable, Iterator
-from decimal import Decimal
-from typing import Any
-
-import pytest
-from boto3.dynamodb.types import TypeDeserializer
-from elasticsearch import Elasticsearch
+from collections.abc import Callable
 
 from livemigrate.aws import AwsClients
 from livemigrate.control import ControlStore
 from livemigrate.deadletters import DeadLetters
-from livemigrate.destination import DestinationWriter
 from livemigrate.records import StreamRecord
-from livemigrate.search.backend import ClientBackend, SearchBackend
+from livemigrate.search.backend import ClientBackend
 from livemigrate.search.batcher import BatchPolicy
-from livemigrate.search.clients import backend_for
 from livemigrate.search.sink import Indexing, SearchSink
 from livemigrate.search.targets import FixedTargets
-from livemigrate.versioning import pad_seq, user_attributes
-from tests.services import StreamTail, create_table, scan_all, unique
-
-_deser = TypeDeserializer()
-
-
-# -- helpers shared by the search integration tests ---------------------------------------------
-def plain_json(value: Any) -> Any:
-    """The test's own JSON-safe conversion (independent of livemigrate.search.documents)."""
-    if isinstance(value, Decimal):
-        return int(value) if value % 1 == 0 else float(value)
-    if isinstance(value, dict):
-        return {k: plain_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [plain_json(v) for v in value]
-    return value
-
-
-def table_state(clients: AwsClients, table: str) -> dict[tuple[str, str], dict[str, Any]]:
-    out = {}
-    for raw in scan_all(clients.dynamodb, table):
-        item = {k: _deser.deserialize(v) for k, v in raw.items()}
-        if item.get("_lm_tomb"):
-            continue
-        doc = {k: plain_json(v) for k, v in user_attributes(item).items()}
-        out[(doc["pk"], doc["sk"])] = doc
-    return out
-
-
-def index_state(backend: SearchBackend, index: str) -> dict[tuple[str, str], dict[str, Any]]:
-    out = {}
-    for doc_id, source in backend.scan(index):  # refreshes first
-        src = {k: v for k, v in source.items() if k != "_lm_seq"}
-        assert "_lm_tomb" not in src, f"tombstone document left in {index}: {doc_id}"
-        # ids: percent-encoded key values joined by '~' (plain ASCII keys here).
-        assert doc_id == f"{src['pk']}~{src['sk']}"
-        out[(src["pk"], src["sk"])] = src
-    return out
-
-
-_CREATED: dict[int, list[str]] = {}  # client id -> index patterns to delete after the test
-
-
-@pytest.fixture
-def es(es_url: str) -> Iterator[Elasticsearch]:
-    """An elasticsearch-py client (tests of other subjects that read the node directly)."""
-    client = Elasticsearch(es_url, request_timeout=30)
-    _CREATED[id(client)] = []
-    yield client
-    for pattern in _CREATED.pop(id(client)):
-        client.indices.delete(index=pattern, ignore_unavailable=True, allow_no_indices=True)
-    client.close()
-
-
-def new_index(es: Elasticsearch, prefix: str = "lmtest") -> str:
-    """A unique lowercase name; every index starting with it is deleted after the test."""
-    name = unique(prefix).lower()
-    _CREATED[id(es)].append(name + "*")
-    return name
-
-
-@pytest.fixture
-def es_backend(es_url: str) -> ClientBackend:
-    """Elasticsearch only: for the slow tests whose subject is the sink, not the engine (the
-    contract suite and the tests taking ``search_backend`` cover OpenSearch)."""
-    return backend_for("elasticsearch", es_url, timeout=30)
-
-
-@pytest.fixture
-def es_index(es_backend: ClientBackend) -> Iterator[str]:
-    name = unique("lmtest").lower()
-    yield name
-    es_backend.delete_index(name + "*")
-
-
-class Writes:
-    """Concurrent puts and deletes into D through DestinationWriter, increasing sequences."""
-
-    def __init__(self, writer: DestinationWriter, keys: int, seed: int) -> None:
-        self.writer = writer
-        self.keys = keys
-        self.rng = random.Random(seed)
-        self.seq = 10**22  # real sequence numbers are 21+ digits
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-
-    def next_seq(self) -> str:
-        with self.lock:
-            self.seq += self.rng.randint(1, 10**6)
-            return pad_seq(str(self.seq))
-
-    def one(self, rng: random.Random) -> None:
-        key = {"pk": {"S": f"p{rng.randrange(self.keys)}"}, "sk": {"S": "s"}}
-        if rng.random() < 0.3:
-            self.writer.remove(key, self.next_seq(), tombstone=rng.random() < 0.5)
-        else:
-            item = {**key, "n": {"N": str(rng.randrange(1000))}, "tags": {"L": [{"S": "x"}]}}
-            self.writer.put_if_newer(item, self.next_seq())
-
-    def run(self, count: int, seed: int) -> None:
-        rng = random.Random(seed)
-        for _ in range(count):
-            if self.stop.is_set():
-                return
-            self.one(rng)
-
-    def threads(self, n: int, count: int) -> list[threading.Thread]:
-        out = [threading.Thread(target=self.run, args=(count, i)) for i in range(n)]
-        for t in out:
-            t.start()
-        return out
-
-
-def destination(clients: AwsClients) -> tuple[str, DestinationWriter]:
-    table = unique("dest")
-    create_table(clients.dynamodb, table)
-    return table, DestinationWriter(clients.dynamodb, table, ("pk", "sk"), "m1")
+from livemigrate.versioning import pad_seq
+from tests.services import StreamTail, unique
+from tests.support.search import Writes, destination, index_state, table_state
 
 
 def dead_letters(clients: AwsClients) -> DeadLetters:

@@ -20,9 +20,7 @@ Cost: ``max_examples=5``, each a whole migration: about 7 s each on an idle 2-co
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
 from collections.abc import Callable
 from decimal import Context, Decimal
 from pathlib import Path
@@ -34,10 +32,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from livemigrate.aws import AwsClients
-from livemigrate.cli import ENGINE_COMMANDS, build_parser
-from livemigrate.config import Settings
 from livemigrate.demo_data import enable_stream
-from livemigrate.errors import LivemigrateError
 from livemigrate.items import to_json, to_plain
 from livemigrate.migration import open_migration
 from livemigrate.search.documents import build_document, default_document, document_id
@@ -46,21 +41,18 @@ from livemigrate.verify import verify
 from livemigrate.verify.engine import VerifyOptions
 from livemigrate.versioning import user_attributes as strip_reserved
 from tests.services import create_table, scan_all, settings_for, unique
+from tests.support.values import command, put_all
 
 pytestmark = pytest.mark.integration
 
 WIDE = Context(prec=100)  # exact sums of 38-digit numbers
-IDENTITY = "tests.integration.test_values_roundtrip:identity"
+IDENTITY = "tests.support.values:identity"
 ONE_SEGMENT = VerifyOptions(
     buckets=4, segments=1, recheck_wait=0.1, recheck_rounds=1, consumer_wait=0.5
 )
 # Unmapped fields are kept in _source but not indexed: random attribute names of random types
 # would otherwise conflict in a dynamic mapping (a search concern, not a value one).
 INDEX_CONFIG = {"settings": {"number_of_replicas": 0}, "mappings": {"dynamic": False}}
-
-
-def identity(item: dict[str, Any]) -> list[dict[str, Any]]:
-    return [item]
 
 
 # -- generated DynamoDB items --------------------------------------------------------------------
@@ -142,20 +134,6 @@ def migrations(draw: Any) -> tuple[tuple[str, str], list[dict[str, Any]], int]:
 
 
 # -- the commands, in this process ------------------------------------------------------------
-def command(settings_: Settings, clients: AwsClients, *argv: str) -> int:
-    """``livemigrate <argv>`` with these settings, in this process (as ``cli.main`` runs it)."""
-    args = build_parser(argv[0]).parse_args(list(argv))
-    engine = importlib.import_module(ENGINE_COMMANDS[argv[0]][0])
-    try:
-        return int(engine.run(args, settings_, clients))
-    except LivemigrateError as exc:
-        print(f"livemigrate {argv[0]}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-
-
-def put_all(clients: AwsClients, table: str, items: list[dict[str, Any]]) -> None:
-    for item in items:
-        clients.dynamodb.put_item(TableName=table, Item=item)
 
 
 def destination_items(clients: AwsClients, table: str) -> dict[str, dict[str, Any]]:

@@ -18,9 +18,9 @@ from livemigrate.search.backend import BulkAction, ClientBackend
 from livemigrate.search.documents import default_document, document_id
 from livemigrate.verify import verify
 from livemigrate.versioning import SEQ_ATTR, TOMBSTONE_ATTR
-from tests.integration.test_cutover_gates import Heartbeat, ready_store
-from tests.integration.test_verify_tables import FAST, seed
 from tests.services import create_table, settings_for, unique
+from tests.support.cutover import Heartbeat, ready_store
+from tests.support.verify import FAST, seed
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import json
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -14,7 +13,7 @@ import pytest
 from livemigrate import cli
 from livemigrate.aws import AwsClients
 from livemigrate.destination import DestinationWriter
-from livemigrate.items import to_plain, to_typed
+from livemigrate.items import to_plain
 from livemigrate.migration import Migration, open_migration
 from livemigrate.verify import Hooks, VerifyOptions, verify
 from livemigrate.verify.digest import key_id
@@ -22,27 +21,12 @@ from livemigrate.verify.engine import Difference, Verifier
 from livemigrate.verify.repair import Repairer
 from livemigrate.versioning import BACKFILL_SEQ, SEQ_ATTR, pad_seq
 from tests.services import create_table, settings_for, unique
-
-FAST = VerifyOptions(buckets=8, segments=2, recheck_wait=0.2, recheck_rounds=2)
-
-
-def source_item(i: int, v: str = "x") -> dict[str, Any]:
-    pk = "section-outbox|docket" if i % 3 == 0 else f"user|{i}"
-    return to_typed(
-        {"pk": pk, "sk": f"item-{i:04d}", "createdAt": Decimal(1_700_000_000 + i), "v": v}
-    )
+from tests.support.verify import FAST, seed
 
 
 def dest_key(migration: Migration, item: dict[str, Any]) -> dict[str, Any]:
     (out,) = migration.transformer.run(to_plain(item))
     return {k: out[k] for k in migration.destination.key_names}
-
-
-def backfill(migration: Migration, items: list[dict[str, Any]]) -> None:
-    """Copy through the transform with the backfill's put-if-absent (the engine's write rule)."""
-    for item in items:
-        for out in migration.transformer.run(to_plain(item)):
-            migration.writer.put_if_absent(out)
 
 
 @pytest.fixture
@@ -52,14 +36,6 @@ def migration(clients: AwsClients) -> Iterator[Migration]:
     create_table(clients.dynamodb, dst)
     settings = settings_for(src, dst, search_url=None)
     yield open_migration(settings, clients, require_source_stream=False)
-
-
-def seed(migration: Migration, n: int = 30) -> list[dict[str, Any]]:
-    items = [source_item(i) for i in range(n)]
-    for item in items:
-        migration.clients.dynamodb.put_item(TableName=migration.source.name, Item=item)
-    backfill(migration, items)
-    return items
 
 
 def run_cli(migration: Migration, monkeypatch: pytest.MonkeyPatch, *extra: str) -> int:

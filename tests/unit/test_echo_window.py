@@ -18,7 +18,7 @@ from livemigrate.clock import FakeClock
 from livemigrate.flag import FlagView
 from livemigrate.records import CLOCK_SKEW, StreamRecord
 from livemigrate.replication import ARM_WAIT, MARK_VALIDITY, DeleteMarking, before_activation
-from tests.unit.test_cutover_client import INITIAL, MemoryFlags
+from tests.support.flags import INITIAL, MemoryFlags
 
 ARM = 1_000_000.25  # the arm, on the cutover's clock
 

@@ -18,7 +18,7 @@ from livemigrate.clock import FakeClock
 from livemigrate.flag import FlagView
 from livemigrate.records import STREAM_TIME_PRECISION, StreamRecord
 from livemigrate.retired import RetiredTable
-from tests.unit.test_cutover_client import INITIAL, MemoryFlags
+from tests.support.flags import INITIAL, MemoryFlags
 
 
 class RecordingStore:

@@ -29,8 +29,8 @@ from livemigrate.versioning import MIGRATION_ATTR, pad_seq
 from stream_consumer.applier import DestinationApplier
 from stream_consumer.metrics import Metrics
 from stream_consumer.reverse import check_round_trip
-from tests.unit.test_consumer_model import ModelWriter, SwitchableMode
-from tests.unit.test_cutover_client import MemoryFlags
+from tests.support.consumer_model import ModelWriter, SwitchableMode
+from tests.support.flags import MemoryFlags
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient

@@ -11,11 +11,15 @@ from collections.abc import Iterable, Iterator
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
+import pytest
+
+from livemigrate.aws import AwsClients
+from livemigrate.cli import main
 from livemigrate.config import Settings
 from livemigrate.examples.hot_outbox import transform as hot_outbox
 from livemigrate.items import to_json, to_plain, to_typed
 from livemigrate.versioning import RESERVED_PREFIX
-from tests.services import TEST_ENV, scan_all
+from tests.services import TEST_ENV, create_table, scan_all, settings_for, unique
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -112,3 +116,30 @@ def bloating_transform(item: dict[str, Any]) -> Iterator[dict[str, Any]]:
         if out.get("big"):
             out["blob"] = "x" * (420 * 1024)
         yield out
+
+
+def tables(clients: AwsClients, items: list[dict[str, Any]]) -> Settings:
+    """A source holding ``items`` (with a stream) and an empty destination (without)."""
+    source, dest = unique("src"), unique("dst")
+    create_table(clients.dynamodb, source)
+    create_table(clients.dynamodb, dest, stream=None)
+    fill(clients.dynamodb, source, items)
+    return settings_for(source, dest)
+
+
+def outbox_tables(clients: AwsClients, count: int = 40, **extra: str) -> Settings:
+    """``tables`` with ``count`` outbox items; ``extra`` settings (a transform, ...)."""
+    source, dest = unique("src"), unique("dst")
+    create_table(clients.dynamodb, source)
+    create_table(clients.dynamodb, dest, stream=None)
+    fill(clients.dynamodb, source, outbox_items(count))
+    return settings_for(source, dest, **extra)
+
+
+def backfill_cli(monkeypatch: pytest.MonkeyPatch, settings: Settings, *flags: str) -> int:
+    """``livemigrate backfill <flags>`` in this process, configured by the environment."""
+    env = settings_env(settings)
+    for name, value in env.items():
+        if name.startswith("LIVEMIGRATE_"):
+            monkeypatch.setenv(name, value)
+    return main(["backfill", *flags])
