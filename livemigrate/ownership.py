@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from livemigrate.counters import Counter
-from livemigrate.items import TypedItem, key_id, to_json
+from livemigrate.items import TypedItem, key_id
 from livemigrate.keys import OWNED_PREFIX
 
 if TYPE_CHECKING:
@@ -110,7 +110,10 @@ class OwnershipRecords:
     def remember(self, owner: str, keys: Sequence[TypedItem], seq: str) -> None:
         """Record the destination keys ``owner`` owns as of the record at ``seq``."""
         self.store.put(
-            self._sk(owner), {"owner": owner, "keys": [to_json(k) for k in keys], "seq": seq}
+            # key_id's canonical form, which key_from_id reads back (to_json wrote binary as
+            # hex, read back as base64: a binary key came back as other bytes)
+            self._sk(owner),
+            {"owner": owner, "keys": [key_id(k) for k in keys], "seq": seq},
         )
 
     def owned(self, owner: str) -> list[TypedItem]:

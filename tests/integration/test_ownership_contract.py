@@ -64,18 +64,12 @@ def test_long_owners_and_numeric_keys_round_trip(records: OwnershipRecords) -> N
     assert records.owned(LONG_OWNER[:-1]) == []
 
 
-# Found by this suite: ``OwnershipRecords.remember`` stores keys with ``items.to_json`` (binary
-# as hex) and ``owned`` reads them with ``ownership.key_from_id``, which expects ``key_id``'s
-# canonical form (binary as base64): a binary key comes back as other bytes. Strict xfail: it
-# fails the suite as soon as the product code is fixed, so the mark is removed then.
-BINARY_KEYS_BUG = pytest.mark.xfail(
-    reason="OwnershipRecords writes binary keys as hex and reads them as base64", strict=True
-)
+# Found by this suite: ``OwnershipRecords.remember`` stored keys with ``items.to_json`` (binary
+# as hex) and ``owned`` read them with ``ownership.key_from_id``, which expects ``key_id``'s
+# canonical form (binary as base64): a binary key came back as other bytes.
 
 
-@pytest.mark.parametrize(
-    "records", ["memory", pytest.param("control-table", marks=BINARY_KEYS_BUG)], indirect=True
-)
+@pytest.mark.parametrize("records", ["memory", "control-table"], indirect=True)
 def test_binary_keys_round_trip(records: OwnershipRecords) -> None:
     binary = to_typed({"pk": "by-hash", "sk": b"\x00\xff"})
     records.remember("users~u3", [binary], "0010")
