@@ -183,23 +183,20 @@ def _lag_tool(clients: AwsClients) -> tuple[list[float], int]:
     migration = _migration(clients, source)
     stop = threading.Event()
     sink = StampSink(DestinationApplier.for_migration(migration, Metrics("source")))
+    options = ConsumerOptions(
+        store=migration.store,
+        name="source",
+        worker_id="bench",
+        lease_seconds=30.0,
+        clock=SystemClock(),
+        dead_letters=migration.dead_letters,
+        origin="stream",
+        tuning=Tuning(poll_interval=POLL),
+    )
+    source_of_lag = BotoShardSource(clients.streams, str(migration.source.stream_arn))
+    # A typed call in a lambda: Thread(args=..., kwargs=...) hid a stale signature from mypy.
     tool = threading.Thread(
-        target=run_consumer,
-        args=(
-            BotoShardSource(clients.streams, str(migration.source.stream_arn)),
-            migration.store,
-            "source",
-            sink,
-        ),
-        kwargs={
-            "worker_id": "bench",
-            "lease_seconds": 30.0,
-            "clock": SystemClock(),
-            "dead_letters": migration.dead_letters,
-            "origin": "stream",
-            "tuning": Tuning(poll_interval=POLL),
-            "stop_event": stop,
-        },
+        target=lambda: run_consumer(source_of_lag, sink, options, stop_event=stop)
     )
     tool.start()
     written = _write_steady(clients, source, RATE, SECONDS)
