@@ -36,7 +36,7 @@ import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Any, Final, Literal
 
 Role = Literal["source", "destination", "control"]
@@ -209,7 +209,11 @@ def number_size(text: str) -> int:
     if text.isdigit():  # a plain integer (most numbers; every put is sized): no Decimal
         significant = len(text.strip("0")) or 1
     else:
-        digits = Decimal(text).normalize().as_tuple().digits
+        number = Decimal(text)
+        # normalize() in a context as wide as the number: the default one (28 digits) rounded
+        # a 38-digit number and under-charged it
+        wide = Context(prec=max(1, len(number.as_tuple().digits)), Emin=-999_999, Emax=999_999)
+        digits = number.normalize(wide).as_tuple().digits
         significant = len(digits) if any(digits) else 1
     return math.ceil(significant / 2) + 1 + (1 if text.startswith("-") else 0)
 

@@ -145,3 +145,17 @@ def test_integer_text_is_sized_like_any_number(n: int, zeros: int) -> None:
     text = "0" * zeros + str(n)
     significant = len(number_text(text).strip("0")) or 1
     assert accounting.number_size(text) == math.ceil(significant / 2) + 1
+
+
+@given(
+    st.integers(min_value=1, max_value=10**38 - 1),
+    st.integers(min_value=-40, max_value=40),
+    st.booleans(),
+)
+def test_every_one_of_38_digits_is_charged(digits: int, exponent: int, negative: bool) -> None:
+    # a number of up to 38 significant digits, at any scale: its size counts all of them (the
+    # default decimal context rounded to 28 and under-charged longer numbers)
+    text = f"{'-' if negative else ''}{digits}E{exponent}"
+    significant = len(str(digits).rstrip("0"))
+    sign = 1 if negative else 0
+    assert accounting.number_size(text) == math.ceil(significant / 2) + 1 + sign
