@@ -55,10 +55,12 @@ def test_a_unit_of_one_page_costs_three_writes_and_claims_share_one_listing(
     # WHEN it backfills them
     with control_requests(clients, settings.control_table) as seen:
         assert Engine(migration, options).run()
-    # THEN each unit costs a claim, one counter update and a checkpoint that also releases
-    # the lease (was 5: a second counter update, a release; and a read-back of the claim);
-    # beyond them: the plan's state twice (running, complete) and the run's last counters
-    assert seen["UpdateItem"] == 3 * 4 + 1 + 3
+    # THEN each unit costs a claim, one counter update (its reads, sent before its checkpoint,
+    # with the previous unit's writes) and a checkpoint that also releases the lease (was 5:
+    # a second counter update, a release; and a read-back of the claim); beyond them: the
+    # plan three times (written, running, complete), the last unit's write counters at the
+    # worker's exit, and the run's last counters
+    assert seen["UpdateItem"] == 3 * 4 + 3 + 2
     # and the units are listed (2 queries) once for the first 4 claims, once when none is
     # left, once to complete; plus the plan's count (was 17: 2 per claim, 1 per segment for
     # crashed splits, listings by idle polls)
@@ -80,6 +82,54 @@ def test_idle_workers_do_not_poll_while_siblings_hold_the_units(clients: AwsClie
     # listing came before the claim) and were woken by the completion: a unit held in this
     # process is left only with a notice (was: a listing per poll and worker)
     assert seen["Query"] <= 1 + 3 * 2 + 2 * 2 + 2 + 2
+    assert destination(clients.dynamodb, settings.destination_table) == expected(
+        clients.dynamodb, settings.source_table
+    )
+
+
+class Killed(BaseException):
+    """The process dies (SIGKILL) right after a request it sent was acknowledged."""
+
+
+def test_a_kill_right_after_a_checkpoint_still_leaves_the_page_counted(
+    clients: AwsClients,
+) -> None:
+    # GIVEN one segment of 3 pages, whose worker dies right after its first checkpoint landed
+    settings = tables(clients, 30)
+    options = Options(workers=1, page_size=10, total_segments=1, lease_seconds=2.0)
+    migration = open_migration(settings, clients)
+
+    sent: list[dict[str, Any]] = []  # the API parameters of the UpdateItem in flight
+    kills: list[str] = []
+
+    def remember(params: dict[str, Any], model: Any, **_: Any) -> None:
+        if model.name == "UpdateItem":
+            sent[:] = [params]
+
+    def die_after_first_checkpoint(**_: Any) -> None:
+        params = sent[0] if sent else {}
+        names = params.get("ExpressionAttributeNames", {}).values()
+        if not kills and params["Key"]["sk"]["S"].startswith("SEG#") and "checkpoint" in names:
+            kills.append(params["Key"]["sk"]["S"])
+            raise Killed
+
+    events = clients.dynamodb.meta.events
+    events.register("before-parameter-build.dynamodb", remember, unique_id="test-params")
+    events.register(
+        "after-call.dynamodb.UpdateItem", die_after_first_checkpoint, unique_id="test-kill"
+    )
+    try:
+        with pytest.raises(Killed):
+            Engine(migration, options).run()
+    finally:
+        events.unregister("before-parameter-build.dynamodb", unique_id="test-params")
+        events.unregister("after-call.dynamodb.UpdateItem", unique_id="test-kill")
+    assert kills, "the worker died after a checkpoint"
+    # WHEN the next run takes the segment over once the dead worker's lease expired
+    assert Engine(migration, options).run()
+    # THEN every item was counted as read at least once: the page before the kill was counted
+    # before its checkpoint (counted after it, the kill lost the count: items_read < 30)
+    assert int(migration.store.metrics()["items_read"]) >= 30
     assert destination(clients.dynamodb, settings.destination_table) == expected(
         clients.dynamodb, settings.source_table
     )
