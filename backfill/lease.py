@@ -75,10 +75,13 @@ class UnitLease:
         """How often a waiting worker thread looks whether a heartbeat is due (real time)."""
         return max(0.01, min(0.5, self.interval / 2))
 
-    def renew(self, values: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Renew now, writing ``values`` with it (a checkpoint); LeaseLost revokes the fence."""
+    def renew(
+        self, values: Mapping[str, Any] | None = None, add: Mapping[str, float] | None = None
+    ) -> None:
+        """Renew now, writing ``values`` with it (a checkpoint) and adding ``add`` to counters;
+        LeaseLost revokes the fence."""
         with self._renewing:
-            return self._renew(values)
+            self._renew(values, add)
 
     def keep_alive(self) -> None:
         """Renew if ``interval`` has passed since the last renewal (one thread at a time; the
@@ -87,20 +90,19 @@ class UnitLease:
             return
         try:
             if self.clock.monotonic() >= self._next:
-                self._renew(None)
+                self._renew(None, None)
         finally:
             self._renewing.release()
 
-    def _renew(self, values: Mapping[str, Any] | None) -> dict[str, Any]:
+    def _renew(self, values: Mapping[str, Any] | None, add: Mapping[str, float] | None) -> None:
         sent = self.clock.monotonic()
         try:
-            item = self.store.renew(self.sk, self.owner, self.ttl, self.clock.now(), values)
+            self.store.renew(self.sk, self.owner, self.ttl, self.clock.now(), values, add=add)
         except LeaseLost:
             self.fence.revoke()
             raise
         self.fence.extend(sent, self.ttl, self.margin)
         self._next = sent + self.interval
-        return item
 
     def put_new(self, items: Mapping[str, Mapping[str, Any]]) -> None:
         """Create control-table items (splits) only while the lease is held, inside the fence."""
@@ -111,7 +113,7 @@ class UnitLease:
                 self.fence.revoke()
                 raise
 
-    def finish(self, values: Mapping[str, Any]) -> dict[str, Any]:
+    def finish(self, values: Mapping[str, Any], add: Mapping[str, float] | None = None) -> None:
         """Write the last checkpoint and give the lease up in one update (after every write
         of ours is acknowledged): the fence is revoked first; the update needs the lease
         still ours and unexpired, as a renewal does (LeaseLost otherwise)."""
@@ -119,14 +121,15 @@ class UnitLease:
         item = self.store.update(
             self.sk,
             values,
+            add=add,
             remove=("lease_owner", "lease_expires"),
             condition=HELD,
             condition_values={"me": self.owner, "now": self.clock.now()},
+            returns=False,
         )
         if item is None:
             raise LeaseLost(f"lease {self.sk} is no longer held by {self.owner}")
         self.released = True
-        return item
 
     def release(self) -> bool:
         """Give the lease up (after every write of ours is acknowledged); revokes the fence."""

@@ -39,7 +39,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,29 +111,52 @@ class Unit:
 def ensure_plan(store: ControlStore, total_segments: int) -> int:
     """Write the plan if there is none; returns the plan's total_segments (the first one wins).
 
-    Safe to run from many processes at once and after a crash half-way: PLAN is written first
-    (conditionally), then every missing segment item is added conditionally.
+    Safe to run from many processes at once and after a crash half-way (``write_plan``).
     """
-    plan = store.get(PLAN)
-    if plan is None:
-        store.put(
-            PLAN,
-            {"state": PLANNED, "total_segments": total_segments, "created_at": time.time()},
-            only_if_absent=True,
-        )
-        plan = store.get(PLAN) or {}
-    if plan.get("source") == "export":  # issue 16: one plan a migration, never mixed
-        raise PreflightError(
-            f"migration {store.migration_id!r} is loading the export {plan.get('export_uri')}",
-            f"run `livemigrate backfill --from-export {plan.get('export_uri')}` to finish it",
-        )
+    fresh = {"state": PLANNED, "total_segments": total_segments, "created_at": time.time()}
+
+    def same_kind(plan: dict[str, Any]) -> None:
+        if plan.get("source") == "export":  # issue 16: one plan a migration, never mixed
+            raise PreflightError(
+                f"migration {store.migration_id!r} is loading the export {plan.get('export_uri')}",
+                f"run `livemigrate backfill --from-export {plan.get('export_uri')}` to finish it",
+            )
+
+    def segments(total: int) -> list[dict[str, Any]]:
+        return [_fresh(n) for n in range(total)]
+
+    return int(write_plan(store, fresh, same_kind, segments)["total_segments"])
+
+
+def write_plan(
+    store: ControlStore,
+    fresh: dict[str, Any],
+    check: Callable[[dict[str, Any]], None],
+    units: Callable[[int], list[dict[str, Any]]],
+) -> dict[str, Any]:
+    """PLAN as held (``fresh`` unless one exists, which ``check`` may refuse), with its
+    units (``units(total)``, the n-th stored as ``SEG#<n>``) written.
+
+    PLAN is written first, conditionally, in the request that reads the one held; then every
+    missing unit, conditionally, a few at a time: many processes may plan at once, and one
+    may die half-way.
+    """
+    held = store.put_or_get(PLAN, fresh)
+    plan = fresh if held is None else held
+    check(plan)
     total = int(plan["total_segments"])
-    if not plan.get("segments_written"):
-        if store.count(SEG_PREFIX) < total:
-            for segment in range(total):
-                store.put(seg_sk(segment), _fresh(segment), only_if_absent=True)
-        store.update(PLAN, {"segments_written": True})
-    return total
+    if plan.get("segments_written"):
+        return plan
+    # A plan just created has no unit yet: no need to count them.
+    if held is None or store.count(SEG_PREFIX) < total:
+
+        def write(pair: tuple[int, dict[str, Any]]) -> None:
+            store.put(seg_sk(pair[0]), pair[1], only_if_absent=True)
+
+        with ThreadPoolExecutor(max(1, min(8, total))) as pool:
+            list(pool.map(write, enumerate(units(total))))
+    store.update(PLAN, {"segments_written": True}, returns=False)
+    return plan
 
 
 def _fresh(segment: int) -> dict[str, Any]:
@@ -168,7 +192,10 @@ def mark_running(store: ControlStore) -> None:
 
 
 def mark_complete(
-    store: ControlStore, margin: float = QUIET_MARGIN_SECONDS, now: float | None = None
+    store: ControlStore,
+    margin: float = QUIET_MARGIN_SECONDS,
+    now: float | None = None,
+    listed: Sequence[Unit] | None = None,
 ) -> bool:
     """Set PLAN.state = complete (with ``quiet_at``) once everything is done; True if complete.
 
@@ -179,25 +206,35 @@ def mark_complete(
         flight); at least the workers' fence margin.
     now:
         Wall time (default: this machine's clock).
+    listed:
+        The units as just listed by ``list_units`` (segments, then splits), instead of
+        listing them again: a done segment adds no split, so none can be missing.
     """
-    segments = list(units(store, SEG_PREFIX))
-    if not all(u.done for u in segments):
-        return False
-    splits = list(units(store, SPLIT_PREFIX))
-    if not all(u.done for u in splits):
+    found = list_units(store, until_undone=True) if listed is None else list(listed)
+    if not all(u.done for u in found):
         return False
     now = time.time() if now is None else now
-    store.update(
+    updated = store.update(
         PLAN,
         {
             "state": BACKFILL_COMPLETE,
             "completed_at": now,
-            "quiet_at": max(now, latest_lease_expiry(segments + splits)) + margin,
+            "quiet_at": max(now, latest_lease_expiry(found)) + margin,
         },
         condition="attribute_exists(#state) AND #state <> :complete",
         condition_values={"complete": BACKFILL_COMPLETE},
     )
-    return plan_state(store) == BACKFILL_COMPLETE
+    # Refused: complete already (or no plan at all), which only a read can tell apart.
+    return updated is not None or plan_state(store) == BACKFILL_COMPLETE
+
+
+def list_units(store: ControlStore, *, until_undone: bool = False) -> list[Unit]:
+    """Every segment, then every split (in this order: a segment listed done adds no split
+    after it). ``until_undone``: stop before the splits when a segment is not done."""
+    segments = list(units(store, SEG_PREFIX))
+    if until_undone and not all(u.done for u in segments):
+        return segments
+    return segments + list(units(store, SPLIT_PREFIX))
 
 
 def latest_lease_expiry(held: list[Unit]) -> float:

@@ -22,6 +22,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -36,7 +37,7 @@ from backfill.reader import Page, RangeReader, SegmentReader, last_sort_key
 from backfill.splits import create_splits, unfinished_jumps
 from backfill.writes import PageResult, PageWriter, Stats, Tally
 from livemigrate import fencing
-from livemigrate.clock import Clock, SystemClock
+from livemigrate.clock import Clock, Every, SystemClock
 from livemigrate.counters import UNIT_COUNTERS, UNIT_FIELDS, Counter
 from livemigrate.errors import LeaseLost
 from livemigrate.items import key_of
@@ -50,6 +51,9 @@ log = logging.getLogger(__name__)
 COUNTERS = tuple(UNIT_FIELDS[name] for name in UNIT_COUNTERS)
 # METRICS counter: items of pages cut by the budget, read again by the next run.
 CUT_BY_BUDGET: Counter = "items_reread_after_budget"
+# How often a unit's checkpoint also carries the request units spent (accounting); the run's
+# last counter update carries the rest. Each is a clause more of the update (issue 18).
+COSTS_EVERY_SECONDS = 10.0
 
 T = TypeVar("T")
 
@@ -133,14 +137,19 @@ class Engine:
         )
         self.total_segments = 0
         self._stopped = False
-        self._running_marked = False
         self._errors: list[BaseException] = []
         self._changes = threading.Condition()
-        self._complete = False
+        self._complete = False  # nothing is left for this process to do
+        self.plan_completed = False  # a worker of this process saw the plan complete
         self._listed_at = float("-inf")  # monotonic time of this process's last unit listing
-        self._view: list[Unit] = []  # that listing
+        self._view: list[Unit] = []  # that listing, while claims from it may succeed
+        self._last_listing: list[Unit] = []  # that listing
+        self._listing = threading.Lock()  # one listing at a time
+        self._listings_begun = 0
         self._taken: set[str] = set()  # units claimed (or being claimed) by this process
         self._owners = owner_prefix()  # this run's workers are "<prefix>-<n>"
+        self._costs_every = Every(COSTS_EVERY_SECONDS, self.clock)
+        self._left_over: dict[Counter, int] = {}  # counters of workers that have ended
         # Every write attempt through this client checks the fence of the thread sending it.
         fencing.install(migration.clients.dynamodb)
 
@@ -171,6 +180,8 @@ class Engine:
         )
         if self._stopped:  # a stop that came before this budget existed
             self.budget.end_now()
+        # Before the workers start, off their path to the first page (a planned plan only).
+        self.health.call(lambda: plan.mark_running(self.store))
         threads = self.options.workers * self.options.write_threads
         with ThreadPoolExecutor(threads, thread_name_prefix="backfill-write") as pool:
             writer = PageWriter(self.migration, pool, self.write_limiter)
@@ -186,11 +197,35 @@ class Engine:
                 t.start()
             for t in workers:
                 t.join()
+        # One update for the ended workers' last counters and the request units spent since
+        # the last update that carried them (claims, completion): not one per worker.
+        with self._changes:
+            counts, self._left_over = self._left_over, {}
         if self._errors:
+            self._add_quietly(counts)
             raise self._errors[0]
-        # The request units spent since the workers' last counter write (claims, completion).
-        self.health.call(lambda: self.store.add_metrics({}))
+        self.health.call(lambda: self.store.add_metrics(counts))
+        if self.plan_completed:  # no need to read it again
+            return True
         return self.health.call(lambda: plan.plan_state(self.store)) == plan.COMPLETE
+
+    def _add_quietly(self, counts: dict[Counter, int]) -> None:
+        """A failed run's last counters: one try, as the run's own error is what is raised."""
+        try:
+            self.store.add_metrics(counts)
+        except Exception:
+            log.warning("could not save the last counters of a failed run", exc_info=True)
+
+    def hand_over(self, counts: dict[Counter, int]) -> None:
+        """An ending worker's unsent counters, for the run's last update."""
+        with self._changes:
+            for name, n in counts.items():
+                self._left_over[name] = self._left_over.get(name, 0) + n
+
+    def costs_due(self) -> bool:
+        """Whether this checkpoint carries the request units (once per
+        ``COSTS_EVERY_SECONDS`` for the whole process: status lags by at most that)."""
+        return self._costs_every.due()
 
     def stop(self) -> None:
         """End the run now, or the next one as soon as it starts: each worker finishes its
@@ -241,13 +276,22 @@ class Engine:
         """A worker of this process saw the plan complete."""
         return self._complete
 
-    def listed(self, units: list[Unit], more_free: bool) -> None:
-        """A worker listed the units; ``more_free``: more were free than it can take."""
+    def list_units(self) -> tuple[list[Unit], bool]:
+        """The units, as listed by a listing that began after this call (and whether it is
+        this caller's own): workers that ask while a sibling lists wait for the next listing
+        and share it (a listing is two queries; a run's workers all list as they start)."""
         with self._changes:
-            self._view = units
-            self._listed_at = self.clock.monotonic()
-        if more_free:
-            self.changed()
+            ticket = self._listings_begun
+        with self._listing:
+            if self._listings_begun > ticket:  # one began (and ended) after we asked
+                return list(self._last_listing), False
+            with self._changes:
+                self._listings_begun += 1
+            units = plan.list_units(self.store)
+            with self._changes:
+                self._view = self._last_listing = units
+                self._listed_at = self.clock.monotonic()
+            return list(units), True
 
     def view(self) -> list[Unit]:
         """The units as this process last listed them (claims check the real state)."""
@@ -276,14 +320,13 @@ class Engine:
         listing is two queries, so idle workers share one per poll (issue 18)."""
         return self.clock.monotonic() - self._listed_at >= period
 
-    def claimed(self) -> None:
-        if not self._running_marked:
-            self._running_marked = True
-            plan.mark_running(self.store)
-
 
 class Worker:
-    """Claims units one at a time and drains each within the process budget."""
+    """Claims units one at a time and drains each within the process budget.
+
+    A kind of unit other than Scan segments and splits (the export backfill's data files)
+    overrides the hooks ``settled_unit``, ``complete_plan``, ``work`` and ``prefix_position``.
+    """
 
     def __init__(self, engine: Engine, owner: str, writer: PageWriter) -> None:
         self.engine = engine
@@ -296,10 +339,10 @@ class Worker:
         self.health = engine.health
         self.source = engine.migration.source
         self.client = engine.migration.clients.dynamodb
-        self._pending: dict[Counter, int] = {}  # METRICS not yet added (sent with the next read)
         self._unfinished_seen = True  # the last claim's listing held an unfinished unit
         self._finished = False  # the last unit worked on was finished (and released) by us
         self._remote_seen = True  # the last listing held a unit not held by this process
+        self._listed: list[plan.Unit] = []  # the last listing this worker made
 
     def run(self, stagger: float = 0.0) -> None:
         # Workers started together would all race for the same first units.
@@ -308,8 +351,6 @@ class Worker:
             self._loop()
         except Interrupted:
             log.warning("%s: budget spent during an outage; positions are saved", self.owner)
-            return
-        self._flush_at_exit()
 
     def _loop(self) -> None:
         look = True
@@ -319,14 +360,14 @@ class Worker:
             self._call(self.engine.rates.maybe_refresh)
             claimed = self._call(self._claim) if look else None
             if claimed is not None:
-                self._work(*claimed)
+                self.work(*claimed)
                 if not self._finished:  # left unfinished: it may be claimed again
                     self.engine.left(claimed[0].sk)
                     self.engine.changed()
                 continue
             # The claim just listed every unit: while one is unfinished, completing would
             # only list them again (two more queries per idle poll, issue 18).
-            if look and not self._unfinished_seen and self._call(self._mark_complete):
+            if look and not self._unfinished_seen and self._call(self.complete_plan):
                 self.engine.changed(complete=True)
                 return
             # Others hold the remaining leases: wait for one to be left or to expire. A
@@ -344,12 +385,18 @@ class Worker:
         """``fn()`` with outages backed off (until the budget is spent)."""
         return self.health.call(fn, self.budget.expired)
 
-    def _settled(self, unit: plan.Unit) -> bool:
+    def settled_unit(self, unit: plan.Unit) -> bool:
         """A unit no worker will work on again: done (the export worker adds refused files)."""
         return unit.done
 
-    def _mark_complete(self) -> bool:
-        return plan.mark_complete(self.store, self.options.lease_margin, self.clock.now())
+    def complete_plan(self) -> bool:
+        """Complete the plan from the claim's listing of the units (all done): True if it is
+        complete, so nothing is left to do."""
+        done = plan.mark_complete(
+            self.store, self.options.lease_margin, self.clock.now(), listed=self._listed
+        )
+        self.engine.plan_completed = self.engine.plan_completed or done
+        return done
 
     def _claim(self) -> tuple[plan.Unit, UnitLease] | None:
         """Claim a unit: from this process's last listing while it shows one nobody here has
@@ -360,17 +407,18 @@ class Worker:
             if claimed is not None:
                 return claimed
             self.engine.drop_view()  # taken elsewhere meanwhile: look again
-        listed = [
-            *plan.units(self.store, plan.SPLIT_PREFIX),
-            *plan.units(self.store, plan.SEG_PREFIX),
-        ]
-        self._unfinished_seen = any(not self._settled(u) for u in listed)
+        listed, own = self.engine.list_units()
+        self._listed = listed
+        self._unfinished_seen = any(not self.settled_unit(u) for u in listed)
         # Held by another process: it may leave the unit (or die) without telling us.
-        self._remote_seen = any(not self._settled(u) and self._held_elsewhere(u) for u in listed)
+        self._remote_seen = any(
+            not self.settled_unit(u) and self._held_elsewhere(u) for u in listed
+        )
         free = sum(1 for u in listed if self._free(u, self.clock.now()))
         # More than this worker can take (a remote worker left some, or made splits): tell
         # idle siblings, who otherwise only list once per poll per process.
-        self.engine.listed(listed, more_free=free > 1)
+        if own and free > 1:
+            self.engine.changed()
         return self._claim_from(listed)
 
     def _claim_from(
@@ -399,7 +447,6 @@ class Worker:
             )
             if item is not None:
                 self._finished = False
-                self.engine.claimed()
                 lease = UnitLease(
                     self.store,
                     unit.sk,
@@ -422,9 +469,11 @@ class Worker:
     def _free(self, unit: plan.Unit, now: float) -> bool:
         item = unit.item
         held = item.get("lease_owner") not in (None, self.owner)
-        return not self._settled(unit) and not (held and float(item.get("lease_expires", 0)) >= now)
+        return not self.settled_unit(unit) and not (
+            held and float(item.get("lease_expires", 0)) >= now
+        )
 
-    def _work(self, unit: plan.Unit, lease: UnitLease) -> None:
+    def work(self, unit: plan.Unit, lease: UnitLease) -> None:
         try:
             if unit.is_split:
                 self._work_split(unit, lease)
@@ -566,9 +615,6 @@ class Worker:
             page = self._call(lambda: read(start))
         except PastDeadline:  # the read cap would keep us past the budget
             return False, start
-        # Reads are counted with the page's checkpoint (a page read again after a failure
-        # counts twice); one METRICS update carries them and the write counters (issue 18).
-        self._pending["items_read"] = self._pending.get("items_read", 0) + len(page.items)
         result = self.writer.write_page(page.items, lease, self.budget.writes_left)
         if result.lost is not None:
             raise result.lost
@@ -608,7 +654,6 @@ class Worker:
         # Not retried here: a hot key's splits are created once per page (a failure re-reads it).
         following, extra, extra_reads = hook(page, page.last_key)
         tally.read += extra_reads
-        self._pending["items_read"] = self._pending.get("items_read", 0) + extra_reads
         return following, extra
 
     def _checkpoint_prefix(
@@ -624,18 +669,15 @@ class Worker:
         The key of the prefix's last item is a valid ExclusiveStartKey for the segment's Scan
         and for a split's Query alike; the rest of the page is read again by whoever continues.
         """
-        # The rest is read (and counted) again by whoever continues: it is counted apart, so
-        # items_read stays the table size plus what crashes cost (issue 10, item 2).
-        unread = len(page.items) - result.done
-        self._pending["items_read"] = self._pending.get("items_read", 0) - unread
-        self._pending[CUT_BY_BUDGET] = self._pending.get(CUT_BY_BUDGET, 0) + unread
+        # The rest is read (and counted) again by whoever continues: it is counted apart.
+        self.engine.hand_over({CUT_BY_BUDGET: len(page.items) - result.done})
         if result.done == 0:
             return
         result.tally.read = result.done
-        position = self._prefix_position(page, result.done)
+        position = self.prefix_position(page, result.done)
         self._checkpoint(unit, lease, counters, result.tally, (position, {}))
 
-    def _prefix_position(self, page: Page, done: int) -> dict[str, Any]:
+    def prefix_position(self, page: Page, done: int) -> dict[str, Any]:
         """The position after the first ``done`` items of ``page``: the last one's key (the
         export worker counts lines instead)."""
         return key_of(page.items[done - 1], self.source.key_names)
@@ -650,10 +692,11 @@ class Worker:
     ) -> None:
         """Save the position after written items (with a renewal); LeaseLost if it is gone.
 
-        A finished unit's last checkpoint releases the lease in the same update (every write
-        of ours is acknowledged by then). The migration's counters go in one update before it:
-        this page's reads and the previous page's writes, so a page costs two control-table
-        writes and a unit no more (issue 18).
+        One update per page, with the unit's counters: they count exactly the items its
+        checkpoints cover (``ControlStore.metrics`` sums them), so a crash between a count and
+        a checkpoint cannot lose or double one, and no other update is needed (issue 18). A
+        finished unit's last checkpoint also releases the lease (every write of ours is
+        acknowledged by then).
         """
         totals = dict(counters)
         for name, n in zip(
@@ -663,55 +706,30 @@ class Worker:
         ):
             totals[name] += n
         key, extra = following if following is not None else (None, {})
-        values: dict[str, Any] = {"checkpoint": dump_key(key), **totals, **extra}
-        # The page's reads are counted before its checkpoint: a crash in between reads the
-        # page again and counts it twice, never not at all (items_read stays at least the
-        # table size, issue 10 item 2). The write counters ride with the next page's update.
-        if self._pending:
-            self._call(lambda: self._flush_metrics({}))
+        # Only counters that moved: each is a clause of the update (issue 18).
+        moved = {name: n for name, n in totals.items() if n != counters[name]}
+        values: dict[str, Any] = {"checkpoint": dump_key(key), **moved, **extra}
         if following is None:
             values["state"] = plan.DONE
-            self._call(lambda: lease.finish(values))
-            self._finished = True
-        else:
-            self._call(lambda: lease.renew(values))
+        with self._costs() as spent:
+            if following is None:
+                self._call(lambda: lease.finish(values, spent))
+                self._finished = True
+            else:
+                self._call(lambda: lease.renew(values, spent))
         counters.update(totals)
         self.engine.stats.add(tally)
-        pending: tuple[tuple[Counter, int], ...] = (
-            ("items_written", tally.written),
-            ("superseded_by_live_write", tally.superseded),
-            ("items_already_copied", tally.recopied),
-            ("dead_letters", tally.dead),
-        )
-        for name, n in pending:
-            self._pending[name] = self._pending.get(name, 0) + n
+
+    def _costs(self) -> AbstractContextManager[dict[str, float]]:
+        """The request units spent, when due, for a checkpoint to add to its unit (status sums
+        them): given back if the checkpoint fails."""
+        return self.store.unsent_costs() if self.engine.costs_due() else nullcontext({})
 
     def _stop(self, lease: UnitLease) -> None:
-        """Leave the unit after every write of ours is acknowledged: counters, then release
-        (a finished unit's last checkpoint released it already)."""
+        """Leave the unit after every write of ours is acknowledged (a finished unit's last
+        checkpoint released it already; its counters are on it with its checkpoints)."""
         try:
-            # A finished unit's write counters ride with the next page's update (or the run's
-            # last one, _flush_at_exit): no update of their own.
-            if self._pending and not lease.released:
-                self._call(lambda: self._flush_metrics({}))
             if not lease.released:
                 self._call(lease.release)
         except Interrupted:
             log.warning("%s: could not release %s; it expires by itself", self.owner, lease.sk)
-
-    def _flush_metrics(self, counts: dict[Counter, int]) -> None:
-        merged = dict(counts)
-        for name, n in self._pending.items():
-            merged[name] = merged.get(name, 0) + n
-        self.store.add_metrics(merged)
-        self._pending = {}
-
-    def _flush_at_exit(self) -> None:
-        """Counters of a unit left on a lost lease ride with the next unit; at the end they
-        are sent on their own."""
-        if not self._pending:
-            return
-        try:
-            self._call(lambda: self._flush_metrics({}))
-        except Interrupted:
-            log.warning("%s: budget spent during an outage; counters not saved", self.owner)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 
@@ -22,3 +24,41 @@ class Result:
 
     def as_json(self) -> dict[str, object]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Rounds:
+    """Seconds of a tool and its baseline, measured in turns (see ``take_turns``)."""
+
+    tool: list[float]
+    base: list[float]
+
+    @property
+    def ratios(self) -> list[float]:
+        """Each round's throughput ratio, tool / baseline (same work: base s / tool s)."""
+        return [b / t for t, b in zip(self.tool, self.base, strict=True)]
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.ratios)
+
+    def listed(self) -> str:
+        return ", ".join(f"{r:.2f}" for r in self.ratios)
+
+
+def take_turns(tool: Callable[[], float], base: Callable[[], float], rounds: int) -> Rounds:
+    """``rounds`` rounds of one run each of ``tool`` and ``base`` (each returns its seconds),
+    who goes first alternating.
+
+    The shared machine's load drifts within seconds, and single runs on it vary by 10%: the
+    median of the rounds' ratios is the figure, with every round listed beside it.
+    """
+    out = Rounds([], [])
+    for n in range(rounds):
+        if n % 2:
+            out.tool.append(tool())
+            out.base.append(base())
+        else:
+            out.base.append(base())
+            out.tool.append(tool())
+    return out

@@ -6,8 +6,8 @@ DynamoDB would charge for it. ``install(client)`` registers botocore ``after-cal
 client (as ``livemigrate.fencing.install`` does for fences); ``Accounting`` keeps per-process
 totals keyed by table and operation; a ``Ledger`` names a migration's tables (source,
 destination, control) and hands its unsent deltas to a control-table write that happens anyway
-(``ControlStore.add_metrics`` per backfill page, the consumer's heartbeat), so counting adds no
-request of its own.
+(a backfill unit's checkpoint at most every 10 s, a run's last ``ControlStore.add_metrics``,
+the consumer's heartbeat), so counting adds no request of its own.
 
 Units are **computed from item sizes by DynamoDB's published rules**, not taken from the
 server's ``ConsumedCapacity`` (moto does not compute it; requesting it would change what is

@@ -61,3 +61,22 @@ class FakeClock:
     def jump(self, seconds: float) -> None:
         with self._lock:
             self._now += seconds
+
+
+class Every:
+    """``due()`` is True at most once per ``seconds`` of ``clock`` (first after ``seconds``
+    from creation); thread-safe."""
+
+    def __init__(self, seconds: float, clock: Clock) -> None:
+        self.seconds = seconds
+        self.clock = clock
+        self._last = clock.monotonic()
+        self._lock = threading.Lock()
+
+    def due(self) -> bool:
+        with self._lock:
+            now = self.clock.monotonic()
+            if now - self._last < self.seconds:
+                return False
+            self._last = now
+            return True

@@ -64,8 +64,10 @@ pk                          sk                          what
                                                         destination), table, epoch, fenced,
                                                         fenced_until, flipped_at, frozen_after,
                                                         marks_since, destination_since
-``MIG#<id>``                ``METRICS``                 counters (items read, written, ...),
+``MIG#<id>``                ``METRICS``                 counters (dead letters, ...; the
+                                                        backfill's are summed over its units),
                                                         request units: cost.<role>.<op>.<field>
+                                                        (also on backfill units)
 ``DEST#<table>``            ``OWNER``                   which migration writes this destination
 ==========================  ==========================  =======================================
 
@@ -75,14 +77,14 @@ Claims and leases are single conditional writes ("absent OR expired OR mine").
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from botocore.exceptions import ClientError
 
 from livemigrate import keys
-from livemigrate.counters import Counter
+from livemigrate.counters import UNIT_COUNTERS, UNIT_FIELDS, Counter
 from livemigrate.errors import ConflictError, LeaseLost
 from livemigrate.items import decimalize, to_plain
 from livemigrate.items import to_typed as _to_typed
@@ -175,6 +177,22 @@ class ControlStore:
         item = resp.get("Item")
         return None if item is None else _strip(to_plain(item))
 
+    def put_or_get(self, sk: str, attrs: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Create the item if it is absent (None), else return the one held, in one request."""
+        try:
+            self.client.put_item(
+                TableName=self.table,
+                Item=to_typed({**attrs, "pk": self.pk, "sk": sk}),
+                ConditionExpression="attribute_not_exists(pk)",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as exc:
+            if not condition_failed(exc):
+                raise
+            response: dict[str, Any] = dict(exc.response)
+            return _strip(to_plain(response.get("Item") or {}))
+        return None
+
     def put(self, sk: str, attrs: Mapping[str, Any], *, only_if_absent: bool = False) -> bool:
         """Write an item; with ``only_if_absent``, False when it already exists."""
         item = to_typed({**attrs, "pk": self.pk, "sk": sk})
@@ -198,10 +216,14 @@ class ControlStore:
         remove: tuple[str, ...] = (),
         condition: str | None = None,
         condition_values: Mapping[str, Any] | None = None,
+        returns: bool = True,
     ) -> dict[str, Any] | None:
-        """SET/ADD/REMOVE attributes; returns the new item, or None if ``condition`` failed.
+        """SET/ADD/REMOVE attributes; returns the new item (``{}`` when not ``returns``), or
+        None if ``condition`` failed.
 
-        In ``condition``, write attribute names as ``#name`` and values as ``:name``.
+        In ``condition``, write attribute names as ``#name`` and values as ``:name``. Writes
+        whose caller has no use for the item skip it: the server serializes it and the
+        client parses it (the METRICS item grows with every counter).
         """
         names, values, expression = _update_expression(set_values or {}, add or {}, remove)
         kwargs: dict[str, Any] = {}
@@ -219,7 +241,7 @@ class ControlStore:
                 TableName=self.table,
                 Key=self._key(sk),
                 UpdateExpression=expression,
-                ReturnValues="ALL_NEW",
+                ReturnValues="ALL_NEW" if returns else "NONE",
                 **kwargs,
             )
         except ClientError as exc:
@@ -306,8 +328,11 @@ class ControlStore:
         ttl_seconds: float,
         now: float | None = None,
         set_values: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """Extend our lease (optionally writing progress with it); LeaseLost if it is not ours.
+        *,
+        add: Mapping[str, int | float] | None = None,
+    ) -> None:
+        """Extend our lease (optionally writing progress with it, and adding ``add`` to
+        counters); LeaseLost if it is not ours.
 
         The lease must still be ours *and unexpired*: once it has expired anyone may take it
         over, so a holder that was paused past its expiry must not write a checkpoint or
@@ -317,12 +342,13 @@ class ControlStore:
         item = self.update(
             sk,
             {"lease_expires": now + ttl_seconds, **(set_values or {})},
+            add=add,
             condition=_HELD,
             condition_values={"me": owner, "now": now},
+            returns=False,
         )
         if item is None:
             raise LeaseLost(f"lease {sk} is no longer held by {owner} (taken over or expired)")
-        return item
 
     def put_new_while_held(
         self, lease_sk: str, owner: str, now: float, items: Mapping[str, Mapping[str, Any]]
@@ -398,6 +424,7 @@ class ControlStore:
                 remove=("lease_owner", "lease_expires"),
                 condition="#lease_owner = :me",
                 condition_values={"me": owner},
+                returns=False,
             )
             is not None
         )
@@ -446,7 +473,7 @@ class ControlStore:
             added: list[tuple[str, int | float]] = [*counts.items(), *costs.items()]
             nonzero = {k: v for k, v in added if v}
             if nonzero:
-                self.update(keys.METRICS, add=nonzero)
+                self.update(keys.METRICS, add=nonzero, returns=False)
 
     @contextmanager
     def unsent_costs(self) -> Iterator[dict[str, float]]:
@@ -459,7 +486,31 @@ class ControlStore:
             yield costs
 
     def metrics(self) -> dict[str, Any]:
-        return self.get(keys.METRICS) or {}
+        """The migration's counters: the METRICS item, with the backfill's unit counters
+        (``items_read``, ``items_written``, ...) summed over its units."""
+        units = [item for prefix in _UNIT_PREFIXES for _, item in self.query(prefix)]
+        return with_unit_totals(self.get(keys.METRICS) or {}, units)
+
+
+_UNIT_PREFIXES: Final = (keys.SEG_PREFIX, keys.SPLIT_PREFIX)
+
+
+def with_unit_totals(
+    metrics: Mapping[str, Any], units: Iterable[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """``metrics`` with the backfill's counters summed over its unit items (segments, splits,
+    export files).
+
+    A unit's counters are written in its checkpoint's own update, so they are exact: a page
+    read again after a crash is counted once, by the checkpoint that covers it, and the
+    backfill needs no counter update of its own per page (issue 18). Older releases also
+    added them to METRICS; the units' sums replace those.
+    """
+    totals: dict[str, int] = dict.fromkeys(UNIT_COUNTERS, 0)
+    for item in units:
+        for name in UNIT_COUNTERS:
+            totals[name] += int(item.get(UNIT_FIELDS[name]) or 0)
+    return {**metrics, **totals}
 
 
 def to_typed(item: Mapping[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from livemigrate import accounting, keys, retention
-from livemigrate.control import ControlStore
+from livemigrate.control import ControlStore, with_unit_totals
 from livemigrate.deadletters import DeadLetters
 from livemigrate.gates import Gate, Policy, check_all, read_snapshot, unmet
 
@@ -69,7 +69,7 @@ def collect(
         "dead_letters": DeadLetters(store).count(),
         "dead_letters_unresolved": DeadLetters(store).unresolved(),
         "flag": _one(groups, keys.FLAG),
-        "metrics": _without_costs(_one(groups, keys.METRICS)),
+        "metrics": _without_costs(with_unit_totals(_one(groups, keys.METRICS), _units(groups))),
         "rates": rates_of(_one(groups, keys.RATES)),
         "retention": retention.summary(
             _one(groups, keys.RETENTION), _one(groups, keys.CONSUMER_SOURCE).get("lag_seconds")
@@ -83,6 +83,11 @@ def _one(groups: Mapping[str, list[tuple[str, dict[str, Any]]]], sk: str) -> dic
     """The item ``sk`` (empty when absent)."""
     group = groups.get(keys.kind(sk), [])
     return next((dict(item) for key, item in group if key == sk), {})
+
+
+def _units(groups: Mapping[str, list[tuple[str, dict[str, Any]]]]) -> list[dict[str, Any]]:
+    """The backfill's unit items: segments (or export files) and splits."""
+    return [item for _, item in _all(groups, keys.SEG_PREFIX) + _all(groups, keys.SPLIT_PREFIX)]
 
 
 def _all(
@@ -125,10 +130,12 @@ def _describe_export(store: ControlStore, arn: str) -> Mapping[str, Any] | None:
 
 
 def requests_of(groups: Mapping[str, list[tuple[str, dict[str, Any]]]]) -> dict[str, Any]:
-    """Request totals (``livemigrate.accounting``): the backfill's ride on METRICS, each
-    consumer's on its CONSUMER# heartbeat; summed per table role and operation."""
+    """Request totals (``livemigrate.accounting``): the backfill's ride on its units'
+    checkpoints and on METRICS, each consumer's on its CONSUMER# heartbeat; summed per table
+    role and operation."""
     merged: dict[str, float] = {}
-    for _, item in _all(groups, keys.METRICS) + _all(groups, keys.CONSUMER_PREFIX):
+    carriers = (keys.METRICS, keys.CONSUMER_PREFIX, keys.SEG_PREFIX, keys.SPLIT_PREFIX)
+    for _, item in [found for kind in carriers for found in _all(groups, kind)]:
         for name, value in item.items():
             if name.startswith(accounting.PREFIX):
                 merged[name] = merged.get(name, 0.0) + float(value)

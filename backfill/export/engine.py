@@ -22,7 +22,7 @@ from botocore.exceptions import ClientError
 from backfill import plan
 from backfill.export.datafile import ExportPage, LineReader, verify
 from backfill.export.manifest import DataFile, Export
-from backfill.export.plan import REFUSED, data_file, ensure_export_plan, settled
+from backfill.export.plan import REFUSED, data_file, ensure_export_plan
 from backfill.keys import load_key
 from backfill.lease import UnitLease
 from backfill.reader import Page
@@ -73,14 +73,16 @@ class ExportWorker(Worker):
         self.s3 = engine.s3
         self.bucket = engine.export.bucket
 
-    def _settled(self, unit: plan.Unit) -> bool:
+    def settled_unit(self, unit: plan.Unit) -> bool:
         return unit.done or unit.item.get("state") == REFUSED
 
-    def _mark_complete(self) -> bool:
-        # Refused files never finish: once nothing else is left, stop instead of waiting.
-        return super()._mark_complete() or settled(self.store)
+    def complete_plan(self) -> bool:
+        """Called once the listing shows every unit done or refused: refused files never
+        finish, so nothing is left to do even when the plan cannot complete."""
+        super().complete_plan()
+        return True
 
-    def _work(self, unit: plan.Unit, lease: UnitLease) -> None:
+    def work(self, unit: plan.Unit, lease: UnitLease) -> None:
         try:
             self._work_file(unit, lease)
         except LeaseLost as exc:
@@ -134,7 +136,7 @@ class ExportWorker(Worker):
         self._call(lambda: lease.renew({"state": REFUSED, "refused": problem}))
         self._stop(lease)
 
-    def _prefix_position(self, page: Page, done: int) -> dict[str, Any]:
+    def prefix_position(self, page: Page, done: int) -> dict[str, Any]:
         """The line after the first ``done`` items of ``page``."""
         first = page.first_line if isinstance(page, ExportPage) else 0
         return {"line": first + done}

@@ -35,17 +35,14 @@ def ensure_export_plan(store: ControlStore, export: Export) -> int:
 
     Safe from many processes at once and after a crash half-way (like ``plan.ensure_plan``).
     """
-    current = store.get(PLAN)
-    if current is None:
-        store.put(PLAN, _fresh_plan(export), only_if_absent=True)
-        current = store.get(PLAN) or {}
-    _same_export(store, current, export)
-    total = int(current["total_segments"])
-    if not current.get("segments_written"):
-        for n, data in enumerate(export.files):
-            store.put(plan.seg_sk(n), _fresh_unit(n, data), only_if_absent=True)
-        store.update(PLAN, {"segments_written": True})
-    return total
+
+    def units(_: int) -> list[dict[str, Any]]:
+        return [_fresh_unit(n, data) for n, data in enumerate(export.files)]
+
+    current = plan.write_plan(
+        store, _fresh_plan(export), lambda held: _same_export(store, held, export), units
+    )
+    return int(current["total_segments"])
 
 
 def _fresh_plan(export: Export) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from backfill.worker import Engine, Options
+from livemigrate import status
 from livemigrate.aws import AwsClients
 from livemigrate.config import Settings
 from livemigrate.migration import open_migration
@@ -45,7 +46,7 @@ def control_requests(clients: AwsClients, table: str) -> Iterator[Counter[str]]:
         events.unregister("before-parameter-build.dynamodb", unique_id="test-control-requests")
 
 
-def test_a_unit_of_one_page_costs_three_writes_and_claims_share_one_listing(
+def test_a_unit_of_one_page_costs_two_writes_and_claims_share_one_listing(
     clients: AwsClients,
 ) -> None:
     # GIVEN 4 segments of one page each, for one worker
@@ -55,16 +56,18 @@ def test_a_unit_of_one_page_costs_three_writes_and_claims_share_one_listing(
     # WHEN it backfills them
     with control_requests(clients, settings.control_table) as seen:
         assert Engine(migration, options).run()
-    # THEN each unit costs a claim, one counter update (its reads, sent before its checkpoint,
-    # with the previous unit's writes) and a checkpoint that also releases the lease (was 5:
-    # a second counter update, a release; and a read-back of the claim); beyond them: the
-    # plan three times (written, running, complete), the last unit's write counters at the
-    # worker's exit, and the run's last counters
-    assert seen["UpdateItem"] == 3 * 4 + 3 + 2
-    # and the units are listed (2 queries) once for the first 4 claims, once when none is
-    # left, once to complete; plus the plan's count (was 17: 2 per claim, 1 per segment for
-    # crashed splits, listings by idle polls)
-    assert seen["Query"] == 2 + 2 + 2 + 1
+    # THEN each unit costs a claim and a checkpoint that carries its counters and releases
+    # the lease (was 3: a counter update of its own; before that 5: a second counter update,
+    # a release, a read-back of the claim); beyond them: the plan three times (segments
+    # written, running, complete) and the run's last counters (was: each worker's, then the
+    # run's)
+    assert seen["UpdateItem"] == 2 * 4 + 3 + 1
+    # and the units are listed (2 queries) once for the first 4 claims and once when none is
+    # left, which also completes the plan; a plan just created needs no count of its
+    # segments (was 7: a listing of its own to complete, and the count; before that 17)
+    assert seen["Query"] == 2 + 2
+    # and the plan is not read before it is written: a put if absent returns the held one
+    assert seen["GetItem"] == 1, seen  # the live rates; PLAN is not read
     assert destination(clients.dynamodb, settings.destination_table) == expected(
         clients.dynamodb, settings.source_table
     )
@@ -133,3 +136,31 @@ def test_a_kill_right_after_a_checkpoint_still_leaves_the_page_counted(
     assert destination(clients.dynamodb, settings.destination_table) == expected(
         clients.dynamodb, settings.source_table
     )
+
+
+def test_request_units_ride_on_unit_checkpoints_and_status_counts_each_once(
+    clients: AwsClients, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN checkpoints that carry the request units spent every time (default: every 10 s)
+    monkeypatch.setattr("backfill.worker.COSTS_EVERY_SECONDS", 0.0)
+    settings = tables(clients, 40)
+    migration = open_migration(settings, clients)
+    assert migration.store.ledger is not None
+    # WHEN 4 segments of one page each are backfilled
+    assert Engine(migration, Options(workers=1, page_size=100, total_segments=4)).run()
+    spent = {
+        role: sum(op["requests"] for op in ops.values())
+        for role, ops in migration.store.ledger.by_role().items()
+    }
+    # THEN the units carry some of the units spent and METRICS the rest: status counts every
+    # request the process made for this migration once, but the last update (which cannot
+    # carry itself)
+    shown = status.collect(migration.store)["requests"]["by_role"]
+    assert {role: shown[role]["requests"] for role in spent} == {
+        **spent,
+        "control": spent["control"] - 1,
+    }
+    units = [item for _, item in migration.store.query("SEG#")]
+    assert any("cost.destination.PutItem.requests" in item for item in units)
+    # and the backfill's counters are the units' sums
+    assert int(migration.store.metrics()["items_read"]) == 40

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from livemigrate import accounting, status
 from livemigrate.accounting import Accounting, Ledger, Usage, charge, item_size
+from livemigrate.control import with_unit_totals
 from livemigrate.values import number_text
 
 
@@ -113,6 +114,26 @@ def test_status_sums_backfill_and_consumer_costs_and_keeps_them_out_of_counters(
     assert summary["by_operation"]["source"]["PutItem"]["write_units"] == 4
     assert status._without_costs(groups["METRICS"][0][1]) == {"items_read": 3}
     assert accounting.unflatten({"cost.bad": 1, "other": 2}) == {}
+
+
+def test_status_counts_the_costs_and_counters_the_backfill_units_carry() -> None:
+    # GIVEN request units that rode on two units' checkpoints and on METRICS, and counters
+    # kept on the units (METRICS still holds an older release's own count)
+    groups: dict[str, list[tuple[str, dict[str, Any]]]] = {
+        "METRICS": [("METRICS", {"items_read": 99, "cost.control.UpdateItem.requests": 2})],
+        "SEG": [
+            ("SEG#000000", {"items_read": 10, "cost.destination.PutItem.requests": 10}),
+            ("SEG#000001", {"items_read": 5, "already_copied": 1}),
+        ],
+        "SPLIT": [("SPLIT#000000#0", {"items_read": 4, "cost.control.UpdateItem.requests": 1})],
+    }
+    # WHEN status sums them
+    summary = status.requests_of(groups)
+    # THEN every carrier counts once, and the counters are the units' sums
+    assert summary["by_role"]["control"]["requests"] == 3
+    assert summary["by_role"]["destination"]["requests"] == 10
+    totals = with_unit_totals(groups["METRICS"][0][1], status._units(groups))
+    assert totals["items_read"] == 19 and totals["items_already_copied"] == 1
 
 
 class _Model:

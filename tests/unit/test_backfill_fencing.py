@@ -32,13 +32,19 @@ class FakeLeases:
         self.down = False
 
     def renew(
-        self, sk: str, owner: str, ttl: float, now: float, values: Mapping[str, Any] | None
-    ) -> dict[str, Any]:
+        self,
+        sk: str,
+        owner: str,
+        ttl: float,
+        now: float,
+        values: Mapping[str, Any] | None,
+        *,
+        add: Mapping[str, float] | None = None,
+    ) -> None:
         if owner != self.owner or self.expires <= now:
             raise LeaseLost(sk)
         self.expires = now + ttl
         self.renewals.append(now)
-        return {"lease_expires": self.expires}
 
     def update(self, sk: str, values: Mapping[str, Any]) -> None:
         if self.down:

@@ -16,7 +16,7 @@ from backfill.hotkey import HotKeyDetector, attr_id, attr_less, named_key, split
 from backfill.keys import dump_key, load_key
 from backfill.plan import choose_total_segments, seg_sk, split_sk
 from backfill.progress import line
-from livemigrate.clock import FakeClock
+from livemigrate.clock import Every, FakeClock
 from livemigrate.ratelimit import RateLimiter, RatesFromControl, is_throttle
 
 HOT = {"S": "section-outbox|docket"}
@@ -264,3 +264,18 @@ def test_detection_survives_a_restart_between_pages() -> None:
     second = HotKeyDetector(min_pages=3, min_items=0)
     second.restore(first.state())
     assert second.observe([HOT] * 10, HOT) == HOT
+
+
+def test_every_is_due_at_most_once_per_period() -> None:
+    # GIVEN a period of 10 s on a fake clock
+    clock = FakeClock()
+    every = Every(10.0, clock)
+    # THEN it is not due before 10 s have passed, due once then, and again 10 s later
+    assert not every.due()
+    clock.sleep(9.9)
+    assert not every.due()
+    clock.sleep(0.2)
+    assert every.due()
+    assert not every.due()
+    clock.sleep(10.0)
+    assert every.due()
