@@ -27,7 +27,7 @@ from backfill.export.load import dry_run as export_dry_run
 from backfill.export.load import open_export
 from backfill.preflight import WITHOUT_CONSUMER_RISK, dry_run, open_for_backfill
 from backfill.progress import Progress
-from backfill.worker import Engine, Options
+from backfill.worker import JOIN_WAKE_SECONDS, Engine, Options
 from livemigrate.argtypes import non_negative_int, positive_float, positive_int
 from livemigrate.aws import AwsClients
 from livemigrate.config import Settings
@@ -337,7 +337,11 @@ def _run_children(
     for child in children:
         while True:
             try:
-                child.wait()
+                # In short waits: a signal the kernel hands to another thread of this process
+                # (the ETA guard's) runs its handler only once the main thread wakes.
+                child.wait(timeout=JOIN_WAKE_SECONDS)
                 break
+            except subprocess.TimeoutExpired:
+                continue
             except KeyboardInterrupt:  # a second signal: the children are already stopping
                 continue

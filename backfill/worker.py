@@ -54,6 +54,8 @@ CUT_BY_BUDGET: Counter = "items_reread_after_budget"
 # How often a unit's checkpoint also carries the request units spent (accounting); the run's
 # last counter update carries the rest. Each is a clause more of the update (issue 18).
 COSTS_EVERY_SECONDS = 10.0
+# How often the main thread wakes while the workers run (see ``_join``).
+JOIN_WAKE_SECONDS = 0.2
 
 T = TypeVar("T")
 
@@ -196,7 +198,7 @@ class Engine:
             for t in workers:
                 t.start()
             for t in workers:
-                t.join()
+                _join(t)
         # One update for the ended workers' last counters and the request units spent since
         # the last update that carried them (claims, completion): not one per worker.
         with self._changes:
@@ -319,6 +321,14 @@ class Engine:
         """No worker of this process has listed the units for ``period`` seconds: each
         listing is two queries, so idle workers share one per poll (issue 18)."""
         return self.clock.monotonic() - self._listed_at >= period
+
+
+def _join(thread: threading.Thread) -> None:
+    """Wait for ``thread`` in short waits: a signal the kernel hands to another thread runs
+    its Python handler (Ctrl-C, a parent's SIGTERM: ``Engine.stop``) only once the main thread
+    wakes, and a plain join woke only when the whole run was over."""
+    while thread.is_alive():
+        thread.join(JOIN_WAKE_SECONDS)
 
 
 class Worker:

@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final, Literal
 
-# Counters of the migration's METRICS item (``ControlStore.add_metrics``), shown by ``status``.
+# The migration's counters (``ControlStore.metrics``), shown by ``status``: the first five
+# are the backfill units' (``UNIT_COUNTERS``, summed over the units), the rest METRICS's.
 Counter = Literal[
-    "items_read",  # source items the backfill read (a page cut by its budget is taken off)
+    "items_read",  # source items read, counted by the checkpoint that covers them (once)
     "items_written",  # backfill puts that landed
     "superseded_by_live_write",  # backfill puts that lost to a live write or tombstone (rule 1)
     "items_already_copied",  # items of a page read again that the backfill had copied already

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,9 +21,11 @@ from livemigrate.config import Settings
 from livemigrate.control import ControlStore
 from livemigrate.destination import Outcome
 from livemigrate.exitcodes import ExitCode
+from livemigrate.interrupts import SIGNALS, on_first_signal
 from livemigrate.items import to_plain
 from livemigrate.migration import open_migration
 from livemigrate.versioning import TOMBSTONE_ATTR, pad_seq
+from tests.services import settings_for
 from tests.support.backfill import (
     HOT,
     destination,
@@ -213,6 +217,39 @@ def test_a_stop_before_the_run_starts_its_budget_still_stops_the_run(clients: Aw
     assert not [
         u for u in plan.units(migration.store, plan.SEG_PREFIX) if u.item.get("lease_owner")
     ]
+
+
+def test_a_signal_handed_to_a_worker_thread_still_stops_the_run_soon(
+    clients: AwsClients,
+) -> None:
+    # GIVEN a backfill of 300 items capped at 20 writes/s (15 s or more), stopped on SIGTERM
+    # as `livemigrate backfill` is (a parent sends its children SIGTERM on Ctrl-C)
+    source = tables(clients, outbox_items(300))
+    settings = settings_for(source.source_table, source.destination_table, write_rate=20.0)
+    migration = open_migration(settings, clients)
+    engine = Engine(migration, Options(workers=2, page_size=10, total_segments=2))
+    engine.plan()
+    on_first_signal(engine.stop, lambda _: None)
+
+    def signal_a_worker() -> None:
+        time.sleep(1.5)
+        worker = next(t for t in threading.enumerate() if "_guarded" in t.name)
+        # the kernel may hand a process's signal to any thread: here, to a worker
+        signal.pthread_kill(worker.ident or 0, signal.SIGTERM)
+
+    sender = threading.Thread(target=signal_a_worker)
+    sender.start()
+    started = time.monotonic()
+    try:
+        complete = engine.run()
+    finally:
+        sender.join()
+        for signum in SIGNALS:
+            signal.signal(signum, signal.default_int_handler)
+    # WHEN the handler ran in the main thread THEN the run stopped after the pages in flight
+    # (with a plain join the main thread woke only after the whole table was copied: 15 s)
+    assert not complete
+    assert time.monotonic() - started < 6
 
 
 def test_cli_says_how_to_continue_when_the_budget_runs_out(
