@@ -151,7 +151,7 @@ class Engine:
         self._taken: set[str] = set()  # units claimed (or being claimed) by this process
         self._owners = owner_prefix()  # this run's workers are "<prefix>-<n>"
         self._costs_every = Every(COSTS_EVERY_SECONDS, self.clock)
-        self._left_over: dict[Counter, int] = {}  # counters of workers that have ended
+        self._left_over: dict[Counter, int] = {}  # counters for the run's last update
         # Every write attempt through this client checks the fence of the thread sending it.
         fencing.install(migration.clients.dynamodb)
 
@@ -199,8 +199,8 @@ class Engine:
                 t.start()
             for t in workers:
                 _join(t)
-        # One update for the ended workers' last counters and the request units spent since
-        # the last update that carried them (claims, completion): not one per worker.
+        # One update for the counters left to the run (items of pages cut by the budget) and
+        # the request units no checkpoint carried (claims, completion): not one per worker.
         with self._changes:
             counts, self._left_over = self._left_over, {}
         if self._errors:
@@ -219,7 +219,7 @@ class Engine:
             log.warning("could not save the last counters of a failed run", exc_info=True)
 
     def hand_over(self, counts: dict[Counter, int]) -> None:
-        """An ending worker's unsent counters, for the run's last update."""
+        """Counters for the run's last update (a worker's checkpoints carry only its unit's)."""
         with self._changes:
             for name, n in counts.items():
                 self._left_over[name] = self._left_over.get(name, 0) + n

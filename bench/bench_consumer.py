@@ -183,14 +183,11 @@ def _lag_tool(clients: AwsClients) -> tuple[list[float], int]:
     migration = _migration(clients, source)
     stop = threading.Event()
     sink = StampSink(DestinationApplier.for_migration(migration, Metrics("source")))
-    options = ConsumerOptions(
-        store=migration.store,
-        name="source",
-        worker_id="bench",
+    options = ConsumerOptions.for_source(
+        migration,
+        "bench",
         lease_seconds=30.0,
         clock=SystemClock(),
-        dead_letters=migration.dead_letters,
-        origin="stream",
         tuning=Tuning(poll_interval=POLL),
     )
     source_of_lag = BotoShardSource(clients.streams, str(migration.source.stream_arn))
@@ -269,14 +266,11 @@ def _catch_up_tool(clients: AwsClients, migration: Migration, arn: str) -> tuple
     run_consumer(
         BotoShardSource(clients.streams, arn),
         applier,
-        ConsumerOptions(
-            store=migration.store,
-            name="source",
-            worker_id="bench",
+        ConsumerOptions.for_source(
+            migration,
+            "bench",
             lease_seconds=30.0,
             clock=SystemClock(),
-            dead_letters=migration.dead_letters,
-            origin="stream",
             tuning=Tuning(poll_interval=0.1),
         ),
         metrics=metrics,

@@ -113,14 +113,11 @@ def _catch_up(clients: AwsClients, migration: Migration, clock: Clock) -> Totals
         run_consumer(
             BotoShardSource(clients.streams, arn),
             applier,
-            ConsumerOptions(
-                store=migration.store,
-                name="source",
-                worker_id="bench-costs",
+            ConsumerOptions.for_source(
+                migration,
+                "bench-costs",
                 lease_seconds=30.0,
                 clock=clock,
-                dead_letters=migration.dead_letters,
-                origin="stream",
                 tuning=Tuning(poll_interval=0.1),
             ),
             metrics=metrics,

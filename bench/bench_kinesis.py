@@ -98,14 +98,11 @@ def _tool(clients: AwsClients, migration: Migration, stream: str) -> tuple[float
     run_consumer(
         KinesisShardSource(clients.kinesis, stream),
         applier,
-        ConsumerOptions(
-            store=migration.store,
-            name="source",
-            worker_id="bench",
+        ConsumerOptions.for_source(
+            migration,
+            "bench",
             lease_seconds=30.0,
             clock=SystemClock(),
-            dead_letters=migration.dead_letters,
-            origin="stream",
             tuning=Tuning(poll_interval=0.1),
         ),
         metrics=metrics,

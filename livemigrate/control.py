@@ -79,7 +79,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
@@ -488,11 +488,8 @@ class ControlStore:
     def metrics(self) -> dict[str, Any]:
         """The migration's counters: the METRICS item, with the backfill's unit counters
         (``items_read``, ``items_written``, ...) summed over its units."""
-        units = [item for prefix in _UNIT_PREFIXES for _, item in self.query(prefix)]
+        units = [item for prefix in keys.UNIT_PREFIXES for _, item in self.query(prefix)]
         return with_unit_totals(self.get(keys.METRICS) or {}, units)
-
-
-_UNIT_PREFIXES: Final = (keys.SEG_PREFIX, keys.SPLIT_PREFIX)
 
 
 def with_unit_totals(

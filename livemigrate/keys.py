@@ -64,6 +64,7 @@ def shard(consumer_name: str, shard_id: str) -> str:
 
 SEG_PREFIX: Final = "SEG#"  # backfill segments (and an export plan's files)
 SPLIT_PREFIX: Final = "SPLIT#"  # hot-key sub-ranges of a segment
+UNIT_PREFIXES: Final = (SEG_PREFIX, SPLIT_PREFIX)  # every backfill unit, segments first
 
 
 def segment(n: int) -> str:

@@ -50,7 +50,9 @@ def collect(
     now = time.time()
     meta = _one(groups, keys.META)
     plan = _one(groups, keys.PLAN)
-    backfill = _backfill(plan, _all(groups, keys.SEG_PREFIX), _all(groups, keys.SPLIT_PREFIX), now)
+    counters = with_unit_totals(_one(groups, keys.METRICS), _units(groups))
+    segments, splits = _all(groups, keys.SEG_PREFIX), _all(groups, keys.SPLIT_PREFIX)
+    backfill = _backfill(plan, segments, splits, now, counters)
     backfill.update(_progress(plan, backfill["items_read"], source_items, now))
     if gates is None:
         policy = Policy(require_reverse=bool(meta.get("inverse_transform")))
@@ -69,7 +71,7 @@ def collect(
         "dead_letters": DeadLetters(store).count(),
         "dead_letters_unresolved": DeadLetters(store).unresolved(),
         "flag": _one(groups, keys.FLAG),
-        "metrics": _without_costs(with_unit_totals(_one(groups, keys.METRICS), _units(groups))),
+        "metrics": _without_costs(counters),
         "rates": rates_of(_one(groups, keys.RATES)),
         "retention": retention.summary(
             _one(groups, keys.RETENTION), _one(groups, keys.CONSUMER_SOURCE).get("lag_seconds")
@@ -87,7 +89,7 @@ def _one(groups: Mapping[str, list[tuple[str, dict[str, Any]]]], sk: str) -> dic
 
 def _units(groups: Mapping[str, list[tuple[str, dict[str, Any]]]]) -> list[dict[str, Any]]:
     """The backfill's unit items: segments (or export files) and splits."""
-    return [item for _, item in _all(groups, keys.SEG_PREFIX) + _all(groups, keys.SPLIT_PREFIX)]
+    return [item for prefix in keys.UNIT_PREFIXES for _, item in _all(groups, prefix)]
 
 
 def _all(
@@ -134,7 +136,7 @@ def requests_of(groups: Mapping[str, list[tuple[str, dict[str, Any]]]]) -> dict[
     checkpoints and on METRICS, each consumer's on its CONSUMER# heartbeat; summed per table
     role and operation."""
     merged: dict[str, float] = {}
-    carriers = (keys.METRICS, keys.CONSUMER_PREFIX, keys.SEG_PREFIX, keys.SPLIT_PREFIX)
+    carriers = (keys.METRICS, keys.CONSUMER_PREFIX, *keys.UNIT_PREFIXES)
     for _, item in [found for kind in carriers for found in _all(groups, kind)]:
         for name, value in item.items():
             if name.startswith(accounting.PREFIX):
@@ -221,6 +223,7 @@ def _backfill(
     segments: list[tuple[str, dict[str, Any]]],
     splits: list[tuple[str, dict[str, Any]]],
     now: float,
+    counters: dict[str, Any],
 ) -> dict[str, Any]:
     states = Counter(str(item.get("state", "pending")) for _, item in segments)
     leased = sum(1 for _, item in segments if float(item.get("lease_expires", 0)) > now)
@@ -237,8 +240,8 @@ def _backfill(
             {"id": sk, "state": item.get("state"), "hot_key": item.get("hot_key")}
             for sk, item in splits
         ],
-        "items_read": sum(int(item.get("items_read", 0)) for _, item in segments + splits),
-        "items_written": sum(int(item.get("items_written", 0)) for _, item in segments + splits),
+        "items_read": counters["items_read"],  # the units' sums (with_unit_totals)
+        "items_written": counters["items_written"],
         # A worker records the start and the end of an outage on PLAN (backfill/health.py).
         "degraded": float(plan.get("degraded_at") or 0) > float(plan.get("recovered_at") or 0),
     }

@@ -68,7 +68,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -95,6 +95,9 @@ from stream_consumer.source import (
     Throttled,
     parser_of,
 )
+
+if TYPE_CHECKING:
+    from livemigrate.migration import Migration
 
 log = logging.getLogger("livemigrate.consumer")
 
@@ -263,6 +266,29 @@ class ConsumerOptions:
     dead_letters: DeadLetters
     origin: Origin
     tuning: Tuning = field(default_factory=Tuning)
+
+    @classmethod
+    def for_source(
+        cls,
+        migration: Migration,
+        worker_id: str,
+        *,
+        lease_seconds: float,
+        clock: Clock,
+        tuning: Tuning,
+    ) -> ConsumerOptions:
+        """The options of ``migration``'s source consumer ("source", dead letters of origin
+        "stream"), as benchmarks and tests run it."""
+        return cls(
+            store=migration.store,
+            name="source",
+            worker_id=worker_id,
+            lease_seconds=lease_seconds,
+            clock=clock,
+            dead_letters=migration.dead_letters,
+            origin="stream",
+            tuning=tuning,
+        )
 
 
 class Consumer:

@@ -127,15 +127,8 @@ def consume(migration: Migration) -> Consumer:
     consumer = Consumer(
         BotoShardSource(migration.clients.streams, str(migration.source.stream_arn)),
         DestinationApplier.for_migration(migration, metrics, threads=2, refresh_seconds=0.0),
-        ConsumerOptions(
-            store=migration.store,
-            name="source",
-            worker_id="w1",
-            lease_seconds=5,
-            clock=SystemClock(),
-            dead_letters=migration.dead_letters,
-            origin="stream",
-            tuning=FAST,
+        ConsumerOptions.for_source(
+            migration, "w1", lease_seconds=5, clock=SystemClock(), tuning=FAST
         ),
         metrics=metrics,
     )
@@ -269,15 +262,8 @@ def test_the_consumer_engine_hands_keys_over_between_scripted_shards(
     consumer = Consumer(
         stream,
         applier,
-        ConsumerOptions(
-            store=migration.store,
-            name="source",
-            worker_id="w1",
-            lease_seconds=5,
-            clock=stream.clock,
-            dead_letters=migration.dead_letters,
-            origin="stream",
-            tuning=FAST,
+        ConsumerOptions.for_source(
+            migration, "w1", lease_seconds=5, clock=stream.clock, tuning=FAST
         ),
         metrics=metrics,
     )
