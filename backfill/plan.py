@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from livemigrate import keys
-from livemigrate.control import ControlStore
+from livemigrate.control import TRANSACT_ITEMS, ControlStore
 from livemigrate.counters import fresh_unit_counters
 from livemigrate.errors import PreflightError
 from livemigrate.keys import PLAN
@@ -108,8 +108,8 @@ class Unit:
         return self.item.get("state") == DONE
 
 
-def ensure_plan(store: ControlStore, total_segments: int) -> int:
-    """Write the plan if there is none; returns the plan's total_segments (the first one wins).
+def ensure_plan(store: ControlStore, total_segments: int) -> Planned:
+    """Write the plan if there is none; returns it (the first one written wins).
 
     Safe to run from many processes at once and after a crash half-way (``write_plan``).
     """
@@ -125,7 +125,19 @@ def ensure_plan(store: ControlStore, total_segments: int) -> int:
     def segments(total: int) -> list[dict[str, Any]]:
         return [_fresh(n) for n in range(total)]
 
-    return int(write_plan(store, fresh, same_kind, segments)["total_segments"])
+    return write_plan(store, fresh, same_kind, segments)
+
+
+@dataclass(frozen=True)
+class Planned:
+    """The plan as held, and its units when this call created them (None: it found a plan)."""
+
+    plan: dict[str, Any]
+    created: list[Unit] | None = None
+
+    @property
+    def total_segments(self) -> int:
+        return int(self.plan["total_segments"])
 
 
 def write_plan(
@@ -133,20 +145,31 @@ def write_plan(
     fresh: dict[str, Any],
     check: Callable[[dict[str, Any]], None],
     units: Callable[[int], list[dict[str, Any]]],
-) -> dict[str, Any]:
+) -> Planned:
     """PLAN as held (``fresh`` unless one exists, which ``check`` may refuse), with its
     units (``units(total)``, the n-th stored as ``SEG#<n>``) written.
 
-    PLAN is written first, conditionally, in the request that reads the one held; then every
-    missing unit, conditionally, a few at a time: many processes may plan at once, and one
-    may die half-way.
+    A plan that fits in one transaction is written whole, in one request (issue 18); else,
+    and when a plan exists, PLAN is written first, conditionally, in the request that reads
+    the one held, then every missing unit, conditionally, a few at a time: many processes
+    may plan at once, and one may die half-way.
     """
-    held = store.put_or_get(PLAN, fresh)
+    total = int(fresh["total_segments"])
+    if total < TRANSACT_ITEMS:
+        whole = {**fresh, "segments_written": True}
+        made = {seg_sk(n): unit for n, unit in enumerate(units(total))}
+        held = store.create_all({PLAN: whole, **made})
+        if held is None:
+            return Planned(whole, [Unit(sk, dict(item)) for sk, item in made.items()])
+        # {}: no PLAN, yet a unit exists (written by a version that wrote them one by one).
+        held = held or store.put_or_get(PLAN, fresh)
+    else:
+        held = store.put_or_get(PLAN, fresh)
     plan = fresh if held is None else held
     check(plan)
     total = int(plan["total_segments"])
     if plan.get("segments_written"):
-        return plan
+        return Planned(plan)
     # A plan just created has no unit yet: no need to count them.
     if held is None or store.count(SEG_PREFIX) < total:
 
@@ -156,7 +179,7 @@ def write_plan(
         with ThreadPoolExecutor(max(1, min(8, total))) as pool:
             list(pool.map(write, enumerate(units(total))))
     store.update(PLAN, {"segments_written": True}, returns=False)
-    return plan
+    return Planned(plan)
 
 
 def _fresh(segment: int) -> dict[str, Any]:

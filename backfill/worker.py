@@ -14,6 +14,7 @@ splits are refused. Endpoint outages are ridden out (``backfill.health``).
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 import random
@@ -32,7 +33,7 @@ from backfill.health import AWS_ERRORS, Health, Interrupted
 from backfill.hotkey import HotKeyDetector, attr_id, attr_less, named_key
 from backfill.keys import dump_key, load_json, load_key
 from backfill.lease import UnitLease
-from backfill.plan import Unit
+from backfill.plan import Planned, Unit
 from backfill.reader import Page, RangeReader, SegmentReader, last_sort_key
 from backfill.splits import create_splits, unfinished_jumps
 from backfill.writes import PageResult, PageWriter, Stats, Tally
@@ -106,6 +107,14 @@ def owner_prefix() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
+class Left(enum.Enum):
+    """What a process knows is left of the plan without listing it (``Engine.left_here``)."""
+
+    UNKNOWN = "unknown"
+    SIBLINGS = "siblings"
+    FINISHED = "finished"
+
+
 class Engine:
     """One process's workers, sharing a write pool, rate limiters and a budget."""
 
@@ -149,6 +158,11 @@ class Engine:
         self._listing = threading.Lock()  # one listing at a time
         self._listings_begun = 0
         self._taken: set[str] = set()  # units claimed (or being claimed) by this process
+        self._finished_here: set[str] = set()  # units this process's workers finished
+        self._added = 0  # how many times this process's workers made new units (splits)
+        self._listing_added = -1  # that count when the last listing (or plan) began
+        self._completing = threading.Lock()  # one completion of the plan at a time
+        self._nothing_left = False  # a worker of this process completed the plan
         self._owners = owner_prefix()  # this run's workers are "<prefix>-<n>"
         self._costs_every = Every(COSTS_EVERY_SECONDS, self.clock)
         self._left_over: dict[Counter, int] = {}  # counters for the run's last update
@@ -161,7 +175,16 @@ class Engine:
         wanted = self.options.total_segments or plan.choose_total_segments(
             source.item_count, source.size_bytes, self.options.workers
         )
-        self.total_segments = self.health.call(lambda: plan.ensure_plan(self.store, wanted))
+        return self.adopt(self.health.call(lambda: plan.ensure_plan(self.store, wanted)))
+
+    def adopt(self, planned: Planned) -> int:
+        """Take the plan's TotalSegments. Units this process just created are its first view
+        of them: its workers claim them without listing them first (issue 18)."""
+        self.total_segments = planned.total_segments
+        if planned.created is not None:
+            with self._changes:
+                self._view = self._last_listing = list(planned.created)
+                self._listing_added = self._added
         return self.total_segments
 
     def run(self, budget_seconds: float | None = None) -> bool:
@@ -289,11 +312,54 @@ class Engine:
                 return list(self._last_listing), False
             with self._changes:
                 self._listings_begun += 1
+                added = self._added
             units = plan.list_units(self.store)
             with self._changes:
                 self._view = self._last_listing = units
+                self._listing_added = added
                 self._listed_at = self.clock.monotonic()
             return list(units), True
+
+    def left_here(self, settled: Callable[[Unit], bool]) -> Left:
+        """What a listing would find, when this process knows it without one: the last
+        listing (or the plan this process created) showed every unit ``settled`` or taken
+        here, and this process made no unit since. Then nobody else can free or add a unit:
+        a sibling that leaves one, or makes splits, wakes the idle workers, and they list.
+
+        SIBLINGS: a sibling still works on a unit, so there is nothing to claim; FINISHED:
+        every unit is settled or finished here, so the plan can complete (from a fresh
+        listing); UNKNOWN: a listing is needed.
+        """
+        with self._changes:
+            if self._listing_added != self._added or not self._last_listing:
+                return Left.UNKNOWN
+            working = False
+            for unit in self._last_listing:
+                if settled(unit):
+                    continue
+                if unit.sk not in self._taken:
+                    return Left.UNKNOWN
+                working = working or unit.sk not in self._finished_here
+            return Left.SIBLINGS if working else Left.FINISHED
+
+    def units_added(self) -> None:
+        """A worker of this process made new units (splits): the last listing lacks them."""
+        with self._changes:
+            self._added += 1
+            self._changes.notify_all()
+
+    def finished(self, sk: str) -> None:
+        """A worker of this process finished ``sk`` (done, its lease released)."""
+        with self._changes:
+            self._finished_here.add(sk)
+
+    def complete_once(self, complete: Callable[[], bool]) -> bool:
+        """``complete()`` (True: nothing is left to do), unless it returned True in a sibling
+        already: workers that finish together each see every unit done, and each completion
+        is a listing and a write (issue 18)."""
+        with self._completing:
+            self._nothing_left = self._nothing_left or complete()
+            return self._nothing_left
 
     def view(self) -> list[Unit]:
         """The units as this process last listed them (claims check the real state)."""
@@ -371,13 +437,15 @@ class Worker:
             claimed = self._call(self._claim) if look else None
             if claimed is not None:
                 self.work(*claimed)
-                if not self._finished:  # left unfinished: it may be claimed again
+                if self._finished:
+                    self.engine.finished(claimed[0].sk)
+                else:  # left unfinished: it may be claimed again
                     self.engine.left(claimed[0].sk)
                     self.engine.changed()
                 continue
             # The claim just listed every unit: while one is unfinished, completing would
             # only list them again (two more queries per idle poll, issue 18).
-            if look and not self._unfinished_seen and self._call(self.complete_plan):
+            if look and not self._unfinished_seen and self._call(self._complete_once):
                 self.engine.changed(complete=True)
                 return
             # Others hold the remaining leases: wait for one to be left or to expire. A
@@ -417,6 +485,15 @@ class Worker:
             if claimed is not None:
                 return claimed
             self.engine.drop_view()  # taken elsewhere meanwhile: look again
+        left = self.engine.left_here(self.settled_unit)
+        if left is Left.SIBLINGS:  # nothing to claim or complete yet: no listing
+            self._unfinished_seen = True
+            return None
+        if left is Left.FINISHED and self._call(
+            lambda: self.engine.complete_once(self._list_and_complete)
+        ):
+            self._unfinished_seen = False  # the loop ends: the plan is complete
+            return None
         listed, own = self.engine.list_units()
         self._listed = listed
         self._unfinished_seen = any(not self.settled_unit(u) for u in listed)
@@ -430,6 +507,16 @@ class Worker:
         if own and free > 1:
             self.engine.changed()
         return self._claim_from(listed)
+
+    def _complete_once(self) -> bool:
+        return self.engine.complete_once(self.complete_plan)
+
+    def _list_and_complete(self) -> bool:
+        """Every unit is finished here: list them once more, and complete the plan if the
+        listing shows them all settled."""
+        listed, _ = self.engine.list_units()
+        self._listed = listed
+        return all(self.settled_unit(u) for u in listed) and self.complete_plan()
 
     def _claim_from(
         self, listed: list[plan.Unit], tries: int | None = None
@@ -564,7 +651,7 @@ class Worker:
                 ways=self.options.ways,
             )
             log.info("segment %s: hot key %s split; scan jumps past it", unit.sk, hot)
-            self.engine.changed()  # idle siblings: new units to claim
+            self.engine.units_added()  # idle siblings: new units to claim
             extra = {**detector.state(), "hot_keys_skipped": sorted(detector.skipped)}
             return jump.key(hash_name, range_name), extra, 1
 

@@ -205,7 +205,7 @@ def run_baseline(
 
 # -- the benchmarks --------------------------------------------------------------------------
 def bench_throughput(control: str) -> Result:
-    count, threads, rounds = 1500, 8, 6
+    count, threads, rounds = 1500, 8, 10
     clients = _clients()
     # The baseline's own client: the tool's installs fence and accounting hooks on its client,
     # which a plain script would not pay for (they made the baseline's second run slower).

@@ -50,8 +50,9 @@ def take_turns(tool: Callable[[], float], base: Callable[[], float], rounds: int
     """``rounds`` rounds of one run each of ``tool`` and ``base`` (each returns its seconds),
     who goes first alternating.
 
-    The shared machine's load drifts within seconds, and single runs on it vary by 10%: the
-    median of the rounds' ratios is the figure, with every round listed beside it.
+    The shared machine's speed drifts within seconds (the same work's server time moves by up
+    to a third within a minute), so one round's ratio says little: the median of the rounds'
+    ratios is the figure, with every round listed beside it.
     """
     out = Rounds([], [])
     for n in range(rounds):

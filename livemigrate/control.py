@@ -98,8 +98,10 @@ CONDITION_FAILED = "ConditionalCheckFailedException"
 # Held: ours and not expired by the caller's clock (a stale holder's renewal is refused).
 HELD = "#lease_owner = :me AND #lease_expires > :now"
 _HELD = HELD
-# TransactWriteItems takes 100 actions: one lease check plus this many puts.
-_TRANSACT_PUTS = 99
+# TransactWriteItems takes this many actions: ``create_all``'s limit, and a lease check plus
+# ``_TRANSACT_PUTS`` puts.
+TRANSACT_ITEMS = 100
+_TRANSACT_PUTS = TRANSACT_ITEMS - 1
 
 
 def condition_failed(exc: ClientError) -> bool:
@@ -191,6 +193,35 @@ class ControlStore:
                 raise
             response: dict[str, Any] = dict(exc.response)
             return _strip(to_plain(response.get("Item") or {}))
+        return None
+
+    def create_all(self, items: Mapping[str, Mapping[str, Any]]) -> dict[str, Any] | None:
+        """Create every item of ``items`` (sk -> attributes, at most ``TRANSACT_ITEMS``) in one
+        transaction, all or none, where none exists yet.
+
+        Returns None when they were created; else the first item as held, in the same
+        request, or ``{}`` when it is absent (another of them exists).
+        """
+        puts = [
+            {
+                "Put": {
+                    "TableName": self.table,
+                    "Item": to_typed({**attrs, "pk": self.pk, "sk": sk}),
+                    "ConditionExpression": "attribute_not_exists(pk)",
+                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+                }
+            }
+            for sk, attrs in items.items()
+        ]
+        try:
+            self.client.transact_write_items(TransactItems=puts)  # type: ignore[arg-type]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
+                raise
+            response: dict[str, Any] = dict(exc.response)
+            reasons = response.get("CancellationReasons") or [{}]
+            first: dict[str, Any] = reasons[0]
+            return _strip(to_plain(first.get("Item") or {}))
         return None
 
     def put(self, sk: str, attrs: Mapping[str, Any], *, only_if_absent: bool = False) -> bool:

@@ -58,8 +58,7 @@ class ExportEngine(Engine):
 
     def plan(self) -> int:
         """Write the export's plan if none exists; returns its number of units (files)."""
-        self.total_segments = self.health.call(lambda: ensure_export_plan(self.store, self.export))
-        return self.total_segments
+        return self.adopt(self.health.call(lambda: ensure_export_plan(self.store, self.export)))
 
     def new_worker(self, owner: str, writer: PageWriter) -> Worker:
         return ExportWorker(self, owner, writer)

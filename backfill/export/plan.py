@@ -30,8 +30,8 @@ SOURCE = "export"
 REFUSED = "refused"
 
 
-def ensure_export_plan(store: ControlStore, export: Export) -> int:
-    """Write the plan for ``export`` if there is none; returns its number of units.
+def ensure_export_plan(store: ControlStore, export: Export) -> plan.Planned:
+    """Write the plan for ``export`` if there is none; returns it.
 
     Safe from many processes at once and after a crash half-way (like ``plan.ensure_plan``).
     """
@@ -39,10 +39,9 @@ def ensure_export_plan(store: ControlStore, export: Export) -> int:
     def units(_: int) -> list[dict[str, Any]]:
         return [_fresh_unit(n, data) for n, data in enumerate(export.files)]
 
-    current = plan.write_plan(
+    return plan.write_plan(
         store, _fresh_plan(export), lambda held: _same_export(store, held, export), units
     )
-    return int(current["total_segments"])
 
 
 def _fresh_plan(export: Export) -> dict[str, Any]:

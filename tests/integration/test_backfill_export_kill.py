@@ -3,8 +3,9 @@
 A stream consumer runs (real subprocesses) from before the export's ExportTime; the export is
 a fixture in the real layout holding the source as it was at that time. While the source
 changes (updates, moves to another month, deletes, inserts), a ``python -m backfill
---from-export`` process (8-15 s budgets, 10 s leases) loads it; it is SIGKILLed twice during the
-load (after 10 and 30 items read) and replaced whenever it ends, until the plan is complete.
+--from-export`` process (8-15 s budgets, 10 s leases, 20 items/s) loads it; it is SIGKILLed
+twice during the load (after 10 and 30 items read) and replaced whenever it ends, until the
+plan is complete.
 Then the destination must equal the transformed source exactly: stream records win over the
 export, tombstones hold.
 """
@@ -42,6 +43,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(600
 
 ITEMS = 60
 KILL_AFTER = (10, 30)  # items read (all runs) before each SIGKILL: kills during the load
+WRITE_RATE = 20  # items/s of each loader
 
 
 def loader(env: dict[str, str], uri: str, rng: random.Random, log: Path) -> subprocess.Popen[bytes]:
@@ -53,7 +55,9 @@ def loader(env: dict[str, str], uri: str, rng: random.Random, log: Path) -> subp
                 *("--budget-seconds", f"{rng.uniform(8.0, 15.0):.2f}"),
             ],
             cwd=ROOT,
-            env=env,
+            # Capped at 20 items/s: a load takes ~3 s, so both kills come during it (uncapped,
+            # a loader could finish the 60 items in the moment before its first kill).
+            env={**env, "LIVEMIGRATE_WRITE_RATE": str(WRITE_RATE)},
             stdout=subprocess.DEVNULL,
             stderr=err,
         )

@@ -3,6 +3,9 @@ as much as a put on the emulator, and request units on AWS)."""
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,10 +13,12 @@ from typing import Any
 
 import pytest
 
+from backfill import plan
 from backfill.worker import Engine, Options
 from livemigrate import status
 from livemigrate.aws import AwsClients
 from livemigrate.config import Settings
+from livemigrate.keys import PLAN
 from livemigrate.migration import open_migration
 from tests.services import create_table, settings_for, unique
 from tests.support.backfill import destination, expected, fill, outbox_items
@@ -35,7 +40,9 @@ def control_requests(clients: AwsClients, table: str) -> Iterator[Counter[str]]:
     seen: Counter[str] = Counter()
 
     def count(params: dict[str, Any], model: Any, **_: Any) -> None:
-        if params.get("TableName") == table:
+        # A transaction names its tables in its actions.
+        actions = [a for action in params.get("TransactItems", []) for a in action.values()]
+        if table in [params.get("TableName"), *(a.get("TableName") for a in actions)]:
             seen[model.name] += 1
 
     events = clients.dynamodb.meta.events
@@ -58,14 +65,15 @@ def test_a_unit_of_one_page_costs_two_writes_and_claims_share_one_listing(
         assert Engine(migration, options).run()
     # THEN each unit costs a claim and a checkpoint that carries its counters and releases
     # the lease (was 3: a counter update of its own; before that 5: a second counter update,
-    # a release, a read-back of the claim); beyond them: the plan three times (segments
-    # written, running, complete) and the run's last counters (was: each worker's, then the
-    # run's)
-    assert seen["UpdateItem"] == 2 * 4 + 3 + 1
-    # and the units are listed (2 queries) once for the first 4 claims and once when none is
-    # left, which also completes the plan; a plan just created needs no count of its
-    # segments (was 7: a listing of its own to complete, and the count; before that 17)
-    assert seen["Query"] == 2 + 2
+    # a release, a read-back of the claim); beyond them: the plan twice (running, complete)
+    # and the run's last counters (was: the plan three times, with its segments written)
+    assert seen["UpdateItem"] == 2 * 4 + 2 + 1, seen
+    # and the plan and its 4 segments are written in one transaction (was 5 puts)
+    assert (seen["TransactWriteItems"], seen["PutItem"]) == (1, 0), seen
+    # and the units are listed (2 queries) only when none is left, which also completes the
+    # plan: the process that created them claims them without listing them (was 4: a first
+    # listing; before that 7 and 17)
+    assert seen["Query"] == 2, seen
     # and the plan is not read before it is written: a put if absent returns the held one
     assert seen["GetItem"] == 1, seen  # the live rates; PLAN is not read
     assert destination(clients.dynamodb, settings.destination_table) == expected(
@@ -164,3 +172,99 @@ def test_request_units_ride_on_unit_checkpoints_and_status_counts_each_once(
     assert any("cost.destination.PutItem.requests" in item for item in units)
     # and the backfill's counters are the units' sums
     assert int(migration.store.metrics()["items_read"]) == 40
+
+
+def _finishes(params: dict[str, Any]) -> bool:
+    """Whether an UpdateItem request finishes a unit (its checkpoint sets the state done)."""
+    values = params.get("ExpressionAttributeValues", {}).values()
+    return params["Key"]["sk"]["S"].startswith("SEG#") and {"S": "done"} in values
+
+
+def test_workers_done_while_a_sibling_works_do_not_list_the_units(clients: AwsClients) -> None:
+    # GIVEN two one-page segments for two workers polling every 20 ms, where segment 1's read
+    # waits until segment 0 is finished and 0.3 s more have passed
+    settings = tables(clients, 40)
+    options = Options(workers=2, page_size=100, total_segments=2, idle_poll_seconds=0.02)
+    migration = open_migration(settings, clients)
+    first_done = threading.Event()
+
+    def hold_segment_1(params: dict[str, Any], model: Any, **_: Any) -> None:
+        if model.name == "Scan" and params.get("Segment") == 1:
+            assert first_done.wait(10)
+            time.sleep(0.3)
+        elif model.name == "UpdateItem" and _finishes(params):
+            first_done.set()
+
+    events = clients.dynamodb.meta.events
+    events.register("before-parameter-build.dynamodb", hold_segment_1, unique_id="test-hold")
+    try:
+        # WHEN they backfill them
+        with control_requests(clients, settings.control_table) as seen:
+            assert Engine(migration, options).run()
+    finally:
+        events.unregister("before-parameter-build.dynamodb", unique_id="test-hold")
+    # THEN the units are listed once, by the worker that finished the last one, to complete
+    # the plan: the idle worker knew that its sibling held the only unit left (was: a listing
+    # as it went idle and one per poll while it waited, 2 queries each)
+    assert seen["Query"] == 2, seen
+    assert destination(clients.dynamodb, settings.destination_table) == expected(
+        clients.dynamodb, settings.source_table
+    )
+
+
+def test_workers_that_finish_together_complete_the_plan_once(clients: AwsClients) -> None:
+    # GIVEN two one-page segments for two workers whose last checkpoints are answered
+    # together, and whose completions of the plan wait for each other (at most 2 s)
+    settings = tables(clients, 40)
+    options = Options(workers=2, page_size=100, total_segments=2)
+    migration = open_migration(settings, clients)
+    finished, completing = threading.Barrier(2, timeout=5), threading.Barrier(2, timeout=2)
+
+    def together(params: dict[str, Any], model: Any, **_: Any) -> None:
+        if model.name != "UpdateItem":
+            return
+        if _finishes(params):
+            finished.wait()
+        elif params["Key"]["sk"]["S"] == "PLAN" and ":complete" in str(params):
+            with contextlib.suppress(threading.BrokenBarrierError):
+                completing.wait()
+
+    events = clients.dynamodb.meta.events
+    events.register("before-parameter-build.dynamodb", together, unique_id="test-together")
+    try:
+        # WHEN they backfill them
+        with control_requests(clients, settings.control_table) as seen:
+            assert Engine(migration, options).run()
+    finally:
+        events.unregister("before-parameter-build.dynamodb", unique_id="test-together")
+    # THEN the plan is completed by one of them: each unit costs a claim and a checkpoint,
+    # the plan two (running, complete), the run's counters one, and nothing reads the plan
+    # back (was: a completion each, the second refused and followed by a read of PLAN)
+    assert seen["UpdateItem"] == 2 * 2 + 2 + 1, seen
+    assert seen["GetItem"] == 1, seen  # the live rates
+
+
+def test_a_plan_is_written_whole_and_a_held_one_is_read_in_the_same_request(
+    clients: AwsClients,
+) -> None:
+    # GIVEN a plan of 4 segments written by one process
+    settings = tables(clients, 10)
+    options = Options(workers=1, total_segments=4)
+    migration = open_migration(settings, clients)
+    assert Engine(migration, options).plan() == 4
+    # WHEN a second process, asking for 6 segments, plans the same migration
+    with control_requests(clients, settings.control_table) as seen:
+        planned = plan.ensure_plan(migration.store, 6)
+    # THEN it finds the first plan in its one (refused) transaction: no read, no put
+    assert planned.total_segments == 4 and planned.created is None
+    assert seen == Counter({"TransactWriteItems": 1}), seen
+    # and WHEN a plan's units exist without its PLAN item (a plan half-written one unit at a
+    # time), planning writes the PLAN item and leaves the units as they are
+    migration.store.delete(PLAN)
+    migration.store.update(plan.seg_sk(0), {"mark": "kept"}, returns=False)
+    planned = plan.ensure_plan(migration.store, 4)
+    assert planned.created is None and planned.total_segments == 4
+    held = migration.store.get(PLAN)
+    assert held is not None and held["segments_written"] and held["state"] == plan.PLANNED
+    assert [u.item.get("mark") for u in plan.list_units(migration.store)][:2] == ["kept", None]
+    assert Engine(migration, options).run()
