@@ -343,7 +343,8 @@ class Engine:
             return Left.SIBLINGS if working else Left.FINISHED
 
     def units_added(self) -> None:
-        """A worker of this process made new units (splits): the last listing lacks them."""
+        """Units may exist that the last listing lacks: a worker of this process made splits,
+        or took over a segment whose earlier holder may have made some."""
         with self._changes:
             self._added += 1
             self._changes.notify_all()
@@ -595,6 +596,8 @@ class Worker:
         # Splits of a segment are made only under its lease: a first claim (lease_counter is
         # 1) has no crashed jump to finish, and saves the query that looks (issue 18).
         if int(unit.item.get("lease_counter", 0)) != 1:
+            # An earlier holder may have made splits that this process has not listed.
+            self.engine.units_added()
             start = self._call(lambda: self._finish_jumps(unit, lease, skipped, start))
         detector = HotKeyDetector(
             self.options.hot_pages,
