@@ -43,7 +43,7 @@ class Rounds:
         return statistics.median(self.ratios)
 
     def listed(self) -> str:
-        return ", ".join(f"{r:.2f}" for r in self.ratios)
+        return ", ".join(f"{r:.3f}" for r in self.ratios)
 
 
 def take_turns(tool: Callable[[], float], base: Callable[[], float], rounds: int) -> Rounds:
