@@ -162,7 +162,7 @@ class Engine:
         self._added = 0  # how many times this process's workers made new units (splits)
         self._listing_added = -1  # that count when the last listing (or plan) began
         self._completing = threading.Lock()  # one completion of the plan at a time
-        self._nothing_left = False  # a worker of this process completed the plan
+        self._nothing_left = False  # a completion here found nothing left to do
         self._owners = owner_prefix()  # this run's workers are "<prefix>-<n>"
         self._costs_every = Every(COSTS_EVERY_SECONDS, self.clock)
         self._left_over: dict[Counter, int] = {}  # counters for the run's last update
