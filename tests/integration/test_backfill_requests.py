@@ -7,7 +7,7 @@ import contextlib
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -174,6 +174,19 @@ def test_request_units_ride_on_unit_checkpoints_and_status_counts_each_once(
     assert int(migration.store.metrics()["items_read"]) == 40
 
 
+def counted_run(clients: AwsClients, engine: Engine, hook: Callable[..., None]) -> Counter[str]:
+    """Run ``engine`` to completion with ``hook`` seeing every request's parameters before
+    it is sent; returns the control-table requests it made, by operation."""
+    events = clients.dynamodb.meta.events
+    events.register("before-parameter-build.dynamodb", hook, unique_id="test-hook")
+    try:
+        with control_requests(clients, engine.migration.settings.control_table) as seen:
+            assert engine.run()
+    finally:
+        events.unregister("before-parameter-build.dynamodb", unique_id="test-hook")
+    return seen
+
+
 def _finishes(params: dict[str, Any]) -> bool:
     """Whether an UpdateItem request finishes a unit (its checkpoint sets the state done)."""
     values = params.get("ExpressionAttributeValues", {}).values()
@@ -195,14 +208,8 @@ def test_workers_done_while_a_sibling_works_do_not_list_the_units(clients: AwsCl
         elif model.name == "UpdateItem" and _finishes(params):
             first_done.set()
 
-    events = clients.dynamodb.meta.events
-    events.register("before-parameter-build.dynamodb", hold_segment_1, unique_id="test-hold")
-    try:
-        # WHEN they backfill them
-        with control_requests(clients, settings.control_table) as seen:
-            assert Engine(migration, options).run()
-    finally:
-        events.unregister("before-parameter-build.dynamodb", unique_id="test-hold")
+    # WHEN they backfill them
+    seen = counted_run(clients, Engine(migration, options), hold_segment_1)
     # THEN the units are listed once, by the worker that finished the last one, to complete
     # the plan: the idle worker knew that its sibling held the only unit left (was: a listing
     # as it went idle and one per poll while it waited, 2 queries each)
@@ -229,14 +236,8 @@ def test_workers_that_finish_together_complete_the_plan_once(clients: AwsClients
             with contextlib.suppress(threading.BrokenBarrierError):
                 completing.wait()
 
-    events = clients.dynamodb.meta.events
-    events.register("before-parameter-build.dynamodb", together, unique_id="test-together")
-    try:
-        # WHEN they backfill them
-        with control_requests(clients, settings.control_table) as seen:
-            assert Engine(migration, options).run()
-    finally:
-        events.unregister("before-parameter-build.dynamodb", unique_id="test-together")
+    # WHEN they backfill them
+    seen = counted_run(clients, Engine(migration, options), together)
     # THEN the plan is completed by one of them: each unit costs a claim and a checkpoint,
     # the plan two (running, complete), the run's counters one, and nothing reads the plan
     # back (was: a completion each, the second refused and followed by a read of PLAN)
