@@ -154,10 +154,10 @@ def write_plan(
     the one held, then every missing unit, conditionally, a few at a time: many processes
     may plan at once, and one may die half-way.
     """
-    total = int(fresh["total_segments"])
-    if total < TRANSACT_ITEMS:
+    wanted = int(fresh["total_segments"])
+    if wanted < TRANSACT_ITEMS:
         whole = {**fresh, "segments_written": True}
-        made = {seg_sk(n): unit for n, unit in enumerate(units(total))}
+        made = {seg_sk(n): unit for n, unit in enumerate(units(wanted))}
         held = store.create_all({PLAN: whole, **made})
         if held is None:
             return Planned(whole, [Unit(sk, dict(item)) for sk, item in made.items()])

@@ -104,6 +104,11 @@ TRANSACT_ITEMS = 100
 _TRANSACT_PUTS = TRANSACT_ITEMS - 1
 
 
+def _cancelled(exc: ClientError) -> bool:
+    """A transaction refused as a whole (a condition failed, or a conflict)."""
+    return exc.response.get("Error", {}).get("Code") == "TransactionCanceledException"
+
+
 def condition_failed(exc: ClientError) -> bool:
     return exc.response.get("Error", {}).get("Code") == CONDITION_FAILED
 
@@ -203,20 +208,13 @@ class ControlStore:
         request, or ``{}`` when it is absent (another of them exists).
         """
         puts = [
-            {
-                "Put": {
-                    "TableName": self.table,
-                    "Item": to_typed({**attrs, "pk": self.pk, "sk": sk}),
-                    "ConditionExpression": "attribute_not_exists(pk)",
-                    "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-                }
-            }
-            for sk, attrs in items.items()
+            self._absent_put(sk, attrs, read_held=n == 0)
+            for n, (sk, attrs) in enumerate(items.items())
         ]
         try:
             self.client.transact_write_items(TransactItems=puts)  # type: ignore[arg-type]
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
+            if not _cancelled(exc):
                 raise
             response: dict[str, Any] = dict(exc.response)
             reasons = response.get("CancellationReasons") or [{}]
@@ -402,7 +400,7 @@ class ControlStore:
                         lease_sk, owner, now, missing[start : start + _TRANSACT_PUTS], items
                     )
             except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") != "TransactionCanceledException":
+                if not _cancelled(exc):
                     raise
                 held = self.get(lease_sk) or {}
                 if held.get("lease_owner") != owner or float(held.get("lease_expires", 0)) <= now:
@@ -434,17 +432,22 @@ class ControlStore:
                 "ExpressionAttributeValues": to_typed({":me": owner, ":now": now}),
             }
         }
-        puts = [
-            {
-                "Put": {
-                    "TableName": self.table,
-                    "Item": to_typed({**items[sk], "pk": self.pk, "sk": sk}),
-                    "ConditionExpression": "attribute_not_exists(pk)",
-                }
-            }
-            for sk in sks
-        ]
+        puts = [self._absent_put(sk, items[sk]) for sk in sks]
         self.client.transact_write_items(TransactItems=[check, *puts])  # type: ignore[list-item]
+
+    def _absent_put(
+        self, sk: str, attrs: Mapping[str, Any], *, read_held: bool = False
+    ) -> dict[str, Any]:
+        """A transaction's put of ``sk`` only where it is absent; ``read_held``: a refusal
+        returns the item held."""
+        put: dict[str, Any] = {
+            "TableName": self.table,
+            "Item": to_typed({**attrs, "pk": self.pk, "sk": sk}),
+            "ConditionExpression": "attribute_not_exists(pk)",
+        }
+        if read_held:
+            put["ReturnValuesOnConditionCheckFailure"] = "ALL_OLD"
+        return {"Put": put}
 
     def release(self, sk: str, owner: str, set_values: Mapping[str, Any] | None = None) -> bool:
         """Give up our lease; False if it was not ours any more."""
