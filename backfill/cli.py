@@ -128,6 +128,7 @@ def options_from(args: argparse.Namespace, settings: Settings) -> Options:
         page_size=args.page_size,
         write_threads=args.write_threads,
         total_segments=args.total_segments or settings.total_segments,
+        planned_workers=args.processes * (args.workers or settings.workers),
         hot_keys=tuple(args.hot_key),
         hot_pages=args.hot_pages,
         hot_min_items=args.hot_min_items,
@@ -151,7 +152,9 @@ def run(args: argparse.Namespace, settings: Settings, clients: AwsClients) -> in
     options = options_from(args, settings)
     was_complete = plan.plan_state(migration.store) == plan.COMPLETE
     engine = Engine(migration, options) if export is None else export.engine(migration, options)
-    engine.plan()  # once, before any child process races to it
+    # Once, before any child process races to it; a process that runs alone creates its
+    # first units claimed for its workers.
+    engine.plan(claim=args.processes == 1)
 
     def budget_over() -> bool:
         return engine.budget.expired()  # looked up each time: engine.run() starts a new budget

@@ -54,8 +54,11 @@ def invoke(
         create_destination=bool(event.get("create_destination", False)),
         without_consumer=bool(event.get("without_consumer", False)),
     )
+    threads = int(event.get("threads", settings.workers))
+    invocations = max(1, int(event.get("workers", 1)))  # the Map state's fan-out
     options = Options(
-        workers=int(event.get("threads", settings.workers)),
+        workers=threads,
+        planned_workers=threads * invocations,  # a segment for every thread of every one
         budget_seconds=max(budget, 1.0),
         page_size=int(event.get("page_size", 1000)),
         total_segments=settings.total_segments,
@@ -64,11 +67,10 @@ def invoke(
     where = event.get("from_export")
     export = open_export(str(where), settings, clients) if where else None
     engine = Engine(migration, options) if export is None else export.engine(migration, options)
-    segments = engine.plan()
+    segments = engine.plan(claim=not planning)  # a work step runs what it plans itself
     if planning:
         # Idempotent: a second start of the state machine finds the plan and resumes it.
-        workers = max(1, int(event.get("workers", 1)))
-        return {"workers": list(range(workers)), "total_segments": segments}
+        return {"workers": list(range(invocations)), "total_segments": segments}
     # What is left of the invocation after preflight and planning is the workers' budget.
     budget = context.get_remaining_time_in_millis() / 1000.0 - margin
     complete = engine.run(budget_seconds=max(0.1, budget)) or plan.mark_complete(migration.store)

@@ -64,10 +64,12 @@ COMPLETE = BACKFILL_COMPLETE
 # and enough of them that every worker has several to pick from.
 ITEMS_PER_SEGMENT = 50_000
 BYTES_PER_SEGMENT = 256 * 1024 * 1024
-# Two per worker leave room to even out uneven segments; more only add claim and checkpoint
-# round trips (measured: 16 segments for 4 workers cost ~15% throughput on a 1,500-item table,
-# bench/bench_backfill.py). Hot keys are evened out by splits, not by more segments.
-SEGMENTS_PER_WORKER = 2
+# One per worker of the whole run: a Scan segment is a hash range, so segments of a table hold
+# nearly the same number of items, and a hot key is evened out by splits, not by more segments.
+# Each more segment is a claim and a finish (control-table writes), and on moto a Scan that
+# walks the whole table (measured: 2 per worker cost ~2% throughput, 4 per worker ~15%, on a
+# 1,500-item table; bench/bench_backfill.py, issue 18).
+SEGMENTS_PER_WORKER = 1
 MAX_SEGMENTS = 1_000_000
 # quiet_at margin when the caller does not say (the default fence margin of a 30 s lease).
 QUIET_MARGIN_SECONDS = 10.0
@@ -82,7 +84,8 @@ def split_sk(segment: int, n: int) -> str:
 
 
 def choose_total_segments(item_count: int, size_bytes: int, workers: int) -> int:
-    """TotalSegments from the table's size, at least a few per worker."""
+    """TotalSegments from the table's size, at least one per worker (``workers``: of every
+    process or invocation of the run)."""
     by_items = math.ceil(item_count / ITEMS_PER_SEGMENT)
     by_bytes = math.ceil(size_bytes / BYTES_PER_SEGMENT)
     return max(1, min(MAX_SEGMENTS, max(by_items, by_bytes, workers * SEGMENTS_PER_WORKER)))
@@ -108,7 +111,7 @@ class Unit:
         return self.item.get("state") == DONE
 
 
-def ensure_plan(store: ControlStore, total_segments: int) -> Planned:
+def ensure_plan(store: ControlStore, total_segments: int, leases: Leases | None = None) -> Planned:
     """Write the plan if there is none; returns it (the first one written wins).
 
     Safe to run from many processes at once and after a crash half-way (``write_plan``).
@@ -125,7 +128,25 @@ def ensure_plan(store: ControlStore, total_segments: int) -> Planned:
     def segments(total: int) -> list[dict[str, Any]]:
         return [_fresh(n) for n in range(total)]
 
-    return write_plan(store, fresh, same_kind, segments)
+    return write_plan(store, fresh, same_kind, segments, leases)
+
+
+@dataclass(frozen=True)
+class Leases:
+    """Units to create already claimed, the n-th by ``owners[n]`` until ``now + ttl``: the
+    planning process runs them next, and saves a claim per worker and the mark to running
+    (issue 18). Only for a process that plans and runs alone (not a parent of ``--processes``
+    children, nor the state machine's Plan step: their workers are elsewhere)."""
+
+    owners: list[str]
+    ttl: float
+    now: float
+
+    def on(self, n: int, unit: dict[str, Any]) -> dict[str, Any]:
+        if n >= len(self.owners):
+            return unit
+        lease = {"lease_owner": self.owners[n], "lease_expires": self.now + self.ttl}
+        return {**unit, **lease, "lease_counter": 1}
 
 
 @dataclass(frozen=True)
@@ -145,6 +166,7 @@ def write_plan(
     fresh: dict[str, Any],
     check: Callable[[dict[str, Any]], None],
     units: Callable[[int], list[dict[str, Any]]],
+    leases: Leases | None = None,
 ) -> Planned:
     """PLAN as held (``fresh`` unless one exists, which ``check`` may refuse), with its
     units (``units(total)``, the n-th stored as ``SEG#<n>``) written.
@@ -152,12 +174,16 @@ def write_plan(
     A plan that fits in one transaction is written whole, in one request (issue 18); else,
     and when a plan exists, PLAN is written first, conditionally, in the request that reads
     the one held, then every missing unit, conditionally, a few at a time: many processes
-    may plan at once, and one may die half-way.
+    may plan at once, and one may die half-way. ``leases``: a plan written whole is created
+    running, its first units claimed.
     """
     wanted = int(fresh["total_segments"])
     if wanted < TRANSACT_ITEMS:
         whole = {**fresh, "segments_written": True}
         made = {seg_sk(n): unit for n, unit in enumerate(units(wanted))}
+        if leases is not None:
+            whole["state"] = RUNNING
+            made = {sk: leases.on(n, unit) for n, (sk, unit) in enumerate(made.items())}
         held = store.create_all({PLAN: whole, **made})
         if held is None:
             return Planned(whole, [Unit(sk, dict(item)) for sk, item in made.items()])

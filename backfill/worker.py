@@ -33,7 +33,7 @@ from backfill.health import AWS_ERRORS, Health, Interrupted
 from backfill.hotkey import HotKeyDetector, attr_id, attr_less, named_key
 from backfill.keys import dump_key, load_json, load_key
 from backfill.lease import UnitLease
-from backfill.plan import Planned, Unit
+from backfill.plan import Leases, Planned, Unit
 from backfill.reader import Page, RangeReader, SegmentReader, last_sort_key
 from backfill.splits import create_splits, unfinished_jumps
 from backfill.writes import PageResult, PageWriter, Stats, Tally
@@ -73,6 +73,7 @@ class Options:
     page_size: int = 1000
     write_threads: int = 8
     total_segments: int | None = None
+    planned_workers: int | None = None  # the run's workers in every process (None: workers)
     hot_keys: tuple[str, ...] = ()
     hot_pages: int = 3
     hot_share: float = 0.9
@@ -164,28 +165,73 @@ class Engine:
         self._completing = threading.Lock()  # one completion of the plan at a time
         self._nothing_left = False  # a completion here found nothing left to do
         self._owners = owner_prefix()  # this run's workers are "<prefix>-<n>"
+        self._runs = 0
+        self._plan_state = plan.PLANNED  # as the plan was found or created by this process
+        # Units the plan was created with, claimed for this process's workers (by owner),
+        # with the monotonic time the claim was sent (their fences count from it).
+        self._preclaimed: dict[str, tuple[Unit, float]] = {}
+        self._claims_sent = 0.0
         self._costs_every = Every(COSTS_EVERY_SECONDS, self.clock)
         self._left_over: dict[Counter, int] = {}  # counters for the run's last update
         # Every write attempt through this client checks the fence of the thread sending it.
         fencing.install(migration.clients.dynamodb)
 
-    def plan(self) -> int:
-        """Write the plan if none exists; returns its TotalSegments."""
+    def plan(self, claim: bool = False) -> int:
+        """Write the plan if none exists; returns its TotalSegments. ``claim``: this process
+        runs the plan next, alone (``plan.Leases``)."""
         source = self.migration.source
+        workers = self.options.planned_workers or self.options.workers
         wanted = self.options.total_segments or plan.choose_total_segments(
-            source.item_count, source.size_bytes, self.options.workers
+            source.item_count, source.size_bytes, workers
         )
-        return self.adopt(self.health.call(lambda: plan.ensure_plan(self.store, wanted)))
+        return self.adopt(
+            self.health.call(lambda: plan.ensure_plan(self.store, wanted, self.leases(claim)))
+        )
+
+    def leases(self, claim: bool) -> Leases | None:
+        """The claims a plan written now is created with (and when they are sent)."""
+        if not claim:
+            return None
+        self._claims_sent = self.clock.monotonic()
+        owners = [f"{self._owners}-{n}" for n in range(self.options.workers)]
+        return Leases(owners, self.options.lease_seconds, self.clock.now())
 
     def adopt(self, planned: Planned) -> int:
         """Take the plan's TotalSegments. Units this process just created are its first view
-        of them: its workers claim them without listing them first (issue 18)."""
+        of them: its workers claim them without listing them first, or start on the ones
+        created claimed for them (issue 18)."""
         self.total_segments = planned.total_segments
+        self._plan_state = str(planned.plan.get("state", plan.PLANNED))
         if planned.created is not None:
             with self._changes:
                 self._view = self._last_listing = list(planned.created)
                 self._listing_added = self._added
+                for unit in planned.created:
+                    owner = unit.item.get("lease_owner")
+                    if owner is not None:
+                        self._preclaimed[str(owner)] = (unit, self._claims_sent)
+                        self._taken.add(unit.sk)
         return self.total_segments
+
+    def holds_for(self, owner: str) -> bool:
+        """Whether the plan was created with a unit claimed for ``owner``, not yet taken up."""
+        with self._changes:
+            return owner in self._preclaimed
+
+    def preclaimed(self, owner: str) -> tuple[Unit, float] | None:
+        """The unit the plan was created with for ``owner`` (once), while its fence holds;
+        a unit whose fence has passed is left to be claimed again."""
+        with self._changes:
+            unit, sent = self._preclaimed.pop(owner, (None, 0.0))
+            if unit is None:
+                return None
+            usable = self.clock.monotonic() < sent + self.options.lease_seconds - (
+                self.options.lease_margin
+            )
+            if not usable:
+                self._taken.discard(unit.sk)
+                return None
+            return unit, sent
 
     def run(self, budget_seconds: float | None = None) -> bool:
         """Run the workers until the plan is complete or the budget is spent.
@@ -199,18 +245,23 @@ class Engine:
             The endpoint failed for longer than ``options.outage_seconds`` (positions saved).
         """
         if not self.total_segments:
-            self.plan()
+            self.plan(claim=True)
         self.budget = Budget.starting_now(
             budget_seconds or self.options.budget_seconds, self.clock, self.options.margin_seconds
         )
         if self._stopped:  # a stop that came before this budget existed
             self.budget.end_now()
-        # Before the workers start, off their path to the first page (a planned plan only).
-        self.health.call(lambda: plan.mark_running(self.store))
+        # Before the workers start, off their path to the first page (a planned plan only:
+        # one found running, or created running, is not marked again).
+        if self._plan_state == plan.PLANNED:
+            self.health.call(lambda: plan.mark_running(self.store))
+            self._plan_state = plan.RUNNING
         threads = self.options.workers * self.options.write_threads
         with ThreadPoolExecutor(threads, thread_name_prefix="backfill-write") as pool:
             writer = PageWriter(self.migration, pool, self.write_limiter)
-            prefix = self._owners = owner_prefix()
+            # The first run's workers are the owners the plan may have been created with.
+            self._runs += 1
+            prefix = self._owners = self._owners if self._runs == 1 else owner_prefix()
             workers = [
                 threading.Thread(
                     target=self._guarded,
@@ -222,6 +273,7 @@ class Engine:
                 t.start()
             for t in workers:
                 _join(t)
+        self._release_unused()
         # One update for the counters left to the run (items of pages cut by the budget) and
         # the request units no checkpoint carried (claims, completion): not one per worker.
         with self._changes:
@@ -233,6 +285,18 @@ class Engine:
         if self.plan_completed:  # no need to read it again
             return True
         return self.health.call(lambda: plan.plan_state(self.store)) == plan.COMPLETE
+
+    def _release_unused(self) -> None:
+        """Free the units created claimed for workers that never took them up (the run
+        ended first: a stop, a spent budget), instead of a lease later."""
+        with self._changes:
+            unused, self._preclaimed = self._preclaimed, {}
+            self._taken.difference_update(unit.sk for unit, _ in unused.values())
+        for owner, (unit, _) in unused.items():
+            try:
+                self.store.release(unit.sk, owner)
+            except AWS_ERRORS:
+                log.warning("could not release %s; it is free once its lease expires", unit.sk)
 
     def _add_quietly(self, counts: dict[Counter, int]) -> None:
         """A failed run's last counters: one try, as the run's own error is what is raised."""
@@ -327,8 +391,8 @@ class Engine:
         a sibling that leaves one, or makes splits, wakes the idle workers, and they list.
 
         SIBLINGS: a sibling still works on a unit, so there is nothing to claim; FINISHED:
-        every unit is settled or finished here, so the plan can complete (from a fresh
-        listing); UNKNOWN: a listing is needed.
+        every unit is settled or finished here, so the plan can complete from what this
+        process knows (``known_units``); UNKNOWN: a listing is needed.
         """
         with self._changes:
             if self._listing_added != self._added or not self._last_listing:
@@ -348,6 +412,22 @@ class Engine:
         with self._changes:
             self._added += 1
             self._changes.notify_all()
+
+    def known_units(self) -> list[Unit]:
+        """The last listing with the units finished here since shown done, as a listing made
+        now would show them (FINISHED: no unit can be missing from it, see ``left_here``).
+
+        A unit finished here was held by this process from its first claim (a segment taken
+        over counts as units added) to its finish, so no other process made splits of it;
+        settled units do not change. The finish removed the lease, so it is not shown either.
+        """
+        with self._changes:
+            return [
+                Unit(u.sk, {**_unleased(u.item), "state": plan.DONE})
+                if u.sk in self._finished_here
+                else u
+                for u in self._last_listing
+            ]
 
     def finished(self, sk: str) -> None:
         """A worker of this process finished ``sk`` (done, its lease released)."""
@@ -390,6 +470,10 @@ class Engine:
         return self.clock.monotonic() - self._listed_at >= period
 
 
+def _unleased(item: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in item.items() if k not in ("lease_owner", "lease_expires")}
+
+
 def _join(thread: threading.Thread) -> None:
     """Wait for ``thread`` in short waits: a signal the kernel hands to another thread runs
     its Python handler (Ctrl-C, a parent's SIGTERM: ``Engine.stop``) only once the main thread
@@ -422,8 +506,10 @@ class Worker:
         self._listed: list[plan.Unit] = []  # the last listing this worker made
 
     def run(self, stagger: float = 0.0) -> None:
-        # Workers started together would all race for the same first units.
-        self.clock.sleep(stagger)
+        # Workers started together would all race for the same first units (not for those
+        # the plan was created with, claimed for them).
+        if not self.engine.holds_for(self.owner):
+            self.clock.sleep(stagger)
         try:
             self._loop()
         except Interrupted:
@@ -480,6 +566,10 @@ class Worker:
     def _claim(self) -> tuple[plan.Unit, UnitLease] | None:
         """Claim a unit: from this process's last listing while it shows one nobody here has
         taken (a listing is two queries: issue 18), else from a fresh listing."""
+        first = self.engine.preclaimed(self.owner)
+        if first is not None:  # the plan was created with it claimed for us
+            self._finished = False
+            return first[0], self._lease(first[0].sk, first[1])
         view = self.engine.view()
         if view:  # one try: a failed claim means the view is out of date
             claimed = self._claim_from(view, tries=1)
@@ -491,7 +581,7 @@ class Worker:
             self._unfinished_seen = True
             return None
         if left is Left.FINISHED and self._call(
-            lambda: self.engine.complete_once(self._list_and_complete)
+            lambda: self.engine.complete_once(self._complete_known)
         ):
             self._unfinished_seen = False  # the loop ends: the plan is complete
             return None
@@ -512,12 +602,11 @@ class Worker:
     def _complete_once(self) -> bool:
         return self.engine.complete_once(self.complete_plan)
 
-    def _list_and_complete(self) -> bool:
-        """Every unit is finished here: list them once more, and complete the plan if the
-        listing shows them all settled."""
-        listed, _ = self.engine.list_units()
-        self._listed = listed
-        return all(self.settled_unit(u) for u in listed) and self.complete_plan()
+    def _complete_known(self) -> bool:
+        """Every unit is settled or finished here: complete the plan without listing the
+        units again (two queries, issue 18)."""
+        self._listed = self.engine.known_units()
+        return self.complete_plan()
 
     def _claim_from(
         self, listed: list[plan.Unit], tries: int | None = None
@@ -545,19 +634,22 @@ class Worker:
             )
             if item is not None:
                 self._finished = False
-                lease = UnitLease(
-                    self.store,
-                    unit.sk,
-                    self.owner,
-                    clock=self.clock,
-                    ttl=self.options.lease_seconds,
-                    margin=self.options.lease_margin,
-                    sent_at=sent,
-                )
-                return plan.Unit(unit.sk, item), lease
+                return plan.Unit(unit.sk, item), self._lease(unit.sk, sent)
             self.engine.left(unit.sk)  # held elsewhere (or no longer pending): not ours
             self._remote_seen = True
         return None
+
+    def _lease(self, sk: str, sent: float) -> UnitLease:
+        """Our lease on ``sk``, claimed by a request sent at monotonic ``sent``."""
+        return UnitLease(
+            self.store,
+            sk,
+            self.owner,
+            clock=self.clock,
+            ttl=self.options.lease_seconds,
+            margin=self.options.lease_margin,
+            sent_at=sent,
+        )
 
     def _held_elsewhere(self, unit: plan.Unit) -> bool:
         """Leased by another process, which may leave the unit (or die) without telling us."""

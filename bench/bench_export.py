@@ -76,8 +76,7 @@ def run_tool(s3: S3Client, export: Export, control: str, options: Options) -> fl
     migration = open_migration(settings, clients)
     started = time.perf_counter()
     engine = ExportEngine(migration, options, s3, export)
-    engine.plan()
-    if not engine.run():
+    if not engine.run():  # plans first, as `livemigrate backfill` does in one process
         raise RuntimeError("benchmark export backfill did not complete")
     elapsed = time.perf_counter() - started
     _drop(clients.dynamodb, dest, source)
@@ -182,8 +181,7 @@ def _memory_child(spec: dict[str, str]) -> None:
     export = read(s3, spec["bucket"], spec["folder"])
     options = Options(workers=WORKERS, page_size=500)
     engine = ExportEngine(open_migration(settings, clients), options, s3, export)
-    engine.plan()
-    if not engine.run():
+    if not engine.run():  # plans first, as `livemigrate backfill` does in one process
         raise SystemExit("export backfill did not complete")
     _drop(clients.dynamodb, dest, source)
     _, peak = tracemalloc.get_traced_memory()

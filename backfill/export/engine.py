@@ -56,9 +56,14 @@ class ExportEngine(Engine):
         self.s3 = s3
         self.export = export
 
-    def plan(self) -> int:
-        """Write the export's plan if none exists; returns its number of units (files)."""
-        return self.adopt(self.health.call(lambda: ensure_export_plan(self.store, self.export)))
+    def plan(self, claim: bool = False) -> int:
+        """Write the export's plan if none exists; returns its number of units (files).
+        ``claim``: this process runs the plan next, alone (``plan.Leases``)."""
+        return self.adopt(
+            self.health.call(
+                lambda: ensure_export_plan(self.store, self.export, self.leases(claim))
+            )
+        )
 
     def new_worker(self, owner: str, writer: PageWriter) -> Worker:
         return ExportWorker(self, owner, writer)

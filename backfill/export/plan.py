@@ -30,7 +30,9 @@ SOURCE = "export"
 REFUSED = "refused"
 
 
-def ensure_export_plan(store: ControlStore, export: Export) -> plan.Planned:
+def ensure_export_plan(
+    store: ControlStore, export: Export, leases: plan.Leases | None = None
+) -> plan.Planned:
     """Write the plan for ``export`` if there is none; returns it.
 
     Safe from many processes at once and after a crash half-way (like ``plan.ensure_plan``).
@@ -40,7 +42,7 @@ def ensure_export_plan(store: ControlStore, export: Export) -> plan.Planned:
         return [_fresh_unit(n, data) for n, data in enumerate(export.files)]
 
     return plan.write_plan(
-        store, _fresh_plan(export), lambda held: _same_export(store, held, export), units
+        store, _fresh_plan(export), lambda held: _same_export(store, held, export), units, leases
     )
 
 

@@ -285,6 +285,22 @@ def test_lambda_handler_continues_across_invocations_until_complete(clients: Aws
     )
 
 
+def test_lambda_plan_has_a_segment_for_each_thread_of_each_invocation(
+    clients: AwsClients,
+) -> None:
+    settings = tables(clients, outbox_items(20))
+    # WHEN the state machine's Plan step asks for a Map of 3 invocations of 2 threads each
+    event = {"action": "plan", "workers": 3, "threads": 2, "without_consumer": True}
+    planned = invoke(event, FakeContext(60_000), settings, clients)
+    # THEN the small table is cut in 6 segments, one for each thread that will claim one
+    assert planned == {"workers": [0, 1, 2], "total_segments": 6}
+    segments = list(plan.units(store_of(settings, clients), plan.SEG_PREFIX))
+    assert len(segments) == 6
+    # and unclaimed, in a plan not yet running: the Map's invocations claim them
+    assert not any("lease_owner" in u.item for u in segments)
+    assert plan.plan_state(store_of(settings, clients)) == plan.PLANNED
+
+
 def test_rate_cap_from_control_table_slows_reads(clients: AwsClients) -> None:
     settings = tables(clients, outbox_items(120))
     migration = open_migration(settings, clients)
@@ -311,6 +327,13 @@ def test_worker_processes_share_one_plan(
     rc = backfill(settings, clients, "--processes", "2", "--workers", "2", "--page-size", "20")
     # THEN the parent saw the plan completed by its children (it read nothing itself)
     assert rc == 0
+    # and it planned a segment for each worker of each child (was: of one child, so the
+    # second child's workers found nothing to claim in a small table)
+    store = store_of(settings, clients)
+    assert (store.get("PLAN") or {})["total_segments"] == 4
+    # and it created them unclaimed: each was claimed once, by a child (a parent's claim
+    # would have kept the children off it for a lease, then made their claim the second)
+    assert [u.item["lease_counter"] for u in plan.units(store, plan.SEG_PREFIX)] == [1] * 4
     assert store_of(settings, clients).metrics()["items_read"] >= len(items)
     assert destination(clients.dynamodb, settings.destination_table) == expected(
         clients.dynamodb, settings.source_table

@@ -17,11 +17,13 @@ from backfill import plan
 from backfill.worker import Engine, Options
 from livemigrate import status
 from livemigrate.aws import AwsClients
+from livemigrate.clock import FakeClock
 from livemigrate.config import Settings
 from livemigrate.keys import PLAN
 from livemigrate.migration import open_migration
 from tests.services import create_table, settings_for, unique
 from tests.support.backfill import destination, expected, fill, outbox_items
+from tests.support.backfill import tables as support_tables
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +55,7 @@ def control_requests(clients: AwsClients, table: str) -> Iterator[Counter[str]]:
         events.unregister("before-parameter-build.dynamodb", unique_id="test-control-requests")
 
 
-def test_a_unit_of_one_page_costs_two_writes_and_claims_share_one_listing(
+def test_a_unit_of_one_page_costs_two_writes_and_a_run_that_planned_lists_nothing(
     clients: AwsClients,
 ) -> None:
     # GIVEN 4 segments of one page each, for one worker
@@ -65,15 +67,16 @@ def test_a_unit_of_one_page_costs_two_writes_and_claims_share_one_listing(
         assert Engine(migration, options).run()
     # THEN each unit costs a claim and a checkpoint that carries its counters and releases
     # the lease (was 3: a counter update of its own; before that 5: a second counter update,
-    # a release, a read-back of the claim); beyond them: the plan twice (running, complete)
-    # and the run's last counters (was: the plan three times, with its segments written)
-    assert seen["UpdateItem"] == 2 * 4 + 2 + 1, seen
+    # a release, a read-back of the claim), but the first unit was created claimed for the
+    # worker, in a plan created running; beyond them: the plan's completion and the run's
+    # last counters (was: the mark to running too; before that the plan three times)
+    assert seen["UpdateItem"] == (4 - 1) + 4 + 1 + 1, seen
     # and the plan and its 4 segments are written in one transaction (was 5 puts)
     assert (seen["TransactWriteItems"], seen["PutItem"]) == (1, 0), seen
-    # and the units are listed (2 queries) only when none is left, which also completes the
-    # plan: the process that created them claims them without listing them (was 4: a first
-    # listing; before that 7 and 17)
-    assert seen["Query"] == 2, seen
+    # and the units are never listed: the process that created them claims them from what
+    # it wrote, and completes the plan from what it finished (was 2: a last listing; before
+    # that 4: a first listing, and before that 7 and 17)
+    assert seen["Query"] == 0, seen
     # and the plan is not read before it is written: a put if absent returns the held one
     assert seen["GetItem"] == 1, seen  # the live rates; PLAN is not read
     assert destination(clients.dynamodb, settings.destination_table) == expected(
@@ -210,10 +213,11 @@ def test_workers_done_while_a_sibling_works_do_not_list_the_units(clients: AwsCl
 
     # WHEN they backfill them
     seen = counted_run(clients, Engine(migration, options), hold_segment_1)
-    # THEN the units are listed once, by the worker that finished the last one, to complete
-    # the plan: the idle worker knew that its sibling held the only unit left (was: a listing
-    # as it went idle and one per poll while it waited, 2 queries each)
-    assert seen["Query"] == 2, seen
+    # THEN the units are never listed: the idle worker knew that its sibling held the only
+    # unit left, and the plan is completed from the units finished here (was: a last listing
+    # to complete it; before that a listing as the worker went idle and one per poll while it
+    # waited, 2 queries each)
+    assert seen["Query"] == 0, seen
     assert destination(clients.dynamodb, settings.destination_table) == expected(
         clients.dynamodb, settings.source_table
     )
@@ -238,10 +242,11 @@ def test_workers_that_finish_together_complete_the_plan_once(clients: AwsClients
 
     # WHEN they backfill them
     seen = counted_run(clients, Engine(migration, options), together)
-    # THEN the plan is completed by one of them: each unit costs a claim and a checkpoint,
-    # the plan two (running, complete), the run's counters one, and nothing reads the plan
-    # back (was: a completion each, the second refused and followed by a read of PLAN)
-    assert seen["UpdateItem"] == 2 * 2 + 2 + 1, seen
+    # THEN the plan is completed by one of them: each unit costs its last checkpoint (both
+    # were created claimed for the two workers), the plan its completion, the run's counters
+    # one, and nothing reads the plan back (was: a completion each, the second refused and
+    # followed by a read of PLAN)
+    assert seen["UpdateItem"] == 2 + 1 + 1, seen
     assert seen["GetItem"] == 1, seen  # the live rates
 
 
@@ -269,3 +274,102 @@ def test_a_plan_is_written_whole_and_a_held_one_is_read_in_the_same_request(
     assert held is not None and held["segments_written"] and held["state"] == plan.PLANNED
     assert [u.item.get("mark") for u in plan.list_units(migration.store)][:2] == ["kept", None]
     assert Engine(migration, options).run()
+
+
+def test_a_segment_taken_over_from_a_dead_splitter_is_not_completed_without_its_splits(
+    clients: AwsClients,
+) -> None:
+    # GIVEN a one-segment plan, half of whose 200 items share one key, made by a process that
+    # will claim the segment from what it wrote (no listing); and a worker of another process
+    # that split the hot key and died right after, before its jump was saved
+    settings = support_tables(clients, outbox_items(200, hot_share=0.5))
+    options = Options(
+        workers=1, page_size=20, total_segments=1, lease_seconds=1.0, hot_pages=2, hot_min_items=40
+    )
+    migration = open_migration(settings, clients)
+    planner = Engine(migration, options)
+    planner.plan()
+    sent: list[dict[str, Any]] = []
+
+    def remember(params: dict[str, Any], model: Any, **_: Any) -> None:
+        sent[:] = [params]
+
+    def die_after_the_splits(**_: Any) -> None:
+        if "SPLIT#" in str(sent[0] if sent else {}):
+            raise Killed
+
+    events = clients.dynamodb.meta.events
+    events.register("before-parameter-build.dynamodb", remember, unique_id="test-params")
+    events.register(
+        "after-call.dynamodb.TransactWriteItems", die_after_the_splits, unique_id="test-kill"
+    )
+    try:
+        with pytest.raises(Killed):
+            Engine(migration, options).run()
+    finally:
+        events.unregister("before-parameter-build.dynamodb", unique_id="test-params")
+        events.unregister("after-call.dynamodb.TransactWriteItems", unique_id="test-kill")
+    splits = list(plan.units(migration.store, plan.SPLIT_PREFIX))
+    assert splits and not any(u.done for u in splits)
+    time.sleep(options.lease_seconds)  # the dead worker's lease expires
+    # WHEN the planner's worker takes the segment over and finishes it (jumping past the key)
+    assert planner.run()
+    # THEN the plan was completed only after the splits were copied too: the segment was
+    # taken over, so the process listed the units before completing (a process completes the
+    # plan without listing only when it created, claimed and finished every unit itself)
+    assert all(u.done for u in plan.units(migration.store, plan.SPLIT_PREFIX))
+    assert destination(clients.dynamodb, settings.destination_table) == expected(
+        clients.dynamodb, settings.source_table
+    )
+
+
+def test_a_unit_created_claimed_is_claimed_again_once_its_fence_has_passed(
+    clients: AwsClients,
+) -> None:
+    # GIVEN a plan created with its one segment claimed for this process's worker, which
+    # starts only after that claim's fence has passed (lease 2 s, fence 2/3 s before it)
+    settings = tables(clients, 30)
+    clock = FakeClock()
+    options = Options(workers=1, page_size=10, total_segments=1, lease_seconds=2.0)
+    migration = open_migration(settings, clients)
+    engine = Engine(migration, options, clock=clock)
+    engine.plan(claim=True)
+    created = migration.store.get(plan.seg_sk(0)) or {}
+    assert created["lease_counter"] == 1 and created["lease_owner"].endswith("-0")
+    assert plan.plan_state(migration.store) == plan.RUNNING
+    clock.advance(1.5)
+    scans: list[str] = []
+
+    def count_scans(params: dict[str, Any], model: Any, **_: Any) -> None:
+        if model.name == "Scan":
+            scans.append(params["TableName"])
+
+    # WHEN it runs
+    seen = counted_run(clients, engine, count_scans)
+    # THEN it claimed the segment again before reading it, and read each of its 3 pages
+    # once: the unit was not read with a dead fence and dropped at its first write
+    assert (migration.store.get(plan.seg_sk(0)) or {})["lease_counter"] == 2
+    assert len(scans) == 3, scans
+    assert seen["UpdateItem"] == 1 + 3 + 1 + 1, seen  # claim, checkpoints, completion, counters
+    assert destination(clients.dynamodb, settings.destination_table) == expected(
+        clients.dynamodb, settings.source_table
+    )
+
+
+def test_units_created_claimed_for_a_run_that_stopped_first_are_released(
+    clients: AwsClients,
+) -> None:
+    # GIVEN a plan created with its two segments claimed for this process's two workers
+    settings = tables(clients, 20)
+    options = Options(workers=2, page_size=10, total_segments=2)
+    migration = open_migration(settings, clients)
+    engine = Engine(migration, options)
+    engine.plan(claim=True)
+    # WHEN the run is stopped before it starts (Ctrl-C between planning and running)
+    engine.stop()
+    assert not engine.run()
+    # THEN neither segment is left leased to a worker that never took it up: the next run
+    # starts on them now, not once their 30 s leases have expired
+    units = list(plan.units(migration.store, plan.SEG_PREFIX))
+    assert len(units) == 2 and not any("lease_owner" in u.item for u in units)
+    assert not any(u.done for u in units)

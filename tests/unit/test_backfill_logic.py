@@ -156,7 +156,7 @@ def test_checkpoint_keys_round_trip_including_binary() -> None:
 
 # -- planning and progress ----------------------------------------------------------------------
 def test_total_segments_follow_table_size_with_a_floor_per_worker() -> None:
-    assert choose_total_segments(100, 10_000, workers=4) == 8
+    assert choose_total_segments(100, 10_000, workers=4) == 4
     assert choose_total_segments(10_000_000, 10**9, workers=4) == 200
     assert choose_total_segments(0, 50 * 1024**3, workers=1) == 200
     assert seg_sk(7) == "SEG#000007"
