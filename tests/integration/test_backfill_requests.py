@@ -17,7 +17,7 @@ from backfill import plan
 from backfill.worker import Engine, Options
 from livemigrate import status
 from livemigrate.aws import AwsClients
-from livemigrate.clock import FakeClock
+from livemigrate.clock import Clock, FakeClock
 from livemigrate.config import Settings
 from livemigrate.keys import PLAN
 from livemigrate.migration import open_migration
@@ -105,6 +105,35 @@ class Killed(BaseException):
     """The process dies (SIGKILL) right after a request it sent was acknowledged."""
 
 
+def run_until_killed(
+    clients: AwsClients,
+    engine: Engine,
+    operation: str,
+    dies: Callable[[dict[str, Any]], bool],
+) -> None:
+    """Run ``engine`` until it dies (``Killed``) right after a request of ``operation``
+    whose parameters ``dies`` picks was acknowledged."""
+    sent: list[dict[str, Any]] = []  # the parameters of the request of ``operation`` in flight
+
+    def remember(params: dict[str, Any], model: Any, **_: Any) -> None:
+        if model.name == operation:
+            sent[:] = [params]
+
+    def die(**_: Any) -> None:
+        if sent and dies(sent[0]):
+            raise Killed
+
+    events = clients.dynamodb.meta.events
+    events.register("before-parameter-build.dynamodb", remember, unique_id="test-params")
+    events.register(f"after-call.dynamodb.{operation}", die, unique_id="test-kill")
+    try:
+        with pytest.raises(Killed):
+            engine.run()
+    finally:
+        events.unregister("before-parameter-build.dynamodb", unique_id="test-params")
+        events.unregister(f"after-call.dynamodb.{operation}", unique_id="test-kill")
+
+
 def test_a_kill_right_after_a_checkpoint_still_leaves_the_page_counted(
     clients: AwsClients,
 ) -> None:
@@ -112,32 +141,16 @@ def test_a_kill_right_after_a_checkpoint_still_leaves_the_page_counted(
     settings = tables(clients, 30)
     options = Options(workers=1, page_size=10, total_segments=1, lease_seconds=2.0)
     migration = open_migration(settings, clients)
-
-    sent: list[dict[str, Any]] = []  # the API parameters of the UpdateItem in flight
     kills: list[str] = []
 
-    def remember(params: dict[str, Any], model: Any, **_: Any) -> None:
-        if model.name == "UpdateItem":
-            sent[:] = [params]
-
-    def die_after_first_checkpoint(**_: Any) -> None:
-        params = sent[0] if sent else {}
+    def first_checkpoint(params: dict[str, Any]) -> bool:
         names = params.get("ExpressionAttributeNames", {}).values()
         if not kills and params["Key"]["sk"]["S"].startswith("SEG#") and "checkpoint" in names:
             kills.append(params["Key"]["sk"]["S"])
-            raise Killed
+            return True
+        return False
 
-    events = clients.dynamodb.meta.events
-    events.register("before-parameter-build.dynamodb", remember, unique_id="test-params")
-    events.register(
-        "after-call.dynamodb.UpdateItem", die_after_first_checkpoint, unique_id="test-kill"
-    )
-    try:
-        with pytest.raises(Killed):
-            Engine(migration, options).run()
-    finally:
-        events.unregister("before-parameter-build.dynamodb", unique_id="test-params")
-        events.unregister("after-call.dynamodb.UpdateItem", unique_id="test-kill")
+    run_until_killed(clients, Engine(migration, options), "UpdateItem", first_checkpoint)
     assert kills, "the worker died after a checkpoint"
     # WHEN the next run takes the segment over once the dead worker's lease expired
     assert Engine(migration, options).run()
@@ -289,26 +302,9 @@ def test_a_segment_taken_over_from_a_dead_splitter_is_not_completed_without_its_
     migration = open_migration(settings, clients)
     planner = Engine(migration, options)
     planner.plan()
-    sent: list[dict[str, Any]] = []
-
-    def remember(params: dict[str, Any], model: Any, **_: Any) -> None:
-        sent[:] = [params]
-
-    def die_after_the_splits(**_: Any) -> None:
-        if "SPLIT#" in str(sent[0] if sent else {}):
-            raise Killed
-
-    events = clients.dynamodb.meta.events
-    events.register("before-parameter-build.dynamodb", remember, unique_id="test-params")
-    events.register(
-        "after-call.dynamodb.TransactWriteItems", die_after_the_splits, unique_id="test-kill"
+    run_until_killed(
+        clients, Engine(migration, options), "TransactWriteItems", lambda p: "SPLIT#" in str(p)
     )
-    try:
-        with pytest.raises(Killed):
-            Engine(migration, options).run()
-    finally:
-        events.unregister("before-parameter-build.dynamodb", unique_id="test-params")
-        events.unregister("after-call.dynamodb.TransactWriteItems", unique_id="test-kill")
     splits = list(plan.units(migration.store, plan.SPLIT_PREFIX))
     assert splits and not any(u.done for u in splits)
     time.sleep(options.lease_seconds)  # the dead worker's lease expires
@@ -323,17 +319,26 @@ def test_a_segment_taken_over_from_a_dead_splitter_is_not_completed_without_its_
     )
 
 
+def planned_claimed(
+    clients: AwsClients, count: int, options: Options, clock: Clock | None = None
+) -> tuple[Settings, Engine]:
+    """A source of ``count`` items and an engine that planned it with its first units
+    claimed for its own workers (as a process that runs alone does)."""
+    settings = tables(clients, count)
+    engine = Engine(open_migration(settings, clients), options, clock=clock)
+    engine.plan(claim=True)
+    return settings, engine
+
+
 def test_a_unit_created_claimed_is_claimed_again_once_its_fence_has_passed(
     clients: AwsClients,
 ) -> None:
     # GIVEN a plan created with its one segment claimed for this process's worker, which
     # starts only after that claim's fence has passed (lease 2 s, fence 2/3 s before it)
-    settings = tables(clients, 30)
     clock = FakeClock()
     options = Options(workers=1, page_size=10, total_segments=1, lease_seconds=2.0)
-    migration = open_migration(settings, clients)
-    engine = Engine(migration, options, clock=clock)
-    engine.plan(claim=True)
+    settings, engine = planned_claimed(clients, 30, options, clock)
+    migration = engine.migration
     created = migration.store.get(plan.seg_sk(0)) or {}
     assert created["lease_counter"] == 1 and created["lease_owner"].endswith("-0")
     assert plan.plan_state(migration.store) == plan.RUNNING
@@ -360,11 +365,9 @@ def test_units_created_claimed_for_a_run_that_stopped_first_are_released(
     clients: AwsClients,
 ) -> None:
     # GIVEN a plan created with its two segments claimed for this process's two workers
-    settings = tables(clients, 20)
     options = Options(workers=2, page_size=10, total_segments=2)
-    migration = open_migration(settings, clients)
-    engine = Engine(migration, options)
-    engine.plan(claim=True)
+    _, engine = planned_claimed(clients, 20, options)
+    migration = engine.migration
     # WHEN the run is stopped before it starts (Ctrl-C between planning and running)
     engine.stop()
     assert not engine.run()
