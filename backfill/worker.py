@@ -164,8 +164,7 @@ class Engine:
         self._listing_added = -1  # that count when the last listing (or plan) began
         self._completing = threading.Lock()  # one completion of the plan at a time
         self._nothing_left = False  # a completion here found nothing left to do
-        self._owners = owner_prefix()  # this run's workers are "<prefix>-<n>"
-        self._runs = 0
+        self._owners = owner_prefix()  # the next (then this) run's workers are "<prefix>-<n>"
         self._plan_state = plan.PLANNED  # as the plan was found or created by this process
         # Units the plan was created with, claimed for this process's workers (by owner),
         # with the monotonic time the claim was sent (their fences count from it).
@@ -219,19 +218,10 @@ class Engine:
             return owner in self._preclaimed
 
     def preclaimed(self, owner: str) -> tuple[Unit, float] | None:
-        """The unit the plan was created with for ``owner`` (once), while its fence holds;
-        a unit whose fence has passed is left to be claimed again."""
+        """The unit the plan was created with for ``owner`` (once), and when its claim was
+        sent."""
         with self._changes:
-            unit, sent = self._preclaimed.pop(owner, (None, 0.0))
-            if unit is None:
-                return None
-            usable = self.clock.monotonic() < sent + self.options.lease_seconds - (
-                self.options.lease_margin
-            )
-            if not usable:
-                self._taken.discard(unit.sk)
-                return None
-            return unit, sent
+            return self._preclaimed.pop(owner, None)
 
     def run(self, budget_seconds: float | None = None) -> bool:
         """Run the workers until the plan is complete or the budget is spent.
@@ -259,9 +249,8 @@ class Engine:
         threads = self.options.workers * self.options.write_threads
         with ThreadPoolExecutor(threads, thread_name_prefix="backfill-write") as pool:
             writer = PageWriter(self.migration, pool, self.write_limiter)
-            # The first run's workers are the owners the plan may have been created with.
-            self._runs += 1
-            prefix = self._owners = self._owners if self._runs == 1 else owner_prefix()
+            # The owners the plan may have been created with (see ``leases``).
+            prefix = self._owners
             workers = [
                 threading.Thread(
                     target=self._guarded,
@@ -273,6 +262,7 @@ class Engine:
                 t.start()
             for t in workers:
                 _join(t)
+        self._owners = owner_prefix()  # a later run's workers are new ones
         self._release_unused()
         # One update for the counters left to the run (items of pages cut by the budget) and
         # the request units no checkpoint carried (claims, completion): not one per worker.
@@ -568,8 +558,11 @@ class Worker:
         taken (a listing is two queries: issue 18), else from a fresh listing."""
         first = self.engine.preclaimed(self.owner)
         if first is not None:  # the plan was created with it claimed for us
-            self._finished = False
-            return first[0], self._lease(first[0].sk, first[1])
+            lease = self._lease(first[0].sk, first[1])
+            if not lease.fence.expired():
+                self._finished = False
+                return first[0], lease
+            self.engine.left(first[0].sk)  # too late to use: claimed again like any other
         view = self.engine.view()
         if view:  # one try: a failed claim means the view is out of date
             claimed = self._claim_from(view, tries=1)
