@@ -29,7 +29,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from backfill.worker import Engine, Options
-from bench.common import Result, take_turns
+from bench.common import Result, plain_dynamodb, take_turns
 from livemigrate.aws import AwsClients, make_clients
 from livemigrate.config import Settings
 from livemigrate.control import condition_failed
@@ -206,9 +206,7 @@ def run_baseline(
 def bench_throughput(control: str) -> Result:
     count, threads, rounds = 1500, 8, 16
     clients = _clients()
-    # The baseline's own client: the tool's installs fence and accounting hooks on its client,
-    # which a plain script would not pay for (they made the baseline's second run slower).
-    plain = _clients()
+    plain = plain_dynamodb()
     source = _source(clients.dynamodb, count)
     options = Options(workers=WORKERS, write_threads=threads, page_size=250)
 
@@ -216,7 +214,7 @@ def bench_throughput(control: str) -> Result:
         return run_tool(clients, source, options, control)
 
     def base() -> float:
-        return run_baseline(plain.dynamodb, source, WORKERS, threads, 250, shared_pool=True)
+        return run_baseline(plain, source, WORKERS, threads, 250, shared_pool=True)
 
     turns = take_turns(tool, base, rounds)
     _drop(clients.dynamodb, source)

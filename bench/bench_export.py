@@ -29,7 +29,7 @@ from backfill.export.engine import ExportEngine
 from backfill.export.manifest import Export, read
 from backfill.worker import Options
 from bench.bench_backfill import WORKERS, _clients, _drop, _env, _item, _name, _put, _table
-from bench.common import Result, take_turns
+from bench.common import Result, plain_dynamodb, take_turns
 from livemigrate.aws import make_clients
 from livemigrate.config import Settings
 from livemigrate.items import to_typed
@@ -113,10 +113,10 @@ def bench_throughput(s3: S3Client, bucket: str, control: str) -> Result:
     count, rounds = 1500, 4
     export = _export(s3, bucket, count)
     options = Options(workers=WORKERS, write_threads=THREADS, page_size=250)
-    plain = _clients()
+    plain = plain_dynamodb()
     turns = take_turns(
         lambda: run_tool(s3, export, control, options),
-        lambda: run_baseline(s3, plain.dynamodb, export),
+        lambda: run_baseline(s3, plain, export),
         rounds,
     )
     return Result(

@@ -5,6 +5,13 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+import boto3
+from botocore.config import Config
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
 
 
 @dataclass(frozen=True)
@@ -63,3 +70,13 @@ def take_turns(tool: Callable[[], float], base: Callable[[], float], rounds: int
             out.base.append(base())
             out.tool.append(tool())
     return out
+
+
+def plain_dynamodb(max_pool: int = 100) -> DynamoDBClient:
+    """The DynamoDB client of a plain script: boto3's defaults (parameter validation included;
+    the tool's client skips it), a connection pool as large as the script's threads. Endpoint,
+    region and credentials come from the environment, as the tool's do. Its own client: the
+    tool installs fence and accounting hooks on its clients, which a plain script does not pay.
+    """
+    client: DynamoDBClient = boto3.client("dynamodb", config=Config(max_pool_connections=max_pool))
+    return client

@@ -36,8 +36,9 @@ import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from decimal import Context, Decimal
 from typing import Any, Final, Literal
+
+from livemigrate.items import item_size, value_size
 
 Role = Literal["source", "destination", "control"]
 ROLES: Final[tuple[Role, ...]] = ("source", "destination", "control")
@@ -94,9 +95,13 @@ class Accounting:
         self._unsent: dict[Key, Usage] = {}
 
     def record(self, table: str, operation: str, usage: Usage) -> None:
-        with self._lock:
+        key = (table, operation)
+        with self._lock:  # every request is recorded: no Usage is built for a held key
             for book in (self._totals, self._unsent):
-                book.setdefault((table, operation), Usage()).add(usage)
+                held = book.get(key)
+                if held is None:
+                    book[key] = held = Usage()
+                held.add(usage)
 
     def totals(self) -> dict[Key, Usage]:
         """A copy of the totals since the process started."""
@@ -172,50 +177,6 @@ def unflatten(counters: Mapping[str, Any]) -> dict[str, dict[str, dict[str, floa
         slot = out.setdefault(role, {}).setdefault(op, dict.fromkeys(FIELDS, 0.0))
         slot[field] += float(value)
     return out
-
-
-# -- item sizes (DynamoDB's rules) ------------------------------------------------------------
-def item_size(item: Mapping[str, Any]) -> int:
-    """Bytes DynamoDB counts for a typed item (``{"name": {"S": "..."}}``)."""
-    return sum(len(name.encode()) + value_size(value) for name, value in item.items())
-
-
-def value_size(value: Mapping[str, Any]) -> int:
-    """Bytes of one typed value."""
-    (kind, raw), *_ = value.items()
-    if kind == "S":
-        return len(str(raw).encode())
-    if kind == "N":
-        return number_size(str(raw))
-    if kind == "B":
-        return len(raw)
-    if kind in ("BOOL", "NULL"):
-        return 1
-    if kind == "SS":
-        return sum(len(str(s).encode()) for s in raw)
-    if kind == "NS":
-        return sum(number_size(str(n)) for n in raw)
-    if kind == "BS":
-        return sum(len(b) for b in raw)
-    if kind == "L":
-        return 3 + sum(1 + value_size(v) for v in raw)
-    if kind == "M":
-        return 3 + sum(1 + len(k.encode()) + value_size(v) for k, v in raw.items())
-    raise ValueError(f"not a DynamoDB type: {kind!r}")
-
-
-def number_size(text: str) -> int:
-    """1 byte per two significant digits, plus 1 (plus 1 for a negative number)."""
-    if text.isdigit():  # a plain integer (most numbers; every put is sized): no Decimal
-        significant = len(text.strip("0")) or 1
-    else:
-        number = Decimal(text)
-        # normalize() in a context as wide as the number: the default one (28 digits) rounded
-        # a 38-digit number and under-charged it
-        wide = Context(prec=max(1, len(number.as_tuple().digits)), Emin=-999_999, Emax=999_999)
-        digits = number.normalize(wide).as_tuple().digits
-        significant = len(digits) if any(digits) else 1
-    return math.ceil(significant / 2) + 1 + (1 if text.startswith("-") else 0)
 
 
 def read_units(size: int, consistent: bool) -> float:

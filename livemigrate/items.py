@@ -7,8 +7,8 @@ Plain items are what boto3's TypeDeserializer gives: numbers are ``Decimal``, bi
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
-from decimal import Decimal
+from collections.abc import Callable, Mapping, Sequence
+from decimal import Context, Decimal
 from typing import Any
 
 from boto3.dynamodb.types import Binary, TypeDeserializer, TypeSerializer
@@ -60,31 +60,65 @@ def key_id(key: Mapping[str, Any]) -> str:
     return key_text(key)
 
 
-def _attr_size(value: Mapping[str, Any]) -> int:
-    ((kind, inner),) = value.items()
-    if kind in ("S",):
-        return len(str(inner).encode())
-    if kind == "N":
-        return len(str(inner)) // 2 + 2
-    if kind == "B":
-        return len(bytes(inner))
-    if kind in ("BOOL", "NULL"):
-        return 1
-    if kind == "SS":
-        return sum(len(s.encode()) for s in inner)
-    if kind == "NS":
-        return sum(len(n) // 2 + 2 for n in inner)
-    if kind == "BS":
-        return sum(len(bytes(b)) for b in inner)
-    if kind == "L":
-        return 3 + sum(1 + _attr_size(v) for v in inner)
-    # "M"
-    return 3 + sum(len(k.encode()) + 1 + _attr_size(v) for k, v in inner.items())
+# -- sizes (DynamoDB's rules) -------------------------------------------------------------------
+def item_size(item: Mapping[str, Any]) -> int:
+    """Bytes DynamoDB counts for a typed item (``{"name": {"S": "..."}}``): the UTF-8 length of
+    its attribute names plus the size of its values.
+
+    Every transform output and every accounted put and scanned item is sized, so the common
+    cases (ASCII text, plain integers) take the short path.
+    """
+    size = 0
+    for name, value in item.items():
+        size += _text_size(name) + value_size(value)
+    return size
 
 
-def typed_size(item: Mapping[str, Any]) -> int:
-    """Approximate DynamoDB size in bytes of a typed item (names + values), per AWS's rules."""
-    return sum(len(name.encode()) + _attr_size(value) for name, value in item.items())
+def value_size(value: Mapping[str, Any]) -> int:
+    """Bytes of one typed value: strings their UTF-8 bytes, numbers 1 byte per two significant
+    digits plus 1, binary its bytes, booleans and null 1, lists and maps 3 plus 1 per element
+    plus their contents, sets their elements."""
+    for kind, raw in value.items():  # a typed value has one entry
+        if kind == "S":
+            return _text_size(str(raw))
+        if kind == "N":
+            return number_size(str(raw))
+        try:
+            sizer = _SIZERS[kind]
+        except KeyError:
+            raise ValueError(f"not a DynamoDB type: {kind!r}") from None
+        return sizer(raw)
+    raise ValueError("an empty typed value")
+
+
+def number_size(text: str) -> int:
+    """1 byte per two significant digits, plus 1 (plus 1 for a negative number)."""
+    if text.isdigit():  # a plain integer (most numbers): no Decimal
+        significant = len(text.strip("0")) or 1
+    else:
+        number = Decimal(text)
+        # normalize() in a context as wide as the number: the default one (28 digits) rounded
+        # a 38-digit number and under-charged it
+        wide = Context(prec=max(1, len(number.as_tuple().digits)), Emin=-999_999, Emax=999_999)
+        digits = number.normalize(wide).as_tuple().digits
+        significant = len(digits) if any(digits) else 1
+    return -(-significant // 2) + 1 + (1 if text.startswith("-") else 0)
+
+
+def _text_size(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode())
+
+
+_SIZERS: dict[str, Callable[[Any], int]] = {
+    "B": lambda raw: len(raw_bytes(raw)),
+    "BOOL": lambda _: 1,
+    "NULL": lambda _: 1,
+    "SS": lambda raw: sum(_text_size(str(s)) for s in raw),
+    "NS": lambda raw: sum(number_size(str(n)) for n in raw),
+    "BS": lambda raw: sum(len(raw_bytes(b)) for b in raw),
+    "L": lambda raw: 3 + sum(1 + value_size(v) for v in raw),
+    "M": lambda raw: 3 + sum(1 + _text_size(k) + value_size(v) for k, v in raw.items()),
+}
 
 
 def _json_default(value: object) -> Any:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from livemigrate.errors import TransformLoadError, TransformOutputError
-from livemigrate.items import MAX_ITEM_BYTES, PlainItem, TypedItem, to_typed, typed_size
+from livemigrate.items import MAX_ITEM_BYTES, PlainItem, TypedItem, item_size, to_typed
 from livemigrate.values import is_binary, raw_bytes
 from livemigrate.versioning import is_reserved, user_attributes
 
@@ -112,7 +112,7 @@ class Transformer:
             typed = to_typed(out)
         except (TypeError, ValueError) as exc:
             raise TransformOutputError(f"output cannot be stored in DynamoDB: {exc}") from exc
-        size = typed_size(typed)
+        size = item_size(typed)
         # Leave room for the metadata attributes livemigrate adds.
         if size > MAX_ITEM_BYTES - 128:
             raise TransformOutputError(

@@ -134,9 +134,14 @@ def canonical_item(item: Mapping[str, Any]) -> dict[str, TypedValue]:
     return {str(name): canonical_value(item[name]) for name in sorted(item)}
 
 
+# One encoder for every call (json.dumps builds one per call when given options); an owner
+# stamp is made this way for every backfilled item. encode() keeps no state between calls.
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
 def canonical_text(item: Mapping[str, Any]) -> str:
     """Stable JSON text of a typed item's canonical form: equal exactly for equal items."""
-    return json.dumps(canonical_item(item), sort_keys=True, separators=(",", ":"))
+    return _CANONICAL_JSON.encode(canonical_item(item))
 
 
 def key_text(key: Mapping[str, Any]) -> str:

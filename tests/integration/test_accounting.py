@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 
 from backfill.worker import Engine, Options
-from livemigrate import accounting, status
+from livemigrate import status
 from livemigrate.aws import AwsClients
 from livemigrate.control import ControlStore
+from livemigrate.items import item_size
 from livemigrate.migration import open_migration
 from tests.services import create_table, settings_for, unique
 from tests.support.backfill import fill, outbox_items
@@ -54,7 +55,7 @@ def test_backfill_requests_are_counted_persisted_and_shown(clients: AwsClients) 
     clients.dynamodb.meta.events.unregister("after-call.dynamodb.Scan", seen_items)
     scans = seen["source"]["Scan"]
     assert scans["requests"] == len(pages) >= 3  # 2 segments: at least 3 pages
-    sizes = [sum(accounting.item_size(i) for i in page) for page in pages]
+    sizes = [sum(item_size(i) for i in page) for page in pages]
     assert scans["read_units"] == sum(max(1, math.ceil(size / 4096)) / 2 for size in sizes)
     # AND status shows the persisted totals: source and destination exactly, control
     # up to the few requests made after the last counter write

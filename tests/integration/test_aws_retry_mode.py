@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError, ParamValidationError
 
 from livemigrate import fencing
 from livemigrate.aws import AwsClients, make_clients
@@ -27,6 +28,23 @@ def test_every_client_takes_the_retry_mode_setting(clients: AwsClients) -> None:
     for client in (adaptive.dynamodb, adaptive.streams, adaptive.ssm, adaptive.kinesis):
         assert client is not None
         assert retry_mode(client) == "adaptive"
+
+
+def test_only_the_dynamodb_client_skips_botocores_parameter_validation(
+    clients: AwsClients,
+) -> None:
+    # GIVEN the tool's clients: its DynamoDB requests are built from checked input (issue 18)
+    # WHEN a request botocore's model refuses (a Scan limit of 0) goes to DynamoDB
+    # THEN it is sent, and the service itself answers
+    with pytest.raises(ClientError) as refused:
+        clients.dynamodb.scan(TableName=unique("absent"), Limit=0)
+    assert refused.value.response["Error"]["Code"] in (
+        "ValidationException",
+        "ResourceNotFoundException",
+    )
+    # AND the other clients still validate before sending
+    with pytest.raises(ParamValidationError, match="valid min value: 1"):
+        clients.streams.describe_stream(StreamArn="arn:aws:dynamodb:x", Limit=0)
 
 
 def retry_mode(client: Any) -> str:

@@ -6,12 +6,14 @@ import math
 from typing import Any
 
 import pytest
+from boto3.dynamodb.types import Binary
 from hypothesis import given
 from hypothesis import strategies as st
 
 from livemigrate import accounting, status
-from livemigrate.accounting import Accounting, Ledger, Usage, charge, item_size
+from livemigrate.accounting import Accounting, Ledger, Usage, charge
 from livemigrate.control import with_unit_totals
+from livemigrate.items import item_size, number_size
 from livemigrate.values import number_text
 
 
@@ -30,6 +32,54 @@ def test_item_size_follows_dynamodb_rules() -> None:
     assert item_size({"m": {"M": {"k": s("v")}}}) == 1 + 3 + (1 + 1 + 1)
     assert item_size({"ss": {"SS": ["a", "bc"]}}) == 2 + 3
     assert item_size({"é": s("é")}) == 2 + 2  # UTF-8 bytes, not characters
+
+
+def _utf8(text: str) -> int:
+    return len(text.encode())
+
+
+def _plain_size(value: dict[str, Any]) -> int:
+    """The published rules, written out with no shortcut: every text is encoded."""
+    ((kind, raw),) = value.items()
+    if kind == "S":
+        return _utf8(raw)
+    if kind == "SS":
+        return sum(_utf8(t) for t in raw)
+    if kind == "B":
+        return len(bytes(raw))  # Binary gives its bytes
+    if kind == "L":
+        return 3 + sum(1 + _plain_size(v) for v in raw)
+    assert kind == "M"
+    return 3 + sum(1 + _utf8(k) + _plain_size(v) for k, v in raw.items())
+
+
+_texts = st.text(max_size=12)
+_scalars = st.one_of(
+    _texts.map(lambda t: {"S": t}),
+    st.lists(_texts, min_size=1, max_size=3, unique=True).map(lambda ts: {"SS": ts}),
+    st.binary(max_size=8).map(lambda b: {"B": Binary(b)}),
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3).map(lambda vs: {"L": vs}),
+        st.dictionaries(_texts, inner, max_size=3).map(lambda m: {"M": m}),
+    ),
+    max_leaves=8,
+)
+
+
+@given(st.dictionaries(_texts.filter(bool), _values, min_size=1, max_size=4))
+def test_item_size_counts_utf8_bytes_of_any_text(item: dict[str, Any]) -> None:
+    # GIVEN names and texts of any characters (ASCII ones take a short path), nested in lists
+    # and maps, and binary given as boto3's Binary, WHEN sized, THEN UTF-8 bytes by the rules
+    expected = sum(_utf8(name) + _plain_size(value) for name, value in item.items())
+    assert item_size(item) == expected
+
+
+def test_an_unknown_type_is_refused() -> None:
+    with pytest.raises(ValueError, match="not a DynamoDB type: 'X'"):
+        item_size({"a": {"X": "1"}})
 
 
 def big(size: int) -> dict[str, Any]:
@@ -165,7 +215,7 @@ def test_integer_text_is_sized_like_any_number(n: int, zeros: int) -> None:
     # canonical number text, leading and trailing zeroes not counted, all 38 digits kept
     text = "0" * zeros + str(n)
     significant = len(number_text(text).strip("0")) or 1
-    assert accounting.number_size(text) == math.ceil(significant / 2) + 1
+    assert number_size(text) == math.ceil(significant / 2) + 1
 
 
 @given(
@@ -179,4 +229,4 @@ def test_every_one_of_38_digits_is_charged(digits: int, exponent: int, negative:
     text = f"{'-' if negative else ''}{digits}E{exponent}"
     significant = len(str(digits).rstrip("0"))
     sign = 1 if negative else 0
-    assert accounting.number_size(text) == math.ceil(significant / 2) + 1 + sign
+    assert number_size(text) == math.ceil(significant / 2) + 1 + sign

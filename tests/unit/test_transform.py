@@ -10,6 +10,7 @@ import pytest
 
 from livemigrate.errors import TransformLoadError, TransformOutputError
 from livemigrate.examples.hot_outbox import transform as hot_outbox
+from livemigrate.items import MAX_ITEM_BYTES
 from livemigrate.transform import Transformer, load_transform
 
 KEYS = ("pk", "sk")
@@ -60,6 +61,20 @@ def test_zero_and_many_outputs_are_allowed() -> None:
 def test_bad_outputs_raise_a_reason(fn: Any, reason: str) -> None:
     with pytest.raises(TransformOutputError, match=reason):
         runner(fn).run({"pk": "a", "sk": "b"})
+
+
+def test_the_size_limit_counts_bytes_as_dynamodb_does() -> None:
+    # GIVEN outputs sized by DynamoDB's rules: names and UTF-8 text ("é" is 2 bytes), and the
+    # 128 bytes left for livemigrate's own attributes
+    room = MAX_ITEM_BYTES - 128 - len("pkaskbblob")
+
+    def sized(text: str) -> Any:
+        return lambda item: [{"pk": "a", "sk": "b", "blob": text}]
+
+    # WHEN an output fills the room exactly, THEN it passes; one byte more is refused
+    assert runner(sized("x" * room)).run({"pk": "a", "sk": "b"})
+    with pytest.raises(TransformOutputError, match=f"output item is {MAX_ITEM_BYTES - 127} "):
+        runner(sized("é" + "x" * (room - 1))).run({"pk": "a", "sk": "b"})
 
 
 def test_hot_outbox_rejects_an_item_without_a_creation_date() -> None:
